@@ -1,0 +1,22 @@
+//! `skiff bench ...`: load generators that print medians and tails, for
+//! docs/benchmarks.md. Performance targets live here, never in timed tests.
+
+mod stats;
+mod store;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// The datastore: the embedded backend and etcd, side by side.
+    Store(store::StoreBench),
+}
+
+impl Bench {
+    pub async fn run(self) -> Result<()> {
+        match self {
+            Bench::Store(bench) => bench.run().await,
+        }
+    }
+}

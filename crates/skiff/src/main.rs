@@ -1,0 +1,44 @@
+//! `skiff`: the one binary. Subcommands select what runs; this crate only parses flags and
+//! wires the library crates together.
+
+mod bench;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "skiff", version, about = "Skiff: a Kubernetes in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure a component's performance.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+    /// Print the version.
+    Version,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Bench(bench) => runtime.block_on(bench.run()),
+        Command::Version => {
+            println!("skiff {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
