@@ -2,6 +2,7 @@
 //! wires the library crates together.
 
 mod bench;
+mod server;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -15,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the all-in-one control plane.
+    Server(server::ServerArgs),
     /// Measure a component's performance.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -35,6 +38,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::Server(args) => runtime.block_on(server::run(args)),
         Command::Bench(bench) => runtime.block_on(bench.run()),
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));

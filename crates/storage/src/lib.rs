@@ -18,15 +18,15 @@
 //! watches from below `r` fail with [`Error::Compacted`]), and a watch started at revision
 //! `r` delivers every event with revision >= `r`, in order, exactly once.
 
-mod error;
 pub mod embedded;
+mod error;
 pub mod etcd;
 mod types;
 
 pub use error::{Error, Result};
 pub use types::{
-    Event, EventKind, KeyRange, KeyValue, RangeResponse, Revision, WatchStream, MAX_KEY_BYTES,
-    MAX_VALUE_BYTES,
+    Event, EventKind, KeyRange, KeyValue, MAX_KEY_BYTES, MAX_VALUE_BYTES, RangeResponse, Revision,
+    WatchStream,
 };
 
 use async_trait::async_trait;

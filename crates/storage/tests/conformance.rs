@@ -2,14 +2,16 @@
 //! embedded store in a temporary directory and a real etcd started on a free loopback port
 //! (Debian's etcd-server must be installed). Each test gets a fresh store.
 
+#![allow(clippy::unwrap_used)] // test assertions
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use skiff_storage::embedded::{Config, Embedded};
-use skiff_storage::etcd::local::LocalEtcd;
 use skiff_storage::etcd::EtcdStore;
-use skiff_storage::{Error, Event, EventKind, KeyRange, Store, WatchStream, MAX_VALUE_BYTES};
+use skiff_storage::etcd::local::LocalEtcd;
+use skiff_storage::{Error, Event, EventKind, KeyRange, MAX_VALUE_BYTES, Store, WatchStream};
 
 /// A store under test and whatever must live as long as it.
 struct Backend {
@@ -71,7 +73,10 @@ mod suite {
         let r2 = s.update(b"/a", v("2"), r1).await.unwrap();
         let r3 = s.create(b"/b", v("1")).await.unwrap();
         let (r4, prev) = s.delete(b"/a", None).await.unwrap();
-        assert!(r0 < r1 && r1 < r2 && r2 < r3 && r3 < r4, "{r0} {r1} {r2} {r3} {r4}");
+        assert!(
+            r0 < r1 && r1 < r2 && r2 < r3 && r3 < r4,
+            "{r0} {r1} {r2} {r3} {r4}"
+        );
         assert_eq!(s.current_revision().await.unwrap(), r4);
         assert_eq!(prev.value, v("2"));
         assert_eq!(prev.mod_revision, r2);
@@ -83,26 +88,44 @@ mod suite {
         let kv = s.get(b"/k", None).await.unwrap().unwrap();
         assert_eq!(kv.key, b"/k");
         assert_eq!(kv.value, v("b"));
-        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (r1, r2, 2));
+        assert_eq!(
+            (kv.create_revision, kv.mod_revision, kv.version),
+            (r1, r2, 2)
+        );
         s.delete(b"/k", Some(r2)).await.unwrap();
         let r4 = s.create(b"/k", v("c")).await.unwrap();
         let kv = s.get(b"/k", None).await.unwrap().unwrap();
-        assert_eq!((kv.create_revision, kv.version), (r4, 1), "recreated key starts over");
+        assert_eq!(
+            (kv.create_revision, kv.version),
+            (r4, 1),
+            "recreated key starts over"
+        );
     }
 
     pub async fn create_refuses_an_existing_key(s: &dyn Store) {
         s.create(b"/k", v("1")).await.unwrap();
         let before = s.current_revision().await.unwrap();
-        assert!(matches!(s.create(b"/k", v("2")).await, Err(Error::AlreadyExists { .. })));
+        assert!(matches!(
+            s.create(b"/k", v("2")).await,
+            Err(Error::AlreadyExists { .. })
+        ));
         assert_eq!(s.get(b"/k", None).await.unwrap().unwrap().value, v("1"));
-        assert_eq!(s.current_revision().await.unwrap(), before, "a failed write is no revision");
+        assert_eq!(
+            s.current_revision().await.unwrap(),
+            before,
+            "a failed write is no revision"
+        );
     }
 
     pub async fn stale_update_conflicts_and_returns_the_current_value(s: &dyn Store) {
         let r1 = s.create(b"/k", v("1")).await.unwrap();
         let r2 = s.update(b"/k", v("2"), r1).await.unwrap();
         match s.update(b"/k", v("3"), r1).await {
-            Err(Error::Conflict { current: Some(current), expected, .. }) => {
+            Err(Error::Conflict {
+                current: Some(current),
+                expected,
+                ..
+            }) => {
                 assert_eq!(expected, r1);
                 assert_eq!(current.value, v("2"));
                 assert_eq!(current.mod_revision, r2);
@@ -123,11 +146,23 @@ mod suite {
     pub async fn delete_checks_its_precondition(s: &dyn Store) {
         let r1 = s.create(b"/k", v("1")).await.unwrap();
         let r2 = s.update(b"/k", v("2"), r1).await.unwrap();
-        assert!(matches!(s.delete(b"/k", Some(r1)).await, Err(Error::Conflict { current: Some(_), .. })));
+        assert!(matches!(
+            s.delete(b"/k", Some(r1)).await,
+            Err(Error::Conflict {
+                current: Some(_),
+                ..
+            })
+        ));
         let (_, prev) = s.delete(b"/k", Some(r2)).await.unwrap();
         assert_eq!(prev.value, v("2"));
-        assert!(matches!(s.delete(b"/k", None).await, Err(Error::NotFound { .. })));
-        assert!(matches!(s.delete(b"/k", Some(r2)).await, Err(Error::NotFound { .. })));
+        assert!(matches!(
+            s.delete(b"/k", None).await,
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            s.delete(b"/k", Some(r2)).await,
+            Err(Error::NotFound { .. })
+        ));
     }
 
     pub async fn reads_at_older_revisions_see_the_past(s: &dyn Store) {
@@ -139,30 +174,61 @@ mod suite {
         s.create(b"/p/c", v("c1")).await.unwrap();
 
         assert!(s.get(b"/p/a", Some(before)).await.unwrap().is_none());
-        assert_eq!(s.get(b"/p/a", Some(r2)).await.unwrap().unwrap().value, v("a1"));
-        assert_eq!(s.get(b"/p/a", Some(r3)).await.unwrap().unwrap().value, v("a2"));
-        assert_eq!(s.get(b"/p/b", Some(r3)).await.unwrap().unwrap().value, v("b1"));
+        assert_eq!(
+            s.get(b"/p/a", Some(r2)).await.unwrap().unwrap().value,
+            v("a1")
+        );
+        assert_eq!(
+            s.get(b"/p/a", Some(r3)).await.unwrap().unwrap().value,
+            v("a2")
+        );
+        assert_eq!(
+            s.get(b"/p/b", Some(r3)).await.unwrap().unwrap().value,
+            v("b1")
+        );
         assert!(s.get(b"/p/b", Some(r4)).await.unwrap().is_none());
 
         let at = |rev| async move {
-            let res = s.range(&KeyRange::prefix("/p/"), Some(rev), None).await.unwrap();
+            let res = s
+                .range(&KeyRange::prefix("/p/"), Some(rev), None)
+                .await
+                .unwrap();
             assert_eq!(res.revision, rev);
-            res.kvs.iter().map(|kv| (String::from_utf8(kv.key.clone()).unwrap(), kv.value.clone())).collect::<Vec<_>>()
+            res.kvs
+                .iter()
+                .map(|kv| (String::from_utf8(kv.key.clone()).unwrap(), kv.value.clone()))
+                .collect::<Vec<_>>()
         };
-        assert_eq!(at(r2).await, vec![("/p/a".into(), v("a1")), ("/p/b".into(), v("b1"))]);
-        assert_eq!(at(r3).await, vec![("/p/a".into(), v("a2")), ("/p/b".into(), v("b1"))]);
+        assert_eq!(
+            at(r2).await,
+            vec![("/p/a".into(), v("a1")), ("/p/b".into(), v("b1"))]
+        );
+        assert_eq!(
+            at(r3).await,
+            vec![("/p/a".into(), v("a2")), ("/p/b".into(), v("b1"))]
+        );
         assert_eq!(at(r4).await, vec![("/p/a".into(), v("a2"))]);
         let now = s.range(&KeyRange::prefix("/p/"), None, None).await.unwrap();
         assert_eq!(now.kvs.len(), 2);
         assert_eq!(now.revision, s.current_revision().await.unwrap());
-        let kv = &s.range(&KeyRange::prefix("/p/a"), Some(r3), None).await.unwrap().kvs[0];
-        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (r1, r3, 2));
+        let kv = &s
+            .range(&KeyRange::prefix("/p/a"), Some(r3), None)
+            .await
+            .unwrap()
+            .kvs[0];
+        assert_eq!(
+            (kv.create_revision, kv.mod_revision, kv.version),
+            (r1, r3, 2)
+        );
     }
 
     pub async fn reads_at_a_future_revision_fail(s: &dyn Store) {
         s.create(b"/k", v("1")).await.unwrap();
         let now = s.current_revision().await.unwrap();
-        assert!(matches!(s.get(b"/k", Some(now + 10)).await, Err(Error::FutureRevision { .. })));
+        assert!(matches!(
+            s.get(b"/k", Some(now + 10)).await,
+            Err(Error::FutureRevision { .. })
+        ));
         assert!(matches!(
             s.range(&KeyRange::all(), Some(now + 10), None).await,
             Err(Error::FutureRevision { .. })
@@ -171,7 +237,9 @@ mod suite {
 
     pub async fn range_pages_consistently_with_limit_and_continue(s: &dyn Store) {
         for i in 0..25 {
-            s.create(format!("/page/{i:03}").as_bytes(), v("x")).await.unwrap();
+            s.create(format!("/page/{i:03}").as_bytes(), v("x"))
+                .await
+                .unwrap();
         }
         s.create(b"/pagf", v("outside")).await.unwrap();
         let range = KeyRange::prefix("/page/");
@@ -184,12 +252,17 @@ mod suite {
         let mut keys: Vec<Vec<u8>> = first.kvs.iter().map(|kv| kv.key.clone()).collect();
         let mut next = first.next_page(&range);
         while let Some(page_range) = next {
-            let page = s.range(&page_range, Some(first.revision), Some(10)).await.unwrap();
+            let page = s
+                .range(&page_range, Some(first.revision), Some(10))
+                .await
+                .unwrap();
             assert_eq!(page.revision, first.revision);
             keys.extend(page.kvs.iter().map(|kv| kv.key.clone()));
             next = page.next_page(&page_range);
         }
-        let expected: Vec<Vec<u8>> = (0..25).map(|i| format!("/page/{i:03}").into_bytes()).collect();
+        let expected: Vec<Vec<u8>> = (0..25)
+            .map(|i| format!("/page/{i:03}").into_bytes())
+            .collect();
         assert_eq!(keys, expected);
         let exact = s.range(&range, None, Some(26)).await.unwrap();
         assert_eq!(exact.kvs.len(), 25, "one created, one deleted since");
@@ -199,22 +272,34 @@ mod suite {
     pub async fn many_keys_are_listed_in_order(s: &dyn Store) {
         let n = 10_000;
         let writes = futures::stream::iter(0..n)
-            .map(|i| async move { s.create(format!("/many/{i:05}").as_bytes(), v("value")).await })
+            .map(|i| async move {
+                s.create(format!("/many/{i:05}").as_bytes(), v("value"))
+                    .await
+            })
             .buffer_unordered(64)
             .collect::<Vec<_>>()
             .await;
         assert!(writes.iter().all(|r| r.is_ok()));
-        let all = s.range(&KeyRange::prefix("/many/"), None, None).await.unwrap();
+        let all = s
+            .range(&KeyRange::prefix("/many/"), None, None)
+            .await
+            .unwrap();
         assert_eq!(all.kvs.len(), n);
         assert!(!all.more);
         assert!(all.kvs.windows(2).all(|w| w[0].key < w[1].key));
-        let page = s.range(&KeyRange::prefix("/many/"), None, Some(500)).await.unwrap();
+        let page = s
+            .range(&KeyRange::prefix("/many/"), None, Some(500))
+            .await
+            .unwrap();
         assert_eq!(page.kvs.len(), 500);
         assert_eq!(page.kvs[499].key, b"/many/00499");
     }
 
     pub async fn large_values_round_trip_and_oversized_ones_are_refused(s: &dyn Store) {
-        let big: Bytes = (0..MAX_VALUE_BYTES).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
+        let big: Bytes = (0..MAX_VALUE_BYTES)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>()
+            .into();
         let rev = s.create(b"/big", big.clone()).await.unwrap();
         assert_eq!(s.get(b"/big", None).await.unwrap().unwrap().value, big);
         let mut watch = s.watch(&KeyRange::key("/big"), rev).await.unwrap();
@@ -224,13 +309,25 @@ mod suite {
             s.update(b"/big", too_big, rev).await,
             Err(Error::ValueTooLarge { size, limit }) if size == MAX_VALUE_BYTES + 1 && limit == MAX_VALUE_BYTES
         ));
-        assert_eq!(s.get(b"/big", None).await.unwrap().unwrap().mod_revision, rev);
+        assert_eq!(
+            s.get(b"/big", None).await.unwrap().unwrap().mod_revision,
+            rev
+        );
     }
 
     pub async fn bad_keys_are_refused(s: &dyn Store) {
-        assert!(matches!(s.create(b"", v("x")).await, Err(Error::InvalidKey(_))));
-        assert!(matches!(s.create(&vec![b'k'; 5000], v("x")).await, Err(Error::InvalidKey(_))));
-        assert!(matches!(s.delete(b"", None).await, Err(Error::InvalidKey(_))));
+        assert!(matches!(
+            s.create(b"", v("x")).await,
+            Err(Error::InvalidKey(_))
+        ));
+        assert!(matches!(
+            s.create(&vec![b'k'; 5000], v("x")).await,
+            Err(Error::InvalidKey(_))
+        ));
+        assert!(matches!(
+            s.delete(b"", None).await,
+            Err(Error::InvalidKey(_))
+        ));
     }
 
     pub async fn watch_reports_kinds_and_previous_values(s: &dyn Store) {
@@ -298,7 +395,10 @@ mod suite {
             let key = format!("/c/{w}");
             let mut rev = s.create(key.as_bytes(), v("0")).await.unwrap();
             for i in 1..per_writer {
-                rev = s.update(key.as_bytes(), v(&i.to_string()), rev).await.unwrap();
+                rev = s
+                    .update(key.as_bytes(), v(&i.to_string()), rev)
+                    .await
+                    .unwrap();
             }
         }))
         .await;
@@ -307,10 +407,17 @@ mod suite {
         let mut replay = s.watch(&KeyRange::prefix("/c/"), start).await.unwrap();
         for stream in [&mut live, &mut replay] {
             let events = next_events(stream, total).await;
-            assert!(events.windows(2).all(|w| w[0].revision() < w[1].revision()), "in order, no duplicates");
+            assert!(
+                events.windows(2).all(|w| w[0].revision() < w[1].revision()),
+                "in order, no duplicates"
+            );
             for w in 0..writers {
                 let key = format!("/c/{w}").into_bytes();
-                let values: Vec<Bytes> = events.iter().filter(|e| e.kv.key == key).map(|e| e.kv.value.clone()).collect();
+                let values: Vec<Bytes> = events
+                    .iter()
+                    .filter(|e| e.kv.key == key)
+                    .map(|e| e.kv.value.clone())
+                    .collect();
                 let expected: Vec<Bytes> = (0..per_writer).map(|i| v(&i.to_string())).collect();
                 assert_eq!(values, expected, "every write of writer {w}, in its order");
             }
@@ -326,24 +433,49 @@ mod suite {
         s.compact(r3).await.unwrap();
         assert_eq!(s.compacted_revision().await.unwrap(), r3);
         match s.get(b"/k", Some(r2)).await {
-            Err(Error::Compacted { requested, compacted }) => {
+            Err(Error::Compacted {
+                requested,
+                compacted,
+            }) => {
                 assert_eq!(requested, r2);
                 assert_eq!(compacted, r3);
             }
             other => panic!("expected Compacted, got {other:?}"),
         }
-        assert!(matches!(s.range(&KeyRange::all(), Some(r1), None).await, Err(Error::Compacted { .. })));
+        assert!(matches!(
+            s.range(&KeyRange::all(), Some(r1), None).await,
+            Err(Error::Compacted { .. })
+        ));
         assert_eq!(s.get(b"/k", Some(r3)).await.unwrap().unwrap().value, v("3"));
         assert_eq!(s.get(b"/k", None).await.unwrap().unwrap().value, v("3"));
-        assert_eq!(s.range(&KeyRange::all(), Some(r3), None).await.unwrap().kvs.len(), 1);
-        assert_eq!(s.range(&KeyRange::all(), Some(r4), None).await.unwrap().kvs.len(), 2);
+        assert_eq!(
+            s.range(&KeyRange::all(), Some(r3), None)
+                .await
+                .unwrap()
+                .kvs
+                .len(),
+            1
+        );
+        assert_eq!(
+            s.range(&KeyRange::all(), Some(r4), None)
+                .await
+                .unwrap()
+                .kvs
+                .len(),
+            2
+        );
 
         // A watch from below the floor fails, at once or as its first item.
         match s.watch(&KeyRange::all(), r2).await {
             Err(Error::Compacted { .. }) => {}
             Ok(mut w) => {
-                let item = tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap();
-                assert!(matches!(item, Some(Err(Error::Compacted { .. }))), "got {item:?}");
+                let item = tokio::time::timeout(Duration::from_secs(10), w.next())
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(item, Some(Err(Error::Compacted { .. }))),
+                    "got {item:?}"
+                );
                 assert!(w.next().await.is_none(), "the stream ends after the error");
             }
             Err(other) => panic!("expected Compacted, got {other:?}"),
@@ -355,9 +487,16 @@ mod suite {
         assert_eq!(events[1].revision(), r4);
 
         s.compact(r2).await.unwrap();
-        assert_eq!(s.compacted_revision().await.unwrap(), r3, "compacting lower is a no-op");
+        assert_eq!(
+            s.compacted_revision().await.unwrap(),
+            r3,
+            "compacting lower is a no-op"
+        );
         let now = s.current_revision().await.unwrap();
-        assert!(matches!(s.compact(now + 5).await, Err(Error::FutureRevision { .. })));
+        assert!(matches!(
+            s.compact(now + 5).await,
+            Err(Error::FutureRevision { .. })
+        ));
     }
 
     pub async fn deleted_keys_stay_deleted_after_compaction(s: &dyn Store) {
@@ -369,13 +508,23 @@ mod suite {
         let later = s.create(b"/d/c", v("1")).await.unwrap();
         s.compact(later).await.unwrap();
         for rev in [None, Some(later)] {
-            let keys: Vec<_> = s.range(&KeyRange::prefix("/d/"), rev, None).await.unwrap().kvs.into_iter().map(|kv| kv.key).collect();
+            let keys: Vec<_> = s
+                .range(&KeyRange::prefix("/d/"), rev, None)
+                .await
+                .unwrap()
+                .kvs
+                .into_iter()
+                .map(|kv| kv.key)
+                .collect();
             assert_eq!(keys, vec![b"/d/b".to_vec(), b"/d/c".to_vec()]);
         }
         assert!(s.get(b"/d/a", None).await.unwrap().is_none());
         assert!(r3 < r4);
         let r = s.create(b"/d/a", v("again")).await.unwrap();
-        assert_eq!(s.get(b"/d/a", None).await.unwrap().unwrap().create_revision, r);
+        assert_eq!(
+            s.get(b"/d/a", None).await.unwrap().unwrap().create_revision,
+            r
+        );
     }
 
     pub async fn health_is_ok(s: &dyn Store) {

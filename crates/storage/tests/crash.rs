@@ -7,7 +7,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,7 +26,12 @@ fn value_for(key: &str, round: u64) -> Bytes {
 fn parse_round(key: &str, value: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(value).ok()?;
     let unit = text.split_inclusive(';').next()?;
-    let round = unit.strip_prefix(key)?.strip_prefix('@')?.strip_suffix(';')?.parse().ok()?;
+    let round = unit
+        .strip_prefix(key)?
+        .strip_prefix('@')?
+        .strip_suffix(';')?
+        .parse()
+        .ok()?;
     (value_for(key, round) == value).then_some(round)
 }
 
@@ -54,10 +58,20 @@ fn crash_child() {
             let (store, out) = (store.clone(), out.clone());
             tokio::spawn(async move {
                 let counter = format!("/counter/{w}");
-                let (mut round, mut rev) = match store.get(counter.as_bytes(), None).await.expect("get") {
-                    Some(kv) => (parse_round(&counter, &kv.value).expect("valid counter"), kv.mod_revision),
-                    None => (0, store.create(counter.as_bytes(), value_for(&counter, 0)).await.expect("create")),
-                };
+                let (mut round, mut rev) =
+                    match store.get(counter.as_bytes(), None).await.expect("get") {
+                        Some(kv) => (
+                            parse_round(&counter, &kv.value).expect("valid counter"),
+                            kv.mod_revision,
+                        ),
+                        None => (
+                            0,
+                            store
+                                .create(counter.as_bytes(), value_for(&counter, 0))
+                                .await
+                                .expect("create"),
+                        ),
+                    };
                 loop {
                     round += 1;
                     rev = store
@@ -65,7 +79,10 @@ fn crash_child() {
                         .await
                         .expect("update");
                     let key = format!("/keys/{w}/{round}-{rev}");
-                    let created = store.create(key.as_bytes(), value_for(&key, round)).await.expect("create");
+                    let created = store
+                        .create(key.as_bytes(), value_for(&key, round))
+                        .await
+                        .expect("create");
                     let mut out = out.lock().expect("stdout");
                     writeln!(out, "ACK {counter} {round} {rev}").expect("write");
                     writeln!(out, "KEY {key} {round} {created}").expect("write");
@@ -87,7 +104,13 @@ struct Acked {
 /// Runs the child until it has acknowledged `acks` writes, then kills it with SIGKILL.
 fn run_and_kill(dir: &Path, acks: usize, acked: &mut Acked) {
     let mut child = Command::new(std::env::current_exe().expect("current exe"))
-        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SKIFF_CRASH_DIR", dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -98,10 +121,14 @@ fn run_and_kill(dir: &Path, acks: usize, acked: &mut Acked) {
     for line in BufReader::new(stdout).lines() {
         let line = line.expect("read child output");
         let mut parts = line.split(' ');
-        let (kind, key, round, rev) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(kind @ ("ACK" | "KEY")), Some(key), Some(round), Some(rev)) => {
-                (kind, key.to_string(), round.parse::<u64>().expect("round"), rev.parse::<i64>().expect("rev"))
-            }
+        let (kind, key, round, rev) = match (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            (Some(kind @ ("ACK" | "KEY")), Some(key), Some(round), Some(rev)) => (
+                kind,
+                key.to_string(),
+                round.parse::<u64>().expect("round"),
+                rev.parse::<i64>().expect("rev"),
+            ),
             _ => continue,
         };
         acked.max_revision = acked.max_revision.max(rev);
@@ -118,26 +145,50 @@ fn run_and_kill(dir: &Path, acks: usize, acked: &mut Acked) {
         }
     }
     let status = child.wait().expect("wait child");
-    assert!(!status.success(), "the child must have been killed, not finished: {status}");
+    assert!(
+        !status.success(),
+        "the child must have been killed, not finished: {status}"
+    );
 }
 
 async fn verify(dir: &Path, acked: &Acked) {
     let store = Embedded::open(&config(dir)).expect("reopen after SIGKILL");
     let current = store.current_revision().await.expect("revision");
-    assert!(current >= acked.max_revision, "revision went back: {current} < {}", acked.max_revision);
+    assert!(
+        current >= acked.max_revision,
+        "revision went back: {current} < {}",
+        acked.max_revision
+    );
     for (counter, round) in &acked.counters {
-        let kv = store.get(counter.as_bytes(), None).await.expect("get").expect("acknowledged counter lost");
+        let kv = store
+            .get(counter.as_bytes(), None)
+            .await
+            .expect("get")
+            .expect("acknowledged counter lost");
         let stored = parse_round(counter, &kv.value).expect("counter value is intact");
-        assert!(stored >= *round, "{counter}: acknowledged round {round}, stored {stored}");
+        assert!(
+            stored >= *round,
+            "{counter}: acknowledged round {round}, stored {stored}"
+        );
     }
-    let all = store.range(&KeyRange::prefix("/keys/"), None, None).await.expect("range");
-    let present: std::collections::HashSet<&[u8]> = all.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+    let all = store
+        .range(&KeyRange::prefix("/keys/"), None, None)
+        .await
+        .expect("range");
+    let present: std::collections::HashSet<&[u8]> =
+        all.kvs.iter().map(|kv| kv.key.as_slice()).collect();
     for kv in &all.kvs {
         let key = std::str::from_utf8(&kv.key).expect("utf-8 key");
-        assert!(parse_round(key, &kv.value).is_some(), "{key}: value is not the one written");
+        assert!(
+            parse_round(key, &kv.value).is_some(),
+            "{key}: value is not the one written"
+        );
     }
     for (key, _) in &acked.keys {
-        assert!(present.contains(key.as_bytes()), "acknowledged key {key} lost");
+        assert!(
+            present.contains(key.as_bytes()),
+            "acknowledged key {key} lost"
+        );
     }
 }
 
@@ -160,7 +211,10 @@ async fn filled_store(dir: &Path) -> (std::path::PathBuf, usize) {
     let n = 500;
     for i in 0..n {
         let key = format!("/keys/{i}");
-        store.create(key.as_bytes(), value_for(&key, 1)).await.expect("create");
+        store
+            .create(key.as_bytes(), value_for(&key, 1))
+            .await
+            .expect("create");
     }
     let path = store.path().to_path_buf();
     drop(store);
@@ -173,7 +227,10 @@ async fn open_refuses_or_serves_only_intact_data(dir: &Path) -> Result<usize, Er
     let all = store.range(&KeyRange::all(), None, None).await?;
     for kv in &all.kvs {
         let key = std::str::from_utf8(&kv.key).expect("utf-8 key");
-        assert!(parse_round(key, &kv.value).is_some(), "{key}: damaged value served");
+        assert!(
+            parse_round(key, &kv.value).is_some(),
+            "{key}: damaged value served"
+        );
     }
     Ok(all.kvs.len())
 }
@@ -182,7 +239,10 @@ async fn open_refuses_or_serves_only_intact_data(dir: &Path) -> Result<usize, Er
 async fn garbage_after_the_end_of_the_file_is_refused_not_served() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (path, n) = filled_store(dir.path()).await;
-    let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("open file");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open file");
     let garbage: Vec<u8> = (0..10_000).map(|_| rand::rng().random()).collect();
     file.write_all(&garbage).expect("append");
     drop(file);
@@ -203,7 +263,10 @@ async fn a_truncated_file_is_refused_not_served() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (path, _) = filled_store(dir.path()).await;
     let len = std::fs::metadata(&path).expect("stat").len();
-    let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open file");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open file");
     file.set_len(len / 2).expect("truncate");
     drop(file);
     match open_refuses_or_serves_only_intact_data(dir.path()).await {
@@ -230,7 +293,10 @@ async fn corrupted_pages_are_refused_not_served() {
         }
         std::fs::write(&path, &bytes).expect("write file");
         if let Err(e) = open_refuses_or_serves_only_intact_data(dir.path()).await {
-            assert!(matches!(e, Error::Open { .. } | Error::Embedded { .. }), "unclear error {e:?}");
+            assert!(
+                matches!(e, Error::Open { .. } | Error::Embedded { .. }),
+                "unclear error {e:?}"
+            );
         }
     }
 }

@@ -13,7 +13,7 @@ use skiff_storage::etcd::local::LocalEtcd;
 use skiff_storage::etcd::{EtcdConfig, EtcdStore};
 use skiff_storage::{KeyRange, Store};
 
-use super::stats::{ms, Samples};
+use super::stats::{Samples, ms};
 
 #[derive(clap::Args)]
 pub struct StoreBench {
@@ -86,7 +86,9 @@ impl StoreBench {
                     (Some(local), config)
                 }
             };
-            let store = EtcdStore::connect(&config).await.context("connecting to etcd")?;
+            let store = EtcdStore::connect(&config)
+                .await
+                .context("connecting to etcd")?;
             columns.push(("etcd", self.measure(&store, "etcd").await?));
         }
         print_table(&columns);
@@ -98,7 +100,10 @@ impl StoreBench {
         for writers in [1, 8] {
             let (rate, mut latency) = self.puts(store, name, writers).await?;
             figures.push(Figure {
-                label: format!("puts/s, {writers} writer{}", if writers > 1 { "s" } else { "" }),
+                label: format!(
+                    "puts/s, {writers} writer{}",
+                    if writers > 1 { "s" } else { "" }
+                ),
                 shown: format!("{rate:.0}"),
                 value: rate,
                 higher_is_better: true,
@@ -106,7 +111,10 @@ impl StoreBench {
             for p in [50.0, 99.0] {
                 let d = latency.percentile(p);
                 figures.push(Figure {
-                    label: format!("put p{p:.0}, {writers} writer{}", if writers > 1 { "s" } else { "" }),
+                    label: format!(
+                        "put p{p:.0}, {writers} writer{}",
+                        if writers > 1 { "s" } else { "" }
+                    ),
                     shown: ms(d),
                     value: d.as_secs_f64(),
                     higher_is_better: false,
@@ -172,13 +180,18 @@ impl StoreBench {
 
     /// Loads `range_keys` keys, then reads them all in one range, repeatedly.
     async fn range(&self, store: &dyn Store, name: &str) -> Result<Samples> {
-        let bar = progress(self.range_keys as u64 as usize, &format!("{name}: loading range keys"));
+        let bar = progress(
+            self.range_keys as u64 as usize,
+            &format!("{name}: loading range keys"),
+        );
         let value = self.value();
         futures::stream::iter(0..self.range_keys)
             .map(|i| {
                 let (value, bar) = (value.clone(), bar.clone());
                 async move {
-                    store.create(format!("/bench/range/{i:08}").as_bytes(), value).await?;
+                    store
+                        .create(format!("/bench/range/{i:08}").as_bytes(), value)
+                        .await?;
                     bar.inc(1);
                     anyhow::Ok(())
                 }
@@ -194,9 +207,15 @@ impl StoreBench {
         let mut samples = Samples::with_capacity(reads);
         for _ in 0..reads {
             let t = Instant::now();
-            let response = store.range(&KeyRange::prefix("/bench/range/"), None, None).await?;
+            let response = store
+                .range(&KeyRange::prefix("/bench/range/"), None, None)
+                .await?;
             samples.push(t.elapsed());
-            anyhow::ensure!(response.kvs.len() == self.range_keys, "range returned {} keys", response.kvs.len());
+            anyhow::ensure!(
+                response.kvs.len() == self.range_keys,
+                "range returned {} keys",
+                response.kvs.len()
+            );
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -207,7 +226,8 @@ impl StoreBench {
     /// sent to each watcher's receipt of the event.
     async fn fanout(&self, store: &dyn Store, name: &str) -> Result<Samples> {
         let events = self.watch_events;
-        let sent: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..events).map(|_| OnceLock::new()).collect());
+        let sent: Arc<Vec<OnceLock<Instant>>> =
+            Arc::new((0..events).map(|_| OnceLock::new()).collect());
         let mut streams = Vec::with_capacity(self.watchers);
         for _ in 0..self.watchers {
             streams.push(store.watch(&KeyRange::prefix("/bench/watch/"), 0).await?);
@@ -230,7 +250,9 @@ impl StoreBench {
                             .next()
                             .context("key")?
                             .parse()?;
-                        let at = sent[index].get().context("event before its write was sent")?;
+                        let at = sent[index]
+                            .get()
+                            .context("event before its write was sent")?;
                         samples.push(received.duration_since(*at));
                         bar.inc(1);
                     }
@@ -241,7 +263,9 @@ impl StoreBench {
         let value = self.value();
         for (i, slot) in sent.iter().enumerate() {
             let _ = slot.set(Instant::now());
-            store.create(format!("/bench/watch/{i:08}").as_bytes(), value.clone()).await?;
+            store
+                .create(format!("/bench/watch/{i:08}").as_bytes(), value.clone())
+                .await?;
         }
         let mut all = Samples::with_capacity(events * self.watchers);
         for receiver in receivers {
@@ -287,7 +311,11 @@ fn print_table(columns: &[(&str, Vec<Figure>)]) {
         }
         if both {
             let (a, b) = (columns[0].1[i].value, columns[1].1[i].value);
-            let ratio = if figure.higher_is_better { a / b } else { b / a };
+            let ratio = if figure.higher_is_better {
+                a / b
+            } else {
+                b / a
+            };
             if ratio >= 1.0 {
                 row += &format!(" {ratio:.1}x better |");
             } else {

@@ -2,28 +2,29 @@
 //!
 //! Every write goes through one thread. It takes whatever requests are queued (up to a
 //! batch limit), applies them in order in ONE redb write transaction, each with its own
-//! revision and its own compare-and-swap check, commits once with an fsync, and only then
-//! publishes the events and answers the callers. Concurrent writers therefore share one
-//! fsync instead of paying one each, and no caller hears "ok" before its write is on disk.
+//! revision and its own compare-and-swap check, appends the batch's effects to the
+//! write-ahead log with one `fdatasync`, commits the redb transaction without a sync, and
+//! only then publishes the events and answers the callers. Concurrent writers share one
+//! sync instead of paying one each, and no caller hears "ok" before its write is on disk.
+//! A checkpoint (a durable redb commit) empties the log now and then.
 //!
 //! Compaction marks the new floor in one small transaction (so reads below it fail at
 //! once) and then prunes history in chunks between write batches, so a large compaction
 //! never stalls writers for long.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Durability, ReadableTable, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::read::{deleted_kv, err};
-use super::records::{
-    decode_latest, decode_version, encode_latest, encode_put, encode_tombstone, HISTORY, LATEST,
-    LOG, META, META_COMPACTED, META_CURRENT,
-};
 use super::Shared;
+use super::effects::{self, Effect, Tables};
+use super::read::{deleted_kv, err};
+use super::records::{HISTORY, LOG, META, META_COMPACTED, decode_latest, decode_version};
+use super::wal::Wal;
 use crate::{Error, Event, EventKind, KeyValue, Result, Revision};
 
 pub(crate) enum Op {
@@ -65,10 +66,18 @@ const MAX_BATCH_REQUESTS: usize = 512;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Log entries examined per compaction transaction.
 const COMPACTION_CHUNK: usize = 4096;
+/// Checkpoint when the write-ahead log grows past this, bounding replay after a crash.
+const CHECKPOINT_BYTES: u64 = super::wal::PREALLOCATE_BYTES;
+/// Checkpoint when idle this long with anything in the log.
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(10);
 
 pub(crate) struct Committer {
     shared: Arc<Shared>,
     rx: Receiver<Request>,
+    wal: Wal,
+    /// Set when the log and redb may disagree in memory; every write fails until the
+    /// store is reopened (which replays the log).
+    failed: Option<String>,
     current: Revision,
     compacted: Revision,
     /// Physical pruning still to do: log entries below `target`, from `cursor` on.
@@ -93,6 +102,7 @@ impl Committer {
     pub(crate) fn new(
         shared: Arc<Shared>,
         rx: Receiver<Request>,
+        wal: Wal,
         current: Revision,
         compacted: Revision,
         auto_compaction: Option<Duration>,
@@ -100,6 +110,8 @@ impl Committer {
         Committer {
             shared,
             rx,
+            wal,
+            failed: None,
             current,
             compacted,
             // Finish whatever a crash interrupted: pruning is idempotent.
@@ -119,8 +131,9 @@ impl Committer {
         loop {
             let first = match self.next_request() {
                 Ok(first) => first,
-                Err(()) => return,
+                Err(()) => break,
             };
+            let idle = first.is_none();
             if let Some(first) = first {
                 self.batch(first);
             }
@@ -128,6 +141,31 @@ impl Committer {
                 tracing::warn!(error = %e, "compaction chunk failed; will retry");
             }
             self.auto_compact();
+            if self.wal.len() > CHECKPOINT_BYTES || (idle && self.wal.len() > 0) {
+                self.checkpoint();
+            }
+        }
+        // Clean shutdown: leave nothing to replay.
+        if self.wal.len() > 0 {
+            self.checkpoint();
+        }
+    }
+
+    /// Makes everything committed so far durable in redb and empties the log.
+    fn checkpoint(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        let result = self
+            .begin(Durability::Immediate)
+            .and_then(|txn| txn.commit().map_err(|e| err("checkpointing")(e.into())));
+        match result {
+            Ok(()) => {
+                self.wal.reset();
+                tracing::debug!(revision = self.current, "checkpoint");
+            }
+            // The log still holds everything: correct, only slower to reopen.
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed; will retry"),
         }
     }
 
@@ -141,10 +179,13 @@ impl Committer {
                 Err(TryRecvError::Disconnected) => Err(()),
             };
         }
-        let timeout = match &self.auto {
+        let mut timeout = match &self.auto {
             Some(auto) => auto.next_tick.saturating_duration_since(Instant::now()),
             None => Duration::from_secs(3600),
         };
+        if self.wal.len() > 0 {
+            timeout = timeout.min(CHECKPOINT_IDLE);
+        }
         match self.rx.recv_timeout(timeout) {
             Ok(r) => Ok(Some(r)),
             Err(RecvTimeoutError::Timeout) => Ok(None),
@@ -183,6 +224,12 @@ impl Committer {
         if requests.is_empty() {
             return;
         }
+        if let Some(failure) = &self.failed {
+            for (_, reply) in requests {
+                let _ = reply.send(Err(Error::embedded("writing", failure.clone())));
+            }
+            return;
+        }
         let mut results = Vec::with_capacity(requests.len());
         let mut events = Vec::new();
         let outcome = self.apply(&requests, &mut results, &mut events);
@@ -208,30 +255,24 @@ impl Committer {
 
     /// Applies `requests` in one transaction. Returns the revision after the commit.
     fn apply(
-        &self,
+        &mut self,
         requests: &[(WriteOp, Reply)],
         results: &mut Vec<Result<Outcome>>,
         events: &mut Vec<Event>,
     ) -> Result<Revision> {
-        let txn = self.begin()?;
+        let txn = self.begin(Durability::None)?;
         let mut revision = self.current;
+        let mut effects = Vec::with_capacity(requests.len());
         {
-            let mut latest = txn
-                .open_table(LATEST)
-                .map_err(|e| err("opening latest")(e.into()))?;
-            let mut history = txn
-                .open_table(HISTORY)
-                .map_err(|e| err("opening history")(e.into()))?;
-            let mut log = txn
-                .open_table(LOG)
-                .map_err(|e| err("opening log")(e.into()))?;
+            let mut tables = Tables::open(&txn)?;
             for (op, _) in requests {
                 let (key, expected) = match op {
                     WriteOp::Create { key, .. } => (key, None),
                     WriteOp::Update { key, expected, .. } => (key, Some(*expected)),
                     WriteOp::Delete { key, expected } => (key, *expected),
                 };
-                let current = latest
+                let current = tables
+                    .latest()
                     .get(key.as_slice())
                     .map_err(|e| err("reading latest")(e.into()))?
                     .map(|raw| {
@@ -245,81 +286,85 @@ impl Committer {
                     continue;
                 }
                 revision += 1;
-                let event = match op {
+                let (effect, event) = match op {
                     WriteOp::Create { value, .. } | WriteOp::Update { value, .. } => {
                         let kv = KeyValue {
                             key: key.clone(),
                             value: value.clone(),
-                            create_revision: current.as_ref().map_or(revision, |c| c.create_revision),
+                            create_revision: current
+                                .as_ref()
+                                .map_or(revision, |c| c.create_revision),
                             mod_revision: revision,
                             version: current.as_ref().map_or(1, |c| c.version + 1),
                         };
-                        latest
-                            .insert(key.as_slice(), encode_latest(&kv).as_slice())
-                            .map_err(|e| err("writing latest")(e.into()))?;
-                        history
-                            .insert(
-                                (key.as_slice(), revision),
-                                encode_put(kv.create_revision, kv.version, value).as_slice(),
-                            )
-                            .map_err(|e| err("writing history")(e.into()))?;
                         results.push(Ok(Outcome::Written(revision)));
-                        Event {
-                            kind: if current.is_some() {
-                                EventKind::Modified
-                            } else {
-                                EventKind::Created
+                        let kind = if current.is_some() {
+                            EventKind::Modified
+                        } else {
+                            EventKind::Created
+                        };
+                        (
+                            Effect::Put(kv.clone()),
+                            Event {
+                                kind,
+                                kv,
+                                prev: current,
                             },
-                            kv,
-                            prev: current,
-                        }
+                        )
                     }
                     WriteOp::Delete { .. } => {
-                        latest
-                            .remove(key.as_slice())
-                            .map_err(|e| err("writing latest")(e.into()))?;
-                        history
-                            .insert((key.as_slice(), revision), encode_tombstone().as_slice())
-                            .map_err(|e| err("writing history")(e.into()))?;
-                        let prev = current.ok_or_else(|| {
-                            Error::embedded("deleting", "checked key vanished")
-                        })?;
+                        let prev = current
+                            .ok_or_else(|| Error::embedded("deleting", "checked key vanished"))?;
                         results.push(Ok(Outcome::Deleted(revision, prev.clone())));
-                        Event {
-                            kind: EventKind::Deleted,
-                            kv: deleted_kv(key, revision),
-                            prev: Some(prev),
-                        }
+                        (
+                            Effect::Delete {
+                                key: key.clone(),
+                                revision,
+                            },
+                            Event {
+                                kind: EventKind::Deleted,
+                                kv: deleted_kv(key, revision),
+                                prev: Some(prev),
+                            },
+                        )
                     }
                 };
-                log.insert(revision, key.as_slice())
-                    .map_err(|e| err("writing log")(e.into()))?;
+                tables.apply(&effect)?;
+                effects.push(effect);
                 events.push(event);
             }
-            if revision != self.current {
-                let mut meta = txn
-                    .open_table(META)
-                    .map_err(|e| err("opening meta")(e.into()))?;
-                meta.insert(META_CURRENT, revision)
-                    .map_err(|e| err("writing meta")(e.into()))?;
+            if !effects.is_empty() {
+                tables.set_current(revision)?;
             }
         }
-        if revision == self.current {
+        if effects.is_empty() {
             // Every request failed its check: nothing to make durable.
             txn.abort().map_err(|e| err("aborting")(e.into()))?;
-        } else {
-            txn.commit().map_err(|e| err("committing")(e.into()))?;
+            return Ok(revision);
+        }
+        // Durable first: if the append fails, the transaction is dropped (rolled back)
+        // and every caller hears the error.
+        self.wal
+            .append(&effects::encode(&effects))
+            .map_err(|e| Error::embedded("appending to the write-ahead log", e))?;
+        if let Err(e) = txn.commit() {
+            // The log holds a batch redb does not: refuse further writes until a reopen
+            // replays it, rather than serve a history with a hole.
+            let message = format!("the store must be reopened after a failed commit: {e}");
+            tracing::error!(wal = %self.wal.path().display(), "{message}");
+            self.failed = Some(message);
+            return Err(err("committing")(e.into()));
         }
         Ok(revision)
     }
 
-    fn begin(&self) -> Result<WriteTransaction> {
+    fn begin(&self, durability: Durability) -> Result<WriteTransaction> {
         let mut txn = self
             .shared
             .db
             .begin_write()
             .map_err(|e| err("beginning a write")(e.into()))?;
-        txn.set_durability(Durability::Immediate)
+        txn.set_durability(durability)
             .map_err(|e| Error::embedded("setting durability", e.to_string()))?;
         Ok(txn)
     }
@@ -335,7 +380,8 @@ impl Committer {
         if revision <= self.compacted {
             return Ok(());
         }
-        let txn = self.begin()?;
+        // Durable on its own (it is rare): a compaction floor must never move back.
+        let txn = self.begin(Durability::Immediate)?;
         {
             let mut meta = txn
                 .open_table(META)
@@ -368,7 +414,8 @@ impl Committer {
             return Ok(());
         };
         let (target, cursor) = (pruning.target, pruning.cursor);
-        let txn = self.begin()?;
+        // Pruning needs no sync: after a crash it simply runs again.
+        let txn = self.begin(Durability::None)?;
         let next_cursor;
         {
             let mut log = txn
@@ -408,8 +455,7 @@ impl Committer {
                     history
                         .remove((key.as_slice(), rev))
                         .map_err(|e| err("pruning history")(e.into()))?;
-                    log.remove(rev)
-                        .map_err(|e| err("pruning log")(e.into()))?;
+                    log.remove(rev).map_err(|e| err("pruning log")(e.into()))?;
                 }
             }
         }
@@ -445,7 +491,12 @@ impl Committer {
 }
 
 /// Checks a write's precondition against the key's current value.
-fn check(op: &WriteOp, key: &[u8], expected: Option<Revision>, current: Option<&KeyValue>) -> Result<()> {
+fn check(
+    op: &WriteOp,
+    key: &[u8],
+    expected: Option<Revision>,
+    current: Option<&KeyValue>,
+) -> Result<()> {
     match (op, current) {
         (WriteOp::Create { .. }, Some(_)) => Err(Error::AlreadyExists { key: key.to_vec() }),
         (WriteOp::Create { .. }, None) => Ok(()),

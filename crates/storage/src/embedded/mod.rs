@@ -1,13 +1,16 @@
 //! The embedded backend: the default store, a single file in the data directory.
 //!
 //! A revision log and MVCC history kept in redb tables (see [`records`] for the layout),
-//! written by one committer thread with group commit, read from redb snapshots, watched
-//! through an in-process broadcast backed by the on-disk log. Why redb, and what was
+//! written by one committer thread with group commit made durable by a write-ahead log
+//! (see [`wal`]), read from redb snapshots, watched through an in-process broadcast
+//! backed by the on-disk log. Why redb, and what was
 //! measured, is in `docs/adr/0001-embedded-store-engine.md`.
 
 mod committer;
+mod effects;
 mod read;
 mod records;
+mod wal;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -22,11 +25,15 @@ use bytes::Bytes;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use tokio::sync::oneshot;
 
-use crate::{check_write, Error, KeyRange, KeyValue, RangeResponse, Result, Revision, Store, WatchStream};
+use crate::{
+    Error, KeyRange, KeyValue, RangeResponse, Result, Revision, Store, WatchStream, check_write,
+};
 use committer::{Committer, Op, Outcome, Request, WriteOp};
 
-/// The file inside the data directory.
+/// The database file inside the data directory.
 pub const FILE_NAME: &str = "skiff.redb";
+/// The write-ahead log beside it.
+pub const WAL_FILE_NAME: &str = "skiff.wal";
 
 /// How the embedded store is opened.
 #[derive(Clone, Debug)]
@@ -95,6 +102,7 @@ impl Embedded {
         std::fs::create_dir_all(&config.dir).map_err(|e| open_err(e.into()))?;
         let db = open_database(&path, config.cache_bytes).map_err(open_err)?;
         create_tables(&db)?;
+        let wal = recover(&db, &config.dir.join(WAL_FILE_NAME))?;
         let (current, compacted) = {
             let txn = db
                 .begin_read()
@@ -111,6 +119,7 @@ impl Embedded {
         let committer = Committer::new(
             shared.clone(),
             rx,
+            wal,
             current,
             compacted,
             config.compaction_interval,
@@ -178,23 +187,63 @@ fn open_database(
     }
 }
 
+/// Replays write-ahead records newer than redb's revision, makes them durable in redb,
+/// and returns the emptied log. A torn tail is cut off by [`Wal::open`]: it was never
+/// acknowledged.
+fn recover(db: &Database, path: &Path) -> Result<wal::Wal> {
+    let wal_err = |e: std::io::Error| Error::Open {
+        path: path.display().to_string(),
+        source: e.into(),
+    };
+    let (mut wal, recovered) = wal::Wal::open(path).map_err(wal_err)?;
+    if recovered.records.is_empty() {
+        return Ok(wal);
+    }
+    let (mut current, _) = {
+        let txn = db
+            .begin_read()
+            .map_err(|e| Error::embedded("beginning a read", e))?;
+        read::meta(&txn)?
+    };
+    let txn = db
+        .begin_write()
+        .map_err(|e| Error::embedded("replaying the write-ahead log", e))?;
+    let mut replayed = 0;
+    {
+        let mut tables = effects::Tables::open(&txn)?;
+        for record in &recovered.records {
+            for effect in effects::decode(record)? {
+                if effect.revision() > current {
+                    tables.apply(&effect)?;
+                    current = effect.revision();
+                    replayed += 1;
+                }
+            }
+        }
+        tables.set_current(current)?;
+    }
+    txn.commit()
+        .map_err(|e| Error::embedded("replaying the write-ahead log", e))?;
+    wal.reset();
+    tracing::info!(replayed, revision = current, "replayed the write-ahead log");
+    Ok(wal)
+}
+
 /// Creates the tables on first open, so readers never meet a missing one.
 fn create_tables(db: &Database) -> Result<()> {
     let err = |e: redb::Error| Error::embedded("creating tables", e);
     let txn = db.begin_write().map_err(|e| err(e.into()))?;
     txn.open_table(records::META).map_err(|e| err(e.into()))?;
     txn.open_table(records::LATEST).map_err(|e| err(e.into()))?;
-    txn.open_table(records::HISTORY).map_err(|e| err(e.into()))?;
+    txn.open_table(records::HISTORY)
+        .map_err(|e| err(e.into()))?;
     txn.open_table(records::LOG).map_err(|e| err(e.into()))?;
     txn.commit().map_err(|e| err(e.into()))
 }
 
 impl Drop for Embedded {
     fn drop(&mut self) {
-        self.writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = self.committer.take() {
             let _ = handle.join();
         }

@@ -4,8 +4,7 @@
 use redb::{ReadTransaction, ReadableTable};
 
 use super::records::{
-    self, decode_latest, decode_version, HISTORY, LATEST, LOG, META, META_COMPACTED,
-    META_CURRENT,
+    self, HISTORY, LATEST, LOG, META, META_COMPACTED, META_CURRENT, decode_latest, decode_version,
 };
 use crate::{Error, Event, EventKind, KeyRange, KeyValue, RangeResponse, Result, Revision};
 
@@ -16,7 +15,10 @@ pub(crate) fn err(context: &'static str) -> impl FnOnce(redb::Error) -> Error {
 fn corrupt(what: &str, key: &[u8]) -> Error {
     Error::embedded(
         "reading a record",
-        format!("corrupt {what} record for key {}", String::from_utf8_lossy(key)),
+        format!(
+            "corrupt {what} record for key {}",
+            String::from_utf8_lossy(key)
+        ),
     )
 }
 
@@ -80,7 +82,9 @@ pub(crate) fn get(
             let latest = txn
                 .open_table(LATEST)
                 .map_err(|e| err("opening latest")(e.into()))?;
-            let raw = latest.get(key).map_err(|e| err("reading latest")(e.into()))?;
+            let raw = latest
+                .get(key)
+                .map_err(|e| err("reading latest")(e.into()))?;
             raw.map(|raw| decode_latest(key, raw.value()).ok_or_else(|| corrupt("latest", key)))
                 .transpose()
         }
@@ -181,7 +185,7 @@ fn historical_range(
     // The newest version at or below `revision` of the key being walked.
     let mut candidate: Option<(Vec<u8>, Revision, Vec<u8>)> = None;
     let flush = |candidate: Option<(Vec<u8>, Revision, Vec<u8>)>,
-                     out: &mut RangeResponse|
+                 out: &mut RangeResponse|
      -> Result<bool> {
         let Some((key, rev, raw)) = candidate else {
             return Ok(true);

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use super::{read, Shared};
+use super::{Shared, read};
 use crate::{Error, Event, KeyRange, Result, Revision, WatchStream};
 
 /// Commits buffered for live watchers before a slow one must catch up from disk.
@@ -83,13 +83,16 @@ pub(crate) fn start(shared: Arc<Shared>, range: KeyRange, start: Revision) -> Re
         ready: VecDeque::new(),
         done: false,
     };
-    Ok(Box::pin(futures::stream::unfold(watcher, |mut w| async move {
-        let item = w.next_event().await?;
-        if item.is_err() {
-            w.done = true;
-        }
-        Some((item, w))
-    })))
+    Ok(Box::pin(futures::stream::unfold(
+        watcher,
+        |mut w| async move {
+            let item = w.next_event().await?;
+            if item.is_err() {
+                w.done = true;
+            }
+            Some((item, w))
+        },
+    )))
 }
 
 impl Watcher {

@@ -118,8 +118,8 @@ impl LocalEtcd {
         let config = self.config("");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(self.dir.path().join("etcd.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
                 return Err(Error::etcd(
                     "starting etcd",
                     format!("etcd exited with {status}: {log}"),

@@ -17,8 +17,8 @@ use etcd_client::{
 use futures::StreamExt;
 
 use crate::{
-    check_write, Error, Event, EventKind, KeyRange, KeyValue, RangeResponse, Result, Revision,
-    Store, WatchStream,
+    Error, Event, EventKind, KeyRange, KeyValue, RangeResponse, Result, Revision, Store,
+    WatchStream, check_write,
 };
 
 /// Responses may carry many large values (a LIST of a whole resource).
@@ -110,7 +110,11 @@ impl EtcdStore {
 
     fn kv_from(&self, kv: &etcd_client::KeyValue) -> KeyValue {
         KeyValue {
-            key: kv.key().strip_prefix(self.prefix.as_slice()).unwrap_or(kv.key()).to_vec(),
+            key: kv
+                .key()
+                .strip_prefix(self.prefix.as_slice())
+                .unwrap_or(kv.key())
+                .to_vec(),
             value: Bytes::copy_from_slice(kv.value()),
             create_revision: kv.create_revision(),
             mod_revision: kv.mod_revision(),
@@ -222,7 +226,10 @@ impl Store for EtcdStore {
         check_write(key, Some(&value))?;
         let full = self.full_key(key);
         let compare = Compare::create_revision(full.clone(), CompareOp::Equal, 0);
-        match self.cas(key, compare, TxnOp::put(full, value.to_vec(), None)).await? {
+        match self
+            .cas(key, compare, TxnOp::put(full, value.to_vec(), None))
+            .await?
+        {
             Ok(response) => header_revision(response.header()),
             Err(_) => Err(Error::AlreadyExists { key: key.to_vec() }),
         }
@@ -232,7 +239,10 @@ impl Store for EtcdStore {
         check_write(key, Some(&value))?;
         let full = self.full_key(key);
         let compare = Compare::mod_revision(full.clone(), CompareOp::Equal, expected);
-        match self.cas(key, compare, TxnOp::put(full, value.to_vec(), None)).await? {
+        match self
+            .cas(key, compare, TxnOp::put(full, value.to_vec(), None))
+            .await?
+        {
             Ok(response) => header_revision(response.header()),
             Err(current) => Err(Error::Conflict {
                 key: key.to_vec(),
@@ -250,7 +260,10 @@ impl Store for EtcdStore {
             // "The key exists": etcd has no other way to say it in a comparison.
             None => Compare::create_revision(full.clone(), CompareOp::Greater, 0),
         };
-        let delete = TxnOp::delete(full, Some(etcd_client::DeleteOptions::new().with_prev_key()));
+        let delete = TxnOp::delete(
+            full,
+            Some(etcd_client::DeleteOptions::new().with_prev_key()),
+        );
         match self.cas(key, compare, delete).await? {
             Ok(response) => {
                 let revision = header_revision(response.header())?;
@@ -258,7 +271,8 @@ impl Store for EtcdStore {
                     TxnOpResponse::Delete(d) => d.prev_kvs().first().map(|kv| self.kv_from(kv)),
                     _ => None,
                 });
-                let prev = prev.ok_or_else(|| Error::etcd("deleting", "no previous value returned"))?;
+                let prev =
+                    prev.ok_or_else(|| Error::etcd("deleting", "no previous value returned"))?;
                 Ok((revision, prev))
             }
             Err(None) => Err(Error::NotFound { key: key.to_vec() }),
@@ -297,7 +311,10 @@ impl Store for EtcdStore {
                             compacted: response.compact_revision(),
                         }
                     } else {
-                        Error::etcd("watching", format!("watch cancelled: {}", response.cancel_reason()))
+                        Error::etcd(
+                            "watching",
+                            format!("watch cancelled: {}", response.cancel_reason()),
+                        )
                     };
                     return vec![Err(error)];
                 }
@@ -351,7 +368,10 @@ impl Store for EtcdStore {
     async fn current_revision(&self) -> Result<Revision> {
         let response = self
             .kv()
-            .get(self.full_key(b"\0"), Some(GetOptions::new().with_count_only()))
+            .get(
+                self.full_key(b"\0"),
+                Some(GetOptions::new().with_count_only()),
+            )
             .await
             .map_err(|e| Error::etcd("reading the revision", e))?;
         header_revision(response.header())
@@ -369,7 +389,10 @@ impl Store for EtcdStore {
                 let options = GetOptions::new().with_count_only().with_revision(rev);
                 match kv.get(probe, Some(options)).await {
                     Ok(_) => Ok(true),
-                    Err(e) if e.to_string().contains("required revision has been compacted") => {
+                    Err(e)
+                        if e.to_string()
+                            .contains("required revision has been compacted") =>
+                    {
                         Ok(false)
                     }
                     Err(e) => Err(Error::etcd("probing the compaction revision", e)),
