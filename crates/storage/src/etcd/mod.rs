@@ -44,6 +44,22 @@ pub struct EtcdConfig {
 pub struct EtcdStore {
     client: Client,
     prefix: Vec<u8>,
+    /// Attempts per request: one per endpoint, plus one.
+    attempts: usize,
+}
+
+/// Whether a failed request may be sent again. The client spreads requests over the
+/// endpoints and does not skip one that is down, so a request can land on a dead
+/// endpoint: one that never left (connection refused) is always safe to retry, like
+/// etcd's own clientv3 does; one that may have reached the server only if `idempotent`.
+fn retryable(error: &etcd_client::Error, idempotent: bool) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Unavailable => {
+            idempotent || status.message().contains("connect")
+        }
+        etcd_client::Error::TransportError(_) => idempotent,
+        _ => false,
+    }
 }
 
 impl EtcdStore {
@@ -82,7 +98,30 @@ impl EtcdStore {
         Ok(EtcdStore {
             client,
             prefix: config.prefix.clone(),
+            attempts: config.endpoints.len() + 1,
         })
+    }
+
+    /// Runs `request`, again on another endpoint when that is safe (see [`retryable`]).
+    async fn retry<T, F, Fut>(
+        &self,
+        idempotent: bool,
+        mut request: F,
+    ) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match request(self.kv()).await {
+                Err(e) if attempt < self.attempts && retryable(&e, idempotent) => {
+                    tracing::debug!(error = %e, attempt, "retrying an etcd request");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     fn kv(&self) -> KvClient {
@@ -152,8 +191,10 @@ impl EtcdStore {
             .and_then(vec![then])
             .or_else(vec![TxnOp::get(full, None)]);
         let response = self
-            .kv()
-            .txn(txn)
+            .retry(false, |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
             .await
             .map_err(|e| Error::etcd("writing", e))?;
         if response.succeeded() {
@@ -187,7 +228,14 @@ impl Store for EtcdStore {
         if let Some(rev) = revision.filter(|r| *r > 0) {
             options = options.with_revision(rev);
         }
-        match self.kv().get(self.full_key(key), Some(options)).await {
+        let full = self.full_key(key);
+        let response = self
+            .retry(true, |mut kv| {
+                let (full, options) = (full.clone(), options.clone());
+                async move { kv.get(full, Some(options)).await }
+            })
+            .await;
+        match response {
             Ok(response) => Ok(response.kvs().first().map(|kv| self.kv_from(kv))),
             Err(e) => Err(self.map_read_error(e, revision.unwrap_or(0)).await),
         }
@@ -207,7 +255,13 @@ impl Store for EtcdStore {
         if let Some(limit) = limit.filter(|l| *l > 0) {
             options = options.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         }
-        let response = match self.kv().get(start, Some(options)).await {
+        let response = self
+            .retry(true, |mut kv| {
+                let (start, options) = (start.clone(), options.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await;
+        let response = match response {
             Ok(response) => response,
             Err(e) => return Err(self.map_read_error(e, revision.unwrap_or(0)).await),
         };
@@ -290,13 +344,19 @@ impl Store for EtcdStore {
         if start > 0 {
             options = options.with_start_revision(start);
         }
-        let stream = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .watch(key, Some(options))
-            .await
-            .map_err(|e| Error::etcd("starting a watch", e))?;
+        let mut attempt = 1;
+        let stream = loop {
+            let started = self
+                .client
+                .watch_client()
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .watch(key.clone(), Some(options.clone()))
+                .await;
+            match started {
+                Err(e) if attempt < self.attempts && retryable(&e, true) => attempt += 1,
+                result => break result.map_err(|e| Error::etcd("starting a watch", e))?,
+            }
+        };
         let store = self.clone();
         let events = stream
             .map(move |response| -> Vec<Result<Event>> {
@@ -345,7 +405,13 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: Revision) -> Result<()> {
-        match self.kv().compact(revision, None).await {
+        let response = self
+            .retry(
+                true,
+                |mut kv| async move { kv.compact(revision, None).await },
+            )
+            .await;
+        match response {
             Ok(_) => Ok(()),
             Err(e) => {
                 let message = e.to_string();
@@ -383,11 +449,16 @@ impl Store for EtcdStore {
         let current = self.current_revision().await?;
         let probe = self.full_key(b"\0");
         let readable = |rev: Revision| {
-            let mut kv = self.kv();
             let probe = probe.clone();
             async move {
                 let options = GetOptions::new().with_count_only().with_revision(rev);
-                match kv.get(probe, Some(options)).await {
+                let response = self
+                    .retry(true, |mut kv| {
+                        let (probe, options) = (probe.clone(), options.clone());
+                        async move { kv.get(probe, Some(options)).await }
+                    })
+                    .await;
+                match response {
                     Ok(_) => Ok(true),
                     Err(e)
                         if e.to_string()
