@@ -1,8 +1,9 @@
-//! `skiff server`: the all-in-one control plane. Today it opens the datastore the API
-//! server will sit on (embedded by default, etcd with `--etcd-endpoints`), checks it, and
-//! runs until SIGINT/SIGTERM, closing it cleanly. The API server, controllers and the
-//! node agent are added here as they land (docs/status.md).
+//! `skiff server`: the all-in-one control plane. Opens the datastore (embedded by
+//! default, etcd with `--etcd-endpoints`) and runs the API server on it until SIGINT or
+//! SIGTERM, then closes the datastore cleanly. Controllers and the node agent are added
+//! here as they land (docs/status.md).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,6 +17,12 @@ pub struct ServerArgs {
     /// Where cluster state lives (the embedded store, certificates, kubeconfigs).
     #[arg(long, default_value = "/var/lib/skiff")]
     data_dir: PathBuf,
+    /// Address the API server listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_address: IpAddr,
+    /// HTTPS port of the API server (0 picks a free one and logs it).
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
     /// Use this etcd cluster instead of the embedded store (comma-separated client URLs).
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -35,13 +42,46 @@ pub struct ServerArgs {
 
 pub async fn run(args: ServerArgs) -> Result<()> {
     let store = open_store(&args).await?;
-    let revision = store.current_revision().await?;
     store.health().await.context("datastore health check")?;
-    eprintln!(
-        "skiff server: datastore ready at revision {revision}; the API server is not built yet (see docs/status.md). Ctrl-C stops."
-    );
-    shutdown_signal().await?;
-    tracing::info!("shutting down");
+    let config = skiff_apiserver::Config {
+        data_dir: args.data_dir.clone(),
+        bind_address: args.bind_address,
+        secure_port: args.secure_port,
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut apiserver = tokio::spawn(skiff_apiserver::run(
+        config,
+        store.clone(),
+        ready_tx,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    match ready_rx.await {
+        Ok(ready) => eprintln!(
+            "skiff server ready: https://{} (kubeconfig: {})",
+            ready.addr,
+            ready.kubeconfig.display()
+        ),
+        // The API server gave up before serving: report why.
+        Err(_) => {
+            apiserver.await?.context("starting the API server")?;
+            anyhow::bail!("the API server stopped before it was ready");
+        }
+    }
+    tokio::select! {
+        result = shutdown_signal() => {
+            result?;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(());
+            (&mut apiserver).await?.context("API server")?;
+        }
+        result = &mut apiserver => {
+            result?.context("API server")?;
+            anyhow::bail!("the API server stopped");
+        }
+    }
     drop(store);
     Ok(())
 }

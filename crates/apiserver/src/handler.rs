@@ -1,0 +1,360 @@
+//! Routing: fixed endpoints (version, health, discovery) and one handler for every
+//! resource path, which parses the request (see [`crate::request`]), checks it against
+//! the catalog and calls the generic registry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use skiff_storage::Store;
+
+use crate::registry::selector::{FieldSelector, LabelSelector};
+use crate::registry::store::{ListOptions, PatchType, Registry, WriteOptions, Written};
+use crate::registry::validation::FieldValidation;
+use crate::registry::watch::{self, WatchOptions};
+use crate::registry::{self as reg, Resource};
+use crate::request::{self, Verb};
+use crate::status::ApiError;
+use crate::{Error, KUBERNETES_VERSION, discovery};
+
+/// Upstream's request body limit.
+const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// Namespaces every cluster has from its first start.
+const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+#[derive(Clone)]
+pub(crate) struct State {
+    registry: Registry,
+}
+
+impl State {
+    pub async fn new(store: Arc<dyn Store>) -> Result<Self, Error> {
+        let registry = Registry { store };
+        for ns in SYSTEM_NAMESPACES {
+            registry.ensure_namespace(ns).await.map_err(|e| {
+                Error::Store(skiff_storage::Error::Embedded {
+                    context: "creating system namespaces",
+                    source: e.message.into(),
+                })
+            })?;
+        }
+        Ok(State { registry })
+    }
+}
+
+pub(crate) fn router(state: State) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(readyz))
+        .fallback(resource)
+        .with_state(state)
+}
+
+async fn version() -> Json<Value> {
+    let (major, minor) = KUBERNETES_VERSION;
+    Json(json!({
+        "major": major,
+        "minor": minor,
+        "gitVersion": format!("v{major}.{minor}.0+skiff-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH }),
+    }))
+}
+
+async fn health(Query(q): Query<HashMap<String, String>>) -> Response {
+    checks(&q, &[("ping", true)], "healthz")
+}
+
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<State>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let store_ok = state.registry.store.health().await.is_ok();
+    checks(&q, &[("ping", true), ("etcd", store_ok)], "readyz")
+}
+
+/// The health endpoints' text format, with `?verbose` listing each check.
+fn checks(q: &HashMap<String, String>, results: &[(&str, bool)], what: &str) -> Response {
+    let ok = results.iter().all(|(_, ok)| *ok);
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    let body = if q.contains_key("verbose") {
+        let mut lines: String = results
+            .iter()
+            .map(|(name, ok)| {
+                format!(
+                    "[{}]{name} {}\n",
+                    if *ok { "+" } else { "-" },
+                    if *ok { "ok" } else { "failed" }
+                )
+            })
+            .collect();
+        lines += &format!("{what} check {}\n", if ok { "passed" } else { "failed" });
+        lines
+    } else if ok {
+        "ok".into()
+    } else {
+        format!("{what} check failed")
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn resource(
+    axum::extract::State(state): axum::extract::State<State>,
+    request: Request,
+) -> Response {
+    match serve_resource(&state, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve_resource(state: &State, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let Query(query) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+        .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let watch_param = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let Some(info) = request::parse(&parts.method, &path, watch_param) else {
+        return discovery_response(&path).ok_or_else(ApiError::path_not_found);
+    };
+    let r = reg::find(&info.group, &info.version, &info.resource)
+        .ok_or_else(ApiError::path_not_found)?;
+    if info.subresource.is_some() || (info.namespace.is_some() && !r.namespaced) {
+        return Err(ApiError::path_not_found());
+    }
+    let ns = info.namespace.as_deref();
+    let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
+    let write = WriteOptions {
+        dry_run,
+        field_validation: FieldValidation::parse(query.get("fieldValidation").map(String::as_str))
+            .map_err(ApiError::bad_request)?,
+    };
+    let registry = &state.registry;
+    match info.verb {
+        Verb::Get => {
+            let name = info.name.as_deref().unwrap_or_default();
+            if r.namespaced && ns.is_none() {
+                return Err(ApiError::path_not_found());
+            }
+            ok(registry.get(r, ns, name).await?)
+        }
+        Verb::List => ok(registry.list(r, ns, &list_options(&query)?).await?),
+        Verb::Watch => watch_response(registry, r, info.namespace.clone(), &query).await,
+        Verb::Create => {
+            if info.name.is_some() || (r.namespaced && ns.is_none()) {
+                return Err(ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                ));
+            }
+            let obj = json_body(&parts.headers, body).await?;
+            Ok(written(
+                StatusCode::CREATED,
+                registry.create(r, ns, obj, write).await?,
+            ))
+        }
+        Verb::Update => {
+            let name = info.name.as_deref().ok_or_else(|| {
+                ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                )
+            })?;
+            let obj = json_body(&parts.headers, body).await?;
+            Ok(written(
+                StatusCode::OK,
+                registry.update(r, ns, name, obj, write).await?,
+            ))
+        }
+        Verb::Patch => {
+            let name = info.name.as_deref().ok_or_else(|| {
+                ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                )
+            })?;
+            let content_type = content_type(&parts.headers);
+            let patch_type = match content_type.as_str() {
+                "application/json-patch+json" => PatchType::Json,
+                "application/merge-patch+json" => PatchType::Merge,
+                "application/strategic-merge-patch+json" => PatchType::StrategicMerge,
+                other => return Err(ApiError::unsupported_media_type(other)),
+            };
+            let bytes = read_body(body).await?;
+            Ok(written(
+                StatusCode::OK,
+                registry
+                    .patch(r, ns, name, patch_type, &bytes, write)
+                    .await?,
+            ))
+        }
+        Verb::Delete => {
+            let name = info.name.as_deref().unwrap_or_default();
+            let bytes = read_body(body).await?;
+            let options: Value = if bytes.is_empty() {
+                json!({})
+            } else {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    ApiError::bad_request(format!("error decoding DeleteOptions: {e}"))
+                })?
+            };
+            let precondition = |field: &str| {
+                options
+                    .pointer(&format!("/preconditions/{field}"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            let dry_run = dry_run
+                || options["dryRun"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|v| v == "All"));
+            ok(registry
+                .delete(
+                    r,
+                    ns,
+                    name,
+                    (precondition("resourceVersion"), precondition("uid")),
+                    dry_run,
+                )
+                .await?)
+        }
+        Verb::DeleteCollection => ok(registry
+            .delete_collection(r, ns, &list_options(&query)?, dry_run)
+            .await?),
+    }
+}
+
+/// A written object, with each warning as a `Warning: 299 - "..."` header (RFC 7234),
+/// which kubectl prints.
+fn written(code: StatusCode, written: Written) -> Response {
+    let mut response = (code, Json(written.object)).into_response();
+    for warning in written.warnings {
+        let text = format!("299 - \"{}\"", warning.replace('"', "\\\""));
+        if let Ok(value) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
+fn ok(value: Value) -> Result<Response, ApiError> {
+    Ok(Json(value).into_response())
+}
+
+fn list_options(query: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
+    let limit = match query.get("limit") {
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit: \"{l}\"")))?,
+        ),
+        None => None,
+    };
+    Ok(ListOptions {
+        label_selector: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
+            .map_err(ApiError::bad_request)?,
+        field_selector: FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))
+            .map_err(ApiError::bad_request)?,
+        limit,
+        continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
+        resource_version: query.get("resourceVersion").cloned(),
+        resource_version_match: query.get("resourceVersionMatch").cloned(),
+    })
+}
+
+async fn watch_response(
+    registry: &Registry,
+    r: &'static Resource,
+    ns: Option<String>,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let timeout = match query.get("timeoutSeconds") {
+        Some(t) => Duration::from_secs(
+            t.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: \"{t}\"")))?,
+        ),
+        None => Duration::from_secs(1800),
+    };
+    let opts = WatchOptions {
+        list: list_options(query)?,
+        bookmarks: query
+            .get("allowWatchBookmarks")
+            .is_some_and(|b| b == "true"),
+        timeout,
+    };
+    let rx = watch::start(registry, r, ns, opts).await?;
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| ApiError::internal("building the watch response").into_response()))
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::too_large())
+}
+
+async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let content_type = content_type(headers);
+    if !(content_type.is_empty() || content_type == "application/json" || content_type == "*/*") {
+        return Err(ApiError::unsupported_media_type(&content_type));
+    }
+    let bytes = read_body(body).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("error decoding the request body: {e}")))
+}
+
+/// `/api`, `/api/v1`, `/apis`, `/apis/GROUP`, `/apis/GROUP/VERSION`.
+fn discovery_response(path: &str) -> Option<Response> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let value = match parts.as_slice() {
+        ["api"] => discovery::api_versions(),
+        ["api", version] => discovery::resource_list("", version)?,
+        ["apis"] => discovery::api_groups(),
+        ["apis", group] => discovery::api_group(group)?,
+        ["apis", group, version] => discovery::resource_list(group, version)?,
+        ["openapi", "v3"] => crate::openapi::root(),
+        ["openapi", "v3", rest @ ..] => crate::openapi::document(&rest.join("/"))?,
+        _ => return None,
+    };
+    Some(Json(value).into_response())
+}

@@ -1,0 +1,154 @@
+//! The Skiff API server: the Kubernetes REST API over a [`skiff_storage::Store`].
+//!
+//! The only component that touches the datastore. It serves HTTPS only (HTTP/1.1 and
+//! HTTP/2 by ALPN) with a cluster CA it creates on first start, and writes an admin
+//! kubeconfig that kubectl can use as is.
+//!
+//! Layout: [`pki`] (certificates), [`kubeconfig`], `serve` (the TLS accept loop),
+//! `handler` (parses a request into a [`request::RequestInfo`] and dispatches),
+//! `discovery`, `registry` (one generic store for every resource, configured by a small
+//! per-resource strategy), `status` (every error as a `metav1.Status`).
+
+mod discovery;
+mod handler;
+pub mod kubeconfig;
+mod openapi;
+pub mod pki;
+mod registry;
+mod request;
+mod serve;
+mod status;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use skiff_storage::Store;
+
+/// The Kubernetes version whose API this server speaks.
+pub const KUBERNETES_VERSION: (&str, &str) = ("1", "33");
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Certificates and the admin kubeconfig live here.
+    pub data_dir: PathBuf,
+    pub bind_address: IpAddr,
+    /// 0 picks a free port.
+    pub secure_port: u16,
+}
+
+/// Handed to whoever started the server once it is serving.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context} {}", path.display())]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating certificates")]
+    Pki(#[source] rcgen::Error),
+    #[error("configuring TLS")]
+    Tls(#[source] rustls::Error),
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("datastore")]
+    Store(#[from] skiff_storage::Error),
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            context,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn pki(source: rcgen::Error) -> Self {
+        Error::Pki(source)
+    }
+}
+
+/// Runs the API server until `shutdown` resolves. `ready` is told the address and the
+/// kubeconfig path once the listener accepts connections.
+pub async fn run(
+    config: Config,
+    store: Arc<dyn Store>,
+    ready: tokio::sync::oneshot::Sender<Ready>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let addr = SocketAddr::new(config.bind_address, config.secure_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    let names = serving_names(config.bind_address);
+    let data_dir = config.data_dir.clone();
+    let pki = tokio::task::spawn_blocking(move || pki::Pki::ensure(&data_dir, &names))
+        .await
+        .map_err(|e| {
+            Error::io(
+                "creating certificates",
+                &config.data_dir,
+                std::io::Error::other(e),
+            )
+        })??;
+    let kubeconfig = config.data_dir.join("admin.kubeconfig");
+    let server_url = format!("https://{}", client_addr(addr));
+    kubeconfig::write_admin(&kubeconfig, &server_url, &pki)?;
+    let tls = serve::tls_config(&pki)?;
+    let state = handler::State::new(store).await?;
+    tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
+    let _ = ready.send(Ready { addr, kubeconfig });
+    serve::serve(listener, tls, state, shutdown).await;
+    Ok(())
+}
+
+/// The address clients should dial: loopback when bound to every address.
+fn client_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    }
+}
+
+fn serving_names(bind: IpAddr) -> pki::ServingNames {
+    let mut dns: Vec<String> = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && !dns.iter().any(|d| d == host) {
+            dns.push(host.to_string());
+        }
+    }
+    let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    if !bind.is_unspecified() && !ips.contains(&bind) {
+        ips.push(bind);
+    }
+    pki::ServingNames { dns, ips }
+}

@@ -1,0 +1,787 @@
+//! The generic registry: every verb implemented once over JSON objects, for any
+//! [`Resource`]. Objects are stored as JSON without `metadata.resourceVersion`; it is set
+//! on the way out from the datastore's mod revision, so it can never disagree with it.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use rand::Rng;
+use serde_json::{Map, Value, json};
+use skiff_storage::{KeyRange, KeyValue, Revision, Store};
+
+use super::names::check_labels;
+use super::selector::{FieldSelector, LabelSelector};
+use super::validation::{FieldValidation, unknown_fields};
+use super::{CATALOG, Resource};
+use crate::status::{ApiError, FieldError, Subject};
+
+/// Retries of an unconditional update or patch that lost a race.
+const MAX_RETRIES: usize = 8;
+
+#[derive(Clone)]
+pub(crate) struct Registry {
+    pub store: Arc<dyn Store>,
+}
+
+/// `list` and `watch` parameters.
+#[derive(Default)]
+pub(crate) struct ListOptions {
+    pub label_selector: LabelSelector,
+    pub field_selector: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
+}
+
+/// How a write is carried out.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WriteOptions {
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+}
+
+/// A written object and the warnings for the client.
+pub(crate) struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PatchType {
+    Json,
+    Merge,
+    StrategicMerge,
+}
+
+pub(crate) fn subject<'a>(r: &'a Resource, name: &'a str) -> Subject<'a> {
+    Subject {
+        group: r.group,
+        resource: r.plural,
+        name,
+    }
+}
+
+/// The object stored under a key, with its resourceVersion.
+pub(crate) fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    set_resource_version(&mut obj, kv.mod_revision);
+    Ok(obj)
+}
+
+pub(crate) fn set_resource_version(obj: &mut Value, revision: Revision) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(revision.to_string()));
+    }
+}
+
+fn encode(obj: &Value) -> Result<Bytes, ApiError> {
+    let mut obj = obj.clone();
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&obj)
+        .map(Bytes::from)
+        .map_err(ApiError::internal)
+}
+
+fn meta(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata").and_then(Value::as_object)
+}
+
+fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
+    meta(obj).and_then(|m| m.get(field)).and_then(Value::as_str)
+}
+
+fn meta_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
+    if obj.get("metadata").is_none() {
+        obj["metadata"] = json!({});
+    }
+    obj.get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))
+}
+
+fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn new_uid() -> String {
+    let b: [u8; 16] = rand::rng().random();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-4{}-{:x}{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        (b[8] & 0x3) | 0x8,
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+/// Upstream's generateName suffix: five characters from an alphabet without vowels.
+fn name_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn parse_revision(rv: &str) -> Result<Revision, ApiError> {
+    rv.parse::<Revision>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: \"{rv}\"")))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: Revision,
+    start: String,
+}
+
+fn encode_continue(rv: Revision, last_key: &[u8]) -> String {
+    let token = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: String::from_utf8_lossy(last_key).into_owned(),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&token).unwrap_or_default())
+}
+
+fn decode_continue(token: &str, prefix: &str) -> Result<ContinueToken, ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid: the token is malformed");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| bad())?;
+    let token: ContinueToken = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    if !token.start.starts_with(prefix) {
+        return Err(bad());
+    }
+    Ok(token)
+}
+
+impl Registry {
+    pub async fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        let key = r.key(ns, name);
+        match self.store.get(key.as_bytes(), None).await {
+            Ok(Some(kv)) => decode(&kv),
+            Ok(None) => Err(ApiError::not_found(&subject(r, name))),
+            Err(e) => Err(ApiError::from_store(e, &subject(r, name))),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<Value, ApiError> {
+        let prefix = r.key_prefix(ns);
+        let (mut range, mut revision) = match &opts.continue_token {
+            Some(token) => {
+                let token = decode_continue(token, &prefix)?;
+                (
+                    KeyRange::prefix(prefix.clone()).continue_after(token.start.as_bytes()),
+                    Some(token.rv),
+                )
+            }
+            None => (
+                KeyRange::prefix(prefix.clone()),
+                self.list_revision(opts).await?,
+            ),
+        };
+        let limit = opts.limit.filter(|l| *l > 0);
+        let mut items = Vec::new();
+        let mut continue_token = None;
+        let list_revision;
+        'pages: loop {
+            let page = self
+                .store
+                .range(&range, revision, limit.map(|l| l.max(1)))
+                .await
+                .map_err(|e| match e {
+                    skiff_storage::Error::Compacted { .. } if opts.continue_token.is_some() => ApiError::expired(
+                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                    ),
+                    e => ApiError::from_store(e, &subject(r, "")),
+                })?;
+            revision = Some(page.revision);
+            let count = page.kvs.len();
+            for (i, kv) in page.kvs.iter().enumerate() {
+                let obj = decode(kv)?;
+                if opts.label_selector.matches(
+                    meta(&obj)
+                        .and_then(|m| m.get("labels"))
+                        .and_then(Value::as_object),
+                ) && opts.field_selector.matches(&obj)
+                {
+                    items.push(obj);
+                }
+                if limit.is_some_and(|l| items.len() >= l) && (i + 1 < count || page.more) {
+                    continue_token = Some(encode_continue(page.revision, &kv.key));
+                    list_revision = page.revision;
+                    break 'pages;
+                }
+            }
+            match page.next_page(&range) {
+                Some(next) => range = next,
+                None => {
+                    list_revision = page.revision;
+                    break;
+                }
+            }
+        }
+        let mut metadata = json!({"resourceVersion": list_revision.to_string()});
+        if let Some(token) = continue_token {
+            metadata["continue"] = json!(token);
+        }
+        Ok(json!({
+            "kind": format!("{}List", r.kind),
+            "apiVersion": r.api_version(),
+            "metadata": metadata,
+            "items": items,
+        }))
+    }
+
+    /// The revision a list reads at (`None`: the newest), by upstream's resourceVersion
+    /// rules.
+    async fn list_revision(&self, opts: &ListOptions) -> Result<Option<Revision>, ApiError> {
+        let rv = match opts.resource_version.as_deref() {
+            None | Some("") | Some("0") => return Ok(None),
+            Some(rv) => parse_revision(rv)?,
+        };
+        let exact = match opts.resource_version_match.as_deref() {
+            Some("Exact") => true,
+            Some("NotOlderThan") => false,
+            None | Some("") => opts.limit.is_some_and(|l| l > 0),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid resourceVersionMatch: \"{other}\": supported values: \"Exact\", \"NotOlderThan\""
+                )));
+            }
+        };
+        if exact {
+            return Ok(Some(rv));
+        }
+        let current = self
+            .store
+            .current_revision()
+            .await
+            .map_err(ApiError::internal)?;
+        if rv > current {
+            return Err(ApiError::timeout(format!(
+                "Too large resource version: {rv}, current: {current}"
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Validation shared by create and update. Returns the object as the kind defines it
+    /// (unknown fields dropped), adding a warning per unknown field unless `Strict`
+    /// turns them into an error.
+    fn validate(
+        &self,
+        r: &Resource,
+        obj: &Value,
+        fv: FieldValidation,
+        warnings: &mut Vec<String>,
+    ) -> Result<Value, ApiError> {
+        let name = meta_str(obj, "name").unwrap_or("");
+        let mut errors = Vec::new();
+        if name.is_empty() {
+            errors.push(FieldError {
+                field: "metadata.name".into(),
+                reason: "FieldValueRequired",
+                message: "Required value: name or generateName is required".into(),
+            });
+        } else if let Some(e) = r.name_rule.check("metadata.name", name) {
+            errors.push(e);
+        }
+        if let Some(labels) = meta(obj)
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_object)
+        {
+            errors.extend(check_labels(labels));
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(r.kind, r.group, name, errors));
+        }
+        let cannot = |detail: String| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {detail}",
+                r.kind, r.version, r.kind
+            ))
+        };
+        let normalized = (r.decode)(obj).map_err(cannot)?;
+        if fv != FieldValidation::Ignore {
+            let unknown: Vec<String> = unknown_fields(obj, &normalized)
+                .into_iter()
+                .map(|path| format!("unknown field \"{}\"", path.trim_start_matches('.')))
+                .collect();
+            if !unknown.is_empty() {
+                if fv == FieldValidation::Strict {
+                    return Err(cannot(format!(
+                        "strict decoding error: {}",
+                        unknown.join(", ")
+                    )));
+                }
+                warnings.extend(unknown);
+            }
+        }
+        Ok(normalized)
+    }
+
+    /// Checks the body's kind and apiVersion against the resource (filling them in when
+    /// absent) and its namespace against the path's.
+    fn check_body(&self, r: &Resource, ns: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request(
+                "the body of the request must be a JSON object",
+            ));
+        }
+        let api_version = r.api_version();
+        match obj.get("kind").and_then(Value::as_str) {
+            None | Some("") => obj["kind"] = json!(r.kind),
+            Some(k) if k == r.kind => {}
+            Some(k) => {
+                return Err(ApiError::bad_request(format!(
+                    "the kind of the object ({k}) does not match the resource ({})",
+                    r.plural
+                )));
+            }
+        }
+        match obj.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => obj["apiVersion"] = json!(api_version),
+            Some(v) if v == api_version => {}
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
+            }
+        }
+        let meta = meta_mut(obj)?;
+        match (ns, meta.get("namespace").and_then(Value::as_str)) {
+            (Some(path), Some(body)) if !body.is_empty() && body != path => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            (Some(path), _) => {
+                meta.insert("namespace".into(), json!(path));
+            }
+            (None, _) => {
+                meta.remove("namespace");
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses new objects in a namespace that does not exist or is being deleted.
+    async fn check_namespace(&self, r: &Resource, ns: &str, name: &str) -> Result<(), ApiError> {
+        let namespaces = &CATALOG[0];
+        let namespace = self.get(namespaces, None, ns).await?;
+        if meta(&namespace).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+            return Err(ApiError::forbidden(format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                r.plural
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: WriteOptions,
+    ) -> Result<Written, ApiError> {
+        self.check_body(r, ns, &mut obj)?;
+        let meta = meta_mut(&mut obj)?;
+        if meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|v| !v.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
+        if meta
+            .get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+            && let Some(prefix) = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+        {
+            let name = format!("{prefix}{}", name_suffix());
+            meta.insert("name".into(), json!(name));
+        }
+        meta.insert("uid".into(), json!(new_uid()));
+        meta.insert("creationTimestamp".into(), json!(now()));
+        meta.remove("deletionTimestamp");
+        meta.remove("deletionGracePeriodSeconds");
+        (r.defaults)(&mut obj);
+        let mut warnings = Vec::new();
+        let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
+        let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+        if let Some(ns) = ns {
+            self.check_namespace(r, ns, &name).await?;
+        }
+        if opts.dry_run {
+            return Ok(Written {
+                object: obj,
+                warnings,
+            });
+        }
+        let key = r.key(ns, &name);
+        let revision = self
+            .store
+            .create(key.as_bytes(), encode(&obj)?)
+            .await
+            .map_err(|e| ApiError::from_store(e, &subject(r, &name)))?;
+        set_resource_version(&mut obj, revision);
+        Ok(Written {
+            object: obj,
+            warnings,
+        })
+    }
+
+    /// Replaces an object. A body with a resourceVersion is a compare-and-swap on it;
+    /// without one the update is unconditional (retried on races).
+    pub async fn update(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        opts: WriteOptions,
+    ) -> Result<Written, ApiError> {
+        self.check_body(r, ns, &mut obj)?;
+        match meta_str(&obj, "name") {
+            Some(n) if n == name => {}
+            Some(n) if !n.is_empty() => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            _ => {
+                meta_mut(&mut obj)?.insert("name".into(), json!(name));
+            }
+        }
+        let expected = match meta_str(&obj, "resourceVersion").filter(|v| !v.is_empty()) {
+            Some(rv) => Some(parse_revision(rv)?),
+            None => None,
+        };
+        self.guaranteed_update(r, ns, name, expected, opts, |_| Ok(obj.clone()))
+            .await
+    }
+
+    pub async fn patch(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        patch_type: PatchType,
+        patch: &[u8],
+        opts: WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let patch: Value = serde_json::from_slice(patch)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        self.guaranteed_update(r, ns, name, None, opts, |current| {
+            let mut obj = current.clone();
+            match patch_type {
+                PatchType::Json => {
+                    let ops: json_patch::Patch =
+                        serde_json::from_value(patch.clone()).map_err(|e| {
+                            ApiError::bad_request(format!("error decoding json patch: {e}"))
+                        })?;
+                    json_patch::patch(&mut obj, &ops).map_err(|e| {
+                        ApiError::invalid(
+                            r.kind,
+                            r.group,
+                            name,
+                            vec![FieldError {
+                                field: String::new(),
+                                reason: "FieldValueInvalid",
+                                message: format!("the json patch could not be applied: {e}"),
+                            }],
+                        )
+                    })?;
+                }
+                // Strategic merge patch equals a merge patch for the kinds served so far,
+                // which have no lists with merge keys.
+                PatchType::Merge | PatchType::StrategicMerge => json_patch::merge(&mut obj, &patch),
+            }
+            if meta_str(&obj, "name") != Some(name) {
+                return Err(ApiError::bad_request(
+                    "metadata.name cannot be changed by a patch",
+                ));
+            }
+            Ok(obj)
+        })
+        .await
+    }
+
+    /// Reads, transforms and writes back with compare-and-swap, retrying lost races when
+    /// the caller did not pin a resourceVersion.
+    async fn guaranteed_update(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        expected: Option<Revision>,
+        opts: WriteOptions,
+        transform: impl Fn(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Written, ApiError> {
+        let key = r.key(ns, name);
+        let subj = subject(r, name);
+        for _ in 0..MAX_RETRIES {
+            let current = self
+                .store
+                .get(key.as_bytes(), None)
+                .await
+                .map_err(|e| ApiError::from_store(e, &subj))?
+                .ok_or_else(|| ApiError::not_found(&subj))?;
+            if expected.is_some_and(|e| e != current.mod_revision) {
+                return Err(ApiError::conflict(&subj));
+            }
+            let old = decode(&current)?;
+            let mut obj = transform(&old)?;
+            self.check_body(r, ns, &mut obj)?;
+            // What the server owns cannot be changed by a client.
+            let old_meta = meta(&old).cloned().unwrap_or_default();
+            let meta = meta_mut(&mut obj)?;
+            if let Some(uid) = meta.get("uid").and_then(Value::as_str)
+                && Some(uid) != old_meta.get("uid").and_then(Value::as_str)
+            {
+                return Err(ApiError::conflict(&subj));
+            }
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generateName",
+            ] {
+                match old_meta.get(field) {
+                    Some(v) => meta.insert(field.into(), v.clone()),
+                    None => meta.remove(field),
+                };
+            }
+            (r.defaults)(&mut obj);
+            if r.plural == "namespaces" {
+                // Status belongs to the status subresource and the namespace lifecycle.
+                obj["status"] = old.get("status").cloned().unwrap_or(Value::Null);
+            }
+            let mut warnings = Vec::new();
+            set_resource_version(&mut obj, current.mod_revision);
+            let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
+            if obj == old {
+                // Nothing changed: no write, no new resourceVersion (as upstream).
+                return Ok(Written {
+                    object: old,
+                    warnings,
+                });
+            }
+            if opts.dry_run {
+                return Ok(Written {
+                    object: obj,
+                    warnings,
+                });
+            }
+            if self.finalized(&obj) {
+                self.remove(r, ns, name, current.mod_revision).await?;
+                return Ok(Written {
+                    object: obj,
+                    warnings,
+                });
+            }
+            match self
+                .store
+                .update(key.as_bytes(), encode(&obj)?, current.mod_revision)
+                .await
+            {
+                Ok(revision) => {
+                    set_resource_version(&mut obj, revision);
+                    return Ok(Written {
+                        object: obj,
+                        warnings,
+                    });
+                }
+                Err(skiff_storage::Error::Conflict { .. }) if expected.is_none() => continue,
+                Err(e) => return Err(ApiError::from_store(e, &subj)),
+            }
+        }
+        Err(ApiError::conflict(&subj))
+    }
+
+    /// An object marked for deletion whose finalizers are all gone.
+    fn finalized(&self, obj: &Value) -> bool {
+        let Some(meta) = meta(obj) else { return false };
+        let empty = |v: Option<&Value>| v.and_then(Value::as_array).is_none_or(|a| a.is_empty());
+        meta.contains_key("deletionTimestamp")
+            && empty(meta.get("finalizers"))
+            && empty(obj.pointer("/spec/finalizers"))
+    }
+
+    async fn remove(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        expected: Revision,
+    ) -> Result<KeyValue, ApiError> {
+        let key = r.key(ns, name);
+        self.store
+            .delete(key.as_bytes(), Some(expected))
+            .await
+            .map(|(_, prev)| prev)
+            .map_err(|e| ApiError::from_store(e, &subject(r, name)))
+    }
+
+    /// Deletes an object, or marks it for deletion while finalizers remain.
+    pub async fn delete(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        preconditions: (Option<String>, Option<String>),
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let subj = subject(r, name);
+        let key = r.key(ns, name);
+        for _ in 0..MAX_RETRIES {
+            let current = self
+                .store
+                .get(key.as_bytes(), None)
+                .await
+                .map_err(|e| ApiError::from_store(e, &subj))?
+                .ok_or_else(|| ApiError::not_found(&subj))?;
+            let mut obj = decode(&current)?;
+            let (rv, uid) = &preconditions;
+            if rv
+                .as_ref()
+                .is_some_and(|rv| *rv != current.mod_revision.to_string())
+            {
+                return Err(ApiError::conflict(&subj));
+            }
+            if uid
+                .as_ref()
+                .is_some_and(|uid| Some(uid.as_str()) != meta_str(&obj, "uid"))
+            {
+                return Err(ApiError::conflict(&subj));
+            }
+            let has_finalizers = |obj: &Value| {
+                meta(obj)
+                    .and_then(|m| m.get("finalizers"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+                    || obj
+                        .pointer("/spec/finalizers")
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| !a.is_empty())
+            };
+            if !has_finalizers(&obj) {
+                if dry_run {
+                    return Ok(success_status(r, name, meta_str(&obj, "uid")));
+                }
+                match self
+                    .store
+                    .delete(key.as_bytes(), Some(current.mod_revision))
+                    .await
+                {
+                    Ok(_) => return Ok(success_status(r, name, meta_str(&obj, "uid"))),
+                    Err(skiff_storage::Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(ApiError::from_store(e, &subj)),
+                }
+            }
+            // Finalizers pending: mark, and let their owners finish the deletion.
+            if meta(&obj).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+                return Ok(obj);
+            }
+            meta_mut(&mut obj)?.insert("deletionTimestamp".into(), json!(now()));
+            meta_mut(&mut obj)?.insert("deletionGracePeriodSeconds".into(), json!(0));
+            if r.plural == "namespaces" {
+                obj["status"] = json!({"phase": "Terminating"});
+            }
+            if dry_run {
+                return Ok(obj);
+            }
+            match self
+                .store
+                .update(key.as_bytes(), encode(&obj)?, current.mod_revision)
+                .await
+            {
+                Ok(revision) => {
+                    set_resource_version(&mut obj, revision);
+                    return Ok(obj);
+                }
+                Err(skiff_storage::Error::Conflict { .. }) => continue,
+                Err(e) => return Err(ApiError::from_store(e, &subj)),
+            }
+        }
+        Err(ApiError::conflict(&subj))
+    }
+
+    /// Deletes every object the options select; returns them as a list.
+    pub async fn delete_collection(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let mut list = self.list(r, ns, opts).await?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        for item in &items {
+            let name = meta_str(item, "name").unwrap_or_default();
+            let item_ns = meta_str(item, "namespace");
+            match self.delete(r, item_ns, name, (None, None), dry_run).await {
+                Ok(_) | Err(ApiError { code: 404, .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        list["items"] = json!(items);
+        Ok(list)
+    }
+
+    /// Creates a namespace at start-up if it is missing.
+    pub async fn ensure_namespace(&self, name: &str) -> Result<(), ApiError> {
+        let namespaces = &CATALOG[0];
+        match self
+            .create(
+                namespaces,
+                None,
+                json!({"metadata": {"name": name}}),
+                WriteOptions::default(),
+            )
+            .await
+        {
+            Ok(_) | Err(ApiError { code: 409, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn success_status(r: &Resource, name: &str, uid: Option<&str>) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": name, "group": r.group, "kind": r.plural, "uid": uid.unwrap_or_default()},
+    })
+}

@@ -1,0 +1,155 @@
+//! Watch: a stream of `{"type": ..., "object": ...}` lines, one per change, from a
+//! resourceVersion on. Without one (or with "0") the current objects come first as
+//! ADDED events, as upstream does. A selector turns changes into ADDED or DELETED when an
+//! object starts or stops matching. A resourceVersion older than the datastore keeps
+//! yields one ERROR event with a 410 Expired Status, so clients relist.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use skiff_storage::{EventKind, KeyRange, Revision};
+use tokio::sync::mpsc;
+
+use super::Resource;
+use super::store::{ListOptions, Registry, decode, set_resource_version};
+use crate::status::ApiError;
+
+pub(crate) struct WatchOptions {
+    pub list: ListOptions,
+    pub bookmarks: bool,
+    pub timeout: Duration,
+}
+
+/// Starts a watch; the receiver yields the encoded lines until the watch ends.
+pub(crate) async fn start(
+    registry: &Registry,
+    r: &'static Resource,
+    ns: Option<String>,
+    opts: WatchOptions,
+) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+    let (tx, rx) = mpsc::channel(256);
+    let prefix = r.key_prefix(ns.as_deref());
+    let mut initial = Vec::new();
+    let start: Revision = match opts.list.resource_version.as_deref() {
+        None | Some("") | Some("0") => {
+            let list = registry
+                .list(
+                    r,
+                    ns.as_deref(),
+                    &ListOptions {
+                        label_selector: opts.list.label_selector.clone(),
+                        field_selector: opts.list.field_selector.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let revision = list
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if let Some(items) = list["items"].as_array() {
+                initial.extend(items.iter().cloned());
+            }
+            revision + 1
+        }
+        Some(rv) => match rv.parse::<Revision>() {
+            Ok(rv) if rv >= 0 => rv + 1,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid resource version: \"{rv}\""
+                )));
+            }
+        },
+    };
+    let store = registry.store.clone();
+    tokio::spawn(async move {
+        let send = |line: Value| {
+            let tx = tx.clone();
+            async move {
+                let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+                bytes.push(b'\n');
+                tx.send(Bytes::from(bytes)).await.is_ok()
+            }
+        };
+        for obj in initial {
+            if !send(json!({"type": "ADDED", "object": obj})).await {
+                return;
+            }
+        }
+        let mut events = match store.watch(&KeyRange::prefix(prefix), start).await {
+            Ok(events) => events,
+            Err(e) => {
+                let status = ApiError::from_store(e, &super::store::subject(r, "")).to_status();
+                send(json!({"type": "ERROR", "object": status})).await;
+                return;
+            }
+        };
+        let deadline = tokio::time::sleep(opts.timeout);
+        tokio::pin!(deadline);
+        let mut bookmark = tokio::time::interval(Duration::from_secs(30));
+        bookmark.tick().await;
+        let mut last = start - 1;
+        loop {
+            tokio::select! {
+                event = events.next() => {
+                    let event = match event {
+                        Some(Ok(event)) => event,
+                        Some(Err(e)) => {
+                            let status = ApiError::from_store(e, &super::store::subject(r, "")).to_status();
+                            send(json!({"type": "ERROR", "object": status})).await;
+                            return;
+                        }
+                        None => return,
+                    };
+                    last = event.revision();
+                    if let Some(line) = to_line(&event, &opts.list) && !send(line).await {
+                        return;
+                    }
+                }
+                _ = bookmark.tick(), if opts.bookmarks => {
+                    let line = json!({"type": "BOOKMARK", "object": {
+                        "kind": r.kind, "apiVersion": r.api_version(),
+                        "metadata": {"resourceVersion": last.to_string()},
+                    }});
+                    if !send(line).await {
+                        return;
+                    }
+                }
+                () = &mut deadline => return,
+                () = tx.closed() => return,
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The watch line for a datastore event, after selector filtering.
+fn to_line(event: &skiff_storage::Event, opts: &ListOptions) -> Option<Value> {
+    let matches = |obj: &Value| {
+        opts.label_selector
+            .matches(obj.pointer("/metadata/labels").and_then(Value::as_object))
+            && opts.field_selector.matches(obj)
+    };
+    let new = match event.kind {
+        EventKind::Deleted => None,
+        _ => decode(&event.kv).ok(),
+    };
+    let old = event.prev.as_ref().and_then(|p| decode(p).ok());
+    let (new_matches, old_matches) = (
+        new.as_ref().is_some_and(matches),
+        old.as_ref().is_some_and(matches),
+    );
+    let (kind, mut obj) = match (event.kind, old_matches, new_matches) {
+        (EventKind::Deleted, true, _) => ("DELETED", old?),
+        (EventKind::Deleted, false, _) => return None,
+        (_, false, true) => ("ADDED", new?),
+        (_, true, true) => ("MODIFIED", new?),
+        (_, true, false) => ("DELETED", new?),
+        (_, false, false) => return None,
+    };
+    set_resource_version(&mut obj, event.revision());
+    Some(json!({"type": kind, "object": obj}))
+}

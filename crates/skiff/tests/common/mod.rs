@@ -1,0 +1,232 @@
+//! Test harness: the real `skiff` binary started as `skiff server` on a free port with a
+//! temporary data directory (and optionally a real etcd), driven by real clients.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use skiff_storage::etcd::local::LocalEtcd;
+
+pub struct Cluster {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    etcd: Option<LocalEtcd>,
+    log: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Embedded,
+    Etcd,
+}
+
+impl Cluster {
+    pub async fn start(backend: Backend) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let etcd = match backend {
+            Backend::Embedded => None,
+            Backend::Etcd => Some(LocalEtcd::start().await.expect("start etcd")),
+        };
+        let mut cluster = Cluster {
+            child: None,
+            kubeconfig: dir.path().join("admin.kubeconfig"),
+            log: dir.path().join("server.log"),
+            dir,
+            server: String::new(),
+            etcd,
+        };
+        cluster.boot();
+        cluster
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the server process and waits for its ready line.
+    fn boot(&mut self) {
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                "--pdeathsig",
+                "KILL",
+                "--",
+                env!("CARGO_BIN_EXE_skiff"),
+                "server",
+            ])
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["--secure-port", "0"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(etcd) = &self.etcd {
+            command.args([
+                "--etcd-endpoints",
+                etcd.endpoint(),
+                "--etcd-prefix",
+                "/registry",
+            ]);
+        }
+        let mut child = command.spawn().expect("start skiff server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("log");
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+                if let Some(rest) = line.strip_prefix("skiff server ready: ") {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+        });
+        self.server = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server not ready in 60 s; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                )
+            });
+        self.child = Some(child);
+    }
+
+    /// Stops the server with SIGTERM (as a user would with Ctrl-C) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            for _ in 0..100 {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.boot();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with(args, &[], None)
+    }
+
+    pub fn kubectl_with(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+        let mut command = Command::new("kubectl");
+        command
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .envs(env.iter().copied());
+        command.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("run kubectl");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Runs kubectl, asserts it succeeded, and returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl, asserts it failed, and returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("kubectl printed JSON")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Generates one test per (backend, scenario).
+#[macro_export]
+macro_rules! scenarios {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let mut cluster = $crate::common::Cluster::start($crate::common::Backend::Embedded).await;
+                    super::$test(&mut cluster).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let mut cluster = $crate::common::Cluster::start($crate::common::Backend::Etcd).await;
+                    super::$test(&mut cluster).await;
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,475 @@
+//! End-to-end: the real `skiff server` driven by the real kubectl, against the embedded
+//! store and against a real etcd.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::Cluster;
+use serde_json::Value;
+
+const MANIFEST: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: team
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: team
+  labels:
+    app: web
+data:
+  mode: fast
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: token
+  namespace: team
+stringData:
+  password: hunter2
+";
+
+async fn version_and_discovery(c: &mut Cluster) {
+    let version = c.json(&["version"]);
+    assert_eq!(version["serverVersion"]["major"], "1");
+    assert!(
+        version["serverVersion"]["gitVersion"]
+            .as_str()
+            .expect("gitVersion")
+            .contains("skiff")
+    );
+    let resources = c.ok(&["api-resources", "--no-headers"]);
+    for expected in ["configmaps", "namespaces", "secrets"] {
+        assert!(
+            resources.lines().any(|l| l.starts_with(expected)),
+            "{expected} in:\n{resources}"
+        );
+    }
+    assert!(
+        resources
+            .lines()
+            .any(|l| l.starts_with("configmaps") && l.contains(" cm "))
+    );
+    let ready = c.ok(&["get", "--raw", "/readyz?verbose"]);
+    assert!(ready.contains("readyz check passed"), "{ready}");
+    let namespaces = c.ok(&["get", "namespaces", "-o", "name"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            namespaces.contains(&format!("namespace/{ns}")),
+            "{namespaces}"
+        );
+    }
+}
+
+async fn create_get_label_annotate_delete(c: &mut Cluster) {
+    let created = c.kubectl_with(&["create", "-f", "-"], &[], Some(MANIFEST));
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let out = String::from_utf8_lossy(&created.stdout);
+    assert!(
+        out.contains("namespace/team created")
+            && out.contains("configmap/settings created")
+            && out.contains("secret/token created"),
+        "{out}"
+    );
+
+    let cm = c.json(&["get", "configmap", "settings", "-n", "team"]);
+    assert_eq!(cm["data"]["mode"], "fast");
+    assert!(
+        cm["metadata"]["uid"]
+            .as_str()
+            .is_some_and(|u| u.len() == 36)
+    );
+    assert!(
+        cm["metadata"]["creationTimestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    let secret = c.json(&["get", "secret", "token", "-n", "team"]);
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(
+        secret["data"]["password"], "aHVudGVyMg==",
+        "stringData is folded into data"
+    );
+    assert!(secret.get("stringData").is_none());
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.data.mode}"
+        ]),
+        "fast"
+    );
+    assert!(
+        c.ok(&["get", "cm", "-n", "team", "-o", "yaml"])
+            .contains("mode: fast")
+    );
+
+    c.ok(&["label", "cm", "settings", "-n", "team", "tier=front"]);
+    c.ok(&["annotate", "cm", "settings", "-n", "team", "owner=ops"]);
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "cm",
+            "-n",
+            "team",
+            "-l",
+            "tier=front,app in (web)",
+            "-o",
+            "name"
+        ])
+        .trim(),
+        "configmap/settings"
+    );
+    assert_eq!(
+        c.ok(&["get", "cm", "-n", "team", "-l", "tier!=front", "-o", "name"])
+            .trim(),
+        ""
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.metadata.annotations.owner}"
+        ]),
+        "ops"
+    );
+    c.ok(&["label", "cm", "settings", "-n", "team", "tier-"]);
+    assert_eq!(
+        c.ok(&["get", "cm", "-n", "team", "-l", "tier", "-o", "name"])
+            .trim(),
+        ""
+    );
+
+    let all = c.json(&["get", "configmaps", "--all-namespaces"]);
+    assert!(
+        all["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|i| i["metadata"]["namespace"] == "team")
+    );
+
+    c.ok(&["delete", "cm", "settings", "-n", "team"]);
+    let err = c.fails(&["get", "cm", "settings", "-n", "team"]);
+    assert!(err.contains("configmaps \"settings\" not found"), "{err}");
+}
+
+async fn patch_of_every_type(c: &mut Cluster) {
+    let created = c.kubectl_with(&["create", "-f", "-"], &[], Some(MANIFEST));
+    assert!(created.status.success());
+    c.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"merged":"yes"}}"#,
+    ]);
+    c.ok(&["patch", "cm", "settings", "-n", "team", "--type=json", "-p", r#"[{"op":"replace","path":"/data/mode","value":"slow"},{"op":"test","path":"/data/merged","value":"yes"}]"#]);
+    c.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "-n",
+        "team",
+        "--type=strategic",
+        "-p",
+        r#"{"data":{"strategic":"yes"}}"#,
+    ]);
+    let cm = c.json(&["get", "cm", "settings", "-n", "team"]);
+    assert_eq!(cm["data"]["merged"], "yes");
+    assert_eq!(cm["data"]["mode"], "slow");
+    assert_eq!(cm["data"]["strategic"], "yes");
+    // A failing JSON patch `test` changes nothing.
+    let err = c.fails(&[
+        "patch",
+        "cm",
+        "settings",
+        "-n",
+        "team",
+        "--type=json",
+        "-p",
+        r#"[{"op":"test","path":"/data/mode","value":"fast"},{"op":"remove","path":"/data/mode"}]"#,
+    ]);
+    assert!(err.contains("invalid") || err.contains("Invalid"), "{err}");
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.data.mode}"
+        ]),
+        "slow"
+    );
+}
+
+async fn apply_twice_then_unchanged(c: &mut Cluster) {
+    let apply = |manifest: &str| {
+        let out = c.kubectl_with(&["apply", "-f", "-"], &[], Some(manifest));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = apply(MANIFEST);
+    assert!(first.contains("configmap/settings created"), "{first}");
+    let changed = MANIFEST.replace("mode: fast", "mode: slow");
+    let second = apply(&changed);
+    assert!(second.contains("configmap/settings configured"), "{second}");
+    let third = apply(&changed);
+    // (A secret applied with stringData reads "configured" every time, upstream too: the
+    // server folds stringData into data, so the client always sees a difference.)
+    assert!(
+        third.contains("configmap/settings unchanged")
+            && third.contains("namespace/team unchanged"),
+        "{third}"
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.data.mode}"
+        ]),
+        "slow"
+    );
+    // Removing a key from the manifest removes it from the object (three-way merge).
+    let fewer = changed.replace("  labels:\n    app: web\n", "");
+    apply(&fewer);
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.metadata.labels}"
+        ]),
+        ""
+    );
+}
+
+async fn edit_through_kube_editor(c: &mut Cluster) {
+    c.kubectl_with(&["create", "-f", "-"], &[], Some(MANIFEST));
+    let editor = c.data_dir().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/mode: fast/mode: edited/' \"$1\"\n",
+    )
+    .expect("editor");
+    let chmod = Command::new("chmod")
+        .arg("+x")
+        .arg(&editor)
+        .status()
+        .expect("chmod");
+    assert!(chmod.success());
+    let out = c.kubectl_with(
+        &["edit", "cm", "settings", "-n", "team"],
+        &[("KUBE_EDITOR", editor.to_str().expect("path"))],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configmap/settings edited"));
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.data.mode}"
+        ]),
+        "edited"
+    );
+}
+
+async fn get_watch_sees_changes(c: &mut Cluster) {
+    let ns = c.kubectl_with(
+        &["create", "-f", "-"],
+        &[],
+        Some("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: watched\n"),
+    );
+    assert!(ns.status.success());
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args([
+            "get",
+            "configmaps",
+            "-n",
+            "watched",
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // kubectl prints one JSON document per event: {"type": ..., "object": ...}.
+        for event in serde_json::Deserializer::from_reader(stdout)
+            .into_iter::<Value>()
+            .map_while(Result::ok)
+        {
+            let line = format!(
+                "{} {}",
+                event["type"].as_str().unwrap_or("?"),
+                event["object"]["metadata"]["name"].as_str().unwrap_or("?")
+            );
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The watch is established once kubectl has listed (nothing); create until seen.
+    let mut seen = Vec::new();
+    c.kubectl_with(
+        &["create", "-f", "-"],
+        &[],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: one\n  namespace: watched\n"),
+    );
+    c.ok(&["label", "cm", "one", "-n", "watched", "x=y"]);
+    c.ok(&["delete", "cm", "one", "-n", "watched"]);
+    while seen.len() < 3 {
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(seen, vec!["ADDED one", "MODIFIED one", "DELETED one"]);
+}
+
+async fn errors_are_statuses_users_recognise(c: &mut Cluster) {
+    let err = c.fails(&["get", "cm", "nope"]);
+    assert!(
+        err.contains("Error from server (NotFound): configmaps \"nope\" not found"),
+        "{err}"
+    );
+    let out = c.kubectl_with(
+        &["create", "-f", "-"],
+        &[],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: missing\n"),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("namespaces \"missing\" not found"));
+    let out = c.kubectl_with(
+        &["create", "-f", "-"],
+        &[],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("The ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"), "{err}");
+    let out = c.kubectl_with(
+        &["create", "-f", "-"],
+        &[],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndatta:\n  a: b\n"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("strict decoding error: unknown field \"datta\""),
+        "{err}"
+    );
+    c.kubectl_with(
+        &["create", "-f", "-"],
+        &[],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dup\n"),
+    );
+    let out = c.kubectl_with(
+        &["create", "-f", "-"],
+        &[],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dup\n"),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "(AlreadyExists): error when creating \"STDIN\": configmaps \"dup\" already exists"
+    ));
+    let raw = c.kubectl(&["get", "--raw", "/api/v1/nonsense"]);
+    assert!(!raw.status.success());
+    let status: Value = serde_json::from_slice(&raw.stdout).unwrap_or(Value::Null);
+    if !status.is_null() {
+        assert_eq!(status["kind"], "Status");
+    }
+}
+
+async fn restart_keeps_objects_and_watches_resume(c: &mut Cluster) {
+    c.kubectl_with(&["create", "-f", "-"], &[], Some(MANIFEST));
+    let before = c.json(&["get", "cm", "settings", "-n", "team"]);
+    let rv = before["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    c.restart();
+    let after = c.json(&["get", "cm", "settings", "-n", "team"]);
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"]);
+    // Changes after `rv` are replayed to a watch that resumes from it.
+    c.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"after":"restart"}}"#,
+    ]);
+    let path =
+        format!("/api/v1/namespaces/team/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=1");
+    let events = c.ok(&["get", "--raw", &path]);
+    let events: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event"))
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "MODIFIED");
+    assert_eq!(events[0]["object"]["data"]["after"], "restart");
+}
+
+scenarios!(
+    version_and_discovery,
+    create_get_label_annotate_delete,
+    patch_of_every_type,
+    apply_twice_then_unchanged,
+    edit_through_kube_editor,
+    get_watch_sees_changes,
+    errors_are_statuses_users_recognise,
+    restart_keeps_objects_and_watches_resume,
+);
