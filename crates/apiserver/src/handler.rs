@@ -152,16 +152,40 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             .map_err(ApiError::bad_request)?,
     };
     let registry = &state.registry;
+    let as_table = crate::table::wanted(&parts.headers);
+    let include =
+        crate::table::IncludeObject::parse(query.get("includeObject").map(String::as_str));
     match info.verb {
         Verb::Get => {
             let name = info.name.as_deref().unwrap_or_default();
             if r.namespaced && ns.is_none() {
                 return Err(ApiError::path_not_found());
             }
-            ok(registry.get(r, ns, name).await?)
+            let obj = registry.get(r, ns, name).await?;
+            ok(if as_table {
+                crate::table::from_object(r, &obj, include)
+            } else {
+                obj
+            })
         }
-        Verb::List => ok(registry.list(r, ns, &list_options(&query)?).await?),
-        Verb::Watch => watch_response(registry, r, info.namespace.clone(), &query).await,
+        Verb::List => {
+            let list = registry.list(r, ns, &list_options(&query)?).await?;
+            ok(if as_table {
+                crate::table::from_list(r, &list, include)
+            } else {
+                list
+            })
+        }
+        Verb::Watch => {
+            watch_response(
+                registry,
+                r,
+                info.namespace.clone(),
+                &query,
+                as_table.then_some(include),
+            )
+            .await
+        }
         Verb::Create => {
             if info.name.is_some() || (r.namespaced && ns.is_none()) {
                 return Err(ApiError::method_not_allowed(
@@ -285,6 +309,7 @@ async fn watch_response(
     r: &'static Resource,
     ns: Option<String>,
     query: &HashMap<String, String>,
+    table: Option<crate::table::IncludeObject>,
 ) -> Result<Response, ApiError> {
     let timeout = match query.get("timeoutSeconds") {
         Some(t) => Duration::from_secs(
@@ -299,6 +324,7 @@ async fn watch_response(
             .get("allowWatchBookmarks")
             .is_some_and(|b| b == "true"),
         timeout,
+        table,
     };
     let rx = watch::start(registry, r, ns, opts).await?;
     let stream = futures::stream::unfold(rx, |mut rx| async move {

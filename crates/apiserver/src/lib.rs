@@ -18,6 +18,7 @@ mod registry;
 mod request;
 mod serve;
 mod status;
+mod table;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

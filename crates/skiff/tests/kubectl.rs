@@ -64,6 +64,45 @@ async fn version_and_discovery(c: &mut Cluster) {
     }
 }
 
+async fn get_prints_the_upstream_columns(c: &mut Cluster) {
+    let created = c.kubectl_with(&["create", "-f", "-"], &[], Some(MANIFEST));
+    assert!(created.status.success());
+    let header = |args: &[&str]| {
+        c.ok(args)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(header(&["get", "namespaces"]), ["NAME", "STATUS", "AGE"]);
+    assert_eq!(
+        header(&["get", "configmaps", "-n", "team"]),
+        ["NAME", "DATA", "AGE"]
+    );
+    assert_eq!(
+        header(&["get", "secrets", "-n", "team"]),
+        ["NAME", "TYPE", "DATA", "AGE"]
+    );
+    assert_eq!(
+        header(&["get", "configmaps", "-A"]),
+        ["NAMESPACE", "NAME", "DATA", "AGE"]
+    );
+    assert_eq!(
+        header(&["get", "configmaps", "-n", "team", "--show-labels"]),
+        ["NAME", "DATA", "AGE", "LABELS"]
+    );
+    let row = c.ok(&["get", "secret", "token", "-n", "team", "--no-headers"]);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[..3], ["token", "Opaque", "1"], "{row}");
+    let team = c.ok(&["get", "ns", "team", "--no-headers"]);
+    assert!(
+        team.starts_with("team") && team.contains("Active"),
+        "{team}"
+    );
+}
+
 async fn create_get_label_annotate_delete(c: &mut Cluster) {
     let created = c.kubectl_with(&["create", "-f", "-"], &[], Some(MANIFEST));
     assert!(
@@ -465,6 +504,7 @@ async fn restart_keeps_objects_and_watches_resume(c: &mut Cluster) {
 
 scenarios!(
     version_and_discovery,
+    get_prints_the_upstream_columns,
     create_get_label_annotate_delete,
     patch_of_every_type,
     apply_twice_then_unchanged,

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 
 pub(crate) use names::NameRule;
 
+use crate::table::{self, Column};
+
 pub(crate) struct Resource {
     pub group: &'static str,
     pub version: &'static str,
@@ -26,6 +28,8 @@ pub(crate) struct Resource {
     pub name_rule: NameRule,
     /// Fills in defaults on every write.
     pub defaults: fn(&mut Value),
+    /// The columns `kubectl get` prints between NAME and AGE.
+    pub columns: &'static [Column],
     /// Decodes the object as its typed Kubernetes kind and encodes it again: the error
     /// says what is malformed; the result lacks any field the kind does not have.
     pub decode: fn(&Value) -> Result<Value, String>,
@@ -125,6 +129,13 @@ pub(crate) static CATALOG: &[Resource] = &[
         categories: &[],
         name_rule: NameRule::DnsLabel,
         defaults: namespace_defaults,
+        columns: &[Column {
+            name: "Status",
+            kind: "string",
+            description: "The status of the namespace",
+            priority: 0,
+            cell: table::namespace_phase,
+        }],
         decode: decode_as::<k8s_openapi::api::core::v1::Namespace>,
     },
     Resource {
@@ -138,6 +149,13 @@ pub(crate) static CATALOG: &[Resource] = &[
         categories: &[],
         name_rule: NameRule::DnsSubdomain,
         defaults: no_defaults,
+        columns: &[Column {
+            name: "Data",
+            kind: "string",
+            description: "Number of data entries",
+            priority: 0,
+            cell: table::data_count,
+        }],
         decode: decode_as::<k8s_openapi::api::core::v1::ConfigMap>,
     },
     Resource {
@@ -151,6 +169,22 @@ pub(crate) static CATALOG: &[Resource] = &[
         categories: &[],
         name_rule: NameRule::DnsSubdomain,
         defaults: secret_defaults,
+        columns: &[
+            Column {
+                name: "Type",
+                kind: "string",
+                description: "The type of the secret",
+                priority: 0,
+                cell: table::secret_type,
+            },
+            Column {
+                name: "Data",
+                kind: "string",
+                description: "Number of data entries",
+                priority: 0,
+                cell: table::data_count,
+            },
+        ],
         decode: decode_as::<k8s_openapi::api::core::v1::Secret>,
     },
 ];

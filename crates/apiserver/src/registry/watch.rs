@@ -20,6 +20,8 @@ pub(crate) struct WatchOptions {
     pub list: ListOptions,
     pub bookmarks: bool,
     pub timeout: Duration,
+    /// Send each object as a one-row Table (`kubectl get -w`).
+    pub table: Option<crate::table::IncludeObject>,
 }
 
 /// Starts a watch; the receiver yields the encoded lines until the watch ends.
@@ -65,10 +67,17 @@ pub(crate) async fn start(
         },
     };
     let store = registry.store.clone();
+    let table = opts.table;
     tokio::spawn(async move {
-        let send = |line: Value| {
+        let send = |mut line: Value| {
             let tx = tx.clone();
             async move {
+                if let Some(include) = table
+                    && line["type"] != "ERROR"
+                    && line["type"] != "BOOKMARK"
+                {
+                    line["object"] = crate::table::from_object(r, &line["object"], include);
+                }
                 let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
                 bytes.push(b'\n');
                 tx.send(Bytes::from(bytes)).await.is_ok()

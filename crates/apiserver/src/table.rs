@@ -1,0 +1,222 @@
+//! `as=Table` responses: the rows and columns `kubectl get` prints, computed by the
+//! server as upstream does (NAME, the kind's own columns, AGE), so kubectl shows the
+//! same columns it shows against any Kubernetes.
+
+use axum::http::{HeaderMap, header};
+use serde_json::{Value, json};
+
+use crate::registry::Resource;
+
+/// One printed column: a header, its OpenAPI type, and how to fill it.
+pub(crate) struct Column {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub description: &'static str,
+    pub priority: i32,
+    pub cell: fn(&Value) -> Value,
+}
+
+/// What each row carries besides its cells (`includeObject`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum IncludeObject {
+    None,
+    #[default]
+    Metadata,
+    Object,
+}
+
+impl IncludeObject {
+    pub fn parse(value: Option<&str>) -> Self {
+        match value {
+            Some("None") => IncludeObject::None,
+            Some("Object") => IncludeObject::Object,
+            _ => IncludeObject::Metadata,
+        }
+    }
+}
+
+/// Whether the client asked for a Table (kubectl: `application/json;as=Table;v=v1;g=meta.k8s.io`).
+pub(crate) fn wanted(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            let params: Vec<&str> = media.split(';').map(str::trim).collect();
+            params.contains(&"as=Table")
+                && params.contains(&"g=meta.k8s.io")
+                && (params.contains(&"v=v1") || params.contains(&"v=v1beta1"))
+        })
+}
+
+fn definitions(r: &Resource) -> Vec<Value> {
+    let mut out = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
+    out.extend(r.columns.iter().map(|c| json!({"name": c.name, "type": c.kind, "format": "", "description": c.description, "priority": c.priority})));
+    out.push(json!({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0}));
+    out
+}
+
+fn row(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
+    let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
+    cells.extend(r.columns.iter().map(|c| (c.cell)(obj)));
+    cells.push(json!(age(obj
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str))));
+    let mut row = json!({"cells": cells});
+    match include {
+        IncludeObject::None => {}
+        IncludeObject::Metadata => {
+            row["object"] = json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+            });
+        }
+        IncludeObject::Object => row["object"] = obj.clone(),
+    }
+    row
+}
+
+/// A list (or one object) as a Table.
+pub(crate) fn from_list(r: &Resource, list: &Value, include: IncludeObject) -> Value {
+    let rows: Vec<Value> = list["items"]
+        .as_array()
+        .map(|items| items.iter().map(|i| row(r, i, include)).collect())
+        .unwrap_or_default();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list.get("metadata").cloned().unwrap_or(json!({})),
+        "columnDefinitions": definitions(r),
+        "rows": rows,
+    })
+}
+
+pub(crate) fn from_object(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))},
+        "columnDefinitions": definitions(r),
+        "rows": [row(r, obj, include)],
+    })
+}
+
+/// The AGE column: time since creation in upstream's `HumanDuration` format.
+fn age(created: Option<&str>) -> String {
+    let Some(created) = created.and_then(|c| {
+        time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
+    }) else {
+        return "<unknown>".into();
+    };
+    human_duration((time::OffsetDateTime::now_utc() - created).whole_seconds())
+}
+
+pub(crate) fn human_duration(seconds: i64) -> String {
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    if seconds < 0 {
+        return "0s".into();
+    }
+    if seconds < 120 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        let s = seconds % 60;
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = seconds / 3600;
+    if hours < 8 {
+        let m = minutes % 60;
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        let h = hours % 24;
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        let d = (hours / 24) % 365;
+        return if d == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{d}d", hours / 24 / 365)
+        };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+/// Number of entries in the `data` and `binaryData` maps (ConfigMap and Secret DATA).
+pub(crate) fn data_count(obj: &Value) -> Value {
+    let count = |field: &str| {
+        obj.get(field)
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len())
+    };
+    json!(count("data") + count("binaryData"))
+}
+
+pub(crate) fn secret_type(obj: &Value) -> Value {
+    obj.get("type").cloned().unwrap_or(json!(""))
+}
+
+pub(crate) fn namespace_phase(obj: &Value) -> Value {
+    obj.pointer("/status/phase").cloned().unwrap_or(json!(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        for (seconds, text) in [
+            (-5, "<invalid>"),
+            (0, "0s"),
+            (119, "119s"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (30 * 3600, "30h"),
+            (3 * 86400 + 3600, "3d1h"),
+            (40 * 86400, "40d"),
+            (800 * 86400, "2y70d"),
+        ] {
+            assert_eq!(human_duration(seconds), text, "{seconds}");
+        }
+    }
+
+    #[test]
+    fn accept_header_asks_for_tables() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json".parse().expect("header"));
+        assert!(wanted(&headers));
+        headers.insert(header::ACCEPT, "application/json".parse().expect("header"));
+        assert!(!wanted(&headers));
+    }
+}

@@ -1,0 +1,115 @@
+//! End-to-end with client libraries: the official Python `kubernetes` client and
+//! kube-rs, against the real `skiff server` on both backends.
+
+mod common;
+
+use common::Cluster;
+
+async fn python_client(c: &mut Cluster) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/client.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&c.kubeconfig)
+        .output()
+        .expect("run python3 (is the kubernetes package installed? scripts/install-deps)");
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        c.log()
+    );
+}
+
+/// kube-rs, the client our own components use: an `Api<ConfigMap>` round trip with a
+/// conflict, and a `watcher` that lists, then follows changes.
+async fn kube_rs_client(c: &mut Cluster) {
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+    use kube::runtime::watcher;
+    use kube::{Api, Client, Config};
+
+    let kubeconfig = kube::config::Kubeconfig::read_from(&c.kubeconfig).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("client config");
+    let client = Client::try_from(config).expect("client");
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let names: Vec<String> = namespaces
+        .list(&ListParams::default())
+        .await
+        .expect("list namespaces")
+        .items
+        .into_iter()
+        .filter_map(|ns| ns.metadata.name)
+        .collect();
+    assert!(names.contains(&"kube-system".to_string()), "{names:?}");
+
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
+    // The initial list completes (nothing there yet), then changes follow.
+    loop {
+        match stream.try_next().await.expect("watch").expect("event") {
+            watcher::Event::InitDone => break,
+            _ => continue,
+        }
+    }
+
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kube-rs"},
+        "data": {"k": "v"},
+    }))
+    .expect("configmap");
+    let created = api
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    let mut stale = created.clone();
+    let patched = api
+        .patch(
+            "kube-rs",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"k": "v2"}})),
+        )
+        .await
+        .expect("merge patch");
+    assert_eq!(
+        patched
+            .data
+            .as_ref()
+            .and_then(|d| d.get("k"))
+            .map(String::as_str),
+        Some("v2")
+    );
+    stale.data = Some([("k".to_string(), "lost".to_string())].into());
+    match api.replace("kube-rs", &PostParams::default(), &stale).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 409),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    api.delete("kube-rs", &DeleteParams::default())
+        .await
+        .expect("delete");
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(20), stream.try_next())
+            .await
+            .expect("watch event in time")
+            .expect("watch")
+            .expect("event");
+        match event {
+            watcher::Event::Apply(cm) => {
+                seen.push(format!("apply {}", cm.data.unwrap_or_default()["k"]))
+            }
+            watcher::Event::Delete(cm) => {
+                seen.push(format!("delete {}", cm.metadata.name.unwrap_or_default()))
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, vec!["apply v", "apply v2", "delete kube-rs"]);
+}
+
+scenarios!(python_client, kube_rs_client);
