@@ -1,6 +1,7 @@
 //! `skiff bench ...`: load generators that print medians and tails, for
 //! docs/benchmarks.md. Performance targets live here, never in timed tests.
 
+mod api;
 mod stats;
 mod store;
 
@@ -11,12 +12,15 @@ use clap::Subcommand;
 pub enum Bench {
     /// The datastore: the embedded backend and etcd, side by side.
     Store(store::StoreBench),
+    /// Any Kubernetes API server (or a private `skiff server` with --spawn).
+    Api(api::ApiBench),
 }
 
 impl Bench {
     pub async fn run(self) -> Result<()> {
         match self {
             Bench::Store(bench) => bench.run().await,
+            Bench::Api(bench) => bench.run().await,
         }
     }
 }

@@ -276,7 +276,7 @@ impl StoreBench {
     }
 }
 
-fn progress(len: usize, message: &str) -> ProgressBar {
+pub(super) fn progress(len: usize, message: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg:32} [{bar:30}] {pos}/{len} {per_sec}")
