@@ -181,6 +181,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                 registry,
                 r,
                 info.namespace.clone(),
+                info.name.as_deref(),
                 &query,
                 as_table.then_some(include),
             )
@@ -308,18 +309,25 @@ async fn watch_response(
     registry: &Registry,
     r: &'static Resource,
     ns: Option<String>,
+    name: Option<&str>,
     query: &HashMap<String, String>,
     table: Option<crate::table::IncludeObject>,
 ) -> Result<Response, ApiError> {
+    // Upstream's default is a random 30-60 minutes; 0 means the default too.
     let timeout = match query.get("timeoutSeconds") {
-        Some(t) => Duration::from_secs(
-            t.parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: \"{t}\"")))?,
-        ),
-        None => Duration::from_secs(1800),
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds: \"{t}\"")))?,
+        None => 0,
     };
+    let timeout = Duration::from_secs(if timeout == 0 { 1800 } else { timeout });
+    let mut list = list_options(query)?;
+    if let Some(name) = name {
+        // A watch on one object is a watch on its collection narrowed by name.
+        list.field_selector = list.field_selector.and_name(name);
+    }
     let opts = WatchOptions {
-        list: list_options(query)?,
+        list,
         bookmarks: query
             .get("allowWatchBookmarks")
             .is_some_and(|b| b == "true"),

@@ -234,6 +234,17 @@ async fn patch_of_every_type(c: &mut Cluster) {
     ]);
     let cm = c.json(&["get", "cm", "settings", "-n", "team"]);
     assert_eq!(cm["data"]["merged"], "yes");
+    // A patch carrying a stale resourceVersion is refused (optimistic locking).
+    let err = c.fails(&[
+        "label",
+        "cm",
+        "settings",
+        "-n",
+        "team",
+        "--resource-version=1",
+        "stale=yes",
+    ]);
+    assert!(err.contains("the object has been modified"), "{err}");
     assert_eq!(cm["data"]["mode"], "slow");
     assert_eq!(cm["data"]["strategic"], "yes");
     // A failing JSON patch `test` changes nothing.
@@ -500,6 +511,28 @@ async fn restart_keeps_objects_and_watches_resume(c: &mut Cluster) {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["type"], "MODIFIED");
     assert_eq!(events[0]["object"]["data"]["after"], "restart");
+    // A watch on one named object sees only that object.
+    let other = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n  namespace: team\n";
+    assert!(
+        c.kubectl_with(&["create", "-f", "-"], &[], Some(other))
+            .status
+            .success()
+    );
+    let path = format!(
+        "/api/v1/watch/namespaces/team/configmaps/settings?resourceVersion={rv}&timeoutSeconds=1"
+    );
+    let names: Vec<String> = c
+        .ok(&["get", "--raw", &path])
+        .lines()
+        .map(|l| {
+            let event: Value = serde_json::from_str(l).expect("event");
+            event["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["settings"]);
 }
 
 scenarios!(

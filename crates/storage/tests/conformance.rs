@@ -300,7 +300,14 @@ mod suite {
             .map(|i| (i % 251) as u8)
             .collect::<Vec<_>>()
             .into();
+        let mut live = s.watch(&KeyRange::key("/big"), 0).await.unwrap();
         let rev = s.create(b"/big", big.clone()).await.unwrap();
+        let seen = next_events(&mut live, 1).await;
+        assert_eq!(seen[0].revision(), rev);
+        assert_eq!(
+            seen[0].kv.value, big,
+            "a live watcher gets large values too"
+        );
         assert_eq!(s.get(b"/big", None).await.unwrap().unwrap().value, big);
         let mut watch = s.watch(&KeyRange::key("/big"), rev).await.unwrap();
         assert_eq!(next_events(&mut watch, 1).await[0].kv.value, big);

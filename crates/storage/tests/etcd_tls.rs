@@ -161,7 +161,8 @@ async fn several_endpoints_keep_working_when_one_is_down() {
     let mut config = etcd.config("/multi");
     config.endpoints = vec![dead_endpoint, etcd.endpoint().to_string()];
     let store = EtcdStore::connect(&config).await.expect("connect");
-    for i in 0..20 {
+    // Enough requests that, picked at random, many would land on the dead endpoint.
+    for i in 0..100 {
         store
             .create(format!("/k/{i}").as_bytes(), Bytes::from_static(b"v"))
             .await
@@ -171,5 +172,8 @@ async fn several_endpoints_keep_working_when_one_is_down() {
         .range(&KeyRange::prefix("/k/"), None, None)
         .await
         .expect("range");
-    assert_eq!(all.kvs.len(), 20);
+    assert_eq!(all.kvs.len(), 100);
+    for _ in 0..100 {
+        assert!(store.get(b"/k/1", None).await.expect("get").is_some());
+    }
 }

@@ -157,6 +157,12 @@ impl FieldSelector {
         Ok(FieldSelector(terms))
     }
 
+    /// Adds `metadata.name=NAME` (a watch on one named object).
+    pub fn and_name(mut self, name: &str) -> Self {
+        self.0.push(("metadata.name".into(), true, name.into()));
+        self
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
             let pointer = if field == "metadata.name" {

@@ -560,6 +560,13 @@ impl Registry {
             }
             let old = decode(&current)?;
             let mut obj = transform(&old)?;
+            // A resourceVersion in the result (a PUT body's, or one a patch sets) is a
+            // precondition, as upstream: optimistic locking through patches.
+            if meta_str(&obj, "resourceVersion")
+                .is_some_and(|rv| !rv.is_empty() && rv != current.mod_revision.to_string())
+            {
+                return Err(ApiError::conflict(&subj));
+            }
             self.check_body(r, ns, &mut obj)?;
             // What the server owns cannot be changed by a client.
             let old_meta = meta(&old).cloned().unwrap_or_default();

@@ -114,8 +114,13 @@ pub(crate) async fn start(
                         None => return,
                     };
                     last = event.revision();
-                    if let Some(line) = to_line(&event, &opts.list) && !send(line).await {
-                        return;
+                    if let Some(line) = to_line(r, &event, &opts.list) {
+                        // A client that stops reading must not keep the watch past its
+                        // timeout: the send races the deadline.
+                        tokio::select! {
+                            sent = send(line) => if !sent { return },
+                            () = &mut deadline => return,
+                        }
                     }
                 }
                 _ = bookmark.tick(), if opts.bookmarks => {
@@ -135,8 +140,20 @@ pub(crate) async fn start(
     Ok(rx)
 }
 
+/// A deleted object known only by its key `/registry/[GROUP/]PLURAL/[NS/]NAME`.
+fn deleted_stub(r: &Resource, key: &[u8]) -> Value {
+    let key = String::from_utf8_lossy(key);
+    let mut parts = key.rsplit('/');
+    let name = parts.next().unwrap_or_default();
+    let mut metadata = json!({"name": name});
+    if r.namespaced {
+        metadata["namespace"] = json!(parts.next().unwrap_or_default());
+    }
+    json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": metadata})
+}
+
 /// The watch line for a datastore event, after selector filtering.
-fn to_line(event: &skiff_storage::Event, opts: &ListOptions) -> Option<Value> {
+fn to_line(r: &Resource, event: &skiff_storage::Event, opts: &ListOptions) -> Option<Value> {
     let matches = |obj: &Value| {
         opts.label_selector
             .matches(obj.pointer("/metadata/labels").and_then(Value::as_object))
@@ -146,17 +163,24 @@ fn to_line(event: &skiff_storage::Event, opts: &ListOptions) -> Option<Value> {
         EventKind::Deleted => None,
         _ => decode(&event.kv).ok(),
     };
-    let old = event.prev.as_ref().and_then(|p| decode(p).ok());
+    let old = match event.prev.as_ref().and_then(|p| decode(p).ok()) {
+        // The datastore no longer has the deleted value (etcd drops it at the compaction
+        // floor): say which object went, rather than nothing.
+        None if event.kind == EventKind::Deleted => Some(deleted_stub(r, &event.kv.key)),
+        old => old,
+    };
     let (new_matches, old_matches) = (
         new.as_ref().is_some_and(matches),
         old.as_ref().is_some_and(matches),
     );
     let (kind, mut obj) = match (event.kind, old_matches, new_matches) {
         (EventKind::Deleted, true, _) => ("DELETED", old?),
+        (EventKind::Deleted, false, _) if event.prev.is_none() => ("DELETED", old?),
         (EventKind::Deleted, false, _) => return None,
         (_, false, true) => ("ADDED", new?),
         (_, true, true) => ("MODIFIED", new?),
-        (_, true, false) => ("DELETED", new?),
+        // Stopped matching: upstream sends the old object, at the event's revision.
+        (_, true, false) => ("DELETED", old?),
         (_, false, false) => return None,
     };
     set_resource_version(&mut obj, event.revision());

@@ -82,6 +82,8 @@ pub(crate) struct Committer {
     compacted: Revision,
     /// Physical pruning still to do: log entries below `target`, from `cursor` on.
     pruning: Option<Pruning>,
+    /// After a failed pruning chunk: do not try again before this.
+    prune_retry_at: Option<Instant>,
     auto: Option<AutoCompaction>,
 }
 
@@ -115,6 +117,7 @@ impl Committer {
             current,
             compacted,
             // Finish whatever a crash interrupted: pruning is idempotent.
+            prune_retry_at: None,
             pruning: (compacted > 0).then_some(Pruning {
                 target: compacted,
                 cursor: i64::MIN,
@@ -137,8 +140,12 @@ impl Committer {
             if let Some(first) = first {
                 self.batch(first);
             }
-            if let Err(e) = self.prune_chunk() {
-                tracing::warn!(error = %e, "compaction chunk failed; will retry");
+            match self.prune_chunk() {
+                Ok(()) => self.prune_retry_at = None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "compaction chunk failed; retrying in a second");
+                    self.prune_retry_at = Some(Instant::now() + Duration::from_secs(1));
+                }
             }
             self.auto_compact();
             if self.wal.len() > CHECKPOINT_BYTES || (idle && self.wal.len() > 0) {
@@ -172,7 +179,7 @@ impl Committer {
     /// Waits for the next request; `Ok(None)` when there is background work to do instead,
     /// `Err` when every sender is gone.
     fn next_request(&mut self) -> Result<Option<Request>, ()> {
-        if self.pruning.is_some() {
+        if self.pruning.is_some() && self.prune_retry_at.is_none_or(|at| Instant::now() >= at) {
             return match self.rx.try_recv() {
                 Ok(r) => Ok(Some(r)),
                 Err(TryRecvError::Empty) => Ok(None),
@@ -185,6 +192,9 @@ impl Committer {
         };
         if self.wal.len() > 0 {
             timeout = timeout.min(CHECKPOINT_IDLE);
+        }
+        if let Some(at) = self.prune_retry_at {
+            timeout = timeout.min(at.saturating_duration_since(Instant::now()));
         }
         match self.rx.recv_timeout(timeout) {
             Ok(r) => Ok(Some(r)),
@@ -350,10 +360,14 @@ impl Committer {
         if let Err(e) = txn.commit() {
             // The log holds a batch redb does not: refuse further writes until a reopen
             // replays it, rather than serve a history with a hole.
-            let message = format!("the store must be reopened after a failed commit: {e}");
+            // The batch is in the log, so a reopen replays it: its callers get an error
+            // that says the outcome is unknown, as for a timeout against etcd.
+            let message = format!(
+                "outcome unknown: the batch is logged but redb refused it ({e}); the store must be reopened"
+            );
             tracing::error!(wal = %self.wal.path().display(), "{message}");
-            self.failed = Some(message);
-            return Err(err("committing")(e.into()));
+            self.failed = Some(message.clone());
+            return Err(Error::embedded("committing", message));
         }
         Ok(revision)
     }
@@ -393,7 +407,13 @@ impl Committer {
         self.compacted = revision;
         self.shared.set_compacted(revision);
         match &mut self.pruning {
-            Some(p) => p.target = revision,
+            // Start the pass over: a version kept by the earlier pass (the newest below
+            // the old floor) may be superseded below the new one, and only a pass in
+            // revision order removes it before the tombstone that supersedes it.
+            Some(p) => {
+                p.target = revision;
+                p.cursor = i64::MIN;
+            }
             None => {
                 self.pruning = Some(Pruning {
                     target: revision,
@@ -410,6 +430,9 @@ impl Committer {
     /// with their versions; the newest version of each live key stays, with its log
     /// entry, so the next compaction finds it again.
     fn prune_chunk(&mut self) -> Result<()> {
+        if self.prune_retry_at.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
         let Some(pruning) = &self.pruning else {
             return Ok(());
         };
@@ -440,7 +463,9 @@ impl Committer {
             };
             for (rev, key) in entries {
                 let superseded = history
-                    .range::<(&[u8], i64)>((key.as_slice(), rev + 1)..=(key.as_slice(), target))
+                    // Exclusive of the floor: a version replaced exactly at the floor stays,
+                    // so the event at the floor still has its previous value.
+                    .range::<(&[u8], i64)>((key.as_slice(), rev + 1)..(key.as_slice(), target))
                     .map_err(|e| err("reading history")(e.into()))?
                     .next()
                     .is_some();

@@ -311,8 +311,11 @@ impl Store for Embedded {
         self.submit(Op::Compact { revision }).await.map(|_| ())
     }
 
+    /// The revision a read started now would see: at least the last published one (the
+    /// watch hub learns of a commit just after readers can see it).
     async fn current_revision(&self) -> Result<Revision> {
-        Ok(self.shared.hub.current())
+        let txn = self.shared.begin_read()?;
+        Ok(read::meta(&txn)?.0.max(self.shared.hub.current()))
     }
 
     async fn compacted_revision(&self) -> Result<Revision> {

@@ -6,7 +6,8 @@
 //! it (delivered live); it skips anything below the next revision it owes, which makes
 //! delivery exactly once and in order. A watcher that falls behind the channel's buffer
 //! is not dropped: it re-subscribes and catches up from the log, so slow watchers never
-//! hold back the writer or fast watchers.
+//! hold back the writer or fast watchers. A large commit is announced by its revision
+//! alone and read from the log, so the buffer's memory stays bounded whatever is written.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,14 +18,25 @@ use super::{Shared, read};
 use crate::{Error, Event, KeyRange, Result, Revision, WatchStream};
 
 /// Commits buffered for live watchers before a slow one must catch up from disk.
-const LIVE_BUFFER_COMMITS: usize = 1024;
+const LIVE_BUFFER_COMMITS: usize = 256;
+/// A commit whose events are larger than this is announced, not carried: at most
+/// `LIVE_BUFFER_COMMITS` x this (64 MiB) is ever buffered.
+const LIVE_COMMIT_BYTES: usize = 256 << 10;
+
+/// What the broadcast carries for one commit.
+#[derive(Clone)]
+enum Live {
+    Events(Arc<[Event]>),
+    /// Read the commit up to this revision from the log.
+    Announce(Revision),
+}
 /// Log entries read from disk per catch-up step.
 const REPLAY_CHUNK: usize = 1024;
 
 pub(crate) struct Hub {
     /// The revision of the last published commit; the lock orders subscribe vs publish.
     current: Mutex<Revision>,
-    tx: broadcast::Sender<Arc<[Event]>>,
+    tx: broadcast::Sender<Live>,
 }
 
 impl Hub {
@@ -42,11 +54,22 @@ impl Hub {
     pub(crate) fn publish(&self, events: Vec<Event>, revision: Revision) {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         *current = revision;
+        let bytes: usize = events
+            .iter()
+            .map(|e| {
+                e.kv.key.len() + e.kv.value.len() + e.prev.as_ref().map_or(0, |p| p.value.len())
+            })
+            .sum();
+        let live = if bytes > LIVE_COMMIT_BYTES {
+            Live::Announce(revision)
+        } else {
+            Live::Events(events.into())
+        };
         // No receivers is fine: nobody is watching.
-        let _ = self.tx.send(events.into());
+        let _ = self.tx.send(live);
     }
 
-    fn subscribe(&self) -> (Revision, broadcast::Receiver<Arc<[Event]>>) {
+    fn subscribe(&self) -> (Revision, broadcast::Receiver<Live>) {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         (*current, self.tx.subscribe())
     }
@@ -59,7 +82,7 @@ struct Watcher {
     next: Revision,
     /// Revisions up to here come from the log, above it from `rx`.
     replay_until: Revision,
-    rx: broadcast::Receiver<Arc<[Event]>>,
+    rx: broadcast::Receiver<Live>,
     ready: VecDeque<Event>,
     done: bool,
 }
@@ -111,7 +134,10 @@ impl Watcher {
                 continue;
             }
             match self.rx.recv().await {
-                Ok(batch) => {
+                Ok(Live::Announce(revision)) => {
+                    self.replay_until = self.replay_until.max(revision);
+                }
+                Ok(Live::Events(batch)) => {
                     for event in batch.iter() {
                         if event.revision() >= self.next {
                             self.next = event.revision() + 1;

@@ -48,17 +48,25 @@ pub struct EtcdStore {
     attempts: usize,
 }
 
-/// Whether a failed request may be sent again. The client spreads requests over the
-/// endpoints and does not skip one that is down, so a request can land on a dead
-/// endpoint: one that never left (connection refused) is always safe to retry, like
-/// etcd's own clientv3 does; one that may have reached the server only if `idempotent`.
-fn retryable(error: &etcd_client::Error, idempotent: bool) -> bool {
+/// How many more attempts a failed request gets, out of `budget` (one per endpoint plus
+/// one). The client spreads requests over the endpoints at random and does not skip one
+/// that is down, so a request can land on a dead endpoint several times in a row. One
+/// that never left (connection refused) is always safe to send again, as etcd's clientv3
+/// does, and costs nothing, so it gets ten times the budget; one that may have reached
+/// the server is retried only if `idempotent`.
+fn attempts_for(error: &etcd_client::Error, idempotent: bool, budget: usize) -> usize {
     match error {
         etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Unavailable => {
-            idempotent || status.message().contains("connect")
+            if status.message().contains("connect") {
+                budget * 10
+            } else if idempotent {
+                budget
+            } else {
+                0
+            }
         }
-        etcd_client::Error::TransportError(_) => idempotent,
-        _ => false,
+        etcd_client::Error::TransportError(_) if idempotent => budget,
+        _ => 0,
     }
 }
 
@@ -102,7 +110,7 @@ impl EtcdStore {
         })
     }
 
-    /// Runs `request`, again on another endpoint when that is safe (see [`retryable`]).
+    /// Runs `request`, again on another endpoint when that is safe (see [`attempts_for`]).
     async fn retry<T, F, Fut>(
         &self,
         idempotent: bool,
@@ -115,7 +123,7 @@ impl EtcdStore {
         let mut attempt = 1;
         loop {
             match request(self.kv()).await {
-                Err(e) if attempt < self.attempts && retryable(&e, idempotent) => {
+                Err(e) if attempt < attempts_for(&e, idempotent, self.attempts) => {
                     tracing::debug!(error = %e, attempt, "retrying an etcd request");
                     attempt += 1;
                 }
@@ -353,7 +361,7 @@ impl Store for EtcdStore {
                 .watch(key.clone(), Some(options.clone()))
                 .await;
             match started {
-                Err(e) if attempt < self.attempts && retryable(&e, true) => attempt += 1,
+                Err(e) if attempt < attempts_for(&e, true, self.attempts) => attempt += 1,
                 result => break result.map_err(|e| Error::etcd("starting a watch", e))?,
             }
         };
