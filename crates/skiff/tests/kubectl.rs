@@ -271,6 +271,56 @@ async fn patch_of_every_type(c: &mut Cluster) {
         ]),
         "slow"
     );
+    // Strategic merge patch: metadata.finalizers is a union, as upstream.
+    c.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/a"]}}"#,
+    ]);
+    c.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "-n",
+        "team",
+        "--type=strategic",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/b"]}}"#,
+    ]);
+    let finalizers = c.ok(&[
+        "get",
+        "cm",
+        "settings",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.metadata.finalizers}",
+    ]);
+    assert_eq!(finalizers, r#"["example.com/a","example.com/b"]"#);
+    // Deleting an object with finalizers only marks it; removing them completes it.
+    c.ok(&["delete", "cm", "settings", "-n", "team", "--wait=false"]);
+    let marked = c.json(&["get", "cm", "settings", "-n", "team"]);
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
+    c.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "-n",
+        "team",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    let gone = c.fails(&["get", "cm", "settings", "-n", "team"]);
+    assert!(gone.contains("not found"), "{gone}");
 }
 
 async fn apply_twice_then_unchanged(c: &mut Cluster) {

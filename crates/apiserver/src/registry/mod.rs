@@ -6,6 +6,7 @@
 
 mod names;
 pub(crate) mod selector;
+pub(crate) mod smp;
 pub(crate) mod store;
 pub(crate) mod validation;
 pub(crate) mod watch;
@@ -28,6 +29,8 @@ pub(crate) struct Resource {
     pub name_rule: NameRule,
     /// Fills in defaults on every write.
     pub defaults: fn(&mut Value),
+    /// List strategies for strategic merge patch, beyond ObjectMeta's.
+    pub patch_strategies: smp::Strategies,
     /// The columns `kubectl get` prints between NAME and AGE.
     pub columns: &'static [Column],
     /// Decodes the object as its typed Kubernetes kind and encodes it again: the error
@@ -129,6 +132,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         categories: &[],
         name_rule: NameRule::DnsLabel,
         defaults: namespace_defaults,
+        patch_strategies: &[],
         columns: &[Column {
             name: "Status",
             kind: "string",
@@ -149,6 +153,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         categories: &[],
         name_rule: NameRule::DnsSubdomain,
         defaults: no_defaults,
+        patch_strategies: &[],
         columns: &[Column {
             name: "Data",
             kind: "string",
@@ -169,6 +174,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         categories: &[],
         name_rule: NameRule::DnsSubdomain,
         defaults: secret_defaults,
+        patch_strategies: &[],
         columns: &[
             Column {
                 name: "Type",

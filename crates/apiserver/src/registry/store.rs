@@ -521,9 +521,11 @@ impl Registry {
                         )
                     })?;
                 }
-                // Strategic merge patch equals a merge patch for the kinds served so far,
-                // which have no lists with merge keys.
-                PatchType::Merge | PatchType::StrategicMerge => json_patch::merge(&mut obj, &patch),
+                PatchType::Merge => json_patch::merge(&mut obj, &patch),
+                PatchType::StrategicMerge => {
+                    obj = super::smp::apply(&obj, &patch, r.patch_strategies)
+                        .map_err(|e| ApiError::bad_request(e.0))?;
+                }
             }
             if meta_str(&obj, "name") != Some(name) {
                 return Err(ApiError::bad_request(
