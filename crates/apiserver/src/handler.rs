@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use skiff_storage::Store;
 
 use crate::registry::selector::{FieldSelector, LabelSelector};
-use crate::registry::store::{ListOptions, PatchType, Registry, WriteOptions, Written};
+use crate::registry::store::{ListOptions, Part, PatchType, Registry, WriteOptions, Written};
 use crate::registry::validation::FieldValidation;
 use crate::registry::watch::{self, WatchOptions};
 use crate::registry::{self as reg, Resource};
@@ -141,13 +141,23 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
     };
     let r = reg::find(&info.group, &info.version, &info.resource)
         .ok_or_else(ApiError::path_not_found)?;
-    if info.subresource.is_some() || (info.namespace.is_some() && !r.namespaced) {
+    if info.namespace.is_some() && !r.namespaced {
         return Err(ApiError::path_not_found());
     }
+    let part = match info.subresource.as_deref() {
+        None => Part::Main,
+        Some("status")
+            if r.status && matches!(info.verb, Verb::Get | Verb::Update | Verb::Patch) =>
+        {
+            Part::Status
+        }
+        Some(_) => return Err(ApiError::path_not_found()),
+    };
     let ns = info.namespace.as_deref();
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
     let write = WriteOptions {
         dry_run,
+        part,
         field_validation: FieldValidation::parse(query.get("fieldValidation").map(String::as_str))
             .map_err(ApiError::bad_request)?,
     };

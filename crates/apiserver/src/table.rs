@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::registry::Resource;
 
 /// One printed column: a header, its OpenAPI type, and how to fill it.
+#[derive(Clone, Copy)]
 pub(crate) struct Column {
     pub name: &'static str,
     pub kind: &'static str,
@@ -50,21 +51,59 @@ pub(crate) fn wanted(headers: &HeaderMap) -> bool {
         })
 }
 
-fn definitions(r: &Resource) -> Vec<Value> {
-    let mut out = vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
-    ];
-    out.extend(r.columns.iter().map(|c| json!({"name": c.name, "type": c.kind, "format": "", "description": c.description, "priority": c.priority})));
-    out.push(json!({"name": "Age", "type": "string", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0}));
+/// The AGE column, for kinds that print columns after it.
+pub(crate) const AGE: Column = Column {
+    name: "Age",
+    kind: "string",
+    description: "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    priority: 0,
+    cell: age_cell,
+};
+
+fn age_cell(obj: &Value) -> Value {
+    json!(human_duration_since(
+        obj.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+    ))
+}
+
+const NAME: Column = Column {
+    name: "Name",
+    kind: "string",
+    description: "Name must be unique within a namespace.",
+    priority: 0,
+    cell: name_cell,
+};
+
+fn name_cell(obj: &Value) -> Value {
+    obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))
+}
+
+/// NAME (hidden for some kinds), the kind's columns, and AGE unless it placed it.
+fn columns(r: &Resource) -> Vec<Column> {
+    let mut out = vec![Column {
+        priority: if r.hide_name { 1 } else { 0 },
+        ..NAME
+    }];
+    out.extend(r.columns.iter().copied());
+    if !r.hide_name && !r.columns.iter().any(|c| c.name == "Age") {
+        out.push(AGE);
+    }
     out
 }
 
+fn definitions(r: &Resource) -> Vec<Value> {
+    columns(r)
+        .iter()
+        .map(|c| {
+            let format = if c.name == "Name" { "name" } else { "" };
+            json!({"name": c.name, "type": c.kind, "format": format, "description": c.description, "priority": c.priority})
+        })
+        .collect()
+}
+
 fn row(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
-    let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
-    cells.extend(r.columns.iter().map(|c| (c.cell)(obj)));
-    cells.push(json!(age(obj
-        .pointer("/metadata/creationTimestamp")
-        .and_then(Value::as_str))));
+    let cells: Vec<Value> = columns(r).iter().map(|c| (c.cell)(obj)).collect();
     let mut row = json!({"cells": cells});
     match include {
         IncludeObject::None => {}
@@ -105,8 +144,8 @@ pub(crate) fn from_object(r: &Resource, obj: &Value, include: IncludeObject) -> 
     })
 }
 
-/// The AGE column: time since creation in upstream's `HumanDuration` format.
-fn age(created: Option<&str>) -> String {
+/// Time since `at` (RFC 3339) in upstream's `HumanDuration` format.
+pub(crate) fn human_duration_since(created: Option<&str>) -> String {
     let Some(created) = created.and_then(|c| {
         time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
     }) else {
@@ -169,24 +208,6 @@ pub(crate) fn human_duration(seconds: i64) -> String {
         };
     }
     format!("{}y", hours / 24 / 365)
-}
-
-/// Number of entries in the `data` and `binaryData` maps (ConfigMap and Secret DATA).
-pub(crate) fn data_count(obj: &Value) -> Value {
-    let count = |field: &str| {
-        obj.get(field)
-            .and_then(Value::as_object)
-            .map_or(0, |m| m.len())
-    };
-    json!(count("data") + count("binaryData"))
-}
-
-pub(crate) fn secret_type(obj: &Value) -> Value {
-    obj.get("type").cloned().unwrap_or(json!(""))
-}
-
-pub(crate) fn namespace_phase(obj: &Value) -> Value {
-    obj.pointer("/status/phase").cloned().unwrap_or(json!(""))
 }
 
 #[cfg(test)]

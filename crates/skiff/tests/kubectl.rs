@@ -64,6 +64,136 @@ async fn version_and_discovery(c: &mut Cluster) {
     }
 }
 
+const WORKLOAD: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: app
+        image: registry.local/app:1
+        env:
+        - {name: MODE, value: fast}
+      - name: sidecar
+        image: registry.local/sidecar:1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80}
+";
+
+async fn workloads_keep_spec_status_and_generation_apart(c: &mut Cluster) {
+    let apply = |manifest: &str| {
+        let out = c.kubectl_with(&["apply", "-f", "-"], &[], Some(manifest));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    apply(WORKLOAD);
+    let deploy = c.json(&["get", "deployment", "web"]);
+    assert_eq!(deploy["metadata"]["generation"], 1);
+    assert_eq!(
+        deploy["spec"]["strategy"]["type"], "RollingUpdate",
+        "defaulted"
+    );
+    let svc = c.json(&["get", "service", "web"]);
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(
+        svc["spec"]["ports"][0]["targetPort"], 80,
+        "targetPort defaults to port"
+    );
+    assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");
+
+    // Changing one container's image keeps the other container (strategic merge by name)
+    // and bumps the generation; a label change does not.
+    apply(&WORKLOAD.replace("registry.local/app:1", "registry.local/app:2"));
+    let deploy = c.json(&["get", "deployment", "web"]);
+    let containers = deploy["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    assert_eq!(containers.len(), 2, "{containers:?}");
+    assert_eq!(containers[0]["image"], "registry.local/app:2");
+    assert_eq!(containers[0]["env"][0]["name"], "MODE");
+    assert_eq!(containers[1]["name"], "sidecar");
+    assert_eq!(deploy["metadata"]["generation"], 2);
+    c.ok(&["label", "deployment", "web", "team=a"]);
+    assert_eq!(
+        c.json(&["get", "deployment", "web"])["metadata"]["generation"],
+        2
+    );
+
+    // Status goes through the status subresource only.
+    c.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"readyReplicas":5}}"#,
+    ]);
+    assert!(
+        c.json(&["get", "deployment", "web"])["status"]
+            .get("readyReplicas")
+            .is_none()
+    );
+    c.ok(&["patch", "deployment", "web", "--subresource=status", "--type=merge", "-p", r#"{"status":{"replicas":2,"readyReplicas":1,"updatedReplicas":2,"availableReplicas":1},"spec":{"replicas":9}}"#]);
+    let deploy = c.json(&["get", "deployment", "web"]);
+    assert_eq!(deploy["status"]["readyReplicas"], 1);
+    assert_eq!(
+        deploy["spec"]["replicas"], 2,
+        "a status update changes nothing else"
+    );
+    assert_eq!(deploy["metadata"]["generation"], 2);
+
+    let header = |args: &[&str]| {
+        c.ok(args)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        header(&["get", "deployments"]),
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    );
+    assert_eq!(
+        header(&["get", "services"]),
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    let row = c.ok(&["get", "deployment", "web", "--no-headers"]);
+    assert!(row.starts_with("web") && row.contains("1/2"), "{row}");
+    let all = c.ok(&["get", "all", "-o", "name"]);
+    assert!(
+        all.contains("deployment.apps/web") && all.contains("service/web"),
+        "{all}"
+    );
+}
+
 async fn get_prints_the_upstream_columns(c: &mut Cluster) {
     let created = c.kubectl_with(&["create", "-f", "-"], &[], Some(MANIFEST));
     assert!(created.status.success());
@@ -587,6 +717,7 @@ async fn restart_keeps_objects_and_watches_resume(c: &mut Cluster) {
 
 scenarios!(
     version_and_discovery,
+    workloads_keep_spec_status_and_generation_apart,
     get_prints_the_upstream_columns,
     create_get_label_annotate_delete,
     patch_of_every_type,

@@ -35,11 +35,21 @@ pub(crate) struct ListOptions {
     pub resource_version_match: Option<String>,
 }
 
+/// Which part of an object a write may change: the object (its status is kept), or only
+/// its status (the `/status` subresource).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Part {
+    #[default]
+    Main,
+    Status,
+}
+
 /// How a write is carried out.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct WriteOptions {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
+    pub part: Part,
 }
 
 /// A written object and the warnings for the client.
@@ -431,8 +441,18 @@ impl Registry {
         }
         meta.insert("uid".into(), json!(new_uid()));
         meta.insert("creationTimestamp".into(), json!(now()));
+        if r.generation {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
         meta.remove("deletionTimestamp");
         meta.remove("deletionGracePeriodSeconds");
+        if r.clear_status_on_create
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.remove("status");
+        }
         (r.defaults)(&mut obj);
         let mut warnings = Vec::new();
         let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
@@ -591,10 +611,36 @@ impl Registry {
                 };
             }
             (r.defaults)(&mut obj);
-            if r.plural == "namespaces" {
-                // Status belongs to the status subresource and the namespace lifecycle.
-                obj["status"] = old.get("status").cloned().unwrap_or(Value::Null);
+            match opts.part {
+                // A kind with a status subresource keeps its status on main updates.
+                Part::Main if r.status => copy_field(&old, &mut obj, "status"),
+                Part::Main => {}
+                // A status update changes the status and nothing else.
+                Part::Status => {
+                    let status = obj.get("status").cloned();
+                    obj = old.clone();
+                    match status {
+                        Some(status) => obj["status"] = status,
+                        None => {
+                            if let Some(o) = obj.as_object_mut() {
+                                o.remove("status");
+                            }
+                        }
+                    }
+                }
             }
+            // metadata.generation counts changes to everything but metadata and status.
+            let generation = old.pointer("/metadata/generation").cloned();
+            let bumped =
+                r.generation && without_meta_and_status(&obj) != without_meta_and_status(&old);
+            let meta = meta_mut(&mut obj)?;
+            match (generation, bumped) {
+                (Some(g), true) => {
+                    meta.insert("generation".into(), json!(g.as_i64().unwrap_or(0) + 1))
+                }
+                (Some(g), false) => meta.insert("generation".into(), g),
+                (None, _) => meta.remove("generation"),
+            };
             let mut warnings = Vec::new();
             set_resource_version(&mut obj, current.mod_revision);
             let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
@@ -783,6 +829,26 @@ impl Registry {
             Err(e) => Err(e),
         }
     }
+}
+
+fn copy_field(from: &Value, to: &mut Value, field: &str) {
+    match from.get(field) {
+        Some(v) => to[field] = v.clone(),
+        None => {
+            if let Some(o) = to.as_object_mut() {
+                o.remove(field);
+            }
+        }
+    }
+}
+
+fn without_meta_and_status(obj: &Value) -> Value {
+    let mut obj = obj.clone();
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("metadata");
+        o.remove("status");
+    }
+    obj
 }
 
 fn success_status(r: &Resource, name: &str, uid: Option<&str>) -> Value {

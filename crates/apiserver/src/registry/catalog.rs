@@ -1,0 +1,747 @@
+//! Every resource the server serves: one row each. Adding a kind is adding a row (and
+//! its printed columns in `columns.rs`); the verbs are generic.
+//!
+//! Patch strategies mirror the `patchStrategy`/`patchMergeKey` tags of upstream's Go
+//! types (k8s.io/api); subresources and generation follow upstream's strategies.
+
+use serde_json::{Value, json};
+
+use super::columns as col;
+use super::{NameRule, Resource};
+use crate::table::{AGE, Column};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, policy, rbac, storage};
+
+fn decode_as<T: serde::de::DeserializeOwned + serde::Serialize>(
+    value: &Value,
+) -> Result<Value, String> {
+    let typed = serde_json::from_value::<T>(value.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+fn no_defaults(_: &mut Value) {}
+
+fn namespace_defaults(obj: &mut Value) {
+    if obj.pointer("/spec/finalizers").is_none() {
+        obj["spec"] = json!({"finalizers": ["kubernetes"]});
+    }
+    if obj.pointer("/status/phase").is_none() {
+        obj["status"] = json!({"phase": "Active"});
+    }
+}
+
+/// `stringData` is a write-only convenience: merged into `data` (base64) and dropped,
+/// as upstream does on every write.
+fn secret_defaults(obj: &mut Value) {
+    use base64::Engine;
+    if obj
+        .get("type")
+        .is_none_or(|t| t.as_str().is_none_or(str::is_empty))
+    {
+        obj["type"] = json!("Opaque");
+    }
+    let string_data = obj.as_object_mut().and_then(|o| o.remove("stringData"));
+    if let Some(Value::Object(string_data)) = string_data {
+        if !obj.get("data").is_some_and(Value::is_object) {
+            obj["data"] = json!({});
+        }
+        for (key, value) in string_data {
+            if let Some(text) = value.as_str() {
+                obj["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+            }
+        }
+    }
+}
+
+/// Sets `obj[path]` when it is missing.
+fn default(obj: &mut Value, pointer: &str, value: Value) {
+    if obj.pointer(pointer).is_some() {
+        return;
+    }
+    let mut at = obj;
+    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !at.is_object() {
+            return;
+        }
+        if i == parts.len() - 1 {
+            at[*part] = value;
+            return;
+        }
+        if at.get(*part).is_none() {
+            at[*part] = json!({});
+        }
+        at = &mut at[*part];
+    }
+}
+
+fn service_defaults(obj: &mut Value) {
+    default(obj, "/spec/type", json!("ClusterIP"));
+    default(obj, "/spec/sessionAffinity", json!("None"));
+    if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+        for port in ports {
+            default(port, "/protocol", json!("TCP"));
+            if port.get("targetPort").is_none()
+                && let Some(p) = port.get("port").cloned()
+            {
+                port["targetPort"] = p;
+            }
+        }
+    }
+}
+
+fn pod_defaults(obj: &mut Value) {
+    default(obj, "/spec/restartPolicy", json!("Always"));
+    default(obj, "/spec/dnsPolicy", json!("ClusterFirst"));
+    default(obj, "/spec/schedulerName", json!("default-scheduler"));
+    default(obj, "/spec/terminationGracePeriodSeconds", json!(30));
+    default(obj, "/status/phase", json!("Pending"));
+}
+
+fn deployment_defaults(obj: &mut Value) {
+    default(obj, "/spec/replicas", json!(1));
+    default(obj, "/spec/revisionHistoryLimit", json!(10));
+    default(obj, "/spec/progressDeadlineSeconds", json!(600));
+    if obj.pointer("/spec/strategy/type").is_none() {
+        default(obj, "/spec/strategy", json!({}));
+        obj["spec"]["strategy"]["type"] = json!("RollingUpdate");
+    }
+    if obj.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
+        default(
+            obj,
+            "/spec/strategy/rollingUpdate",
+            json!({"maxUnavailable": "25%", "maxSurge": "25%"}),
+        );
+    }
+}
+
+fn replicas_default(obj: &mut Value) {
+    default(obj, "/spec/replicas", json!(1));
+}
+
+/// A pod spec's merge keys, under a prefix (`spec.` for pods, `spec.template.spec.` for
+/// workloads).
+macro_rules! pod_spec {
+    ($p:literal $(, $extra:expr)* $(,)?) => {
+        &[
+            (concat!($p, "volumes"), Some("name")),
+            (concat!($p, "imagePullSecrets"), Some("name")),
+            (concat!($p, "hostAliases"), Some("ip")),
+            (concat!($p, "topologySpreadConstraints"), Some("topologyKey")),
+            (concat!($p, "resourceClaims"), Some("name")),
+            (concat!($p, "schedulingGates"), Some("name")),
+            (concat!($p, "containers"), Some("name")),
+            (concat!($p, "containers.ports"), Some("containerPort")),
+            (concat!($p, "containers.env"), Some("name")),
+            (concat!($p, "containers.volumeMounts"), Some("mountPath")),
+            (concat!($p, "containers.volumeDevices"), Some("devicePath")),
+            (concat!($p, "initContainers"), Some("name")),
+            (concat!($p, "initContainers.ports"), Some("containerPort")),
+            (concat!($p, "initContainers.env"), Some("name")),
+            (concat!($p, "initContainers.volumeMounts"), Some("mountPath")),
+            (concat!($p, "initContainers.volumeDevices"), Some("devicePath")),
+            (concat!($p, "ephemeralContainers"), Some("name")),
+            (concat!($p, "ephemeralContainers.env"), Some("name")),
+            (concat!($p, "ephemeralContainers.volumeMounts"), Some("mountPath")),
+            $($extra,)*
+        ]
+    };
+}
+
+const BASE: Resource = Resource {
+    group: "",
+    version: "v1",
+    kind: "",
+    plural: "",
+    singular: "",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    name_rule: NameRule::DnsSubdomain,
+    defaults: no_defaults,
+    patch_strategies: &[],
+    columns: &[],
+    hide_name: false,
+    status: false,
+    generation: false,
+    clear_status_on_create: false,
+    decode: decode_as::<core::v1::ConfigMap>,
+};
+
+const fn c(name: &'static str, description: &'static str, cell: fn(&Value) -> Value) -> Column {
+    Column {
+        name,
+        kind: "string",
+        description,
+        priority: 0,
+        cell,
+    }
+}
+
+const fn wide(name: &'static str, description: &'static str, cell: fn(&Value) -> Value) -> Column {
+    Column {
+        name,
+        kind: "string",
+        description,
+        priority: 1,
+        cell,
+    }
+}
+
+const CONDITIONS: (&str, Option<&str>) = ("status.conditions", Some("type"));
+
+pub(crate) static CATALOG: &[Resource] = &[
+    // core/v1. Namespaces first: the registry looks them up by position.
+    Resource {
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        name_rule: NameRule::DnsLabel,
+        defaults: namespace_defaults,
+        status: true,
+        columns: &[c(
+            "Status",
+            "The status of the namespace",
+            col::namespace_phase,
+        )],
+        patch_strategies: &[CONDITIONS],
+        decode: decode_as::<core::v1::Namespace>,
+        ..BASE
+    },
+    Resource {
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        short_names: &["cm"],
+        columns: &[c("Data", "Number of data entries", col::data_count)],
+        decode: decode_as::<core::v1::ConfigMap>,
+        ..BASE
+    },
+    Resource {
+        kind: "Secret",
+        plural: "secrets",
+        singular: "secret",
+        defaults: secret_defaults,
+        columns: &[
+            c("Type", "The type of the secret", col::secret_type),
+            c("Data", "Number of data entries", col::data_count),
+        ],
+        decode: decode_as::<core::v1::Secret>,
+        ..BASE
+    },
+    Resource {
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        short_names: &["sa"],
+        patch_strategies: &[("secrets", Some("name"))],
+        columns: &[c("Secrets", "Number of secrets", col::sa_secrets)],
+        decode: decode_as::<core::v1::ServiceAccount>,
+        ..BASE
+    },
+    Resource {
+        kind: "Pod",
+        clear_status_on_create: true,
+        plural: "pods",
+        singular: "pod",
+        short_names: &["po"],
+        categories: &["all"],
+        status: true,
+        defaults: pod_defaults,
+        patch_strategies: pod_spec!(
+            "spec.",
+            CONDITIONS,
+            ("status.podIPs", Some("ip")),
+            ("status.hostIPs", Some("ip"))
+        ),
+        columns: &[
+            c(
+                "Ready",
+                "The aggregate readiness state of this pod for accepting traffic.",
+                col::pod_ready,
+            ),
+            c(
+                "Status",
+                "The aggregate status of the containers in this pod.",
+                col::pod_status,
+            ),
+            c(
+                "Restarts",
+                "The number of times the containers in this pod have been restarted.",
+                col::pod_restarts,
+            ),
+            AGE,
+            wide("IP", "IP address allocated to the pod.", col::pod_ip),
+            wide(
+                "Node",
+                "Name of the Node this pod is assigned to.",
+                col::pod_node,
+            ),
+            wide(
+                "Nominated Node",
+                "Name of the node nominated to run this pod (preemption).",
+                col::pod_nominated,
+            ),
+            wide(
+                "Readiness Gates",
+                "The readiness gates of this pod.",
+                col::pod_readiness_gates,
+            ),
+        ],
+        decode: decode_as::<core::v1::Pod>,
+        ..BASE
+    },
+    Resource {
+        kind: "Service",
+        clear_status_on_create: true,
+        plural: "services",
+        singular: "service",
+        short_names: &["svc"],
+        categories: &["all"],
+        name_rule: NameRule::DnsLabel,
+        status: true,
+        defaults: service_defaults,
+        patch_strategies: &[("spec.ports", Some("port")), CONDITIONS],
+        columns: &[
+            c("Type", "The type of service.", col::service_type),
+            c(
+                "Cluster-IP",
+                "The cluster IP of the service.",
+                col::service_cluster_ip,
+            ),
+            c(
+                "External-IP",
+                "External IPs of the service.",
+                col::service_external_ip,
+            ),
+            c("Port(s)", "The ports of the service.", col::service_ports),
+            AGE,
+            wide(
+                "Selector",
+                "The selector of the service.",
+                col::selector_map,
+            ),
+        ],
+        decode: decode_as::<core::v1::Service>,
+        ..BASE
+    },
+    Resource {
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        short_names: &["ep"],
+        columns: &[c("Endpoints", "Endpoints of the service.", col::endpoints)],
+        decode: decode_as::<core::v1::Endpoints>,
+        ..BASE
+    },
+    Resource {
+        kind: "Node",
+        plural: "nodes",
+        singular: "node",
+        namespaced: false,
+        short_names: &["no"],
+        status: true,
+        patch_strategies: &[
+            ("spec.podCIDRs", None),
+            CONDITIONS,
+            ("status.addresses", Some("type")),
+        ],
+        columns: &[
+            c("Status", "The status of the node.", col::node_status),
+            c("Roles", "The roles of the node.", col::node_roles),
+            AGE,
+            c("Version", "Kubelet version.", col::node_version),
+            wide(
+                "Internal-IP",
+                "The node's internal IP.",
+                col::node_internal_ip,
+            ),
+            wide(
+                "External-IP",
+                "The node's external IP.",
+                col::node_external_ip,
+            ),
+            wide("OS-Image", "The OS image.", col::node_os_image),
+            wide("Kernel-Version", "The kernel version.", col::node_kernel),
+            wide(
+                "Container-Runtime",
+                "The container runtime version.",
+                col::node_runtime,
+            ),
+        ],
+        decode: decode_as::<core::v1::Node>,
+        ..BASE
+    },
+    Resource {
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        short_names: &["ev"],
+        hide_name: true,
+        columns: &[
+            c(
+                "Last Seen",
+                "Time since the event was last seen.",
+                col::event_last_seen,
+            ),
+            c("Type", "Type of the event.", col::event_type),
+            c("Reason", "Reason of the event.", col::event_reason),
+            c(
+                "Object",
+                "The object the event is about.",
+                col::event_object,
+            ),
+            c("Message", "The event's message.", col::event_message),
+        ],
+        decode: decode_as::<core::v1::Event>,
+        ..BASE
+    },
+    Resource {
+        kind: "LimitRange",
+        plural: "limitranges",
+        singular: "limitrange",
+        short_names: &["limits"],
+        columns: &[c("Created At", "Creation time.", col::created_at)],
+        decode: decode_as::<core::v1::LimitRange>,
+        ..BASE
+    },
+    Resource {
+        kind: "ResourceQuota",
+        clear_status_on_create: true,
+        plural: "resourcequotas",
+        singular: "resourcequota",
+        short_names: &["quota"],
+        status: true,
+        decode: decode_as::<core::v1::ResourceQuota>,
+        ..BASE
+    },
+    Resource {
+        kind: "PersistentVolume",
+        clear_status_on_create: true,
+        plural: "persistentvolumes",
+        singular: "persistentvolume",
+        namespaced: false,
+        short_names: &["pv"],
+        status: true,
+        columns: &[
+            c("Capacity", "Storage capacity.", col::pv_capacity),
+            c("Access Modes", "Access modes.", col::access_modes),
+            c("Reclaim Policy", "Reclaim policy.", col::pv_reclaim),
+            c("Status", "Phase.", col::phase),
+            c("Claim", "Bound claim.", col::pv_claim),
+            c("StorageClass", "Storage class.", col::storage_class),
+        ],
+        decode: decode_as::<core::v1::PersistentVolume>,
+        ..BASE
+    },
+    Resource {
+        kind: "PersistentVolumeClaim",
+        clear_status_on_create: true,
+        plural: "persistentvolumeclaims",
+        singular: "persistentvolumeclaim",
+        short_names: &["pvc"],
+        status: true,
+        patch_strategies: &[CONDITIONS],
+        columns: &[
+            c("Status", "Phase.", col::phase),
+            c("Volume", "Bound volume.", col::pvc_volume),
+            c("Capacity", "Storage capacity.", col::pvc_capacity),
+            c("Access Modes", "Access modes.", col::access_modes),
+            c("StorageClass", "Storage class.", col::storage_class),
+        ],
+        decode: decode_as::<core::v1::PersistentVolumeClaim>,
+        ..BASE
+    },
+    // apps/v1
+    Resource {
+        group: "apps",
+        kind: "Deployment",
+        clear_status_on_create: true,
+        plural: "deployments",
+        singular: "deployment",
+        short_names: &["deploy"],
+        categories: &["all"],
+        status: true,
+        generation: true,
+        defaults: deployment_defaults,
+        patch_strategies: pod_spec!("spec.template.spec.", CONDITIONS),
+        columns: &[
+            c(
+                "Ready",
+                "Number of ready pods out of desired.",
+                col::ready_of_replicas,
+            ),
+            c(
+                "Up-to-date",
+                "Pods updated to the latest template.",
+                col::updated_replicas,
+            ),
+            c("Available", "Available pods.", col::available_replicas),
+            AGE,
+            wide("Containers", "Container names.", col::template_containers),
+            wide("Images", "Container images.", col::template_images),
+            wide("Selector", "Label selector.", col::label_selector),
+        ],
+        decode: decode_as::<apps::v1::Deployment>,
+        ..BASE
+    },
+    Resource {
+        group: "apps",
+        kind: "ReplicaSet",
+        clear_status_on_create: true,
+        plural: "replicasets",
+        singular: "replicaset",
+        short_names: &["rs"],
+        categories: &["all"],
+        status: true,
+        generation: true,
+        defaults: replicas_default,
+        patch_strategies: pod_spec!("spec.template.spec.", CONDITIONS),
+        columns: &[
+            c("Desired", "Desired pods.", col::spec_replicas),
+            c("Current", "Current pods.", col::status_replicas),
+            c("Ready", "Ready pods.", col::ready_replicas),
+            AGE,
+            wide("Containers", "Container names.", col::template_containers),
+            wide("Images", "Container images.", col::template_images),
+            wide("Selector", "Label selector.", col::label_selector),
+        ],
+        decode: decode_as::<apps::v1::ReplicaSet>,
+        ..BASE
+    },
+    Resource {
+        group: "apps",
+        kind: "StatefulSet",
+        clear_status_on_create: true,
+        plural: "statefulsets",
+        singular: "statefulset",
+        short_names: &["sts"],
+        categories: &["all"],
+        status: true,
+        generation: true,
+        defaults: replicas_default,
+        patch_strategies: pod_spec!("spec.template.spec.", CONDITIONS),
+        columns: &[
+            c(
+                "Ready",
+                "Ready pods out of desired.",
+                col::ready_of_replicas,
+            ),
+            AGE,
+            wide("Containers", "Container names.", col::template_containers),
+            wide("Images", "Container images.", col::template_images),
+        ],
+        decode: decode_as::<apps::v1::StatefulSet>,
+        ..BASE
+    },
+    Resource {
+        group: "apps",
+        kind: "DaemonSet",
+        clear_status_on_create: true,
+        plural: "daemonsets",
+        singular: "daemonset",
+        short_names: &["ds"],
+        categories: &["all"],
+        status: true,
+        generation: true,
+        patch_strategies: pod_spec!("spec.template.spec.", CONDITIONS),
+        columns: &[
+            c("Desired", "Desired pods.", col::ds_desired),
+            c("Current", "Current pods.", col::ds_current),
+            c("Ready", "Ready pods.", col::ds_ready),
+            c("Up-to-date", "Updated pods.", col::ds_updated),
+            c("Available", "Available pods.", col::ds_available),
+            c("Node Selector", "Node selector.", col::ds_node_selector),
+            AGE,
+            wide("Containers", "Container names.", col::template_containers),
+            wide("Images", "Container images.", col::template_images),
+            wide("Selector", "Label selector.", col::label_selector),
+        ],
+        decode: decode_as::<apps::v1::DaemonSet>,
+        ..BASE
+    },
+    Resource {
+        group: "apps",
+        kind: "ControllerRevision",
+        plural: "controllerrevisions",
+        singular: "controllerrevision",
+        columns: &[
+            c(
+                "Controller",
+                "The owning controller.",
+                col::revision_controller,
+            ),
+            c("Revision", "The revision number.", col::revision_number),
+        ],
+        decode: decode_as::<apps::v1::ControllerRevision>,
+        ..BASE
+    },
+    // batch/v1
+    Resource {
+        group: "batch",
+        kind: "Job",
+        clear_status_on_create: true,
+        plural: "jobs",
+        singular: "job",
+        categories: &["all"],
+        status: true,
+        generation: true,
+        patch_strategies: pod_spec!("spec.template.spec.", CONDITIONS),
+        columns: &[
+            c(
+                "Completions",
+                "Succeeded pods out of completions.",
+                col::job_completions,
+            ),
+            AGE,
+            wide("Containers", "Container names.", col::template_containers),
+            wide("Images", "Container images.", col::template_images),
+        ],
+        decode: decode_as::<batch::v1::Job>,
+        ..BASE
+    },
+    Resource {
+        group: "batch",
+        kind: "CronJob",
+        clear_status_on_create: true,
+        plural: "cronjobs",
+        singular: "cronjob",
+        short_names: &["cj"],
+        categories: &["all"],
+        status: true,
+        generation: true,
+        patch_strategies: pod_spec!("spec.jobTemplate.spec.template.spec."),
+        columns: &[
+            c("Schedule", "The schedule.", col::cron_schedule),
+            c("Suspend", "Whether it is suspended.", col::cron_suspend),
+            c("Active", "Active jobs.", col::cron_active),
+            c(
+                "Last Schedule",
+                "Time since the last schedule.",
+                col::cron_last_schedule,
+            ),
+        ],
+        decode: decode_as::<batch::v1::CronJob>,
+        ..BASE
+    },
+    // coordination.k8s.io/v1
+    Resource {
+        group: "coordination.k8s.io",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        columns: &[c("Holder", "The holder of the lease.", col::lease_holder)],
+        decode: decode_as::<coordination::v1::Lease>,
+        ..BASE
+    },
+    // discovery.k8s.io/v1
+    Resource {
+        group: "discovery.k8s.io",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        columns: &[
+            c("AddressType", "The address type.", col::slice_address_type),
+            c("Ports", "The ports.", col::slice_ports),
+            c("Endpoints", "The endpoints.", col::slice_endpoints),
+        ],
+        decode: decode_as::<discovery::v1::EndpointSlice>,
+        ..BASE
+    },
+    // policy/v1
+    Resource {
+        group: "policy",
+        kind: "PodDisruptionBudget",
+        clear_status_on_create: true,
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        short_names: &["pdb"],
+        status: true,
+        generation: true,
+        patch_strategies: &[CONDITIONS],
+        columns: &[
+            c(
+                "Min Available",
+                "Minimum available pods.",
+                col::pdb_min_available,
+            ),
+            c(
+                "Max Unavailable",
+                "Maximum unavailable pods.",
+                col::pdb_max_unavailable,
+            ),
+            c(
+                "Allowed Disruptions",
+                "Disruptions allowed now.",
+                col::pdb_allowed,
+            ),
+        ],
+        decode: decode_as::<policy::v1::PodDisruptionBudget>,
+        ..BASE
+    },
+    // rbac.authorization.k8s.io/v1 (stored; enforced by the security work)
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        kind: "Role",
+        plural: "roles",
+        singular: "role",
+        columns: &[c("Created At", "Creation time.", col::created_at)],
+        decode: decode_as::<rbac::v1::Role>,
+        ..BASE
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        kind: "RoleBinding",
+        plural: "rolebindings",
+        singular: "rolebinding",
+        columns: &[c("Role", "The bound role.", col::binding_role)],
+        decode: decode_as::<rbac::v1::RoleBinding>,
+        ..BASE
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        singular: "clusterrole",
+        namespaced: false,
+        columns: &[c("Created At", "Creation time.", col::created_at)],
+        decode: decode_as::<rbac::v1::ClusterRole>,
+        ..BASE
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        singular: "clusterrolebinding",
+        namespaced: false,
+        columns: &[c("Role", "The bound role.", col::binding_role)],
+        decode: decode_as::<rbac::v1::ClusterRoleBinding>,
+        ..BASE
+    },
+    // storage.k8s.io/v1
+    Resource {
+        group: "storage.k8s.io",
+        kind: "StorageClass",
+        plural: "storageclasses",
+        singular: "storageclass",
+        namespaced: false,
+        short_names: &["sc"],
+        columns: &[
+            c("Provisioner", "The provisioner.", col::sc_provisioner),
+            c("ReclaimPolicy", "The reclaim policy.", col::sc_reclaim),
+            c(
+                "VolumeBindingMode",
+                "The volume binding mode.",
+                col::sc_binding_mode,
+            ),
+            c(
+                "AllowVolumeExpansion",
+                "Whether volumes may grow.",
+                col::sc_expansion,
+            ),
+        ],
+        decode: decode_as::<storage::v1::StorageClass>,
+        ..BASE
+    },
+];
