@@ -7,7 +7,9 @@
 
 mod catalog;
 mod columns;
+mod delete;
 mod names;
+pub(crate) mod object;
 pub(crate) mod selector;
 pub(crate) mod smp;
 pub(crate) mod store;

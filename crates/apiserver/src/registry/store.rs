@@ -5,19 +5,21 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use bytes::Bytes;
-use rand::Rng;
-use serde_json::{Map, Value, json};
-use skiff_storage::{KeyRange, KeyValue, Revision, Store};
+use serde_json::{Value, json};
+use skiff_storage::{KeyRange, Revision, Store};
 
 use super::names::check_labels;
+use super::object::{
+    copy_field, decode, encode, meta, meta_mut, meta_str, name_suffix, new_uid, now,
+    parse_revision, set_resource_version, without_meta_and_status,
+};
 use super::selector::{FieldSelector, LabelSelector};
 use super::validation::{FieldValidation, unknown_fields};
 use super::{CATALOG, Resource};
 use crate::status::{ApiError, FieldError, Subject};
 
 /// Retries of an unconditional update or patch that lost a race.
-const MAX_RETRIES: usize = 8;
+pub(crate) const MAX_RETRIES: usize = 8;
 
 #[derive(Clone)]
 pub(crate) struct Registry {
@@ -71,84 +73,6 @@ pub(crate) fn subject<'a>(r: &'a Resource, name: &'a str) -> Subject<'a> {
         resource: r.plural,
         name,
     }
-}
-
-/// The object stored under a key, with its resourceVersion.
-pub(crate) fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
-    let mut obj: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
-    set_resource_version(&mut obj, kv.mod_revision);
-    Ok(obj)
-}
-
-pub(crate) fn set_resource_version(obj: &mut Value, revision: Revision) {
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.insert("resourceVersion".into(), json!(revision.to_string()));
-    }
-}
-
-fn encode(obj: &Value) -> Result<Bytes, ApiError> {
-    let mut obj = obj.clone();
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-    }
-    serde_json::to_vec(&obj)
-        .map(Bytes::from)
-        .map_err(ApiError::internal)
-}
-
-fn meta(obj: &Value) -> Option<&Map<String, Value>> {
-    obj.get("metadata").and_then(Value::as_object)
-}
-
-fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    meta(obj).and_then(|m| m.get(field)).and_then(Value::as_str)
-}
-
-fn meta_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
-    if obj.get("metadata").is_none() {
-        obj["metadata"] = json!({});
-    }
-    obj.get_mut("metadata")
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))
-}
-
-fn now() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    let t = t.replace_nanosecond(0).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
-fn new_uid() -> String {
-    let b: [u8; 16] = rand::rng().random();
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-4{}-{:x}{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[13..16],
-        (b[8] & 0x3) | 0x8,
-        &hex[17..20],
-        &hex[20..32]
-    )
-}
-
-/// Upstream's generateName suffix: five characters from an alphabet without vowels.
-fn name_suffix() -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::rng();
-    (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
-
-fn parse_revision(rv: &str) -> Result<Revision, ApiError> {
-    rv.parse::<Revision>()
-        .ok()
-        .filter(|r| *r >= 0)
-        .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: \"{rv}\"")))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -683,136 +607,6 @@ impl Registry {
         Err(ApiError::conflict(&subj))
     }
 
-    /// An object marked for deletion whose finalizers are all gone.
-    fn finalized(&self, obj: &Value) -> bool {
-        let Some(meta) = meta(obj) else { return false };
-        let empty = |v: Option<&Value>| v.and_then(Value::as_array).is_none_or(|a| a.is_empty());
-        meta.contains_key("deletionTimestamp")
-            && empty(meta.get("finalizers"))
-            && empty(obj.pointer("/spec/finalizers"))
-    }
-
-    async fn remove(
-        &self,
-        r: &Resource,
-        ns: Option<&str>,
-        name: &str,
-        expected: Revision,
-    ) -> Result<KeyValue, ApiError> {
-        let key = r.key(ns, name);
-        self.store
-            .delete(key.as_bytes(), Some(expected))
-            .await
-            .map(|(_, prev)| prev)
-            .map_err(|e| ApiError::from_store(e, &subject(r, name)))
-    }
-
-    /// Deletes an object, or marks it for deletion while finalizers remain.
-    pub async fn delete(
-        &self,
-        r: &Resource,
-        ns: Option<&str>,
-        name: &str,
-        preconditions: (Option<String>, Option<String>),
-        dry_run: bool,
-    ) -> Result<Value, ApiError> {
-        let subj = subject(r, name);
-        let key = r.key(ns, name);
-        for _ in 0..MAX_RETRIES {
-            let current = self
-                .store
-                .get(key.as_bytes(), None)
-                .await
-                .map_err(|e| ApiError::from_store(e, &subj))?
-                .ok_or_else(|| ApiError::not_found(&subj))?;
-            let mut obj = decode(&current)?;
-            let (rv, uid) = &preconditions;
-            if rv
-                .as_ref()
-                .is_some_and(|rv| *rv != current.mod_revision.to_string())
-            {
-                return Err(ApiError::conflict(&subj));
-            }
-            if uid
-                .as_ref()
-                .is_some_and(|uid| Some(uid.as_str()) != meta_str(&obj, "uid"))
-            {
-                return Err(ApiError::conflict(&subj));
-            }
-            let has_finalizers = |obj: &Value| {
-                meta(obj)
-                    .and_then(|m| m.get("finalizers"))
-                    .and_then(Value::as_array)
-                    .is_some_and(|a| !a.is_empty())
-                    || obj
-                        .pointer("/spec/finalizers")
-                        .and_then(Value::as_array)
-                        .is_some_and(|a| !a.is_empty())
-            };
-            if !has_finalizers(&obj) {
-                if dry_run {
-                    return Ok(success_status(r, name, meta_str(&obj, "uid")));
-                }
-                match self
-                    .store
-                    .delete(key.as_bytes(), Some(current.mod_revision))
-                    .await
-                {
-                    Ok(_) => return Ok(success_status(r, name, meta_str(&obj, "uid"))),
-                    Err(skiff_storage::Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(ApiError::from_store(e, &subj)),
-                }
-            }
-            // Finalizers pending: mark, and let their owners finish the deletion.
-            if meta(&obj).is_some_and(|m| m.contains_key("deletionTimestamp")) {
-                return Ok(obj);
-            }
-            meta_mut(&mut obj)?.insert("deletionTimestamp".into(), json!(now()));
-            meta_mut(&mut obj)?.insert("deletionGracePeriodSeconds".into(), json!(0));
-            if r.plural == "namespaces" {
-                obj["status"] = json!({"phase": "Terminating"});
-            }
-            if dry_run {
-                return Ok(obj);
-            }
-            match self
-                .store
-                .update(key.as_bytes(), encode(&obj)?, current.mod_revision)
-                .await
-            {
-                Ok(revision) => {
-                    set_resource_version(&mut obj, revision);
-                    return Ok(obj);
-                }
-                Err(skiff_storage::Error::Conflict { .. }) => continue,
-                Err(e) => return Err(ApiError::from_store(e, &subj)),
-            }
-        }
-        Err(ApiError::conflict(&subj))
-    }
-
-    /// Deletes every object the options select; returns them as a list.
-    pub async fn delete_collection(
-        &self,
-        r: &Resource,
-        ns: Option<&str>,
-        opts: &ListOptions,
-        dry_run: bool,
-    ) -> Result<Value, ApiError> {
-        let mut list = self.list(r, ns, opts).await?;
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        for item in &items {
-            let name = meta_str(item, "name").unwrap_or_default();
-            let item_ns = meta_str(item, "namespace");
-            match self.delete(r, item_ns, name, (None, None), dry_run).await {
-                Ok(_) | Err(ApiError { code: 404, .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        list["items"] = json!(items);
-        Ok(list)
-    }
-
     /// Creates a namespace at start-up if it is missing.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), ApiError> {
         let namespaces = &CATALOG[0];
@@ -829,34 +623,4 @@ impl Registry {
             Err(e) => Err(e),
         }
     }
-}
-
-fn copy_field(from: &Value, to: &mut Value, field: &str) {
-    match from.get(field) {
-        Some(v) => to[field] = v.clone(),
-        None => {
-            if let Some(o) = to.as_object_mut() {
-                o.remove(field);
-            }
-        }
-    }
-}
-
-fn without_meta_and_status(obj: &Value) -> Value {
-    let mut obj = obj.clone();
-    if let Some(o) = obj.as_object_mut() {
-        o.remove("metadata");
-        o.remove("status");
-    }
-    obj
-}
-
-fn success_status(r: &Resource, name: &str, uid: Option<&str>) -> Value {
-    json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Success",
-        "details": {"name": name, "group": r.group, "kind": r.plural, "uid": uid.unwrap_or_default()},
-    })
 }

@@ -13,7 +13,8 @@ use skiff_storage::{EventKind, KeyRange, Revision};
 use tokio::sync::mpsc;
 
 use super::Resource;
-use super::store::{ListOptions, Registry, decode, set_resource_version};
+use super::object::{decode, set_resource_version};
+use super::store::{ListOptions, Registry};
 use crate::status::ApiError;
 
 pub(crate) struct WatchOptions {
