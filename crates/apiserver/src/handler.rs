@@ -15,8 +15,10 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use skiff_storage::Store;
 
+use crate::registry::delete::DeleteOptions;
 use crate::registry::selector::{FieldSelector, LabelSelector};
 use crate::registry::store::{ListOptions, Part, PatchType, Registry, WriteOptions, Written};
+use crate::registry::subresources::ScaleChange;
 use crate::registry::validation::FieldValidation;
 use crate::registry::watch::{self, WatchOptions};
 use crate::registry::{self as reg, Resource};
@@ -35,16 +37,28 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub async fn new(store: Arc<dyn Store>) -> Result<Self, Error> {
-        let registry = Registry { store };
+    pub async fn new(
+        store: Arc<dyn Store>,
+        config: &crate::Config,
+        addr: std::net::SocketAddr,
+    ) -> Result<Self, Error> {
+        let registry = Registry {
+            store,
+            service_cidr: config.service_cidr,
+        };
+        let fail = |e: ApiError| {
+            Error::Store(skiff_storage::Error::Embedded {
+                context: "bootstrapping the cluster objects",
+                source: e.message.into(),
+            })
+        };
         for ns in SYSTEM_NAMESPACES {
-            registry.ensure_namespace(ns).await.map_err(|e| {
-                Error::Store(skiff_storage::Error::Embedded {
-                    context: "creating system namespaces",
-                    source: e.message.into(),
-                })
-            })?;
+            registry.ensure_namespace(ns).await.map_err(fail)?;
         }
+        registry
+            .ensure_kubernetes_service(addr, config.service_cidr.nth(1))
+            .await
+            .map_err(fail)?;
         Ok(State { registry })
     }
 }
@@ -151,6 +165,10 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
         {
             Part::Status
         }
+        Some("finalize") if r.plural == "namespaces" && info.verb == Verb::Update => Part::Finalize,
+        Some("scale" | "binding" | "eviction") => {
+            return subresource(state, r, &info, &parts.headers, body, &query).await;
+        }
         Some(_) => return Err(ApiError::path_not_found()),
     };
     let ns = info.namespace.as_deref();
@@ -227,13 +245,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                     "the server does not allow this method on the requested resource",
                 )
             })?;
-            let content_type = content_type(&parts.headers);
-            let patch_type = match content_type.as_str() {
-                "application/json-patch+json" => PatchType::Json,
-                "application/merge-patch+json" => PatchType::Merge,
-                "application/strategic-merge-patch+json" => PatchType::StrategicMerge,
-                other => return Err(ApiError::unsupported_media_type(other)),
-            };
+            let patch_type = patch_type(&parts.headers)?;
             let bytes = read_body(body).await?;
             Ok(written(
                 StatusCode::OK,
@@ -244,37 +256,120 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
         }
         Verb::Delete => {
             let name = info.name.as_deref().unwrap_or_default();
-            let bytes = read_body(body).await?;
-            let options: Value = if bytes.is_empty() {
-                json!({})
-            } else {
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    ApiError::bad_request(format!("error decoding DeleteOptions: {e}"))
-                })?
-            };
-            let precondition = |field: &str| {
-                options
-                    .pointer(&format!("/preconditions/{field}"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            };
-            let dry_run = dry_run
-                || options["dryRun"]
-                    .as_array()
-                    .is_some_and(|d| d.iter().any(|v| v == "All"));
+            let options = delete_options(&query, read_body(body).await?)?;
             ok(registry
                 .delete(
                     r,
                     ns,
                     name,
-                    (precondition("resourceVersion"), precondition("uid")),
-                    dry_run,
+                    &DeleteOptions {
+                        dry_run: dry_run || options.dry_run,
+                        ..options
+                    },
                 )
                 .await?)
         }
         Verb::DeleteCollection => ok(registry
             .delete_collection(r, ns, &list_options(&query)?, dry_run)
             .await?),
+    }
+}
+
+/// `DeleteOptions` from the body (optional) and the query (`gracePeriodSeconds`).
+fn delete_options(
+    query: &HashMap<String, String>,
+    body: bytes::Bytes,
+) -> Result<DeleteOptions, ApiError> {
+    let options: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+    };
+    let precondition = |field: &str| {
+        options
+            .pointer(&format!("/preconditions/{field}"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let grace =
+        match query.get("gracePeriodSeconds") {
+            Some(g) => Some(g.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("invalid gracePeriodSeconds: \"{g}\""))
+            })?),
+            None => options["gracePeriodSeconds"].as_i64(),
+        };
+    Ok(DeleteOptions {
+        resource_version: precondition("resourceVersion"),
+        uid: precondition("uid"),
+        grace_period_seconds: grace,
+        dry_run: options["dryRun"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|v| v == "All")),
+    })
+}
+
+/// `scale`, `pods/binding`, `pods/eviction`.
+async fn subresource(
+    state: &State,
+    r: &'static Resource,
+    info: &request::RequestInfo,
+    headers: &HeaderMap,
+    body: Body,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let registry = &state.registry;
+    let ns = info.namespace.as_deref();
+    let name = info.name.as_deref().unwrap_or_default();
+    let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
+    let opts = WriteOptions {
+        dry_run,
+        ..Default::default()
+    };
+    match (info.subresource.as_deref(), info.verb) {
+        (Some("scale"), Verb::Get) if r.scale => ok(registry.get_scale(r, ns, name).await?),
+        (Some("scale"), Verb::Update) if r.scale => {
+            let body = json_body(headers, body).await?;
+            Ok(written(
+                StatusCode::OK,
+                registry
+                    .write_scale(r, ns, name, ScaleChange::Replace(body), opts)
+                    .await?,
+            ))
+        }
+        (Some("scale"), Verb::Patch) if r.scale => {
+            let patch_type = patch_type(headers)?;
+            let patch: Value = serde_json::from_slice(&read_body(body).await?)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            Ok(written(
+                StatusCode::OK,
+                registry
+                    .write_scale(r, ns, name, ScaleChange::Patch(patch_type, patch), opts)
+                    .await?,
+            ))
+        }
+        (Some("binding"), Verb::Create) if r.plural == "pods" => {
+            let binding = json_body(headers, body).await?;
+            let status = registry.bind_pod(r, ns, name, binding, dry_run).await?;
+            Ok((StatusCode::CREATED, Json(status)).into_response())
+        }
+        (Some("eviction"), Verb::Create) if r.plural == "pods" => {
+            let eviction = json_body(headers, body).await?;
+            let status = registry
+                .evict_pod(r, ns.unwrap_or_default(), name, eviction, dry_run)
+                .await?;
+            Ok((StatusCode::CREATED, Json(status)).into_response())
+        }
+        _ => Err(ApiError::path_not_found()),
+    }
+}
+
+fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
+    match content_type(headers).as_str() {
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/strategic-merge-patch+json" => Ok(PatchType::StrategicMerge),
+        other => Err(ApiError::unsupported_media_type(other)),
     }
 }
 

@@ -36,7 +36,11 @@ pub struct Config {
     pub bind_address: IpAddr,
     /// 0 picks a free port.
     pub secure_port: u16,
+    /// Where ClusterIPs come from; the first address is the `kubernetes` Service's.
+    pub service_cidr: ServiceCidr,
 }
+
+pub use registry::service_ips::ServiceCidr;
 
 /// Handed to whoever started the server once it is serving.
 #[derive(Clone, Debug)]
@@ -112,7 +116,7 @@ pub async fn run(
     let server_url = format!("https://{}", client_addr(addr));
     kubeconfig::write_admin(&kubeconfig, &server_url, &pki)?;
     let tls = serve::tls_config(&pki)?;
-    let state = handler::State::new(store).await?;
+    let state = handler::State::new(store, &config, addr).await?;
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
     let _ = ready.send(Ready { addr, kubeconfig });
     serve::serve(listener, tls, state, shutdown).await;

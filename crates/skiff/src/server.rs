@@ -23,6 +23,9 @@ pub struct ServerArgs {
     /// HTTPS port of the API server (0 picks a free one and logs it).
     #[arg(long, default_value_t = 6443)]
     secure_port: u16,
+    /// Service ClusterIP range; its first address is the `kubernetes` Service's.
+    #[arg(long, default_value = "10.96.0.0/12", value_parser = skiff_apiserver::ServiceCidr::parse)]
+    service_cidr: skiff_apiserver::ServiceCidr,
     /// Use this etcd cluster instead of the embedded store (comma-separated client URLs).
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -47,6 +50,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         data_dir: args.data_dir.clone(),
         bind_address: args.bind_address,
         secure_port: args.secure_port,
+        service_cidr: args.service_cidr,
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -194,6 +194,210 @@ async fn workloads_keep_spec_status_and_generation_apart(c: &mut Cluster) {
     );
 }
 
+/// Writes `json` to a file in the cluster's directory, for `kubectl create --raw -f`.
+fn body_file(c: &Cluster, name: &str, json: &str) -> String {
+    let path = c.data_dir().join(name);
+    std::fs::write(&path, json).expect("write body");
+    path.to_string_lossy().into_owned()
+}
+
+async fn services_get_cluster_ips_and_node_ports(c: &mut Cluster) {
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "svc",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP}"
+        ]),
+        "10.96.0.1"
+    );
+    let port = c.server.rsplit(':').next().expect("port").to_string();
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "endpoints",
+            "kubernetes",
+            "-o",
+            "jsonpath={.subsets[0].ports[0].port}"
+        ]),
+        port
+    );
+    let out = c.kubectl_with(&["apply", "-f", "-"], &[], Some(WORKLOAD));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ip = c.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(ip.starts_with("10.") && ip != "10.96.0.1", "{ip}");
+    let node_port = "apiVersion: v1\nkind: Service\nmetadata:\n  name: np\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports:\n  - {port: 80}\n";
+    assert!(
+        c.kubectl_with(&["create", "-f", "-"], &[], Some(node_port))
+            .status
+            .success()
+    );
+    let allocated: u16 = c
+        .ok(&[
+            "get",
+            "svc",
+            "np",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ])
+        .parse()
+        .expect("nodePort");
+    assert!((30000..=32767).contains(&allocated));
+    let taken = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: taken\nspec:\n  clusterIP: {ip}\n  ports:\n  - {{port: 80}}\n"
+    );
+    let out = c.kubectl_with(&["create", "-f", "-"], &[], Some(&taken));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    // Deleting a Service frees its address.
+    c.ok(&["delete", "svc", "web"]);
+    let out = c.kubectl_with(&["create", "-f", "-"], &[], Some(&taken));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.ok(&["get", "svc", "taken", "-o", "jsonpath={.spec.clusterIP}"]),
+        ip
+    );
+}
+
+async fn scale_binding_eviction_and_graceful_deletion(c: &mut Cluster) {
+    let out = c.kubectl_with(&["apply", "-f", "-"], &[], Some(WORKLOAD));
+    assert!(out.status.success());
+    c.ok(&["scale", "deployment", "web", "--replicas=5"]);
+    assert_eq!(
+        c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "5"
+    );
+    let scale: Value = serde_json::from_str(&c.ok(&[
+        "get",
+        "--raw",
+        "/apis/apps/v1/namespaces/default/deployments/web/scale",
+    ]))
+    .expect("scale");
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 5);
+    assert_eq!(scale["status"]["selector"], "app=web");
+
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {app: q}\nspec:\n  containers:\n  - {name: c, image: busybox}\n";
+    assert!(
+        c.kubectl_with(&["create", "-f", "-"], &[], Some(pod))
+            .status
+            .success()
+    );
+    assert_eq!(
+        c.ok(&["get", "pod", "p", "-o", "jsonpath={.status.phase}"]),
+        "Pending"
+    );
+    let binding = body_file(
+        c,
+        "binding.json",
+        r#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"kind":"Node","name":"node-1"}}"#,
+    );
+    c.ok(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods/p/binding",
+        "-f",
+        &binding,
+    ]);
+    let bound = c.json(&["get", "pod", "p"]);
+    assert_eq!(bound["spec"]["nodeName"], "node-1");
+    assert!(
+        bound["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .any(|c| c["type"] == "PodScheduled" && c["status"] == "True")
+    );
+    let err = c.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods/p/binding",
+        "-f",
+        &binding,
+    ]);
+    assert!(err.contains("already assigned"), "{err}");
+
+    // A PodDisruptionBudget that allows nothing blocks eviction (429).
+    let pdb = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: keep\nspec:\n  minAvailable: 1\n  selector:\n    matchLabels: {app: q}\n";
+    assert!(
+        c.kubectl_with(&["create", "-f", "-"], &[], Some(pdb))
+            .status
+            .success()
+    );
+    let eviction = body_file(
+        c,
+        "eviction.json",
+        r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p"}}"#,
+    );
+    let err = c.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods/p/eviction",
+        "-f",
+        &eviction,
+    ]);
+    assert!(err.contains("disruption budget"), "{err}");
+    c.ok(&["delete", "pdb", "keep"]);
+    c.ok(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods/p/eviction",
+        "-f",
+        &eviction,
+    ]);
+
+    // A pod on a node is only marked: the kubelet has its grace period to stop it.
+    let marked = c.json(&["get", "pod", "p"]);
+    assert!(
+        marked["metadata"]["deletionTimestamp"].is_string(),
+        "{marked}"
+    );
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert_eq!(
+        c.ok(&["get", "pod", "p", "--no-headers"])
+            .split_whitespace()
+            .nth(2),
+        Some("Terminating")
+    );
+    c.ok(&["delete", "pod", "p", "--grace-period=0", "--force"]);
+    assert!(c.fails(&["get", "pod", "p"]).contains("not found"));
+
+    // A namespace is gone once its finalizers are cleared through /finalize.
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: doomed\n";
+    assert!(
+        c.kubectl_with(&["create", "-f", "-"], &[], Some(ns))
+            .status
+            .success()
+    );
+    c.ok(&["delete", "namespace", "doomed", "--wait=false"]);
+    assert_eq!(
+        c.ok(&["get", "ns", "doomed", "-o", "jsonpath={.status.phase}"]),
+        "Terminating"
+    );
+    let finalize = body_file(
+        c,
+        "finalize.json",
+        r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"doomed"},"spec":{"finalizers":[]}}"#,
+    );
+    c.ok(&[
+        "replace",
+        "--raw",
+        "/api/v1/namespaces/doomed/finalize",
+        "-f",
+        &finalize,
+    ]);
+    assert!(c.fails(&["get", "ns", "doomed"]).contains("not found"));
+}
+
 async fn get_prints_the_upstream_columns(c: &mut Cluster) {
     let created = c.kubectl_with(&["create", "-f", "-"], &[], Some(MANIFEST));
     assert!(created.status.success());
@@ -718,6 +922,8 @@ async fn restart_keeps_objects_and_watches_resume(c: &mut Cluster) {
 scenarios!(
     version_and_discovery,
     workloads_keep_spec_status_and_generation_apart,
+    services_get_cluster_ips_and_node_ports,
+    scale_binding_eviction_and_graceful_deletion,
     get_prints_the_upstream_columns,
     create_get_label_annotate_delete,
     patch_of_every_type,

@@ -164,6 +164,9 @@ const BASE: Resource = Resource {
     status: false,
     generation: false,
     clear_status_on_create: false,
+    scale: false,
+    graceful_deletion: false,
+    allocates_ips: false,
     decode: decode_as::<core::v1::ConfigMap>,
 };
 
@@ -242,6 +245,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     },
     Resource {
         kind: "Pod",
+        graceful_deletion: true,
         clear_status_on_create: true,
         plural: "pods",
         singular: "pod",
@@ -294,6 +298,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     },
     Resource {
         kind: "Service",
+        allocates_ips: true,
         clear_status_on_create: true,
         plural: "services",
         singular: "service",
@@ -457,6 +462,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     Resource {
         group: "apps",
         kind: "Deployment",
+        scale: true,
         clear_status_on_create: true,
         plural: "deployments",
         singular: "deployment",
@@ -489,6 +495,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     Resource {
         group: "apps",
         kind: "ReplicaSet",
+        scale: true,
         clear_status_on_create: true,
         plural: "replicasets",
         singular: "replicaset",
@@ -513,6 +520,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     Resource {
         group: "apps",
         kind: "StatefulSet",
+        scale: true,
         clear_status_on_create: true,
         plural: "statefulsets",
         singular: "statefulset",

@@ -11,6 +11,38 @@ use super::object::{
 use super::store::{ListOptions, MAX_RETRIES, Registry, subject};
 use crate::status::ApiError;
 
+/// What a delete request asks for (`DeleteOptions`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeleteOptions {
+    pub resource_version: Option<String>,
+    pub uid: Option<String>,
+    pub grace_period_seconds: Option<i64>,
+    pub dry_run: bool,
+}
+
+/// A pod's grace period for this deletion: 0 when it never ran on a node or has
+/// finished, else the request's, else the pod's `terminationGracePeriodSeconds`.
+fn pod_grace_period(pod: &Value, requested: Option<i64>) -> i64 {
+    let scheduled = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if !scheduled || finished {
+        return 0;
+    }
+    requested
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30)
+        .max(0)
+}
+
 impl Registry {
     /// An object marked for deletion whose finalizers are all gone.
     pub(crate) fn finalized(&self, obj: &Value) -> bool {
@@ -29,22 +61,33 @@ impl Registry {
         expected: Revision,
     ) -> Result<KeyValue, ApiError> {
         let key = r.key(ns, name);
-        self.store
+        let prev = self
+            .store
             .delete(key.as_bytes(), Some(expected))
             .await
             .map(|(_, prev)| prev)
-            .map_err(|e| ApiError::from_store(e, &subject(r, name)))
+            .map_err(|e| ApiError::from_store(e, &subject(r, name)))?;
+        if r.allocates_ips
+            && let Ok(svc) = decode(&prev)
+        {
+            self.release_service(&svc).await;
+        }
+        Ok(prev)
     }
 
-    /// Deletes an object, or marks it for deletion while finalizers remain.
+    /// Deletes an object, or marks it for deletion while finalizers remain or, for pods
+    /// on a node, for their grace period.
     pub async fn delete(
         &self,
         r: &Resource,
         ns: Option<&str>,
         name: &str,
-        preconditions: (Option<String>, Option<String>),
-        dry_run: bool,
+        options: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        let (preconditions, dry_run) = (
+            (options.resource_version.clone(), options.uid.clone()),
+            options.dry_run,
+        );
         let subj = subject(r, name);
         let key = r.key(ns, name);
         for _ in 0..MAX_RETRIES {
@@ -78,6 +121,43 @@ impl Registry {
                         .and_then(Value::as_array)
                         .is_some_and(|a| !a.is_empty())
             };
+            let grace = if r.graceful_deletion {
+                pod_grace_period(&obj, options.grace_period_seconds)
+            } else {
+                0
+            };
+            if grace > 0 {
+                // Marked now, deleted by the kubelet once the containers have stopped (or
+                // sooner, by a later delete with a shorter grace period).
+                let marked = obj
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64);
+                if marked.is_some_and(|m| m <= grace) {
+                    return Ok(obj);
+                }
+                let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(grace);
+                let at = at.replace_nanosecond(0).unwrap_or(at);
+                let at = at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                meta_mut(&mut obj)?.insert("deletionTimestamp".into(), json!(at));
+                meta_mut(&mut obj)?.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                if dry_run {
+                    return Ok(obj);
+                }
+                match self
+                    .store
+                    .update(key.as_bytes(), encode(&obj)?, current.mod_revision)
+                    .await
+                {
+                    Ok(revision) => {
+                        set_resource_version(&mut obj, revision);
+                        return Ok(obj);
+                    }
+                    Err(skiff_storage::Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(ApiError::from_store(e, &subj)),
+                }
+            }
             if !has_finalizers(&obj) {
                 if dry_run {
                     return Ok(success_status(r, name, meta_str(&obj, "uid")));
@@ -87,7 +167,12 @@ impl Registry {
                     .delete(key.as_bytes(), Some(current.mod_revision))
                     .await
                 {
-                    Ok(_) => return Ok(success_status(r, name, meta_str(&obj, "uid"))),
+                    Ok(_) => {
+                        if r.allocates_ips {
+                            self.release_service(&obj).await;
+                        }
+                        return Ok(success_status(r, name, meta_str(&obj, "uid")));
+                    }
                     Err(skiff_storage::Error::Conflict { .. }) => continue,
                     Err(e) => return Err(ApiError::from_store(e, &subj)),
                 }
@@ -133,7 +218,11 @@ impl Registry {
         for item in &items {
             let name = meta_str(item, "name").unwrap_or_default();
             let item_ns = meta_str(item, "namespace");
-            match self.delete(r, item_ns, name, (None, None), dry_run).await {
+            let options = DeleteOptions {
+                dry_run,
+                ..Default::default()
+            };
+            match self.delete(r, item_ns, name, &options).await {
                 Ok(_) | Err(ApiError { code: 404, .. }) => {}
                 Err(e) => return Err(e),
             }

@@ -7,12 +7,14 @@
 
 mod catalog;
 mod columns;
-mod delete;
+pub(crate) mod delete;
 mod names;
 pub(crate) mod object;
 pub(crate) mod selector;
+pub mod service_ips;
 pub(crate) mod smp;
 pub(crate) mod store;
+pub(crate) mod subresources;
 pub(crate) mod validation;
 pub(crate) mod watch;
 
@@ -49,6 +51,12 @@ pub(crate) struct Resource {
     pub generation: bool,
     /// A client cannot create the object with a status (its controllers report it).
     pub clear_status_on_create: bool,
+    /// Has a `/scale` subresource (autoscaling/v1 Scale over `spec.replicas`).
+    pub scale: bool,
+    /// Deletion waits for a grace period (pods: the kubelet stops them, then deletes).
+    pub graceful_deletion: bool,
+    /// Gets a ClusterIP and NodePorts from the server (Services).
+    pub allocates_ips: bool,
     /// Decodes the object as its typed Kubernetes kind and encodes it again: the error
     /// says what is malformed; the result lacks any field the kind does not have.
     pub decode: fn(&Value) -> Result<Value, String>,

@@ -24,6 +24,7 @@ pub(crate) const MAX_RETRIES: usize = 8;
 #[derive(Clone)]
 pub(crate) struct Registry {
     pub store: Arc<dyn Store>,
+    pub service_cidr: super::service_ips::ServiceCidr,
 }
 
 /// `list` and `watch` parameters.
@@ -44,6 +45,10 @@ pub(crate) enum Part {
     #[default]
     Main,
     Status,
+    /// A namespace's `/finalize`: only `spec.finalizers` changes.
+    Finalize,
+    /// The server's own writes (binding a pod): spec and status together.
+    Internal,
 }
 
 /// How a write is carried out.
@@ -391,11 +396,20 @@ impl Registry {
             });
         }
         let key = r.key(ns, &name);
-        let revision = self
-            .store
-            .create(key.as_bytes(), encode(&obj)?)
-            .await
-            .map_err(|e| ApiError::from_store(e, &subject(r, &name)))?;
+        let reserved = if r.allocates_ips {
+            Some(self.allocate_service(&mut obj, &key).await?)
+        } else {
+            None
+        };
+        let revision = match self.store.create(key.as_bytes(), encode(&obj)?).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                if let Some(reserved) = &reserved {
+                    self.release(reserved).await;
+                }
+                return Err(ApiError::from_store(e, &subject(r, &name)));
+            }
+        };
         set_resource_version(&mut obj, revision);
         Ok(Written {
             object: obj,
@@ -483,7 +497,7 @@ impl Registry {
 
     /// Reads, transforms and writes back with compare-and-swap, retrying lost races when
     /// the caller did not pin a resourceVersion.
-    async fn guaranteed_update(
+    pub(crate) async fn guaranteed_update(
         &self,
         r: &Resource,
         ns: Option<&str>,
@@ -535,10 +549,18 @@ impl Registry {
                 };
             }
             (r.defaults)(&mut obj);
+            if r.allocates_ips {
+                Registry::carry_over_allocations(&old, &mut obj, name)?;
+            }
             match opts.part {
                 // A kind with a status subresource keeps its status on main updates.
                 Part::Main if r.status => copy_field(&old, &mut obj, "status"),
-                Part::Main => {}
+                Part::Main | Part::Internal => {}
+                Part::Finalize => {
+                    let finalizers = obj.pointer("/spec/finalizers").cloned();
+                    obj = old.clone();
+                    obj["spec"]["finalizers"] = finalizers.unwrap_or(json!([]));
+                }
                 // A status update changes the status and nothing else.
                 Part::Status => {
                     let status = obj.get("status").cloned();
@@ -605,6 +627,70 @@ impl Registry {
             }
         }
         Err(ApiError::conflict(&subj))
+    }
+
+    /// The `kubernetes` Service in `default` at the first service address, and its
+    /// Endpoints pointing at this server (refreshed at every start: the port may change).
+    pub async fn ensure_kubernetes_service(
+        &self,
+        addr: std::net::SocketAddr,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<(), ApiError> {
+        let services = super::find("", "v1", "services")
+            .ok_or_else(|| ApiError::internal("no services resource"))?;
+        let endpoints = super::find("", "v1", "endpoints")
+            .ok_or_else(|| ApiError::internal("no endpoints resource"))?;
+        let port = addr.port();
+        let service = json!({
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": ip.to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+        });
+        match self.get(services, Some("default"), "kubernetes").await {
+            Ok(_) => {
+                let patch = json!({"spec": {"ports": service["spec"]["ports"]}});
+                self.patch(
+                    services,
+                    Some("default"),
+                    "kubernetes",
+                    PatchType::Merge,
+                    patch.to_string().as_bytes(),
+                    WriteOptions::default(),
+                )
+                .await?;
+            }
+            Err(ApiError { code: 404, .. }) => {
+                self.create(services, Some("default"), service, WriteOptions::default())
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+        let advertise = if addr.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            addr.ip()
+        };
+        let subsets = json!([{"addresses": [{"ip": advertise.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
+        let body = json!({"metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}}, "subsets": subsets});
+        match self
+            .create(endpoints, Some("default"), body, WriteOptions::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ApiError { code: 409, .. }) => {
+                let patch = json!({"subsets": subsets});
+                self.patch(
+                    endpoints,
+                    Some("default"),
+                    "kubernetes",
+                    PatchType::Merge,
+                    patch.to_string().as_bytes(),
+                    WriteOptions::default(),
+                )
+                .await
+                .map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates a namespace at start-up if it is missing.
