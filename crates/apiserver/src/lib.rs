@@ -12,6 +12,7 @@
 mod discovery;
 mod handler;
 pub mod kubeconfig;
+mod metrics;
 mod openapi;
 pub mod pki;
 mod registry;

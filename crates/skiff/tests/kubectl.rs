@@ -62,6 +62,12 @@ async fn version_and_discovery(c: &mut Cluster) {
             "{namespaces}"
         );
     }
+    let metrics = c.ok(&["get", "--raw", "/metrics"]);
+    assert!(
+        metrics.lines().any(|l| l.starts_with("apiserver_request_total{verb=\"LIST\",group=\"\",version=\"v1\",resource=\"namespaces\"")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("apiserver_request_duration_seconds_bucket{"));
 }
 
 const WORKLOAD: &str = "apiVersion: apps/v1
