@@ -33,7 +33,7 @@ const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "
 
 #[derive(Clone)]
 pub(crate) struct State {
-    registry: Registry,
+    pub(crate) registry: Registry,
 }
 
 impl State {
@@ -60,6 +60,21 @@ impl State {
             .await
             .map_err(fail)?;
         Ok(State { registry })
+    }
+}
+
+/// Sweeps expired events every minute (or a quarter of the TTL); the first sweep is
+/// `run`'s, before the server reports ready.
+pub(crate) async fn expire_events(state: State, ttl: Duration) {
+    let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tick.tick().await;
+        match state.registry.expire_events(ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(expired = n, "expired events"),
+            Err(e) => tracing::warn!(error = %e.message, "expiring events"),
+        }
     }
 }
 

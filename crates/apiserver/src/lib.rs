@@ -39,6 +39,8 @@ pub struct Config {
     pub secure_port: u16,
     /// Where ClusterIPs come from; the first address is the `kubernetes` Service's.
     pub service_cidr: ServiceCidr,
+    /// Events not seen for this long are deleted (upstream's `--event-ttl`).
+    pub event_ttl: std::time::Duration,
 }
 
 pub use registry::service_ips::ServiceCidr;
@@ -118,9 +120,14 @@ pub async fn run(
     kubeconfig::write_admin(&kubeconfig, &server_url, &pki)?;
     let tls = serve::tls_config(&pki)?;
     let state = handler::State::new(store, &config, addr).await?;
+    if let Err(e) = state.registry.expire_events(config.event_ttl).await {
+        tracing::warn!(error = %e.message, "expiring events");
+    }
+    let expiry = tokio::spawn(handler::expire_events(state.clone(), config.event_ttl));
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
     let _ = ready.send(Ready { addr, kubeconfig });
     serve::serve(listener, tls, state, shutdown).await;
+    expiry.abort();
     Ok(())
 }
 

@@ -26,6 +26,9 @@ pub struct ServerArgs {
     /// Service ClusterIP range; its first address is the `kubernetes` Service's.
     #[arg(long, default_value = "10.96.0.0/12", value_parser = skiff_apiserver::ServiceCidr::parse)]
     service_cidr: skiff_apiserver::ServiceCidr,
+    /// How long events are kept after they were last seen, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    event_ttl: u64,
     /// Use this etcd cluster instead of the embedded store (comma-separated client URLs).
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -51,6 +54,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         bind_address: args.bind_address,
         secure_port: args.secure_port,
         service_cidr: args.service_cidr,
+        event_ttl: std::time::Duration::from_secs(args.event_ttl),
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -88,6 +88,38 @@ async fn kube_rs_client(c: &mut Cluster) {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 409),
         other => panic!("expected a conflict, got {other:?}"),
     }
+    // kube-rs's event Recorder writes events.k8s.io/v1; the same event reads as core/v1.
+    let recorder = kube::runtime::events::Recorder::new(client.clone(), "skiff-test".into());
+    let reference = kube::Resource::object_ref(&created, &());
+    recorder
+        .publish(
+            &kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Normal,
+                reason: "Tested".into(),
+                note: Some("recorded through events.k8s.io/v1".into()),
+                action: "Testing".into(),
+                secondary: None,
+            },
+            &reference,
+        )
+        .await
+        .expect("publish event");
+    let core_events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(client.clone(), "default");
+    let listed = core_events
+        .list(&ListParams::default())
+        .await
+        .expect("list events");
+    let event = listed
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Tested"))
+        .expect("the event, as core/v1");
+    assert_eq!(
+        event.message.as_deref(),
+        Some("recorded through events.k8s.io/v1")
+    );
+    assert_eq!(event.involved_object.name.as_deref(), Some("kube-rs"));
     api.delete("kube-rs", &DeleteParams::default())
         .await
         .expect("delete");

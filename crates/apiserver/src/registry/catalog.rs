@@ -167,6 +167,9 @@ const BASE: Resource = Resource {
     scale: false,
     graceful_deletion: false,
     allocates_ips: false,
+    storage_prefix: None,
+    to_storage: None,
+    from_storage: None,
     decode: decode_as::<core::v1::ConfigMap>,
 };
 
@@ -631,6 +634,36 @@ pub(crate) static CATALOG: &[Resource] = &[
             ),
         ],
         decode: decode_as::<batch::v1::CronJob>,
+        ..BASE
+    },
+    // events.k8s.io/v1: the same events as core/v1, in the newer shape (kube-rs's
+    // Recorder writes these).
+    Resource {
+        group: "events.k8s.io",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        short_names: &["ev"],
+        hide_name: true,
+        storage_prefix: Some("/registry/events/"),
+        to_storage: Some(super::events::to_core),
+        from_storage: Some(super::events::from_core),
+        columns: &[
+            c(
+                "Last Seen",
+                "Time since the event was last seen.",
+                col::event_last_seen,
+            ),
+            c("Type", "Type of the event.", col::event_type),
+            c("Reason", "Reason of the event.", col::event_reason),
+            c(
+                "Object",
+                "The object the event is about.",
+                col::event_object,
+            ),
+            c("Message", "The event's message.", col::event_message),
+        ],
+        decode: decode_as::<k8s_openapi::api::events::v1::Event>,
         ..BASE
     },
     // coordination.k8s.io/v1

@@ -68,7 +68,7 @@ impl Registry {
             .map(|(_, prev)| prev)
             .map_err(|e| ApiError::from_store(e, &subject(r, name)))?;
         if r.allocates_ips
-            && let Ok(svc) = decode(&prev)
+            && let Ok(svc) = decode(r, &prev)
         {
             self.release_service(&svc).await;
         }
@@ -97,7 +97,7 @@ impl Registry {
                 .await
                 .map_err(|e| ApiError::from_store(e, &subj))?
                 .ok_or_else(|| ApiError::not_found(&subj))?;
-            let mut obj = decode(&current)?;
+            let mut obj = decode(r, &current)?;
             let (rv, uid) = &preconditions;
             if rv
                 .as_ref()
@@ -147,7 +147,7 @@ impl Registry {
                 }
                 match self
                     .store
-                    .update(key.as_bytes(), encode(&obj)?, current.mod_revision)
+                    .update(key.as_bytes(), encode(r, &obj)?, current.mod_revision)
                     .await
                 {
                     Ok(revision) => {
@@ -191,7 +191,7 @@ impl Registry {
             }
             match self
                 .store
-                .update(key.as_bytes(), encode(&obj)?, current.mod_revision)
+                .update(key.as_bytes(), encode(r, &obj)?, current.mod_revision)
                 .await
             {
                 Ok(revision) => {

@@ -8,6 +8,7 @@
 mod catalog;
 mod columns;
 pub(crate) mod delete;
+mod events;
 mod names;
 pub(crate) mod object;
 pub(crate) mod selector;
@@ -57,6 +58,11 @@ pub(crate) struct Resource {
     pub graceful_deletion: bool,
     /// Gets a ClusterIP and NodePorts from the server (Services).
     pub allocates_ips: bool,
+    /// Another version's storage this one shares (`/registry/PLURAL/`), with the
+    /// conversions to and from the stored form.
+    pub storage_prefix: Option<&'static str>,
+    pub to_storage: Option<fn(Value) -> Value>,
+    pub from_storage: Option<fn(Value) -> Value>,
     /// Decodes the object as its typed Kubernetes kind and encodes it again: the error
     /// says what is malformed; the result lacks any field the kind does not have.
     pub decode: fn(&Value) -> Result<Value, String>,
@@ -74,12 +80,16 @@ impl Resource {
     /// Where objects live in the datastore: `/registry/[GROUP/]PLURAL/[NS/]NAME`.
     pub fn key_prefix(&self, namespace: Option<&str>) -> String {
         let mut key = String::from("/registry/");
-        if !self.group.is_empty() {
-            key.push_str(self.group);
+        if let Some(prefix) = self.storage_prefix {
+            key = prefix.to_string();
+        } else {
+            if !self.group.is_empty() {
+                key.push_str(self.group);
+                key.push('/');
+            }
+            key.push_str(self.plural);
             key.push('/');
         }
-        key.push_str(self.plural);
-        key.push('/');
         if let Some(ns) = namespace {
             key.push_str(ns);
             key.push('/');

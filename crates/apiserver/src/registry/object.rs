@@ -9,10 +9,13 @@ use skiff_storage::{KeyValue, Revision};
 use super::Resource;
 use crate::status::ApiError;
 
-/// The object stored under a key, with its resourceVersion.
-pub(crate) fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+/// The object stored under a key, as `r` serves it, with its resourceVersion.
+pub(crate) fn decode(r: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
     let mut obj: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored object is not JSON: {e}")))?;
+    if let Some(convert) = r.from_storage {
+        obj = convert(obj);
+    }
     set_resource_version(&mut obj, kv.mod_revision);
     Ok(obj)
 }
@@ -23,8 +26,12 @@ pub(crate) fn set_resource_version(obj: &mut Value, revision: Revision) {
     }
 }
 
-pub(crate) fn encode(obj: &Value) -> Result<Bytes, ApiError> {
-    let mut obj = obj.clone();
+/// The bytes to store for an object `r` serves (in its storage form).
+pub(crate) fn encode(r: &Resource, obj: &Value) -> Result<Bytes, ApiError> {
+    let mut obj = match r.to_storage {
+        Some(convert) => convert(obj.clone()),
+        None => obj.clone(),
+    };
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }

@@ -113,7 +113,7 @@ impl Registry {
     pub async fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
         let key = r.key(ns, name);
         match self.store.get(key.as_bytes(), None).await {
-            Ok(Some(kv)) => decode(&kv),
+            Ok(Some(kv)) => decode(r, &kv),
             Ok(None) => Err(ApiError::not_found(&subject(r, name))),
             Err(e) => Err(ApiError::from_store(e, &subject(r, name))),
         }
@@ -157,7 +157,7 @@ impl Registry {
             revision = Some(page.revision);
             let count = page.kvs.len();
             for (i, kv) in page.kvs.iter().enumerate() {
-                let obj = decode(kv)?;
+                let obj = decode(r, kv)?;
                 if opts.label_selector.matches(
                     meta(&obj)
                         .and_then(|m| m.get("labels"))
@@ -401,7 +401,7 @@ impl Registry {
         } else {
             None
         };
-        let revision = match self.store.create(key.as_bytes(), encode(&obj)?).await {
+        let revision = match self.store.create(key.as_bytes(), encode(r, &obj)?).await {
             Ok(revision) => revision,
             Err(e) => {
                 if let Some(reserved) = &reserved {
@@ -518,7 +518,7 @@ impl Registry {
             if expected.is_some_and(|e| e != current.mod_revision) {
                 return Err(ApiError::conflict(&subj));
             }
-            let old = decode(&current)?;
+            let old = decode(r, &current)?;
             let mut obj = transform(&old)?;
             // A resourceVersion in the result (a PUT body's, or one a patch sets) is a
             // precondition, as upstream: optimistic locking through patches.
@@ -612,7 +612,7 @@ impl Registry {
             }
             match self
                 .store
-                .update(key.as_bytes(), encode(&obj)?, current.mod_revision)
+                .update(key.as_bytes(), encode(r, &obj)?, current.mod_revision)
                 .await
             {
                 Ok(revision) => {

@@ -162,9 +162,9 @@ fn to_line(r: &Resource, event: &skiff_storage::Event, opts: &ListOptions) -> Op
     };
     let new = match event.kind {
         EventKind::Deleted => None,
-        _ => decode(&event.kv).ok(),
+        _ => decode(r, &event.kv).ok(),
     };
-    let old = match event.prev.as_ref().and_then(|p| decode(p).ok()) {
+    let old = match event.prev.as_ref().and_then(|p| decode(r, p).ok()) {
         // The datastore no longer has the deleted value (etcd drops it at the compaction
         // floor): say which object went, rather than nothing.
         None if event.kind == EventKind::Deleted => Some(deleted_stub(r, &event.kv.key)),
