@@ -497,23 +497,59 @@ fn content_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// Reads a body of at most `MAX_BODY_BYTES`. A larger one is still read (and dropped) up
+/// to `DRAIN_BYTES`, so the client receives the 413 as a complete exchange instead of a
+/// reset stream; beyond that the request is cut off.
 async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::too_large())
+    use futures::StreamExt;
+    const DRAIN_BYTES: usize = 16 << 20;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        total += chunk.len();
+        if total > DRAIN_BYTES {
+            return Err(ApiError::too_large());
+        }
+        if total <= MAX_BODY_BYTES {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        return Err(ApiError::too_large());
+    }
+    Ok(buf.freeze())
 }
 
+/// A request body as JSON; YAML bodies (`application/yaml`) are read too, as upstream.
 async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     let content_type = content_type(headers);
-    if !(content_type.is_empty() || content_type == "application/json" || content_type == "*/*") {
+    let yaml = matches!(
+        content_type.as_str(),
+        "application/yaml" | "application/x-yaml" | "text/yaml"
+    );
+    if !(yaml
+        || content_type.is_empty()
+        || content_type == "application/json"
+        || content_type == "*/*")
+    {
         // Protobuf bodies (typed Go clients, `kubectl create <generator>`) are not read
         // yet: docs/status.md.
         return Err(ApiError::unsupported_media_type(
             &content_type,
-            &["application/json"],
+            &["application/json", "application/yaml"],
         ));
     }
     let bytes = read_body(body).await?;
+    if yaml {
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("error decoding the request body: {e}")))?;
+        return serde_saphyr::from_str::<Value>(text).map_err(|e| {
+            ApiError::bad_request(format!("error decoding the YAML request body: {e}"))
+        });
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("error decoding the request body: {e}")))
 }

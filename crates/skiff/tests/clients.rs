@@ -144,4 +144,101 @@ async fn kube_rs_client(c: &mut Cluster) {
     assert_eq!(seen, vec!["apply v", "apply v2", "delete kube-rs"]);
 }
 
-scenarios!(python_client, kube_rs_client);
+/// curl with the admin certificate: HTTP/2 by ALPN, a YAML body, and the Status a
+/// protobuf body gets.
+async fn curl_http2_yaml_and_unsupported_bodies(c: &mut Cluster) {
+    let pki = c.data_dir().join("pki");
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join("admin.crt"))
+            .arg("--key")
+            .arg(pki.join("admin.key"))
+            .args(args)
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "curl {:?}: {}",
+            &args[..args.len().min(6)],
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let base = c.server.clone();
+    assert_eq!(
+        curl(&[
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &format!("{base}/version")
+        ]),
+        "2"
+    );
+    assert_eq!(
+        curl(&[
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &format!("{base}/version")
+        ]),
+        "1.1"
+    );
+    let url = format!("{base}/api/v1/namespaces/default/configmaps");
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: b\n";
+    let created: serde_json::Value = serde_json::from_str(&curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/yaml",
+        "--data-binary",
+        yaml,
+        &url,
+    ]))
+    .expect("json");
+    assert_eq!(created["data"]["a"], "b");
+    let refused: serde_json::Value = serde_json::from_str(&curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/vnd.kubernetes.protobuf",
+        "--data-binary",
+        "k8s",
+        &url,
+    ]))
+    .expect("json");
+    assert_eq!(
+        (
+            refused["kind"].as_str(),
+            refused["code"].as_i64(),
+            refused["reason"].as_str()
+        ),
+        (Some("Status"), Some(415), Some("UnsupportedMediaType"))
+    );
+    let too_big = c.data_dir().join("too-big.json");
+    std::fs::write(&too_big, "x".repeat(4 << 20)).expect("write body");
+    let body = format!("@{}", too_big.display());
+    let refused: serde_json::Value = serde_json::from_str(&curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &body,
+        &url,
+    ]))
+    .expect("json");
+    assert_eq!(refused["code"], 413);
+}
+
+scenarios!(
+    python_client,
+    kube_rs_client,
+    curl_http2_yaml_and_unsupported_bodies
+);
