@@ -182,6 +182,12 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
     if info.namespace.is_some() && !r.namespaced {
         return Err(ApiError::path_not_found());
     }
+    // A namespaced kind is only listed and watched across namespaces, never written.
+    if r.namespaced && info.namespace.is_none() && !matches!(info.verb, Verb::List | Verb::Watch) {
+        return Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        ));
+    }
     let part = match info.subresource.as_deref() {
         None => Part::Main,
         Some("status")

@@ -83,21 +83,36 @@ impl Metrics {
     }
 }
 
-/// Upstream's verb label: LIST/WATCH for collection GETs, else the HTTP method.
+/// Upstream's verb label: LIST/WATCH for collection GETs, else the HTTP method. Labels
+/// come only from the fixed verbs and the served resources, so requests for nonsense
+/// paths cannot grow the number of series.
 fn labels(method: &Method, path: &str, watch: bool) -> RequestLabels {
-    let info = request::parse(method, path, watch);
+    let info = request::parse(method, path, watch)
+        .filter(|i| crate::registry::find(&i.group, &i.version, &i.resource).is_some());
     let verb = match info.as_ref().map(|i| i.verb) {
         Some(Verb::List) => "LIST",
         Some(Verb::Watch) => "WATCH",
         Some(Verb::DeleteCollection) => "DELETECOLLECTION",
-        _ => method.as_str(),
+        _ => match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
+            _ => "OTHER",
+        },
     };
     let (group, version, resource, subresource, scope) = match &info {
         Some(i) => (
             i.group.clone(),
             i.version.clone(),
             i.resource.clone(),
-            i.subresource.clone().unwrap_or_default(),
+            i.subresource
+                .clone()
+                .filter(|s| {
+                    ["status", "scale", "binding", "eviction", "finalize"].contains(&s.as_str())
+                })
+                .unwrap_or_default(),
             if i.name.is_some() {
                 "resource"
             } else if i.namespace.is_some() {

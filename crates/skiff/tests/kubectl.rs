@@ -332,7 +332,8 @@ async fn scale_binding_eviction_and_graceful_deletion(c: &mut Cluster) {
     ]);
     assert!(err.contains("already assigned"), "{err}");
 
-    // A PodDisruptionBudget that allows nothing blocks eviction (429).
+    // Eviction respects the PodDisruptionBudget selecting the pod: refused (429) until
+    // the budget has been processed and allows a disruption, which it then uses up.
     let pdb = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: keep\nspec:\n  minAvailable: 1\n  selector:\n    matchLabels: {app: q}\n";
     assert!(
         c.kubectl_with(&["create", "-f", "-"], &[], Some(pdb))
@@ -344,23 +345,30 @@ async fn scale_binding_eviction_and_graceful_deletion(c: &mut Cluster) {
         "eviction.json",
         r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"p"}}"#,
     );
-    let err = c.fails(&[
+    let evict = [
         "create",
         "--raw",
         "/api/v1/namespaces/default/pods/p/eviction",
         "-f",
         &eviction,
-    ]);
+    ];
+    let err = c.fails(&evict);
     assert!(err.contains("disruption budget"), "{err}");
-    c.ok(&["delete", "pdb", "keep"]);
-    c.ok(&[
-        "create",
-        "--raw",
-        "/api/v1/namespaces/default/pods/p/eviction",
-        "-f",
-        &eviction,
-    ]);
-
+    c.ok(&["patch", "pdb", "keep", "--subresource=status", "--type=merge", "-p",
+        r#"{"status":{"observedGeneration":1,"disruptionsAllowed":1,"currentHealthy":2,"desiredHealthy":1,"expectedPods":2}}"#]);
+    c.ok(&evict);
+    let budget = c.json(&["get", "pdb", "keep"]);
+    assert_eq!(budget["status"]["disruptionsAllowed"], 0, "{budget}");
+    assert!(
+        budget["status"]["disruptedPods"]["p"].is_string(),
+        "{budget}"
+    );
+    // Namespaced kinds are not written across namespaces.
+    let err = c.fails(&["delete", "--raw", "/api/v1/pods"]);
+    assert!(
+        err.contains("MethodNotAllowed") || err.contains("not allow"),
+        "{err}"
+    );
     // A pod on a node is only marked: the kubelet has its grace period to stop it.
     let marked = c.json(&["get", "pod", "p"]);
     assert!(

@@ -101,10 +101,7 @@ fn deployment_defaults(obj: &mut Value) {
     default(obj, "/spec/replicas", json!(1));
     default(obj, "/spec/revisionHistoryLimit", json!(10));
     default(obj, "/spec/progressDeadlineSeconds", json!(600));
-    if obj.pointer("/spec/strategy/type").is_none() {
-        default(obj, "/spec/strategy", json!({}));
-        obj["spec"]["strategy"]["type"] = json!("RollingUpdate");
-    }
+    default(obj, "/spec/strategy/type", json!("RollingUpdate"));
     if obj.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
         default(
             obj,
@@ -167,6 +164,7 @@ const BASE: Resource = Resource {
     scale: false,
     graceful_deletion: false,
     allocates_ips: false,
+    returns_deleted_object: false,
     storage_prefix: None,
     to_storage: None,
     from_storage: None,
@@ -248,6 +246,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     },
     Resource {
         kind: "Pod",
+        returns_deleted_object: true,
         graceful_deletion: true,
         clear_status_on_create: true,
         plural: "pods",
@@ -301,6 +300,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     },
     Resource {
         kind: "Service",
+        returns_deleted_object: true,
         allocates_ips: true,
         clear_status_on_create: true,
         plural: "services",

@@ -34,13 +34,14 @@ fn pod_grace_period(pod: &Value, requested: Option<i64>) -> i64 {
     if !scheduled || finished {
         return 0;
     }
-    requested
+    let grace = requested
         .or_else(|| {
             pod.pointer("/spec/terminationGracePeriodSeconds")
                 .and_then(Value::as_i64)
         })
-        .unwrap_or(30)
-        .max(0)
+        .unwrap_or(30);
+    // Upstream turns a negative grace period into the shortest real one; 0 is "now".
+    if grace < 0 { 1 } else { grace }
 }
 
 impl Registry {
@@ -48,7 +49,15 @@ impl Registry {
     pub(crate) fn finalized(&self, obj: &Value) -> bool {
         let Some(meta) = meta(obj) else { return false };
         let empty = |v: Option<&Value>| v.and_then(Value::as_array).is_none_or(|a| a.is_empty());
+        // A pod still in its grace period is the kubelet's to delete (upstream deletes
+        // during an update only when the deletion grace period is zero).
+        let grace_over = meta
+            .get("deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0;
         meta.contains_key("deletionTimestamp")
+            && grace_over
             && empty(meta.get("finalizers"))
             && empty(obj.pointer("/spec/finalizers"))
     }
@@ -70,7 +79,7 @@ impl Registry {
         if r.allocates_ips
             && let Ok(svc) = decode(r, &prev)
         {
-            self.release_service(&svc).await;
+            self.release_service(&svc, &key).await;
         }
         Ok(prev)
     }
@@ -169,7 +178,10 @@ impl Registry {
                 {
                     Ok(_) => {
                         if r.allocates_ips {
-                            self.release_service(&obj).await;
+                            self.release_service(&obj, &key).await;
+                        }
+                        if r.returns_deleted_object {
+                            return Ok(obj);
                         }
                         return Ok(success_status(r, name, meta_str(&obj, "uid")));
                     }
@@ -177,11 +189,18 @@ impl Registry {
                     Err(e) => return Err(ApiError::from_store(e, &subj)),
                 }
             }
-            // Finalizers pending: mark, and let their owners finish the deletion.
-            if meta(&obj).is_some_and(|m| m.contains_key("deletionTimestamp")) {
+            // Finalizers pending: mark, and let their owners finish the deletion. An object
+            // already marked only needs its grace period cut to zero.
+            let marked = meta(&obj).is_some_and(|m| m.contains_key("deletionTimestamp"));
+            let grace = obj
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64);
+            if marked && grace.is_none_or(|g| g == 0) {
                 return Ok(obj);
             }
-            meta_mut(&mut obj)?.insert("deletionTimestamp".into(), json!(now()));
+            if !marked {
+                meta_mut(&mut obj)?.insert("deletionTimestamp".into(), json!(now()));
+            }
             meta_mut(&mut obj)?.insert("deletionGracePeriodSeconds".into(), json!(0));
             if r.plural == "namespaces" {
                 obj["status"] = json!({"phase": "Terminating"});

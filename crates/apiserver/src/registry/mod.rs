@@ -58,6 +58,9 @@ pub(crate) struct Resource {
     pub graceful_deletion: bool,
     /// Gets a ClusterIP and NodePorts from the server (Services).
     pub allocates_ips: bool,
+    /// A completed delete answers with the deleted object rather than a Status (pods,
+    /// services, as upstream).
+    pub returns_deleted_object: bool,
     /// Another version's storage this one shares (`/registry/PLURAL/`), with the
     /// conversions to and from the stored form.
     pub storage_prefix: Option<&'static str>,

@@ -87,8 +87,20 @@ impl Registry {
         }
     }
 
-    async fn unreserve(&self, key: String) {
-        if let Err(e) = self.store.delete(key.as_bytes(), None).await
+    /// Releases `key` if `owner` holds it (never another Service's).
+    async fn unreserve(&self, key: String, owner: &str) {
+        let held = match self.store.get(key.as_bytes(), None).await {
+            Ok(Some(kv)) if kv.value == owner.as_bytes() => kv,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "reading a service allocation failed");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .store
+            .delete(key.as_bytes(), Some(held.mod_revision))
+            .await
             && !matches!(e, skiff_storage::Error::NotFound { .. })
         {
             tracing::warn!(key, error = %e, "releasing a service allocation failed");
@@ -105,7 +117,7 @@ impl Registry {
         let mut reserved = Reserved::default();
         let result = self.allocate_into(svc, owner, &mut reserved).await;
         if let Err(e) = result {
-            self.release(&reserved).await;
+            self.release(&reserved, owner).await;
             return Err(e);
         }
         Ok(reserved)
@@ -245,18 +257,18 @@ impl Registry {
         Ok(())
     }
 
-    pub(crate) async fn release(&self, reserved: &Reserved) {
+    pub(crate) async fn release(&self, reserved: &Reserved, owner: &str) {
         if let Some(ip) = reserved.ip {
-            self.unreserve(format!("{IP_PREFIX}{ip}")).await;
+            self.unreserve(format!("{IP_PREFIX}{ip}"), owner).await;
         }
         for port in &reserved.ports {
-            self.unreserve(format!("{PORT_PREFIX}{port}")).await;
+            self.unreserve(format!("{PORT_PREFIX}{port}"), owner).await;
         }
     }
 
-    /// Releases what a deleted Service held.
-    pub(crate) async fn release_service(&self, svc: &Value) {
-        let reserved = Reserved {
+    /// What a Service's spec holds.
+    fn held(svc: &Value) -> Reserved {
+        Reserved {
             ip: svc
                 .pointer("/spec/clusterIP")
                 .and_then(Value::as_str)
@@ -272,8 +284,116 @@ impl Registry {
                         .collect()
                 })
                 .unwrap_or_default(),
+        }
+    }
+
+    /// On update: reserves what the new spec holds that the old one did not (a
+    /// ClusterIP after leaving ExternalName, new or changed NodePorts, NodePorts for a
+    /// Service that became NodePort/LoadBalancer). Returns (added, to release once the
+    /// update is stored).
+    pub(crate) async fn update_service_allocations(
+        &self,
+        old: &Value,
+        new: &mut Value,
+        owner: &str,
+    ) -> Result<(Reserved, Reserved), ApiError> {
+        let before = Self::held(old);
+        let mut added = Reserved::default();
+        let name = new
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let kind = new
+            .pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
+        let result: Result<(), ApiError> = async {
+            if kind != "ExternalName"
+                && before.ip.is_none()
+                && new.pointer("/spec/clusterIP").and_then(Value::as_str) != Some("None")
+            {
+                // Gains a ClusterIP: allocate as on create (ports are handled below).
+                let mut probe = new.clone();
+                if let Some(spec) = probe.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.insert("type".into(), json!("ClusterIP"));
+                }
+                let mut reserved = Reserved::default();
+                self.allocate_into(&mut probe, owner, &mut reserved).await?;
+                added.ip = reserved.ip;
+                for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                    if let Some(v) = probe.pointer(&format!("/spec/{field}")) {
+                        new["spec"][field] = v.clone();
+                    }
+                }
+            }
+            let wants_ports = kind == "NodePort" || kind == "LoadBalancer";
+            let count = new
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            for i in 0..count {
+                match new["spec"]["ports"][i]["nodePort"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                {
+                    Some(port) if before.ports.contains(&port) || added.ports.contains(&port) => {}
+                    Some(port) => {
+                        if !NODE_PORTS.contains(&port)
+                            || !self.reserve(format!("{PORT_PREFIX}{port}"), owner).await?
+                        {
+                            return Err(invalid(
+                                &name,
+                                &format!("spec.ports[{i}].nodePort"),
+                                &port.to_string(),
+                                "provided port is already allocated or out of range (30000-32767)",
+                            ));
+                        }
+                        added.ports.push(port);
+                    }
+                    None if wants_ports => {
+                        let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
+                        let start = rand::rng().random_range(0..span);
+                        let mut found = None;
+                        for j in 0..span {
+                            let port = NODE_PORTS.start() + ((start + j) % span) as u16;
+                            if self.reserve(format!("{PORT_PREFIX}{port}"), owner).await? {
+                                found = Some(port);
+                                break;
+                            }
+                        }
+                        let port = found.ok_or_else(|| {
+                            ApiError::internal("failed to allocate a node port: range is full")
+                        })?;
+                        added.ports.push(port);
+                        new["spec"]["ports"][i]["nodePort"] = json!(port);
+                    }
+                    None => {}
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.release(&added, owner).await;
+            return Err(e);
+        }
+        let after = Self::held(new);
+        let removed = Reserved {
+            ip: before.ip.filter(|ip| after.ip != Some(*ip)),
+            ports: before
+                .ports
+                .into_iter()
+                .filter(|p| !after.ports.contains(p))
+                .collect(),
         };
-        self.release(&reserved).await;
+        Ok((added, removed))
+    }
+
+    /// Releases what a deleted Service held.
+    pub(crate) async fn release_service(&self, svc: &Value, owner: &str) {
+        self.release(&Self::held(svc), owner).await;
     }
 
     /// On update: the ClusterIP cannot change, and what the client left out is kept.

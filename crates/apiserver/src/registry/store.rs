@@ -322,6 +322,13 @@ impl Registry {
                 meta.remove("namespace");
             }
         }
+        // Malformed shapes are refused before defaulting touches them.
+        (r.decode)(obj).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                r.kind, r.version, r.kind
+            ))
+        })?;
         Ok(())
     }
 
@@ -405,7 +412,7 @@ impl Registry {
             Ok(revision) => revision,
             Err(e) => {
                 if let Some(reserved) = &reserved {
-                    self.release(reserved).await;
+                    self.release(reserved, &key).await;
                 }
                 return Err(ApiError::from_store(e, &subject(r, &name)));
             }
@@ -553,8 +560,17 @@ impl Registry {
                 Registry::carry_over_allocations(&old, &mut obj, name)?;
             }
             match opts.part {
-                // A kind with a status subresource keeps its status on main updates.
-                Part::Main if r.status => copy_field(&old, &mut obj, "status"),
+                // A kind with a status subresource keeps its status on main updates; a
+                // namespace's finalizers change only through /finalize.
+                Part::Main if r.status => {
+                    copy_field(&old, &mut obj, "status");
+                    if r.kind == "Namespace" && obj.get("spec").is_some_and(Value::is_object) {
+                        obj["spec"]["finalizers"] = old
+                            .pointer("/spec/finalizers")
+                            .cloned()
+                            .unwrap_or(json!([]));
+                    }
+                }
                 Part::Main | Part::Internal => {}
                 Part::Finalize => {
                     let finalizers = obj.pointer("/spec/finalizers").cloned();
@@ -610,20 +626,36 @@ impl Registry {
                     warnings,
                 });
             }
+            // Services: reserve what the new spec gained before storing it; release what
+            // it dropped only once it is stored.
+            let (added, removed) = if r.allocates_ips {
+                self.update_service_allocations(&old, &mut obj, &key)
+                    .await?
+            } else {
+                Default::default()
+            };
+            let bytes = encode(r, &obj)?;
             match self
                 .store
-                .update(key.as_bytes(), encode(r, &obj)?, current.mod_revision)
+                .update(key.as_bytes(), bytes, current.mod_revision)
                 .await
             {
                 Ok(revision) => {
+                    self.release(&removed, &key).await;
                     set_resource_version(&mut obj, revision);
                     return Ok(Written {
                         object: obj,
                         warnings,
                     });
                 }
-                Err(skiff_storage::Error::Conflict { .. }) if expected.is_none() => continue,
-                Err(e) => return Err(ApiError::from_store(e, &subj)),
+                Err(skiff_storage::Error::Conflict { .. }) if expected.is_none() => {
+                    self.release(&added, &key).await;
+                    continue;
+                }
+                Err(e) => {
+                    self.release(&added, &key).await;
+                    return Err(ApiError::from_store(e, &subj));
+                }
             }
         }
         Err(ApiError::conflict(&subj))

@@ -122,10 +122,12 @@ impl Registry {
                 }) {
                     return Err(ApiError::conflict(&subject(r, name)));
                 }
-                let replicas = desired
-                    .pointer("/spec/replicas")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
+                let replicas = match desired.pointer("/spec/replicas") {
+                    None | Some(Value::Null) => 0,
+                    Some(v) => v.as_i64().ok_or_else(|| {
+                        ApiError::bad_request(format!("spec.replicas must be an integer, not {v}"))
+                    })?,
+                };
                 if replicas < 0 {
                     return Err(ApiError::invalid(
                         "Scale",
@@ -175,6 +177,20 @@ impl Registry {
                 )
             })?
             .to_string();
+        if binding
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n != name)
+        {
+            return Err(ApiError::bad_request(
+                "the name of the binding does not match the name of the pod",
+            ));
+        }
+        let binding_uid = binding
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string);
         let opts = WriteOptions {
             part: Part::Internal,
             dry_run,
@@ -189,8 +205,17 @@ impl Registry {
                     details: Some(json!({"name": name, "kind": "pods/binding"})),
                 });
             }
+            let binding_conflict = |why: &str| ApiError {
+                code: 409,
+                reason: "Conflict",
+                message: format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"),
+                details: Some(json!({"name": name, "kind": "pods/binding"})),
+            };
+            if binding_uid.as_deref().is_some_and(|uid| Some(uid) != current.pointer("/metadata/uid").and_then(Value::as_str)) {
+                return Err(binding_conflict("the UID in the binding does not match the pod"));
+            }
             if current.pointer("/metadata/deletionTimestamp").is_some() {
-                return Err(ApiError::conflict(&subject(r, name)));
+                return Err(binding_conflict("pod is being deleted, cannot be assigned to a host"));
             }
             let mut pod = current.clone();
             pod["spec"]["nodeName"] = json!(node);
@@ -229,27 +254,79 @@ impl Registry {
             .list(budgets, Some(ns), &ListOptions::default())
             .await?;
         let labels = pod.pointer("/metadata/labels").and_then(Value::as_object);
-        for pdb in list["items"].as_array().map_or(&[][..], Vec::as_slice) {
-            let selector = LabelSelector::parse(&selector_string(pdb.pointer("/spec/selector")))
-                .unwrap_or_default();
-            if pdb.pointer("/spec/selector").is_none() || !selector.matches(labels) {
-                continue;
+        let matching: Vec<&Value> = list["items"]
+            .as_array()
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter(|pdb| {
+                pdb.pointer("/spec/selector").is_some()
+                    && LabelSelector::parse(&selector_string(pdb.pointer("/spec/selector")))
+                        .is_ok_and(|s| s.matches(labels))
+            })
+            .collect();
+        let too_many = |message: String| ApiError {
+            code: 429,
+            reason: "TooManyRequests",
+            message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+            details: Some(json!({"causes": [{"reason": "DisruptionBudget", "message": message}]})),
+        };
+        if matching.len() > 1 {
+            return Err(ApiError::internal(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+            ));
+        }
+        if let Some(pdb) = matching.first() {
+            let pdb_name = meta_str(pdb, "name").unwrap_or_default().to_string();
+            let generation = pdb
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let observed = pdb
+                .pointer("/status/observedGeneration")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if observed < generation {
+                return Err(too_many(format!(
+                    "The disruption budget {pdb_name} is still being processed by the server."
+                )));
             }
             let allowed = pdb
                 .pointer("/status/disruptionsAllowed")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             if allowed < 1 {
-                let pdb_name = meta_str(pdb, "name").unwrap_or_default();
-                return Err(ApiError {
-                    code: 429,
-                    reason: "TooManyRequests",
-                    message: "Cannot evict pod as it would violate the pod's disruption budget."
-                        .into(),
-                    details: Some(
-                        json!({"causes": [{"reason": "DisruptionBudget", "message": format!("The disruption budget {pdb_name} does not allow a disruption now")}]}),
-                    ),
-                });
+                return Err(too_many(format!(
+                    "The disruption budget {pdb_name} does not allow a disruption now"
+                )));
+            }
+            // Use up one disruption with a compare-and-swap on the budget, so parallel
+            // evictions cannot all spend the same allowance (a lost race is a 429).
+            if !dry_run {
+                let expected = pdb
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .and_then(|rv| rv.parse().ok());
+                let opts = WriteOptions {
+                    part: Part::Internal,
+                    ..Default::default()
+                };
+                let spent = self
+                    .guaranteed_update(budgets, Some(ns), &pdb_name, expected, opts, |current| {
+                        let mut pdb = current.clone();
+                        pdb["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                        pdb["status"]["disruptedPods"][name] = json!(super::object::now());
+                        Ok(pdb)
+                    })
+                    .await;
+                if let Err(e) = spent {
+                    return Err(if e.code == 409 {
+                        too_many(format!(
+                            "The disruption budget {pdb_name} changed; try again"
+                        ))
+                    } else {
+                        e
+                    });
+                }
             }
         }
         let options = DeleteOptions {
