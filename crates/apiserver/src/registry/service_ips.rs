@@ -87,6 +87,21 @@ impl Registry {
         }
     }
 
+    /// Reserves a free NodePort: a random start, then probing.
+    async fn free_node_port(&self, owner: &str) -> Result<u16, ApiError> {
+        let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
+        let start = rand::rng().random_range(0..span);
+        for j in 0..span {
+            let port = NODE_PORTS.start() + ((start + j) % span) as u16;
+            if self.reserve(format!("{PORT_PREFIX}{port}"), owner).await? {
+                return Ok(port);
+            }
+        }
+        Err(ApiError::internal(
+            "failed to allocate a node port: range is full",
+        ))
+    }
+
     /// Releases `key` if `owner` holds it (never another Service's).
     async fn unreserve(&self, key: String, owner: &str) {
         let held = match self.store.get(key.as_bytes(), None).await {
@@ -234,21 +249,7 @@ impl Registry {
                         }
                         port
                     }
-                    None => {
-                        let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
-                        let start = rand::rng().random_range(0..span);
-                        let mut found = None;
-                        for j in 0..span {
-                            let port = NODE_PORTS.start() + ((start + j) % span) as u16;
-                            if self.reserve(format!("{PORT_PREFIX}{port}"), owner).await? {
-                                found = Some(port);
-                                break;
-                            }
-                        }
-                        found.ok_or_else(|| {
-                            ApiError::internal("failed to allocate a node port: range is full")
-                        })?
-                    }
+                    None => self.free_node_port(owner).await?,
                 };
                 reserved.ports.push(port);
                 svc["spec"]["ports"][i]["nodePort"] = json!(port);
@@ -353,19 +354,7 @@ impl Registry {
                         added.ports.push(port);
                     }
                     None if wants_ports => {
-                        let span = u32::from(NODE_PORTS.end() - NODE_PORTS.start()) + 1;
-                        let start = rand::rng().random_range(0..span);
-                        let mut found = None;
-                        for j in 0..span {
-                            let port = NODE_PORTS.start() + ((start + j) % span) as u16;
-                            if self.reserve(format!("{PORT_PREFIX}{port}"), owner).await? {
-                                found = Some(port);
-                                break;
-                            }
-                        }
-                        let port = found.ok_or_else(|| {
-                            ApiError::internal("failed to allocate a node port: range is full")
-                        })?;
+                        let port = self.free_node_port(owner).await?;
                         added.ports.push(port);
                         new["spec"]["ports"][i]["nodePort"] = json!(port);
                     }
