@@ -84,6 +84,34 @@ impl Registry {
         Ok(prev)
     }
 
+    /// Stores an object just marked for deletion; `None` when it changed meanwhile (the
+    /// caller reads it again).
+    async fn store_marked(
+        &self,
+        r: &Resource,
+        key: &str,
+        mut obj: Value,
+        expected: Revision,
+        dry_run: bool,
+    ) -> Result<Option<Value>, ApiError> {
+        if dry_run {
+            return Ok(Some(obj));
+        }
+        let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+        match self
+            .store
+            .update(key.as_bytes(), encode(r, &obj)?, expected)
+            .await
+        {
+            Ok(revision) => {
+                set_resource_version(&mut obj, revision);
+                Ok(Some(obj))
+            }
+            Err(skiff_storage::Error::Conflict { .. }) => Ok(None),
+            Err(e) => Err(ApiError::from_store(e, &subject(r, &name))),
+        }
+    }
+
     /// Deletes an object, or marks it for deletion while finalizers remain or, for pods
     /// on a node, for their grace period.
     pub async fn delete(
@@ -151,20 +179,12 @@ impl Registry {
                     .unwrap_or_default();
                 meta_mut(&mut obj)?.insert("deletionTimestamp".into(), json!(at));
                 meta_mut(&mut obj)?.insert("deletionGracePeriodSeconds".into(), json!(grace));
-                if dry_run {
-                    return Ok(obj);
-                }
                 match self
-                    .store
-                    .update(key.as_bytes(), encode(r, &obj)?, current.mod_revision)
-                    .await
+                    .store_marked(r, &key, obj, current.mod_revision, dry_run)
+                    .await?
                 {
-                    Ok(revision) => {
-                        set_resource_version(&mut obj, revision);
-                        return Ok(obj);
-                    }
-                    Err(skiff_storage::Error::Conflict { .. }) => continue,
-                    Err(e) => return Err(ApiError::from_store(e, &subj)),
+                    Some(marked) => return Ok(marked),
+                    None => continue,
                 }
             }
             if !has_finalizers(&obj) {
@@ -205,20 +225,12 @@ impl Registry {
             if r.plural == "namespaces" {
                 obj["status"] = json!({"phase": "Terminating"});
             }
-            if dry_run {
-                return Ok(obj);
-            }
             match self
-                .store
-                .update(key.as_bytes(), encode(r, &obj)?, current.mod_revision)
-                .await
+                .store_marked(r, &key, obj, current.mod_revision, dry_run)
+                .await?
             {
-                Ok(revision) => {
-                    set_resource_version(&mut obj, revision);
-                    return Ok(obj);
-                }
-                Err(skiff_storage::Error::Conflict { .. }) => continue,
-                Err(e) => return Err(ApiError::from_store(e, &subj)),
+                Some(marked) => return Ok(marked),
+                None => continue,
             }
         }
         Err(ApiError::conflict(&subj))
