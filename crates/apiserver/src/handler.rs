@@ -46,12 +46,7 @@ impl State {
             store,
             service_cidr: config.service_cidr,
         };
-        let fail = |e: ApiError| {
-            Error::Store(skiff_storage::Error::Embedded {
-                context: "bootstrapping the cluster objects",
-                source: e.message.into(),
-            })
-        };
+        let fail = |e: ApiError| Error::Bootstrap(e.message);
         for ns in SYSTEM_NAMESPACES {
             registry.ensure_namespace(ns).await.map_err(fail)?;
         }

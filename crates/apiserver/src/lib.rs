@@ -73,6 +73,8 @@ pub enum Error {
     },
     #[error("datastore")]
     Store(#[from] skiff_storage::Error),
+    #[error("creating the cluster's built-in objects: {0}")]
+    Bootstrap(String),
 }
 
 impl Error {

@@ -34,15 +34,11 @@ struct RequestLabels {
     component: String,
 }
 
+/// The request labels plus the response code.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CountLabels {
-    verb: String,
-    group: String,
-    version: String,
-    resource: String,
-    subresource: String,
-    scope: String,
-    component: String,
+    #[prometheus(flatten)]
+    request: RequestLabels,
     code: String,
 }
 
@@ -153,13 +149,7 @@ pub(crate) async fn record(
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     let count = CountLabels {
-        verb: labels.verb,
-        group: labels.group,
-        version: labels.version,
-        resource: labels.resource,
-        subresource: labels.subresource,
-        scope: labels.scope,
-        component: labels.component,
+        request: labels,
         code: response.status().as_u16().to_string(),
     };
     metrics.requests.get_or_create(&count).inc();

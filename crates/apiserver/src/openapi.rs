@@ -25,22 +25,38 @@ fn group_versions() -> Vec<(String, &'static str, &'static str)> {
     out
 }
 
+/// The documents only change with the binary: built once.
+static DOCUMENTS: std::sync::OnceLock<(Value, Map<String, Value>)> = std::sync::OnceLock::new();
+
+fn documents() -> &'static (Value, Map<String, Value>) {
+    DOCUMENTS.get_or_init(|| {
+        let documents: Map<String, Value> = group_versions()
+            .into_iter()
+            .filter_map(|(key, _, _)| build_document(&key).map(|d| (key, d)))
+            .collect();
+        (build_root(&documents), documents)
+    })
+}
+
 pub(crate) fn root() -> Value {
-    let paths: Map<String, Value> = group_versions()
-        .into_iter()
-        .map(|(key, _, _)| {
-            let url = format!("/openapi/v3/{key}?hash={}", document_hash(&key));
-            (key, json!({"serverRelativeURL": url}))
+    documents().0.clone()
+}
+
+pub(crate) fn document(key: &str) -> Option<Value> {
+    documents().1.get(key).cloned()
+}
+
+/// `/openapi/v3`: each document's URL, with a hash of its content so clients may cache it.
+fn build_root(documents: &Map<String, Value>) -> Value {
+    let paths: Map<String, Value> = documents
+        .iter()
+        .map(|(key, doc)| {
+            let hash = fnv1a(doc.to_string().as_bytes());
+            let url = format!("/openapi/v3/{key}?hash={hash:016X}");
+            (key.clone(), json!({"serverRelativeURL": url}))
         })
         .collect();
     json!({"paths": paths})
-}
-
-/// A stable hash of a document, so clients may cache it (the content only changes with
-/// the binary).
-fn document_hash(key: &str) -> String {
-    let doc = document(key).map(|d| d.to_string()).unwrap_or_default();
-    format!("{:016X}", fnv1a(doc.as_bytes()))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -49,7 +65,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-pub(crate) fn document(key: &str) -> Option<Value> {
+fn build_document(key: &str) -> Option<Value> {
     let (_, group, version) = group_versions().into_iter().find(|(k, _, _)| k == key)?;
     let mut paths = Map::new();
     for r in CATALOG

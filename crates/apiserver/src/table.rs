@@ -92,8 +92,8 @@ fn columns(r: &Resource) -> Vec<Column> {
     out
 }
 
-fn definitions(r: &Resource) -> Vec<Value> {
-    columns(r)
+fn definitions(columns: &[Column]) -> Vec<Value> {
+    columns
         .iter()
         .map(|c| {
             let format = if c.name == "Name" { "name" } else { "" };
@@ -102,8 +102,8 @@ fn definitions(r: &Resource) -> Vec<Value> {
         .collect()
 }
 
-fn row(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
-    let cells: Vec<Value> = columns(r).iter().map(|c| (c.cell)(obj)).collect();
+fn row(columns: &[Column], obj: &Value, include: IncludeObject) -> Value {
+    let cells: Vec<Value> = columns.iter().map(|c| (c.cell)(obj)).collect();
     let mut row = json!({"cells": cells});
     match include {
         IncludeObject::None => {}
@@ -119,28 +119,40 @@ fn row(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
     row
 }
 
-/// A list (or one object) as a Table.
+/// A list as a Table.
 pub(crate) fn from_list(r: &Resource, list: &Value, include: IncludeObject) -> Value {
-    let rows: Vec<Value> = list["items"]
-        .as_array()
-        .map(|items| items.iter().map(|i| row(r, i, include)).collect())
-        .unwrap_or_default();
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": list.get("metadata").cloned().unwrap_or(json!({})),
-        "columnDefinitions": definitions(r),
-        "rows": rows,
-    })
+    let items = list["items"].as_array().map_or(&[][..], Vec::as_slice);
+    table(
+        r,
+        list.get("metadata").cloned().unwrap_or(json!({})),
+        items,
+        include,
+    )
 }
 
+/// One object as a Table (a get, or a watch event).
 pub(crate) fn from_object(r: &Resource, obj: &Value, include: IncludeObject) -> Value {
+    let rv = obj
+        .pointer("/metadata/resourceVersion")
+        .cloned()
+        .unwrap_or(json!(""));
+    table(
+        r,
+        json!({"resourceVersion": rv}),
+        std::slice::from_ref(obj),
+        include,
+    )
+}
+
+fn table(r: &Resource, metadata: Value, objects: &[Value], include: IncludeObject) -> Value {
+    let columns = columns(r);
+    let rows: Vec<Value> = objects.iter().map(|o| row(&columns, o, include)).collect();
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
-        "metadata": {"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""))},
-        "columnDefinitions": definitions(r),
-        "rows": [row(r, obj, include)],
+        "metadata": metadata,
+        "columnDefinitions": definitions(&columns),
+        "rows": rows,
     })
 }
 

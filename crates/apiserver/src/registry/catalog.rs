@@ -194,7 +194,7 @@ const fn wide(name: &'static str, description: &'static str, cell: fn(&Value) ->
 const CONDITIONS: (&str, Option<&str>) = ("status.conditions", Some("type"));
 
 pub(crate) static CATALOG: &[Resource] = &[
-    // core/v1. Namespaces first: the registry looks them up by position.
+    // core/v1
     Resource {
         kind: "Namespace",
         plural: "namespaces",

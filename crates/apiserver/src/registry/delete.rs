@@ -128,12 +128,7 @@ impl Registry {
         let subj = subject(r, name);
         let key = r.key(ns, name);
         for _ in 0..MAX_RETRIES {
-            let current = self
-                .store
-                .get(key.as_bytes(), None)
-                .await
-                .map_err(|e| ApiError::from_store(e, &subj))?
-                .ok_or_else(|| ApiError::not_found(&subj))?;
+            let current = self.stored(r, ns, name).await?;
             let mut obj = decode(r, &current)?;
             let (rv, uid) = &preconditions;
             if rv

@@ -86,8 +86,7 @@ impl super::store::Registry {
         &self,
         cutoff: time::OffsetDateTime,
     ) -> Result<usize, crate::status::ApiError> {
-        let events = super::find("", "v1", "events")
-            .ok_or_else(|| crate::status::ApiError::internal("no events resource"))?;
+        let events = super::builtin("", "v1", "events")?;
         let list = self
             .list(events, None, &super::store::ListOptions::default())
             .await?;

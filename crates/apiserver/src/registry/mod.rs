@@ -123,3 +123,14 @@ pub(crate) fn find(group: &str, version: &str, plural: &str) -> Option<&'static 
         .iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
+
+/// A kind the server itself relies on (namespaces, services, ...): always in the catalog.
+pub(crate) fn builtin(
+    group: &str,
+    version: &str,
+    plural: &str,
+) -> Result<&'static Resource, crate::status::ApiError> {
+    find(group, version, plural).ok_or_else(|| {
+        crate::status::ApiError::internal(format!("{plural} missing from the catalog"))
+    })
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use serde_json::{Value, json};
-use skiff_storage::{KeyRange, Revision, Store};
+use skiff_storage::{KeyRange, KeyValue, Revision, Store};
 
 use super::names::check_labels;
 use super::object::{
@@ -15,7 +15,7 @@ use super::object::{
 };
 use super::selector::{FieldSelector, LabelSelector};
 use super::validation::{FieldValidation, unknown_fields};
-use super::{CATALOG, Resource};
+use super::{Resource, builtin};
 use crate::status::{ApiError, FieldError, Subject};
 
 /// Retries of an unconditional update or patch that lost a race.
@@ -111,12 +111,23 @@ fn decode_continue(token: &str, prefix: &str) -> Result<ContinueToken, ApiError>
 
 impl Registry {
     pub async fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        decode(r, &self.stored(r, ns, name).await?)
+    }
+
+    /// The stored key-value of one object, or 404.
+    pub(crate) async fn stored(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<KeyValue, ApiError> {
         let key = r.key(ns, name);
-        match self.store.get(key.as_bytes(), None).await {
-            Ok(Some(kv)) => decode(r, &kv),
-            Ok(None) => Err(ApiError::not_found(&subject(r, name))),
-            Err(e) => Err(ApiError::from_store(e, &subject(r, name))),
-        }
+        let subj = subject(r, name);
+        self.store
+            .get(key.as_bytes(), None)
+            .await
+            .map_err(|e| ApiError::from_store(e, &subj))?
+            .ok_or_else(|| ApiError::not_found(&subj))
     }
 
     pub async fn list(
@@ -334,7 +345,7 @@ impl Registry {
 
     /// Refuses new objects in a namespace that does not exist or is being deleted.
     async fn check_namespace(&self, r: &Resource, ns: &str, name: &str) -> Result<(), ApiError> {
-        let namespaces = &CATALOG[0];
+        let namespaces = builtin("", "v1", "namespaces")?;
         let namespace = self.get(namespaces, None, ns).await?;
         if meta(&namespace).is_some_and(|m| m.contains_key("deletionTimestamp")) {
             return Err(ApiError::forbidden(format!(
@@ -516,12 +527,7 @@ impl Registry {
         let key = r.key(ns, name);
         let subj = subject(r, name);
         for _ in 0..MAX_RETRIES {
-            let current = self
-                .store
-                .get(key.as_bytes(), None)
-                .await
-                .map_err(|e| ApiError::from_store(e, &subj))?
-                .ok_or_else(|| ApiError::not_found(&subj))?;
+            let current = self.stored(r, ns, name).await?;
             if expected.is_some_and(|e| e != current.mod_revision) {
                 return Err(ApiError::conflict(&subj));
             }
@@ -668,10 +674,8 @@ impl Registry {
         addr: std::net::SocketAddr,
         ip: std::net::Ipv4Addr,
     ) -> Result<(), ApiError> {
-        let services = super::find("", "v1", "services")
-            .ok_or_else(|| ApiError::internal("no services resource"))?;
-        let endpoints = super::find("", "v1", "endpoints")
-            .ok_or_else(|| ApiError::internal("no endpoints resource"))?;
+        let services = builtin("", "v1", "services")?;
+        let endpoints = builtin("", "v1", "endpoints")?;
         let port = addr.port();
         let service = json!({
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
@@ -727,7 +731,7 @@ impl Registry {
 
     /// Creates a namespace at start-up if it is missing.
     pub async fn ensure_namespace(&self, name: &str) -> Result<(), ApiError> {
-        let namespaces = &CATALOG[0];
+        let namespaces = builtin("", "v1", "namespaces")?;
         match self
             .create(
                 namespaces,

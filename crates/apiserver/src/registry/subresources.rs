@@ -4,11 +4,11 @@
 
 use serde_json::{Value, json};
 
+use super::Resource;
 use super::delete::DeleteOptions;
 use super::object::{meta_str, success_status};
 use super::selector::LabelSelector;
 use super::store::{ListOptions, Part, PatchType, Registry, WriteOptions, Written, subject};
-use super::{CATALOG, Resource};
 use crate::status::ApiError;
 
 /// A write to a Scale: a replacement body or a patch.
@@ -246,10 +246,7 @@ impl Registry {
         dry_run: bool,
     ) -> Result<Value, ApiError> {
         let pod = self.get(r, Some(ns), name).await?;
-        let budgets = CATALOG
-            .iter()
-            .find(|r| r.plural == "poddisruptionbudgets")
-            .ok_or_else(|| ApiError::internal("no PodDisruptionBudget resource"))?;
+        let budgets = super::builtin("policy", "v1", "poddisruptionbudgets")?;
         let list = self
             .list(budgets, Some(ns), &ListOptions::default())
             .await?;

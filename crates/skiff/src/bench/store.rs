@@ -180,10 +180,7 @@ impl StoreBench {
 
     /// Loads `range_keys` keys, then reads them all in one range, repeatedly.
     async fn range(&self, store: &dyn Store, name: &str) -> Result<Samples> {
-        let bar = progress(
-            self.range_keys as u64 as usize,
-            &format!("{name}: loading range keys"),
-        );
+        let bar = progress(self.range_keys, &format!("{name}: loading range keys"));
         let value = self.value();
         futures::stream::iter(0..self.range_keys)
             .map(|i| {
