@@ -171,30 +171,26 @@ pub fn service_ports(obj: &Value) -> Value {
     or_none(join(ports))
 }
 
-pub fn selector_map(obj: &Value) -> Value {
-    let pairs = obj
-        .pointer("/spec/selector")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        });
+/// A string map at `pointer` as `k=v,k=v` (`<none>` when absent or empty).
+fn string_map(obj: &Value, pointer: &str) -> Value {
+    let pairs = obj.pointer(pointer).and_then(Value::as_object).map(|m| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     or_none(pairs)
 }
 
+pub fn selector_map(obj: &Value) -> Value {
+    string_map(obj, "/spec/selector")
+}
+
+/// A workload's label selector, matchExpressions included.
 pub fn label_selector(obj: &Value) -> Value {
-    let labels = obj
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        });
-    or_none(labels)
+    or_none(Some(super::subresources::selector_string(
+        obj.pointer("/spec/selector"),
+    )))
 }
 
 pub fn endpoints(obj: &Value) -> Value {
@@ -449,16 +445,7 @@ pub fn ds_available(obj: &Value) -> Value {
 }
 
 pub fn ds_node_selector(obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/template/spec/nodeSelector")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        });
-    or_none(selector)
+    string_map(obj, "/spec/template/spec/nodeSelector")
 }
 
 pub fn revision_controller(obj: &Value) -> Value {
