@@ -1,9 +1,13 @@
-//! OpenAPI v3 discovery, as far as clients need it today: `/openapi/v3` lists one
-//! document per group version, and each document describes every path with its
-//! operations, parameters and `x-kubernetes-group-version-kind`. kubectl reads it to
-//! learn that the server validates fields itself (the `fieldValidation` parameter on
-//! PATCH), and then sends `fieldValidation=Strict` instead of validating client-side.
-//! Schemas for `kubectl explain` are not produced yet (docs/status.md).
+//! OpenAPI v3: `/openapi/v3` lists one document per group version, and each document
+//! describes every path with its operations and parameters, and every kind's schema.
+//! kubectl reads the paths to learn that the server validates fields itself (the
+//! `fieldValidation` parameter on PATCH), the schemas for `kubectl explain`, and the
+//! list extensions (`x-kubernetes-patch-merge-key`, `x-kubernetes-list-type`) to compute
+//! client-side apply patches.
+//!
+//! The schemas come from `k8s-openapi` (generated from upstream's own OpenAPI, with the
+//! descriptions); the extensions it leaves out are added here from the catalog's patch
+//! strategies, the same table strategic merge patch and server-side apply use.
 
 use serde_json::{Map, Value, json};
 
@@ -107,8 +111,147 @@ fn build_document(key: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", crate::KUBERNETES_VERSION.0, crate::KUBERNETES_VERSION.1)},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas_for(group, version)},
     }))
+}
+
+/// Every kind's schema and those it references, by upstream name
+/// (`io.k8s.api.core.v1.Pod`), annotated with the Kubernetes extensions.
+static DEFINITIONS: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+
+const REF_PREFIX: &str = "#/components/schemas/";
+
+fn definitions() -> &'static Map<String, Value> {
+    DEFINITIONS.get_or_init(|| {
+        let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+        let roots: Vec<(&Resource, Value)> = CATALOG
+            .iter()
+            .map(|r| (r, (r.schema)(&mut generator)))
+            .collect();
+        let mut defs = generator.take_definitions(true);
+        for (r, reference) in roots {
+            let Some(name) = ref_name(&reference) else {
+                continue;
+            };
+            if let Some(def) = defs.get_mut(&name).and_then(Value::as_object_mut) {
+                let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+                def.insert("x-kubernetes-group-version-kind".into(), json!([gvk]));
+            }
+            let strategies = crate::registry::smp::METADATA
+                .iter()
+                .chain(r.patch_strategies.iter());
+            for (path, key) in strategies {
+                annotate_list(&mut defs, &name, path, *key);
+            }
+        }
+        defs
+    })
+}
+
+/// The definition a schema points at (`$ref`, or the single `allOf` OpenAPI 3.0 uses
+/// when the reference has a description of its own).
+fn ref_name(schema: &Value) -> Option<String> {
+    let reference = schema
+        .get("$ref")
+        .or_else(|| schema.pointer("/allOf/0/$ref"))?
+        .as_str()?;
+    reference.strip_prefix(REF_PREFIX).map(str::to_string)
+}
+
+/// Marks the list at `path` (field names from the kind's root; list elements not
+/// counted) with its strategy: merged by `key`, or a set of scalars.
+fn annotate_list(defs: &mut Map<String, Value>, root: &str, path: &str, key: Option<&str>) {
+    let mut name = root.to_string();
+    let mut fields = path.split('.').peekable();
+    while let Some(field) = fields.next() {
+        let Some(property) = defs
+            .get(&name)
+            .and_then(|d| d.pointer(&format!("/properties/{field}")))
+        else {
+            return;
+        };
+        if fields.peek().is_some() {
+            let target = property.get("items").unwrap_or(property);
+            match ref_name(target) {
+                Some(next) => name = next,
+                None => return,
+            }
+            continue;
+        }
+        let Some(property) = defs
+            .get_mut(&name)
+            .and_then(|d| d.pointer_mut(&format!("/properties/{field}")))
+            .and_then(Value::as_object_mut)
+        else {
+            return;
+        };
+        property.insert("x-kubernetes-patch-strategy".into(), json!("merge"));
+        match key {
+            Some(key) => {
+                property.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+                property.insert("x-kubernetes-list-type".into(), json!("map"));
+                property.insert("x-kubernetes-list-map-keys".into(), json!([key]));
+            }
+            None => {
+                property.insert("x-kubernetes-list-type".into(), json!("set"));
+            }
+        }
+    }
+}
+
+/// The schemas one group version's document carries: its kinds' and everything they
+/// reference.
+fn schemas_for(group: &str, version: &str) -> Value {
+    let defs = definitions();
+    let mut wanted: Vec<String> = CATALOG
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .filter_map(|r| {
+            defs.iter()
+                .find(|(_, d)| {
+                    d["x-kubernetes-group-version-kind"]
+                        .as_array()
+                        .is_some_and(|g| {
+                            g.iter().any(|g| {
+                                g["kind"] == r.kind
+                                    && g["group"] == r.group
+                                    && g["version"] == r.version
+                            })
+                        })
+                })
+                .map(|(n, _)| n.clone())
+        })
+        .collect();
+    let mut out = Map::new();
+    while let Some(name) = wanted.pop() {
+        if out.contains_key(&name) {
+            continue;
+        }
+        let Some(def) = defs.get(&name) else {
+            continue;
+        };
+        collect_refs(def, &mut wanted);
+        out.insert(name, def.clone());
+    }
+    Value::Object(out)
+}
+
+fn collect_refs(schema: &Value, into: &mut Vec<String>) {
+    match schema {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (
+                    k.as_str(),
+                    v.as_str().and_then(|r| r.strip_prefix(REF_PREFIX)),
+                ) {
+                    ("$ref", Some(name)) => into.push(name.to_string()),
+                    _ => collect_refs(v, into),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, into)),
+        _ => {}
+    }
 }
 
 fn operation(r: &Resource, action: &str, gvk: &Value, query: &[&str]) -> Value {
@@ -128,6 +271,32 @@ fn operation(r: &Resource, action: &str, gvk: &Value, query: &[&str]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_have_schemas_with_their_group_version_kind_and_list_extensions() {
+        let doc = document("apis/apps/v1").expect("apps/v1");
+        let schemas = &doc["components"]["schemas"];
+        let deployment = &schemas["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deployment["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        assert!(deployment["description"].as_str().is_some());
+        let containers = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        assert_eq!(containers["x-kubernetes-list-type"], "map");
+        let ports = &schemas["io.k8s.api.core.v1.Container"]["properties"]["ports"];
+        assert_eq!(ports["x-kubernetes-patch-merge-key"], "containerPort");
+        let finalizers =
+            &schemas["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"]["properties"]["finalizers"];
+        assert_eq!(finalizers["x-kubernetes-list-type"], "set");
+        // Every reference resolves inside the document.
+        let mut refs = Vec::new();
+        collect_refs(&doc, &mut refs);
+        for name in refs {
+            assert!(schemas.get(&name).is_some(), "{name} missing");
+        }
+    }
 
     #[test]
     fn every_group_version_has_a_document_with_field_validation_on_patch() {

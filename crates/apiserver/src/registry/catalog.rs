@@ -18,6 +18,10 @@ fn decode_as<T: serde::de::DeserializeOwned + serde::Serialize>(
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
 
+fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> Value {
+    generator.subschema_for::<T>().to_value()
+}
+
 fn no_defaults(_: &mut Value) {}
 
 fn namespace_defaults(obj: &mut Value) {
@@ -169,6 +173,7 @@ const BASE: Resource = Resource {
     to_storage: None,
     from_storage: None,
     decode: decode_as::<core::v1::ConfigMap>,
+    schema: schema_of::<core::v1::ConfigMap>,
 };
 
 const fn c(name: &'static str, description: &'static str, cell: fn(&Value) -> Value) -> Column {
@@ -211,6 +216,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         )],
         patch_strategies: &[CONDITIONS],
         decode: decode_as::<core::v1::Namespace>,
+        schema: schema_of::<core::v1::Namespace>,
         ..BASE
     },
     Resource {
@@ -220,6 +226,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         short_names: &["cm"],
         columns: &[c("Data", "Number of data entries", col::data_count)],
         decode: decode_as::<core::v1::ConfigMap>,
+        schema: schema_of::<core::v1::ConfigMap>,
         ..BASE
     },
     Resource {
@@ -232,6 +239,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             c("Data", "Number of data entries", col::data_count),
         ],
         decode: decode_as::<core::v1::Secret>,
+        schema: schema_of::<core::v1::Secret>,
         ..BASE
     },
     Resource {
@@ -242,6 +250,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         patch_strategies: &[("secrets", Some("name"))],
         columns: &[c("Secrets", "Number of secrets", col::sa_secrets)],
         decode: decode_as::<core::v1::ServiceAccount>,
+        schema: schema_of::<core::v1::ServiceAccount>,
         ..BASE
     },
     Resource {
@@ -296,6 +305,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             ),
         ],
         decode: decode_as::<core::v1::Pod>,
+        schema: schema_of::<core::v1::Pod>,
         ..BASE
     },
     Resource {
@@ -332,6 +342,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             ),
         ],
         decode: decode_as::<core::v1::Service>,
+        schema: schema_of::<core::v1::Service>,
         ..BASE
     },
     Resource {
@@ -341,6 +352,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         short_names: &["ep"],
         columns: &[c("Endpoints", "Endpoints of the service.", col::endpoints)],
         decode: decode_as::<core::v1::Endpoints>,
+        schema: schema_of::<core::v1::Endpoints>,
         ..BASE
     },
     Resource {
@@ -379,6 +391,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             ),
         ],
         decode: decode_as::<core::v1::Node>,
+        schema: schema_of::<core::v1::Node>,
         ..BASE
     },
     Resource {
@@ -403,6 +416,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             c("Message", "The event's message.", col::event_message),
         ],
         decode: decode_as::<core::v1::Event>,
+        schema: schema_of::<core::v1::Event>,
         ..BASE
     },
     Resource {
@@ -412,6 +426,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         short_names: &["limits"],
         columns: &[c("Created At", "Creation time.", col::created_at)],
         decode: decode_as::<core::v1::LimitRange>,
+        schema: schema_of::<core::v1::LimitRange>,
         ..BASE
     },
     Resource {
@@ -422,6 +437,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         short_names: &["quota"],
         status: true,
         decode: decode_as::<core::v1::ResourceQuota>,
+        schema: schema_of::<core::v1::ResourceQuota>,
         ..BASE
     },
     Resource {
@@ -441,6 +457,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             c("StorageClass", "Storage class.", col::storage_class),
         ],
         decode: decode_as::<core::v1::PersistentVolume>,
+        schema: schema_of::<core::v1::PersistentVolume>,
         ..BASE
     },
     Resource {
@@ -459,6 +476,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             c("StorageClass", "Storage class.", col::storage_class),
         ],
         decode: decode_as::<core::v1::PersistentVolumeClaim>,
+        schema: schema_of::<core::v1::PersistentVolumeClaim>,
         ..BASE
     },
     // apps/v1
@@ -493,6 +511,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             wide("Selector", "Label selector.", col::label_selector),
         ],
         decode: decode_as::<apps::v1::Deployment>,
+        schema: schema_of::<apps::v1::Deployment>,
         ..BASE
     },
     Resource {
@@ -518,6 +537,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             wide("Selector", "Label selector.", col::label_selector),
         ],
         decode: decode_as::<apps::v1::ReplicaSet>,
+        schema: schema_of::<apps::v1::ReplicaSet>,
         ..BASE
     },
     Resource {
@@ -544,6 +564,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             wide("Images", "Container images.", col::template_images),
         ],
         decode: decode_as::<apps::v1::StatefulSet>,
+        schema: schema_of::<apps::v1::StatefulSet>,
         ..BASE
     },
     Resource {
@@ -570,6 +591,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             wide("Selector", "Label selector.", col::label_selector),
         ],
         decode: decode_as::<apps::v1::DaemonSet>,
+        schema: schema_of::<apps::v1::DaemonSet>,
         ..BASE
     },
     Resource {
@@ -586,6 +608,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             c("Revision", "The revision number.", col::revision_number),
         ],
         decode: decode_as::<apps::v1::ControllerRevision>,
+        schema: schema_of::<apps::v1::ControllerRevision>,
         ..BASE
     },
     // batch/v1
@@ -610,6 +633,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             wide("Images", "Container images.", col::template_images),
         ],
         decode: decode_as::<batch::v1::Job>,
+        schema: schema_of::<batch::v1::Job>,
         ..BASE
     },
     Resource {
@@ -634,6 +658,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             ),
         ],
         decode: decode_as::<batch::v1::CronJob>,
+        schema: schema_of::<batch::v1::CronJob>,
         ..BASE
     },
     // events.k8s.io/v1: the same events as core/v1, in the newer shape (kube-rs's
@@ -664,6 +689,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             c("Message", "The event's message.", col::event_message),
         ],
         decode: decode_as::<k8s_openapi::api::events::v1::Event>,
+        schema: schema_of::<k8s_openapi::api::events::v1::Event>,
         ..BASE
     },
     // coordination.k8s.io/v1
@@ -674,6 +700,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         singular: "lease",
         columns: &[c("Holder", "The holder of the lease.", col::lease_holder)],
         decode: decode_as::<coordination::v1::Lease>,
+        schema: schema_of::<coordination::v1::Lease>,
         ..BASE
     },
     // discovery.k8s.io/v1
@@ -688,6 +715,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             c("Endpoints", "The endpoints.", col::slice_endpoints),
         ],
         decode: decode_as::<discovery::v1::EndpointSlice>,
+        schema: schema_of::<discovery::v1::EndpointSlice>,
         ..BASE
     },
     // policy/v1
@@ -719,6 +747,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             ),
         ],
         decode: decode_as::<policy::v1::PodDisruptionBudget>,
+        schema: schema_of::<policy::v1::PodDisruptionBudget>,
         ..BASE
     },
     // rbac.authorization.k8s.io/v1 (stored; enforced by the security work)
@@ -729,6 +758,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         singular: "role",
         columns: &[c("Created At", "Creation time.", col::created_at)],
         decode: decode_as::<rbac::v1::Role>,
+        schema: schema_of::<rbac::v1::Role>,
         ..BASE
     },
     Resource {
@@ -738,6 +768,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         singular: "rolebinding",
         columns: &[c("Role", "The bound role.", col::binding_role)],
         decode: decode_as::<rbac::v1::RoleBinding>,
+        schema: schema_of::<rbac::v1::RoleBinding>,
         ..BASE
     },
     Resource {
@@ -748,6 +779,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         namespaced: false,
         columns: &[c("Created At", "Creation time.", col::created_at)],
         decode: decode_as::<rbac::v1::ClusterRole>,
+        schema: schema_of::<rbac::v1::ClusterRole>,
         ..BASE
     },
     Resource {
@@ -758,6 +790,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         namespaced: false,
         columns: &[c("Role", "The bound role.", col::binding_role)],
         decode: decode_as::<rbac::v1::ClusterRoleBinding>,
+        schema: schema_of::<rbac::v1::ClusterRoleBinding>,
         ..BASE
     },
     // storage.k8s.io/v1
@@ -783,6 +816,7 @@ pub(crate) static CATALOG: &[Resource] = &[
             ),
         ],
         decode: decode_as::<storage::v1::StorageClass>,
+        schema: schema_of::<storage::v1::StorageClass>,
         ..BASE
     },
 ];

@@ -69,6 +69,9 @@ pub(crate) struct Resource {
     /// Decodes the object as its typed Kubernetes kind and encodes it again: the error
     /// says what is malformed; the result lacks any field the kind does not have.
     pub decode: fn(&Value) -> Result<Value, String>,
+    /// Adds the kind's OpenAPI schema (and every schema it uses) to a generator and
+    /// returns the reference to it.
+    pub schema: fn(&mut schemars::SchemaGenerator) -> Value,
 }
 
 impl Resource {

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 pub(crate) type Strategies = &'static [(&'static str, Option<&'static str>)];
 
 /// Strategies every kind has, through ObjectMeta.
-const METADATA: Strategies = &[
+pub(crate) const METADATA: Strategies = &[
     ("metadata.finalizers", None),
     ("metadata.ownerReferences", Some("uid")),
 ];
