@@ -23,7 +23,7 @@ use crate::registry::validation::FieldValidation;
 use crate::registry::watch::{self, WatchOptions};
 use crate::registry::{self as reg, Resource};
 use crate::request::{self, Verb};
-use crate::status::ApiError;
+use crate::status::{ApiError, FieldError};
 use crate::{Error, KUBERNETES_VERSION, discovery};
 
 /// Upstream's request body limit.
@@ -203,6 +203,8 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
         part,
         field_validation: FieldValidation::parse(query.get("fieldValidation").map(String::as_str))
             .map_err(ApiError::bad_request)?,
+        field_manager: Some(field_manager(&query, &parts.headers)?),
+        applied: false,
     };
     let registry = &state.registry;
     let as_table = crate::table::wanted(&parts.headers);
@@ -270,6 +272,31 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                     "the server does not allow this method on the requested resource",
                 )
             })?;
+            if content_type(&parts.headers) == APPLY_PATCH {
+                let manager = query.get("fieldManager").ok_or_else(|| {
+                    ApiError::invalid(
+                        "PatchOptions",
+                        "meta.k8s.io",
+                        "",
+                        vec![FieldError {
+                            field: "fieldManager".into(),
+                            reason: "FieldValueRequired",
+                            message: "Required value: is required for apply patch".into(),
+                        }],
+                    )
+                })?;
+                let force = query.get("force").is_some_and(|f| f == "true");
+                let config = yaml_or_json(&read_body(body).await?)?;
+                let (done, created) = registry
+                    .apply(r, ns, name, config, manager, force, write)
+                    .await?;
+                let code = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                return Ok(written(code, done));
+            }
             let patch_type = patch_type(&parts.headers)?;
             let bytes = read_body(body).await?;
             Ok(written(
@@ -349,6 +376,7 @@ async fn subresource(
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
     let opts = WriteOptions {
         dry_run,
+        field_manager: Some(field_manager(query, headers)?),
         ..Default::default()
     };
     match (info.subresource.as_deref(), info.verb) {
@@ -389,6 +417,49 @@ async fn subresource(
     }
 }
 
+/// Server-side apply's content type.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+
+/// Who a write is recorded for: `fieldManager`, else the User-Agent's product
+/// (`kubectl/v1.33.1 (linux/amd64)` → `kubectl`), as upstream.
+fn field_manager(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<std::sync::Arc<str>, ApiError> {
+    if let Some(manager) = query.get("fieldManager") {
+        if manager.len() > 128 || manager.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "PatchOptions",
+                "meta.k8s.io",
+                "",
+                vec![FieldError::invalid(
+                    "fieldManager",
+                    manager,
+                    "must be at most 128 printable characters",
+                )],
+            ));
+        }
+        return Ok(manager.as_str().into());
+    }
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let product: String = agent
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(128)
+        .collect();
+    Ok(if product.is_empty() {
+        "unknown".into()
+    } else {
+        product.into()
+    })
+}
+
 fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
     match content_type(headers).as_str() {
         "application/json-patch+json" => Ok(PatchType::Json),
@@ -400,6 +471,7 @@ fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
                 "application/json-patch+json",
                 "application/merge-patch+json",
                 "application/strategic-merge-patch+json",
+                APPLY_PATCH,
             ],
         )),
     }
@@ -545,14 +617,18 @@ async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     }
     let bytes = read_body(body).await?;
     if yaml {
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("error decoding the request body: {e}")))?;
-        return serde_saphyr::from_str::<Value>(text).map_err(|e| {
-            ApiError::bad_request(format!("error decoding the YAML request body: {e}"))
-        });
+        return yaml_or_json(&bytes);
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("error decoding the request body: {e}")))
+}
+
+/// A YAML body (JSON is YAML too).
+fn yaml_or_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| ApiError::bad_request(format!("error decoding the request body: {e}")))?;
+    serde_saphyr::from_str::<Value>(text)
+        .map_err(|e| ApiError::bad_request(format!("error decoding the YAML request body: {e}")))
 }
 
 /// `/api`, `/api/v1`, `/apis`, `/apis/GROUP`, `/apis/GROUP/VERSION`.

@@ -933,6 +933,154 @@ async fn restart_keeps_objects_and_watches_resume(c: &mut Cluster) {
     assert_eq!(names, ["settings"]);
 }
 
+const APPLIED: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: c
+        image: example/web:1
+        env:
+        - {name: A, value: '1'}
+        - {name: B, value: '2'}
+";
+
+/// Server-side apply: ownership in managedFields, conflicts with another manager, force,
+/// and fields a manager stops applying are removed.
+async fn server_side_apply(c: &mut Cluster) {
+    let apply = |manifest: &str, extra: &[&str]| {
+        let mut args = vec!["apply", "--server-side", "-f", "-"];
+        args.extend_from_slice(extra);
+        c.kubectl_with(&args, &[], Some(manifest))
+    };
+    let out = apply(APPLIED, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deployment.apps/web serverside-applied")
+    );
+    let managed = c.json(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    let entry = &managed["metadata"]["managedFields"][0];
+    assert_eq!(entry["manager"], "kubectl");
+    assert_eq!(entry["operation"], "Apply");
+    let fields = &entry["fieldsV1"]["f:spec"];
+    assert!(fields["f:replicas"].is_object(), "{entry}");
+    assert!(
+        fields["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:image"].is_object(),
+        "{entry}"
+    );
+    // Another manager changing an owned field is refused with the owner named...
+    let scaled =
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 4}\n";
+    let out = apply(scaled, &["--field-manager", "autoscaler"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl\": .spec.replicas"),
+        "{err}"
+    );
+    // ...and taken over with --force-conflicts.
+    let out = apply(
+        scaled,
+        &["--field-manager", "autoscaler", "--force-conflicts"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "4"
+    );
+    // The first manager applies again without replicas and env B, with a new image:
+    // replicas stays (the autoscaler owns it), B goes, the image changes.
+    let second = APPLIED
+        .replace("  replicas: 2\n", "")
+        .replace("        - {name: B, value: '2'}\n", "")
+        .replace("web:1", "web:2");
+    let out = apply(&second, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = c.json(&["get", "deploy", "web", "-o", "json"]);
+    assert_eq!(d["spec"]["replicas"], 4);
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "example/web:2");
+    assert_eq!(
+        container["env"],
+        serde_json::json!([{"name": "A", "value": "1"}])
+    );
+    // A dry run changes nothing; kubectl diff (a dry-run apply) sees the difference.
+    let third = second.replace("web:2", "web:3");
+    let out = apply(&third, &["--dry-run=server"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diff = c.kubectl_with(&["diff", "--server-side", "-f", "-"], &[], Some(&third));
+    assert!(
+        String::from_utf8_lossy(&diff.stdout).contains("+        image: example/web:3"),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}"
+        ]),
+        "example/web:2"
+    );
+    // A client-side apply, then a server-side apply of the same manifest, as users
+    // migrate.
+    let out = c.kubectl_with(&["apply", "-f", "-"], &[], Some(MANIFEST));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = apply(MANIFEST, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kubectl explain` reads the schemas from /openapi/v3.
+async fn explain_reads_the_schemas(c: &mut Cluster) {
+    let out = c.ok(&["explain", "deployment.spec.template.spec.containers.image"]);
+    assert!(out.contains("KIND:       Deployment"), "{out}");
+    assert!(out.contains("FIELD: image <string>"), "{out}");
+    assert!(out.contains("Container image name."), "{out}");
+    let out = c.ok(&["explain", "pods", "--recursive"]);
+    assert!(out.contains("nodeName\t<string>"), "{out}");
+}
+
 scenarios!(
     version_and_discovery,
     workloads_keep_spec_status_and_generation_apart,
@@ -946,4 +1094,6 @@ scenarios!(
     get_watch_sees_changes,
     errors_are_statuses_users_recognise,
     restart_keeps_objects_and_watches_resume,
+    server_side_apply,
+    explain_reads_the_schemas,
 );

@@ -5,10 +5,12 @@
 //! decode through `k8s-openapi` that refuses malformed objects). Every verb's logic
 //! lives once, in [`store`].
 
+pub(crate) mod apply;
 mod catalog;
 mod columns;
 pub(crate) mod delete;
 mod events;
+pub(crate) mod managed;
 mod names;
 pub(crate) mod object;
 pub(crate) mod selector;

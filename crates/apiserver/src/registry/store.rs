@@ -8,6 +8,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use skiff_storage::{KeyRange, KeyValue, Revision, Store};
 
+use super::managed::{self, Scope};
 use super::names::check_labels;
 use super::object::{
     copy_field, decode, encode, meta, meta_mut, meta_str, name_suffix, new_uid, now,
@@ -52,11 +53,59 @@ pub(crate) enum Part {
 }
 
 /// How a write is carried out.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct WriteOptions {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
     pub part: Part,
+    /// Who writes, for `managedFields`: the `fieldManager` parameter, else the product
+    /// of the User-Agent (as upstream). The server's own writes are not recorded.
+    pub field_manager: Option<Arc<str>>,
+    /// Server-side apply already worked out the ownership.
+    pub applied: bool,
+}
+
+impl Part {
+    /// The part of the object this write's ownership covers, and the subresource
+    /// recorded with it.
+    pub(crate) fn ownership(self, r: &Resource) -> (Scope, &'static str) {
+        match self {
+            Part::Status => (Scope::Status, "status"),
+            Part::Main if r.status => (Scope::NotStatus, ""),
+            _ => (Scope::All, ""),
+        }
+    }
+}
+
+/// Records who changed what (`metadata.managedFields`) on an ordinary write. A body
+/// without managedFields keeps the live ones (clients that do not know them cannot
+/// erase them); a body with them replaces them.
+fn track_ownership(r: &Resource, opts: &WriteOptions, old: Option<&Value>, obj: &mut Value) {
+    if opts.applied {
+        return;
+    }
+    let incoming = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    let mut managers = if incoming {
+        managed::decode(obj).unwrap_or_default()
+    } else {
+        old.and_then(managed::decode).unwrap_or_default()
+    };
+    if let Some(manager) = &opts.field_manager {
+        let (scope, subresource) = opts.part.ownership(r);
+        let empty = json!({});
+        let comparison =
+            managed::Comparison::of(old.unwrap_or(&empty), obj, managed::Shape::of(r), scope);
+        let key = managed::ManagerKey {
+            manager: manager.to_string(),
+            operation: "Update".into(),
+            subresource: subresource.into(),
+        };
+        managed::track_update(&mut managers, &comparison, key, &r.api_version(), &now());
+    }
+    managed::encode(obj, &managers);
 }
 
 /// A written object and the warnings for the client.
@@ -403,6 +452,7 @@ impl Registry {
         (r.defaults)(&mut obj);
         let mut warnings = Vec::new();
         let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
+        track_ownership(r, &opts, None, &mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         if let Some(ns) = ns {
             self.check_namespace(r, ns, &name).await?;
@@ -612,6 +662,7 @@ impl Registry {
             let mut warnings = Vec::new();
             set_resource_version(&mut obj, current.mod_revision);
             let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
+            track_ownership(r, &opts, Some(&old), &mut obj);
             if obj == old {
                 // Nothing changed: no write, no new resourceVersion (as upstream).
                 return Ok(Written {
