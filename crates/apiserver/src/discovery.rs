@@ -1,7 +1,9 @@
 //! Discovery: `/api`, `/apis`, and the resource list of each group version, built from
-//! the registry's catalog, in the unaggregated (v1) formats every client understands.
-//! kubectl asks for aggregated discovery first and falls back to these.
+//! the registry's catalog: the unaggregated (v1) formats every client understands, and
+//! the aggregated one (apidiscovery.k8s.io/v2, `APIGroupDiscoveryList`) kubectl asks for
+//! first, which carries every group's resources in one response.
 
+use axum::http::{HeaderMap, header};
 use serde_json::{Value, json};
 
 use crate::registry::{CATALOG, Resource};
@@ -82,6 +84,19 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
             }
             entry
         })
+        .chain(resources.iter().flat_map(|r| {
+            r.subresources().into_iter().map(|sub| {
+                json!({
+                    "name": format!("{}/{}", r.plural, sub.name),
+                    "singularName": "",
+                    "namespaced": r.namespaced,
+                    "group": sub.kind.0,
+                    "version": sub.kind.1,
+                    "kind": sub.kind.2,
+                    "verbs": sub.verbs,
+                })
+            })
+        }))
         .collect();
     Some(json!({
         "kind": "APIResourceList",
@@ -89,4 +104,143 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
         "groupVersion": group_version,
         "resources": resources,
     }))
+}
+
+/// The aggregated discovery version the client accepts (`v2`, or `v2beta1` for older
+/// clients), if it asked for the aggregated format at all.
+pub(crate) fn wants_aggregated(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    // The first acceptable entry wins, as clients list their preference first.
+    accept.split(',').find_map(|entry| {
+        let params: Vec<&str> = entry.split(';').map(str::trim).collect();
+        let aggregated = params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"as=APIGroupDiscoveryList");
+        if !aggregated {
+            return None;
+        }
+        if params.contains(&"v=v2") {
+            Some("v2")
+        } else if params.contains(&"v=v2beta1") {
+            Some("v2beta1")
+        } else {
+            None
+        }
+    })
+}
+
+/// `APIGroupDiscoveryList` for `/api` (the core group) or `/apis` (all others).
+pub(crate) fn aggregated(core: bool, version: &str) -> Value {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in CATALOG.iter().filter(|r| r.group.is_empty() == core) {
+        match groups.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
+            Some(_) => {}
+            None => groups.push((r.group, vec![r.version])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .into_iter()
+                .map(|v| {
+                    let resources: Vec<Value> = CATALOG
+                        .iter()
+                        .filter(|r| r.group == group && r.version == v)
+                        .map(aggregated_resource)
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            let mut metadata = json!({"creationTimestamp": null});
+            if !group.is_empty() {
+                metadata["name"] = json!(group);
+            }
+            json!({"metadata": metadata, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+        "metadata": {},
+        "items": items,
+    })
+}
+
+fn aggregated_resource(r: &Resource) -> Value {
+    let subresources: Vec<Value> = r
+        .subresources()
+        .into_iter()
+        .map(|sub| {
+            json!({
+                "subresource": sub.name,
+                "responseKind": {"group": sub.kind.0, "version": sub.kind.1, "kind": sub.kind.2},
+                "verbs": sub.verbs,
+            })
+        })
+        .collect();
+    let mut entry = json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": r.verbs(),
+    });
+    if !r.short_names.is_empty() {
+        entry["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        entry["categories"] = json!(r.categories);
+    }
+    if !subresources.is_empty() {
+        entry["subresources"] = json!(subresources);
+    }
+    entry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregated_discovery_is_chosen_by_accept_and_lists_subresources() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(wants_aggregated(&headers), Some("v2"));
+        headers.insert(header::ACCEPT, "application/json".parse().expect("header"));
+        assert_eq!(wants_aggregated(&headers), None);
+        let apps = aggregated(false, "v2");
+        let deployments = apps["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|g| g["metadata"]["name"] == "apps")
+            .and_then(|g| {
+                g["versions"][0]["resources"]
+                    .as_array()
+                    .expect("resources")
+                    .iter()
+                    .find(|r| r["resource"] == "deployments")
+                    .cloned()
+            })
+            .expect("deployments");
+        assert_eq!(deployments["scope"], "Namespaced");
+        let subs: Vec<&str> = deployments["subresources"]
+            .as_array()
+            .expect("subresources")
+            .iter()
+            .filter_map(|s| s["subresource"].as_str())
+            .collect();
+        assert_eq!(subs, ["status", "scale"]);
+        assert!(
+            aggregated(true, "v2")["items"][0]["metadata"]
+                .get("name")
+                .is_none()
+        );
+    }
 }

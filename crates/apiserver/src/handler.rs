@@ -170,7 +170,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
         .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
     let watch_param = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     let Some(info) = request::parse(&parts.method, &path, watch_param) else {
-        return discovery_response(&path).ok_or_else(ApiError::path_not_found);
+        return discovery_response(&path, &parts.headers).ok_or_else(ApiError::path_not_found);
     };
     let r = reg::find(&info.group, &info.version, &info.resource)
         .ok_or_else(ApiError::path_not_found)?;
@@ -631,9 +631,25 @@ fn yaml_or_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("error decoding the YAML request body: {e}")))
 }
 
-/// `/api`, `/api/v1`, `/apis`, `/apis/GROUP`, `/apis/GROUP/VERSION`.
-fn discovery_response(path: &str) -> Option<Response> {
+/// `/api`, `/api/v1`, `/apis`, `/apis/GROUP`, `/apis/GROUP/VERSION`; `/api` and `/apis`
+/// in the aggregated format when the client asks for it (one request for everything).
+fn discovery_response(path: &str, headers: &HeaderMap) -> Option<Response> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let (["api"] | ["apis"], Some(version)) =
+        (parts.as_slice(), discovery::wants_aggregated(headers))
+    {
+        let body = discovery::aggregated(parts[0] == "api", version);
+        let mut response = Json(body).into_response();
+        let content_type =
+            format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+        if let Ok(value) = header::HeaderValue::from_str(&content_type) {
+            response.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        response
+            .headers_mut()
+            .insert(header::VARY, header::HeaderValue::from_static("Accept"));
+        return Some(response);
+    }
     let value = match parts.as_slice() {
         ["api"] => discovery::api_versions(),
         ["api", version] => discovery::resource_list("", version)?,

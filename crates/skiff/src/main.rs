@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run the all-in-one control plane.
     Server(server::ServerArgs),
+    /// Run the API server alone (the only component that touches the datastore).
+    Apiserver(server::ServerArgs),
     /// Measure a component's performance.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -38,7 +40,8 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Server(args) => runtime.block_on(server::run(args)),
+        Command::Server(args) => runtime.block_on(server::run(args, "server")),
+        Command::Apiserver(args) => runtime.block_on(server::run(args, "apiserver")),
         Command::Bench(bench) => runtime.block_on(bench.run()),
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));

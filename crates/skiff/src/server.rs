@@ -1,4 +1,5 @@
-//! `skiff server`: the all-in-one control plane. Opens the datastore (embedded by
+//! `skiff server`: the all-in-one control plane (and `skiff apiserver`, the API server
+//! alone). Opens the datastore (embedded by
 //! default, etcd with `--etcd-endpoints`) and runs the API server on it until SIGINT or
 //! SIGTERM, then closes the datastore cleanly. Controllers and the node agent are added
 //! here as they land (docs/status.md).
@@ -46,7 +47,9 @@ pub struct ServerArgs {
     etcd_keyfile: Option<PathBuf>,
 }
 
-pub async fn run(args: ServerArgs) -> Result<()> {
+/// Runs the control plane as `role` (`server`: all in one; `apiserver`: the API server
+/// alone). Until the controllers land both run the API server only.
+pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
     let store = open_store(&args).await?;
     store.health().await.context("datastore health check")?;
     let config = skiff_apiserver::Config {
@@ -68,7 +71,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     ));
     match ready_rx.await {
         Ok(ready) => eprintln!(
-            "skiff server ready: https://{} (kubeconfig: {})",
+            "skiff {role} ready: https://{} (kubeconfig: {})",
             ready.addr,
             ready.kubeconfig.display()
         ),

@@ -41,8 +41,22 @@ async fn version_and_discovery(c: &mut Cluster) {
             .expect("gitVersion")
             .contains("skiff")
     );
-    let resources = c.ok(&["api-resources", "--no-headers"]);
-    for expected in ["configmaps", "namespaces", "secrets"] {
+    // Aggregated discovery: two requests (/api, /apis) learn every resource.
+    let cache = c.data_dir().join("discovery-cache");
+    let cache_flag = format!("--cache-dir={}", cache.display());
+    let out = c.kubectl(&["api-resources", "--no-headers", "-v=6", &cache_flag]);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("/apis?timeout"), "{log}");
+    assert!(!log.contains("/apis/apps/v1?timeout"), "{log}");
+    let resources = String::from_utf8_lossy(&out.stdout).into_owned();
+    for expected in [
+        "configmaps",
+        "namespaces",
+        "secrets",
+        "deployments",
+        "leases",
+    ] {
         assert!(
             resources.lines().any(|l| l.starts_with(expected)),
             "{expected} in:\n{resources}"

@@ -123,6 +123,56 @@ impl Resource {
     }
 }
 
+/// A subresource as discovery lists it.
+pub(crate) struct Subresource {
+    pub name: &'static str,
+    /// Group, version and kind of what it reads and writes.
+    pub kind: (&'static str, &'static str, &'static str),
+    pub verbs: &'static [&'static str],
+}
+
+impl Resource {
+    pub fn subresources(&self) -> Vec<Subresource> {
+        const GPU: &[&str] = &["get", "patch", "update"];
+        let mut out = Vec::new();
+        if self.status {
+            out.push(Subresource {
+                name: "status",
+                kind: (self.group, self.version, self.kind),
+                verbs: GPU,
+            });
+        }
+        if self.scale {
+            out.push(Subresource {
+                name: "scale",
+                kind: ("autoscaling", "v1", "Scale"),
+                verbs: GPU,
+            });
+        }
+        match self.plural {
+            "pods" if self.group.is_empty() => {
+                out.push(Subresource {
+                    name: "binding",
+                    kind: ("", "v1", "Binding"),
+                    verbs: &["create"],
+                });
+                out.push(Subresource {
+                    name: "eviction",
+                    kind: ("policy", "v1", "Eviction"),
+                    verbs: &["create"],
+                });
+            }
+            "namespaces" if self.group.is_empty() => out.push(Subresource {
+                name: "finalize",
+                kind: ("", "v1", "Namespace"),
+                verbs: &["update"],
+            }),
+            _ => {}
+        }
+        out
+    }
+}
+
 pub(crate) fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     CATALOG
         .iter()

@@ -1,5 +1,5 @@
-//! Test harness: the real `skiff` binary started as `skiff server` on a free port with a
-//! temporary data directory (and optionally a real etcd), driven by real clients.
+//! Test harness: the real `skiff` binary started as `skiff server` (or `skiff apiserver`
+//! on a real etcd) on a free port with a temporary data directory, driven by real clients.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -61,7 +61,12 @@ impl Cluster {
                 "KILL",
                 "--",
                 env!("CARGO_BIN_EXE_skiff"),
-                "server",
+                // With etcd the API server runs alone, as `skiff apiserver`.
+                if self.etcd.is_some() {
+                    "apiserver"
+                } else {
+                    "server"
+                },
             ])
             .arg("--data-dir")
             .arg(self.dir.path())
@@ -91,7 +96,10 @@ impl Cluster {
                 .expect("log");
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = writeln!(file, "{line}");
-                if let Some(rest) = line.strip_prefix("skiff server ready: ") {
+                if let Some(rest) = line
+                    .strip_prefix("skiff server ready: ")
+                    .or_else(|| line.strip_prefix("skiff apiserver ready: "))
+                {
                     let _ = tx.send(
                         rest.split_whitespace()
                             .next()
