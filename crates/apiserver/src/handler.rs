@@ -42,10 +42,7 @@ impl State {
         config: &crate::Config,
         addr: std::net::SocketAddr,
     ) -> Result<Self, Error> {
-        let registry = Registry {
-            store,
-            service_cidr: config.service_cidr,
-        };
+        let registry = Registry::new(store, config.service_cidr);
         let fail = |e: ApiError| Error::Bootstrap(e.message);
         for ns in SYSTEM_NAMESPACES {
             registry.ensure_namespace(ns).await.map_err(fail)?;
@@ -273,18 +270,21 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                 )
             })?;
             if content_type(&parts.headers) == APPLY_PATCH {
-                let manager = query.get("fieldManager").ok_or_else(|| {
-                    ApiError::invalid(
-                        "PatchOptions",
-                        "meta.k8s.io",
-                        "",
-                        vec![FieldError {
-                            field: "fieldManager".into(),
-                            reason: "FieldValueRequired",
-                            message: "Required value: is required for apply patch".into(),
-                        }],
-                    )
-                })?;
+                let manager = query
+                    .get("fieldManager")
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "PatchOptions",
+                            "meta.k8s.io",
+                            "",
+                            vec![FieldError {
+                                field: "fieldManager".into(),
+                                reason: "FieldValueRequired",
+                                message: "Required value: is required for apply patch".into(),
+                            }],
+                        )
+                    })?;
                 let force = query.get("force").is_some_and(|f| f == "true");
                 let config = yaml_or_json(&read_body(body).await?)?;
                 let (done, created) = registry
@@ -296,6 +296,18 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                     StatusCode::OK
                 };
                 return Ok(written(code, done));
+            }
+            if query.contains_key("force") {
+                return Err(ApiError::invalid(
+                    "PatchOptions",
+                    "meta.k8s.io",
+                    "",
+                    vec![FieldError {
+                        field: "force".into(),
+                        reason: "FieldValueForbidden",
+                        message: "Forbidden: may not be specified for non-apply patch".into(),
+                    }],
+                ));
             }
             let patch_type = patch_type(&parts.headers)?;
             let bytes = read_body(body).await?;

@@ -1083,6 +1083,22 @@ async fn server_side_apply(c: &mut Cluster) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Applying the same again writes nothing: the resourceVersion stays.
+    let rv = |c: &Cluster| {
+        c.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+    };
+    let before = rv(c);
+    let out = apply(MANIFEST, &[]);
+    assert!(out.status.success());
+    assert_eq!(rv(c), before);
 }
 
 /// `kubectl explain` reads the schemas from /openapi/v3.

@@ -12,7 +12,7 @@ use super::Resource;
 use super::managed;
 use super::managed::{
     Comparison, Element, FieldSet, ListKind, Managed, ManagerKey, Managers, Path, Scope, Shape,
-    element_key, field_set, path_string,
+    element_key, field_set, has_key, path_string,
 };
 use super::object::now;
 use super::store::{MAX_RETRIES, Part, Registry, WriteOptions, Written, subject};
@@ -53,16 +53,38 @@ pub(crate) fn merge(live: &Value, config: &Value, field_path: &str, shape: Shape
                 }
                 Value::Array(out)
             }
-            ListKind::Map(key) => {
-                let mut out = l.clone();
+            ListKind::Map(keys) => {
+                // The applied order wins; an element only the live list has stays just
+                // before the applied element it preceded (upstream's merge order).
+                let live_keys: Vec<Option<String>> =
+                    l.iter().map(|o| element_key(o, keys)).collect();
+                let mut emitted = vec![false; l.len()];
+                let mut out = Vec::with_capacity(l.len() + c.len());
                 for item in c {
-                    let id = element_key(item, key);
-                    match out
-                        .iter_mut()
-                        .find(|o| id.is_some() && element_key(o, key) == id)
-                    {
-                        Some(existing) => *existing = merge(existing, item, field_path, shape),
+                    let id = element_key(item, keys);
+                    let position = id
+                        .as_ref()
+                        .and_then(|id| live_keys.iter().position(|k| k.as_ref() == Some(id)));
+                    match position {
+                        Some(p) => {
+                            for (i, old) in l.iter().enumerate().take(p) {
+                                let applied = live_keys[i].as_ref().is_some_and(|k| {
+                                    c.iter().any(|ci| element_key(ci, keys).as_ref() == Some(k))
+                                });
+                                if !emitted[i] && !applied {
+                                    out.push(old.clone());
+                                    emitted[i] = true;
+                                }
+                            }
+                            emitted[p] = true;
+                            out.push(merge(&l[p], item, field_path, shape));
+                        }
                         None => out.push(item.clone()),
+                    }
+                }
+                for (i, old) in l.iter().enumerate() {
+                    if !emitted[i] {
+                        out.push(old.clone());
                     }
                 }
                 Value::Array(out)
@@ -110,7 +132,7 @@ fn remove(obj: &mut Value, path: &[Element]) {
         Element::Key(k) => {
             let key: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
             if let Some(items) = node.as_array_mut() {
-                items.retain(|item| !key.iter().all(|(f, v)| item.get(f) == Some(v)));
+                items.retain(|item| !has_key(item, &key));
             }
         }
         Element::Value(v) => {
@@ -127,7 +149,7 @@ fn find_keyed<'a>(node: &'a mut Value, key: &str) -> Option<&'a mut Value> {
     let key: Map<String, Value> = serde_json::from_str(key).ok()?;
     node.as_array_mut()?
         .iter_mut()
-        .find(|item| key.iter().all(|(f, v)| item.get(f) == Some(v)))
+        .find(|item| has_key(item, &key))
 }
 
 /// What one apply needs to know besides the objects.
@@ -170,7 +192,10 @@ pub(crate) fn apply(
         }
     }
     let applied = field_set(config, req.shape, req.scope);
-    let last = managers.remove(&req.key).map(|m| m.set).unwrap_or_default();
+    let (last, previous_time) = managers
+        .remove(&req.key)
+        .map(|m| (m.set, m.time))
+        .unwrap_or_default();
     // Prune: what this manager applied before and no longer does, unless someone else
     // owns it or something beneath it.
     let kept: FieldSet = managers
@@ -183,16 +208,25 @@ pub(crate) fn apply(
         .difference(&applied)
         .filter(|p| !kept.iter().any(|k| k.starts_with(p)))
         .collect();
-    // Parents first: removing a list element removes its fields with it.
-    for path in doomed {
+    // Parents first: removing a list element removes its fields with it. Elements known
+    // by index go last to first, so earlier removals do not shift later ones.
+    let (by_index, by_name): (Vec<&Path>, Vec<&Path>) = doomed
+        .into_iter()
+        .partition(|p| matches!(p.last(), Some(Element::Index(_))));
+    for path in by_name.into_iter().chain(by_index.into_iter().rev()) {
         remove(&mut merged, path);
     }
     if !applied.is_empty() {
+        // An apply that changes nothing keeps the time too, so it writes nothing.
+        let time = match previous_time {
+            Some(time) if merged == *live => time,
+            _ => req.now.to_string(),
+        };
         managers.insert(
             req.key.clone(),
             Managed {
                 api_version: req.api_version.to_string(),
-                time: Some(req.now.to_string()),
+                time: Some(time),
                 set: applied,
             },
         );
@@ -295,7 +329,9 @@ impl Registry {
                 meta.insert("name".into(), json!(name));
             }
         }
-        meta.remove("managedFields");
+        if meta.contains_key("managedFields") {
+            return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+        }
         let (scope, subresource) = opts.part.ownership(r);
         let api_version = r.api_version();
         let now = now();
@@ -451,5 +487,56 @@ mod tests {
         let env = &obj["spec"]["template"]["spec"]["containers"][0]["env"];
         assert_eq!(env, &json!([{"name": "A", "value": "1"}]));
         assert!(obj["spec"].get("replicas").is_none());
+    }
+
+    #[test]
+    fn ports_are_told_apart_by_protocol_and_reapplying_changes_nothing() {
+        let r = builtin("", "v1", "services").expect("services");
+        let config = json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns"},
+            "spec": {"selector": {"k8s-app": "dns"}, "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            ]},
+        });
+        let mut request = req(r, "one", false);
+        request.scope = Scope::All;
+        let (obj, managers) =
+            apply(&json!({}), &config, Managers::new(), &request).expect("create");
+        request.now = "2026-02-02T00:00:00Z";
+        let (again, managers_again) =
+            apply(&obj, &config, managers.clone(), &request).expect("again");
+        assert_eq!(again, obj);
+        assert_eq!(again["spec"]["ports"].as_array().map(Vec::len), Some(2));
+        let time = |m: &Managers| m[&key("one", "Apply")].time.clone();
+        assert_eq!(time(&managers), time(&managers_again));
+        let fields = managed::encode_fields(&managers[&key("one", "Apply")].set);
+        assert!(
+            fields["f:spec"]["f:ports"]["k:{\"port\":53,\"protocol\":\"UDP\"}"].is_object(),
+            "{fields}"
+        );
+        // The selector is owned whole.
+        assert_eq!(fields["f:spec"]["f:selector"], json!({}));
+    }
+
+    #[test]
+    fn new_keyed_elements_land_where_the_configuration_puts_them() {
+        let r = builtin("apps", "v1", "deployments").expect("deployments");
+        let live = deployment(1, "a", true);
+        let mut config = live.clone();
+        config["spec"]["template"]["spec"]["containers"][0]["env"] = json!([
+            {"name": "FIRST", "value": "0"},
+            {"name": "A", "value": "1"},
+            {"name": "B", "value": "2"},
+        ]);
+        let (obj, _) =
+            apply(&live, &config, Managers::new(), &req(r, "one", false)).expect("apply");
+        let names: Vec<&str> = obj["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        assert_eq!(names, ["FIRST", "A", "B"]);
     }
 }

@@ -132,10 +132,10 @@ mod tests {
         let mut config = skiff_storage::embedded::Config::new(dir.path());
         config.compaction_interval = None;
         let store = skiff_storage::embedded::Embedded::open(&config).expect("store");
-        let registry = Registry {
-            store: std::sync::Arc::new(store),
-            service_cidr: crate::ServiceCidr::parse("10.96.0.0/12").expect("cidr"),
-        };
+        let registry = Registry::new(
+            std::sync::Arc::new(store),
+            crate::ServiceCidr::parse("10.96.0.0/12").expect("cidr"),
+        );
         registry
             .ensure_namespace("default")
             .await

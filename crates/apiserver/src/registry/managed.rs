@@ -33,10 +33,37 @@ pub(crate) type FieldSet = BTreeSet<Path>;
 /// How a list's elements are identified.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ListKind {
-    Map(&'static str),
+    /// By these fields (upstream's `listMapKey`s).
+    Map(&'static [&'static str]),
     Set,
     Atomic,
 }
+
+/// Lists whose elements server-side apply tells apart by more than the strategic merge
+/// patch key: ports by number and protocol (DNS serves 53/UDP and 53/TCP), spread
+/// constraints by key and policy. Matched on the end of the field path.
+const MULTI_KEYS: &[(&str, &[&str])] = &[
+    ("containers.ports", &["containerPort", "protocol"]),
+    ("initContainers.ports", &["containerPort", "protocol"]),
+    (
+        "topologySpreadConstraints",
+        &["topologyKey", "whenUnsatisfiable"],
+    ),
+];
+
+/// Key fields upstream defaults, so an element without one still matches.
+fn key_default(field: &str) -> Option<Value> {
+    (field == "protocol").then(|| json!("TCP"))
+}
+
+/// Struct and map fields that are atomic upstream (`+structType=atomic` label
+/// selectors, `+mapType=atomic` selectors and node selectors): one owner for all of it.
+const ATOMIC_FIELDS: &[&str] = &[
+    "selector",
+    "labelSelector",
+    "namespaceSelector",
+    "nodeSelector",
+];
 
 /// The shape knowledge of one kind: its list strategies and atomic structs.
 #[derive(Clone, Copy)]
@@ -50,20 +77,28 @@ impl<'a> Shape<'a> {
     }
 
     pub fn list(&self, path: &str) -> ListKind {
+        if self.r.kind == "Service" && path == "spec.ports" {
+            return ListKind::Map(&["port", "protocol"]);
+        }
+        if let Some((_, keys)) = MULTI_KEYS
+            .iter()
+            .find(|(suffix, _)| path == *suffix || path.ends_with(&format!(".{suffix}")))
+        {
+            return ListKind::Map(keys);
+        }
         METADATA
             .iter()
             .chain(self.r.patch_strategies.iter())
             .find(|(p, _)| *p == path)
             .map_or(ListKind::Atomic, |(_, key)| match key {
-                Some(key) => ListKind::Map(key),
+                Some(key) => ListKind::Map(std::slice::from_ref(key)),
                 None => ListKind::Set,
             })
     }
 
-    /// Label selectors are atomic structs upstream (`+structType=atomic`): one owner
-    /// for the whole selector. A Service's `spec.selector` is a plain map.
     pub fn atomic_struct(&self, path: &str) -> bool {
-        path == "spec.selector" && self.r.kind != "Service"
+        let last = path.rsplit('.').next().unwrap_or(path);
+        ATOMIC_FIELDS.contains(&last)
     }
 }
 
@@ -75,14 +110,27 @@ fn join(path: &str, field: &str) -> String {
     }
 }
 
-/// The canonical key of a list element: `{"name":"web"}`.
-pub(crate) fn element_key(item: &Value, key: &str) -> Option<String> {
-    let value = item.get(key)?;
-    Some(format!(
-        "{{{}:{}}}",
-        Value::String(key.into()),
-        serde_json::to_string(value).ok()?
-    ))
+/// The canonical key of a list element: `{"name":"web"}`,
+/// `{"containerPort":53,"protocol":"UDP"}` (fields sorted). `None` when a key field is
+/// missing and has no default.
+pub(crate) fn element_key(item: &Value, keys: &[&str]) -> Option<String> {
+    let mut fields: Vec<(&str, Value)> = Vec::new();
+    for key in keys {
+        let value = item.get(*key).cloned().or_else(|| key_default(key))?;
+        fields.push((key, value));
+    }
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::String((*k).into())))
+        .collect();
+    Some(format!("{{{}}}", body.join(",")))
+}
+
+/// Whether a list element has the key `key` (canonical JSON), defaults included.
+pub(crate) fn has_key(item: &Value, key: &Map<String, Value>) -> bool {
+    key.iter()
+        .all(|(f, v)| item.get(f).cloned().or_else(|| key_default(f)).as_ref() == Some(v))
 }
 
 /// Fields the server owns or that identify the object: never anyone's.
@@ -171,10 +219,10 @@ fn walk(
                     out.insert(p, Value::Null);
                 }
             }
-            ListKind::Map(key) => {
+            ListKind::Map(keys) => {
                 for (i, item) in items.iter().enumerate() {
                     let mut p = path.clone();
-                    match element_key(item, key) {
+                    match element_key(item, keys) {
                         Some(k) => p.push(Element::Key(k)),
                         None => p.push(Element::Index(i)),
                     }
@@ -450,10 +498,10 @@ pub(crate) fn track_update(
         time: None,
         set: FieldSet::new(),
     });
-    let before = entry.set.clone();
+    let touched = !changed.is_empty() || !comparison.removed.is_empty();
     entry.set.retain(|p| !comparison.removed.contains(p));
     entry.set.extend(changed);
-    if entry.set != before || entry.time.is_none() {
+    if touched || entry.time.is_none() {
         entry.time = Some(now.to_string());
         entry.api_version = api_version.to_string();
     }

@@ -20,6 +20,7 @@ pub(crate) mod store;
 pub(crate) mod subresources;
 pub(crate) mod validation;
 pub(crate) mod watch;
+pub(crate) mod watch_cache;
 
 use serde_json::Value;
 

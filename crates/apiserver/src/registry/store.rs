@@ -16,6 +16,7 @@ use super::object::{
 };
 use super::selector::{FieldSelector, LabelSelector};
 use super::validation::{FieldValidation, unknown_fields};
+use super::watch_cache::WatchCache;
 use super::{Resource, builtin};
 use crate::status::{ApiError, FieldError, Subject};
 
@@ -26,6 +27,8 @@ pub(crate) const MAX_RETRIES: usize = 8;
 pub(crate) struct Registry {
     pub store: Arc<dyn Store>,
     pub service_cidr: super::service_ips::ServiceCidr,
+    /// Serves LISTs at resourceVersion 0 and watches from memory.
+    pub cache: Arc<WatchCache>,
 }
 
 /// `list` and `watch` parameters.
@@ -159,6 +162,14 @@ fn decode_continue(token: &str, prefix: &str) -> Result<ContinueToken, ApiError>
 }
 
 impl Registry {
+    pub fn new(store: Arc<dyn Store>, service_cidr: super::service_ips::ServiceCidr) -> Self {
+        Registry {
+            cache: Arc::new(WatchCache::new(store.clone())),
+            store,
+            service_cidr,
+        }
+    }
+
     pub async fn get(&self, r: &Resource, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
         decode(r, &self.stored(r, ns, name).await?)
     }
@@ -186,6 +197,9 @@ impl Registry {
         opts: &ListOptions,
     ) -> Result<Value, ApiError> {
         let prefix = r.key_prefix(ns);
+        if opts.continue_token.is_none() && opts.resource_version.as_deref() == Some("0") {
+            return self.list_cached(r, ns, opts).await;
+        }
         let (mut range, mut revision) = match &opts.continue_token {
             Some(token) => {
                 let token = decode_continue(token, &prefix)?;
@@ -248,6 +262,40 @@ impl Registry {
             "kind": format!("{}List", r.kind),
             "apiVersion": r.api_version(),
             "metadata": metadata,
+            "items": items,
+        }))
+    }
+
+    /// A LIST at resourceVersion 0 ("any version"): from the watch cache, whole (the
+    /// limit does not apply, as upstream).
+    async fn list_cached(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<Value, ApiError> {
+        let range = KeyRange::prefix(r.key_prefix(ns));
+        let snapshot = self
+            .cache
+            .list(&r.key_prefix(None), &range)
+            .await
+            .map_err(|e| ApiError::from_store(e, &subject(r, "")))?;
+        let mut items = Vec::new();
+        for kv in &snapshot.kvs {
+            let obj = decode(r, kv)?;
+            if opts.label_selector.matches(
+                meta(&obj)
+                    .and_then(|m| m.get("labels"))
+                    .and_then(Value::as_object),
+            ) && opts.field_selector.matches(&obj)
+            {
+                items.push(obj);
+            }
+        }
+        Ok(json!({
+            "kind": format!("{}List", r.kind),
+            "apiVersion": r.api_version(),
+            "metadata": {"resourceVersion": snapshot.revision.to_string()},
             "items": items,
         }))
     }

@@ -1,21 +1,34 @@
 //! Watch: a stream of `{"type": ..., "object": ...}` lines, one per change, from a
-//! resourceVersion on. Without one (or with "0") the current objects come first as
+//! resourceVersion on, served by the watch cache (`watch_cache.rs`) unless the
+//! resourceVersion is older than its window. Without one (or with "0") the current objects come first as
 //! ADDED events, as upstream does. A selector turns changes into ADDED or DELETED when an
 //! object starts or stops matching. A resourceVersion older than the datastore keeps
 //! yields one ERROR event with a 410 Expired Status, so clients relist.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde_json::{Value, json};
-use skiff_storage::{EventKind, KeyRange, Revision};
+use skiff_storage::{Event, EventKind, KeyRange, Revision};
 use tokio::sync::mpsc;
 
 use super::Resource;
 use super::object::{decode, set_resource_version};
 use super::store::{ListOptions, Registry};
+
 use crate::status::ApiError;
+
+/// Changes for one watch, from the watch cache or the datastore.
+type Events = BoxStream<'static, skiff_storage::Result<Arc<Event>>>;
+
+fn matches(opts: &ListOptions, obj: &Value) -> bool {
+    opts.label_selector
+        .matches(obj.pointer("/metadata/labels").and_then(Value::as_object))
+        && opts.field_selector.matches(obj)
+}
 
 pub(crate) struct WatchOptions {
     pub list: ListOptions,
@@ -33,39 +46,47 @@ pub(crate) async fn start(
     opts: WatchOptions,
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let (tx, rx) = mpsc::channel(256);
-    let prefix = r.key_prefix(ns.as_deref());
-    let mut initial = Vec::new();
-    let start: Revision = match opts.list.resource_version.as_deref() {
-        None | Some("") | Some("0") => {
-            let list = registry
-                .list(
-                    r,
-                    ns.as_deref(),
-                    &ListOptions {
-                        label_selector: opts.list.label_selector.clone(),
-                        field_selector: opts.list.field_selector.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            let revision = list
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if let Some(items) = list["items"].as_array() {
-                initial.extend(items.iter().cloned());
-            }
-            revision + 1
-        }
+    let range = KeyRange::prefix(r.key_prefix(ns.as_deref()));
+    let after: Option<Revision> = match opts.list.resource_version.as_deref() {
+        None | Some("") | Some("0") => None,
         Some(rv) => match rv.parse::<Revision>() {
-            Ok(rv) if rv >= 0 => rv + 1,
+            Ok(rv) if rv >= 0 => Some(rv),
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "invalid resource version: \"{rv}\""
                 )));
             }
         },
+    };
+    let subscription = registry
+        .cache
+        .watch(&r.key_prefix(None), range.clone(), after)
+        .await
+        .map_err(|e| ApiError::from_store(e, &super::store::subject(r, "")))?;
+    let mut initial = Vec::new();
+    let (start, cached): (Revision, Option<Events>) = match subscription {
+        Some(sub) => {
+            let start = match &sub.snapshot {
+                Some(snapshot) => {
+                    for kv in &snapshot.kvs {
+                        let obj = decode(r, kv)?;
+                        if matches(&opts.list, &obj) {
+                            initial.push(obj);
+                        }
+                    }
+                    snapshot.revision + 1
+                }
+                None => after.unwrap_or(0) + 1,
+            };
+            let mut events = sub.events;
+            let live = futures::stream::poll_fn(move |cx| events.poll_recv(cx)).map(Ok);
+            let stream = futures::stream::iter(sub.backlog.into_iter().map(Ok))
+                .chain(live)
+                .boxed();
+            (start, Some(stream))
+        }
+        // Older than the cache's window: the datastore's history, if it still has it.
+        None => (after.unwrap_or(0) + 1, None),
     };
     let store = registry.store.clone();
     let table = opts.table;
@@ -89,13 +110,16 @@ pub(crate) async fn start(
                 return;
             }
         }
-        let mut events = match store.watch(&KeyRange::prefix(prefix), start).await {
-            Ok(events) => events,
-            Err(e) => {
-                let status = ApiError::from_store(e, &super::store::subject(r, "")).to_status();
-                send(json!({"type": "ERROR", "object": status})).await;
-                return;
-            }
+        let mut events = match cached {
+            Some(events) => events,
+            None => match store.watch(&range, start).await {
+                Ok(events) => events.map(|e| e.map(Arc::new)).boxed(),
+                Err(e) => {
+                    let status = ApiError::from_store(e, &super::store::subject(r, "")).to_status();
+                    send(json!({"type": "ERROR", "object": status})).await;
+                    return;
+                }
+            },
         };
         let deadline = tokio::time::sleep(opts.timeout);
         tokio::pin!(deadline);
@@ -155,11 +179,7 @@ fn deleted_stub(r: &Resource, key: &[u8]) -> Value {
 
 /// The watch line for a datastore event, after selector filtering.
 fn to_line(r: &Resource, event: &skiff_storage::Event, opts: &ListOptions) -> Option<Value> {
-    let matches = |obj: &Value| {
-        opts.label_selector
-            .matches(obj.pointer("/metadata/labels").and_then(Value::as_object))
-            && opts.field_selector.matches(obj)
-    };
+    let matches = |obj: &Value| matches(opts, obj);
     let new = match event.kind {
         EventKind::Deleted => None,
         _ => decode(r, &event.kv).ok(),
