@@ -320,7 +320,8 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
         }
         Verb::Delete => {
             let name = info.name.as_deref().unwrap_or_default();
-            let options = delete_options(&query, read_body(body).await?)?;
+            let protobuf = crate::proto::is_protobuf(&content_type(&parts.headers));
+            let options = delete_options(&query, read_body(body).await?, protobuf)?;
             ok(registry
                 .delete(
                     r,
@@ -343,9 +344,13 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
 fn delete_options(
     query: &HashMap<String, String>,
     body: bytes::Bytes,
+    protobuf: bool,
 ) -> Result<DeleteOptions, ApiError> {
     let options: Value = if body.is_empty() {
         json!({})
+    } else if protobuf {
+        crate::proto::to_json(&body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
@@ -615,16 +620,24 @@ async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
         content_type.as_str(),
         "application/yaml" | "application/x-yaml" | "text/yaml"
     );
+    if crate::proto::is_protobuf(&content_type) {
+        let bytes = read_body(body).await?;
+        return crate::proto::to_json(&bytes).map_err(|e| {
+            ApiError::bad_request(format!("error decoding the protobuf request body: {e}"))
+        });
+    }
     if !(yaml
         || content_type.is_empty()
         || content_type == "application/json"
         || content_type == "*/*")
     {
-        // Protobuf bodies (typed Go clients, `kubectl create <generator>`) are not read
-        // yet: docs/status.md.
         return Err(ApiError::unsupported_media_type(
             &content_type,
-            &["application/json", "application/yaml"],
+            &[
+                "application/json",
+                "application/yaml",
+                "application/vnd.kubernetes.protobuf",
+            ],
         ));
     }
     let bytes = read_body(body).await?;

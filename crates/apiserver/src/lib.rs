@@ -15,6 +15,7 @@ pub mod kubeconfig;
 mod metrics;
 mod openapi;
 pub mod pki;
+mod proto;
 mod registry;
 mod request;
 mod serve;

@@ -148,6 +148,11 @@ fn definitions() -> &'static Map<String, Value> {
     })
 }
 
+/// Every schema the server knows, by upstream name.
+pub(crate) fn all_definitions() -> &'static Map<String, Value> {
+    definitions()
+}
+
 /// The definition a schema points at (`$ref`, or the single `allOf` OpenAPI 3.0 uses
 /// when the reference has a description of its own).
 fn ref_name(schema: &Value) -> Option<String> {

@@ -1111,6 +1111,75 @@ async fn explain_reads_the_schemas(c: &mut Cluster) {
     assert!(out.contains("nodeName\t<string>"), "{out}");
 }
 
+/// `kubectl create <generator>` sends protobuf (client-go's typed clients do).
+async fn create_generators_send_protobuf(c: &mut Cluster) {
+    c.ok(&["create", "namespace", "gen"]);
+    let create = |args: &[&str]| {
+        let mut all = vec!["create", "-n", "gen"];
+        all.extend_from_slice(args);
+        c.ok(&all)
+    };
+    create(&["configmap", "cfg", "--from-literal=mode=fast"]);
+    create(&["secret", "generic", "s", "--from-literal=key=value"]);
+    create(&[
+        "deployment",
+        "web",
+        "--image=example/web:1",
+        "--replicas=0",
+        "--port=80",
+    ]);
+    create(&["service", "nodeport", "web", "--tcp=80:8080"]);
+    create(&["job", "once", "--image=example/job:1", "--", "echo", "hi"]);
+    create(&["serviceaccount", "robot"]);
+    create(&["role", "reader", "--verb=get", "--resource=pods"]);
+    create(&[
+        "rolebinding",
+        "reader",
+        "--role=reader",
+        "--serviceaccount=gen:robot",
+    ]);
+    create(&[
+        "poddisruptionbudget",
+        "web",
+        "--selector=app=web",
+        "--max-unavailable=0",
+    ]);
+    let cm = c.json(&["get", "cm", "cfg", "-n", "gen"]);
+    assert_eq!(cm["data"]["mode"], "fast");
+    let secret = c.json(&["get", "secret", "s", "-n", "gen"]);
+    assert_eq!(secret["data"]["key"], "dmFsdWU=");
+    let d = c.json(&["get", "deploy", "web", "-n", "gen"]);
+    // Explicit zeros of pointer fields survive; zero value fields are omitted.
+    assert_eq!(d["spec"]["replicas"], 0);
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "example/web:1");
+    assert_eq!(container["ports"][0]["containerPort"], 80);
+    assert!(container.get("stdin").is_none(), "{container}");
+    assert!(d["metadata"]["creationTimestamp"].as_str().is_some());
+    let svc = c.json(&["get", "svc", "web", "-n", "gen"]);
+    let port = &svc["spec"]["ports"][0];
+    assert_eq!(port["targetPort"], 8080);
+    assert!(
+        (30000..=32767).contains(&port["nodePort"].as_i64().expect("nodePort")),
+        "{port}"
+    );
+    let pdb = c.json(&["get", "pdb", "web", "-n", "gen"]);
+    assert_eq!(pdb["spec"]["maxUnavailable"], 0);
+    let job = c.json(&["get", "job", "once", "-n", "gen"]);
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["command"],
+        serde_json::json!(["echo", "hi"])
+    );
+    let binding = c.json(&["get", "rolebinding", "reader", "-n", "gen"]);
+    assert_eq!(binding["subjects"][0]["name"], "robot");
+    // The creator is recorded as the field manager.
+    let cm = c.json(&["get", "cm", "cfg", "-n", "gen", "--show-managed-fields"]);
+    assert_eq!(
+        cm["metadata"]["managedFields"][0]["manager"],
+        "kubectl-create"
+    );
+}
+
 scenarios!(
     version_and_discovery,
     workloads_keep_spec_status_and_generation_apart,
@@ -1126,4 +1195,5 @@ scenarios!(
     restart_keeps_objects_and_watches_resume,
     server_side_apply,
     explain_reads_the_schemas,
+    create_generators_send_protobuf,
 );

@@ -84,6 +84,16 @@ fn service_defaults(obj: &mut Value) {
     if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
         for port in ports {
             default(port, "/protocol", json!("TCP"));
+            // Zero means unset for these value fields upstream (protobuf clients always
+            // send them).
+            if let Some(fields) = port.as_object_mut() {
+                if fields.get("nodePort").and_then(Value::as_i64) == Some(0) {
+                    fields.remove("nodePort");
+                }
+                if matches!(fields.get("targetPort"), Some(v) if v == 0 || v == "") {
+                    fields.remove("targetPort");
+                }
+            }
             if port.get("targetPort").is_none()
                 && let Some(p) = port.get("port").cloned()
             {
