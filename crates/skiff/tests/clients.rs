@@ -203,23 +203,46 @@ async fn curl_http2_yaml_and_unsupported_bodies(c: &mut Cluster) {
     ]))
     .expect("json");
     assert_eq!(created["data"]["a"], "b");
-    let refused: serde_json::Value = serde_json::from_str(&curl(&[
-        "-X",
-        "POST",
-        "-H",
-        "Content-Type: application/vnd.kubernetes.protobuf",
-        "--data-binary",
-        "k8s",
-        &url,
-    ]))
-    .expect("json");
-    assert_eq!(
+    let post = |content_type: &str, body: &str| -> serde_json::Value {
+        let header = format!("Content-Type: {content_type}");
+        serde_json::from_str(&curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &header,
+            "--data-binary",
+            body,
+            &url,
+        ]))
+        .expect("json")
+    };
+    let summary = |status: &serde_json::Value| {
         (
-            refused["kind"].as_str(),
-            refused["code"].as_i64(),
-            refused["reason"].as_str()
-        ),
-        (Some("Status"), Some(415), Some("UnsupportedMediaType"))
+            status["kind"].as_str().map(str::to_string),
+            status["code"].as_i64(),
+            status["reason"].as_str().map(str::to_string),
+        )
+    };
+    // A malformed protobuf body is a clear 400; an unknown format a 415.
+    let malformed = post("application/vnd.kubernetes.protobuf", "k8s");
+    assert_eq!(
+        summary(&malformed),
+        (Some("Status".into()), Some(400), Some("BadRequest".into()))
+    );
+    assert!(
+        malformed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("protobuf")),
+        "{malformed}"
+    );
+    let refused = post("application/cbor", "{}");
+    assert_eq!(
+        summary(&refused),
+        (
+            Some("Status".into()),
+            Some(415),
+            Some("UnsupportedMediaType".into())
+        )
     );
     let too_big = c.data_dir().join("too-big.json");
     std::fs::write(&too_big, "x".repeat(4 << 20)).expect("write body");

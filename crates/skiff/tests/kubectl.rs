@@ -857,6 +857,40 @@ async fn errors_are_statuses_users_recognise(c: &mut Cluster) {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("The ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"), "{err}");
+    // Kind rules: a selector that misses its template, a pod spec changed in place.
+    let out = c.kubectl_with(
+        &["create", "-f", "-"],
+        &[],
+        Some(
+            &WORKLOAD
+                .split("---")
+                .next()
+                .unwrap_or_default()
+                .replace("      labels: {app: web}", "      labels: {app: other}"),
+        ),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.template.metadata.labels: Invalid value: {\"app\":\"other\"}: `selector` does not match template `labels`"),
+        "{err}"
+    );
+    c.kubectl_with(
+        &["create", "-f", "-"],
+        &[],
+        Some("apiVersion: v1\nkind: Pod\nmetadata:\n  name: solo\nspec:\n  containers:\n  - {name: solo, image: example/solo:1}\n"),
+    );
+    let err = c.fails(&[
+        "patch",
+        "pod",
+        "solo",
+        "-p",
+        r#"{"spec":{"restartPolicy":"Never"}}"#,
+    ]);
+    assert!(
+        err.contains("spec: Forbidden: pod updates may not change fields other than"),
+        "{err}"
+    );
+    c.ok(&["set", "image", "pod/solo", "solo=example/solo:2"]);
     let out = c.kubectl_with(
         &["create", "-f", "-"],
         &[],

@@ -4,9 +4,10 @@
 //! Patch strategies mirror the `patchStrategy`/`patchMergeKey` tags of upstream's Go
 //! types (k8s.io/api); subresources and generation follow upstream's strategies.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::columns as col;
+use super::defaults::*;
 use super::{NameRule, Resource};
 use crate::table::{AGE, Column};
 use k8s_openapi::api::{apps, batch, coordination, core, discovery, policy, rbac, storage};
@@ -20,113 +21,6 @@ fn decode_as<T: serde::de::DeserializeOwned + serde::Serialize>(
 
 fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> Value {
     generator.subschema_for::<T>().to_value()
-}
-
-fn no_defaults(_: &mut Value) {}
-
-fn namespace_defaults(obj: &mut Value) {
-    if obj.pointer("/spec/finalizers").is_none() {
-        obj["spec"] = json!({"finalizers": ["kubernetes"]});
-    }
-    if obj.pointer("/status/phase").is_none() {
-        obj["status"] = json!({"phase": "Active"});
-    }
-}
-
-/// `stringData` is a write-only convenience: merged into `data` (base64) and dropped,
-/// as upstream does on every write.
-fn secret_defaults(obj: &mut Value) {
-    use base64::Engine;
-    if obj
-        .get("type")
-        .is_none_or(|t| t.as_str().is_none_or(str::is_empty))
-    {
-        obj["type"] = json!("Opaque");
-    }
-    let string_data = obj.as_object_mut().and_then(|o| o.remove("stringData"));
-    if let Some(Value::Object(string_data)) = string_data {
-        if !obj.get("data").is_some_and(Value::is_object) {
-            obj["data"] = json!({});
-        }
-        for (key, value) in string_data {
-            if let Some(text) = value.as_str() {
-                obj["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
-            }
-        }
-    }
-}
-
-/// Sets `obj[path]` when it is missing.
-fn default(obj: &mut Value, pointer: &str, value: Value) {
-    if obj.pointer(pointer).is_some() {
-        return;
-    }
-    let mut at = obj;
-    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if !at.is_object() {
-            return;
-        }
-        if i == parts.len() - 1 {
-            at[*part] = value;
-            return;
-        }
-        if at.get(*part).is_none() {
-            at[*part] = json!({});
-        }
-        at = &mut at[*part];
-    }
-}
-
-fn service_defaults(obj: &mut Value) {
-    default(obj, "/spec/type", json!("ClusterIP"));
-    default(obj, "/spec/sessionAffinity", json!("None"));
-    if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-        for port in ports {
-            default(port, "/protocol", json!("TCP"));
-            // Zero means unset for these value fields upstream (protobuf clients always
-            // send them).
-            if let Some(fields) = port.as_object_mut() {
-                if fields.get("nodePort").and_then(Value::as_i64) == Some(0) {
-                    fields.remove("nodePort");
-                }
-                if matches!(fields.get("targetPort"), Some(v) if v == 0 || v == "") {
-                    fields.remove("targetPort");
-                }
-            }
-            if port.get("targetPort").is_none()
-                && let Some(p) = port.get("port").cloned()
-            {
-                port["targetPort"] = p;
-            }
-        }
-    }
-}
-
-fn pod_defaults(obj: &mut Value) {
-    default(obj, "/spec/restartPolicy", json!("Always"));
-    default(obj, "/spec/dnsPolicy", json!("ClusterFirst"));
-    default(obj, "/spec/schedulerName", json!("default-scheduler"));
-    default(obj, "/spec/terminationGracePeriodSeconds", json!(30));
-    default(obj, "/status/phase", json!("Pending"));
-}
-
-fn deployment_defaults(obj: &mut Value) {
-    default(obj, "/spec/replicas", json!(1));
-    default(obj, "/spec/revisionHistoryLimit", json!(10));
-    default(obj, "/spec/progressDeadlineSeconds", json!(600));
-    default(obj, "/spec/strategy/type", json!("RollingUpdate"));
-    if obj.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
-        default(
-            obj,
-            "/spec/strategy/rollingUpdate",
-            json!({"maxUnavailable": "25%", "maxSurge": "25%"}),
-        );
-    }
-}
-
-fn replicas_default(obj: &mut Value) {
-    default(obj, "/spec/replicas", json!(1));
 }
 
 /// A pod spec's merge keys, under a prefix (`spec.` for pods, `spec.template.spec.` for
@@ -452,6 +346,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     },
     Resource {
         kind: "PersistentVolume",
+        defaults: persistent_volume_defaults,
         clear_status_on_create: true,
         plural: "persistentvolumes",
         singular: "persistentvolume",
@@ -472,6 +367,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     },
     Resource {
         kind: "PersistentVolumeClaim",
+        defaults: persistent_volume_claim_defaults,
         clear_status_on_create: true,
         plural: "persistentvolumeclaims",
         singular: "persistentvolumeclaim",
@@ -535,7 +431,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         categories: &["all"],
         status: true,
         generation: true,
-        defaults: replicas_default,
+        defaults: replica_set_defaults,
         patch_strategies: pod_spec!("spec.template.spec.", CONDITIONS),
         columns: &[
             c("Desired", "Desired pods.", col::spec_replicas),
@@ -561,7 +457,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         categories: &["all"],
         status: true,
         generation: true,
-        defaults: replicas_default,
+        defaults: stateful_set_defaults,
         patch_strategies: pod_spec!("spec.template.spec.", CONDITIONS),
         columns: &[
             c(
@@ -580,6 +476,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     Resource {
         group: "apps",
         kind: "DaemonSet",
+        defaults: daemon_set_defaults,
         clear_status_on_create: true,
         plural: "daemonsets",
         singular: "daemonset",
@@ -625,6 +522,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     Resource {
         group: "batch",
         kind: "Job",
+        defaults: job_defaults,
         clear_status_on_create: true,
         plural: "jobs",
         singular: "job",
@@ -649,6 +547,7 @@ pub(crate) static CATALOG: &[Resource] = &[
     Resource {
         group: "batch",
         kind: "CronJob",
+        defaults: cron_job_defaults,
         clear_status_on_create: true,
         plural: "cronjobs",
         singular: "cronjob",

@@ -8,11 +8,13 @@
 pub(crate) mod apply;
 mod catalog;
 mod columns;
+mod defaults;
 pub(crate) mod delete;
 mod events;
 pub(crate) mod managed;
 mod names;
 pub(crate) mod object;
+mod rules;
 pub(crate) mod selector;
 pub mod service_ips;
 pub(crate) mod smp;

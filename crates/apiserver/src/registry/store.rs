@@ -500,6 +500,11 @@ impl Registry {
         (r.defaults)(&mut obj);
         let mut warnings = Vec::new();
         let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
+        let errors = super::rules::check(r, &obj, None);
+        if !errors.is_empty() {
+            let name = meta_str(&obj, "name").unwrap_or_default();
+            return Err(ApiError::invalid(r.kind, r.group, name, errors));
+        }
         track_ownership(r, &opts, None, &mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         if let Some(ns) = ns {
@@ -710,6 +715,16 @@ impl Registry {
             let mut warnings = Vec::new();
             set_resource_version(&mut obj, current.mod_revision);
             let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
+            if opts.part == Part::Main {
+                // Compared with the stored object as today's defaults would have it, so
+                // an object stored by an older server is not "changed" by new defaults.
+                let mut before = old.clone();
+                (r.defaults)(&mut before);
+                let errors = super::rules::check(r, &obj, Some(&before));
+                if !errors.is_empty() {
+                    return Err(ApiError::invalid(r.kind, r.group, name, errors));
+                }
+            }
             track_ownership(r, &opts, Some(&old), &mut obj);
             if obj == old {
                 // Nothing changed: no write, no new resourceVersion (as upstream).

@@ -1,0 +1,301 @@
+//! Defaulting: the values upstream fills in when a client leaves a field out
+//! (k8s.io/kubernetes `pkg/apis/*/v1/defaults.go`), applied on every write before
+//! validation. Pod templates inside workloads get the pod defaults too.
+
+use serde_json::{Value, json};
+
+pub(super) fn no_defaults(_: &mut Value) {}
+
+pub(super) fn namespace_defaults(obj: &mut Value) {
+    if obj.pointer("/spec/finalizers").is_none() {
+        obj["spec"] = json!({"finalizers": ["kubernetes"]});
+    }
+    if obj.pointer("/status/phase").is_none() {
+        obj["status"] = json!({"phase": "Active"});
+    }
+}
+
+/// `stringData` is a write-only convenience: merged into `data` (base64) and dropped,
+/// as upstream does on every write.
+pub(super) fn secret_defaults(obj: &mut Value) {
+    use base64::Engine;
+    if obj
+        .get("type")
+        .is_none_or(|t| t.as_str().is_none_or(str::is_empty))
+    {
+        obj["type"] = json!("Opaque");
+    }
+    let string_data = obj.as_object_mut().and_then(|o| o.remove("stringData"));
+    if let Some(Value::Object(string_data)) = string_data {
+        if !obj.get("data").is_some_and(Value::is_object) {
+            obj["data"] = json!({});
+        }
+        for (key, value) in string_data {
+            if let Some(text) = value.as_str() {
+                obj["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+            }
+        }
+    }
+}
+
+/// Sets `obj[path]` when it is missing.
+pub(super) fn default(obj: &mut Value, pointer: &str, value: Value) {
+    if obj.pointer(pointer).is_some() {
+        return;
+    }
+    let mut at = obj;
+    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !at.is_object() {
+            return;
+        }
+        if i == parts.len() - 1 {
+            at[*part] = value;
+            return;
+        }
+        if at.get(*part).is_none() {
+            at[*part] = json!({});
+        }
+        at = &mut at[*part];
+    }
+}
+
+pub(super) fn service_defaults(obj: &mut Value) {
+    default(obj, "/spec/type", json!("ClusterIP"));
+    default(obj, "/spec/sessionAffinity", json!("None"));
+    if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+        for port in ports {
+            default(port, "/protocol", json!("TCP"));
+            // Zero means unset for these value fields upstream (protobuf clients always
+            // send them).
+            if let Some(fields) = port.as_object_mut() {
+                if fields.get("nodePort").and_then(Value::as_i64) == Some(0) {
+                    fields.remove("nodePort");
+                }
+                if matches!(fields.get("targetPort"), Some(v) if v == 0 || v == "") {
+                    fields.remove("targetPort");
+                }
+            }
+            if port.get("targetPort").is_none()
+                && let Some(p) = port.get("port").cloned()
+            {
+                port["targetPort"] = p;
+            }
+        }
+    }
+}
+
+pub(super) fn pod_defaults(obj: &mut Value) {
+    if let Some(spec) = obj.get_mut("spec") {
+        pod_spec_defaults(spec);
+    }
+    default(obj, "/status/phase", json!("Pending"));
+}
+
+/// `SetDefaults_PodSpec` and `SetDefaults_Container`, for pods and pod templates.
+fn pod_spec_defaults(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    default(spec, "/restartPolicy", json!("Always"));
+    default(spec, "/dnsPolicy", json!("ClusterFirst"));
+    default(spec, "/schedulerName", json!("default-scheduler"));
+    default(spec, "/terminationGracePeriodSeconds", json!(30));
+    default(spec, "/securityContext", json!({}));
+    default(spec, "/enableServiceLinks", json!(true));
+    for list in ["containers", "initContainers"] {
+        let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for c in containers.iter_mut().filter(|c| c.is_object()) {
+            default(c, "/terminationMessagePath", json!("/dev/termination-log"));
+            default(c, "/terminationMessagePolicy", json!("File"));
+            default(c, "/resources", json!({}));
+            let policy = image_pull_policy(c.get("image").and_then(Value::as_str).unwrap_or(""));
+            default(c, "/imagePullPolicy", json!(policy));
+            if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+                for port in ports.iter_mut().filter(|p| p.is_object()) {
+                    default(port, "/protocol", json!("TCP"));
+                }
+            }
+        }
+    }
+}
+
+/// `Always` for `:latest` or untagged images (they move), `IfNotPresent` otherwise.
+fn image_pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    let name = image.rsplit('/').next().unwrap_or(image);
+    match name.rsplit_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+/// The pod template of a workload (`spec.template`).
+fn template_defaults(obj: &mut Value) {
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        pod_spec_defaults(spec);
+    }
+}
+
+pub(super) fn deployment_defaults(obj: &mut Value) {
+    template_defaults(obj);
+    default(obj, "/spec/replicas", json!(1));
+    default(obj, "/spec/revisionHistoryLimit", json!(10));
+    default(obj, "/spec/progressDeadlineSeconds", json!(600));
+    default(obj, "/spec/strategy/type", json!("RollingUpdate"));
+    if obj.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
+        default(
+            obj,
+            "/spec/strategy/rollingUpdate",
+            json!({"maxUnavailable": "25%", "maxSurge": "25%"}),
+        );
+    }
+}
+
+pub(super) fn replica_set_defaults(obj: &mut Value) {
+    default(obj, "/spec/replicas", json!(1));
+    template_defaults(obj);
+}
+
+pub(super) fn stateful_set_defaults(obj: &mut Value) {
+    default(obj, "/spec/replicas", json!(1));
+    default(obj, "/spec/podManagementPolicy", json!("OrderedReady"));
+    default(obj, "/spec/revisionHistoryLimit", json!(10));
+    default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
+    if obj
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        == Some("RollingUpdate")
+    {
+        default(
+            obj,
+            "/spec/updateStrategy/rollingUpdate/partition",
+            json!(0),
+        );
+    }
+    default(
+        obj,
+        "/spec/persistentVolumeClaimRetentionPolicy",
+        json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+    );
+    template_defaults(obj);
+}
+
+pub(super) fn daemon_set_defaults(obj: &mut Value) {
+    default(obj, "/spec/revisionHistoryLimit", json!(10));
+    default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
+    if obj
+        .pointer("/spec/updateStrategy/type")
+        .and_then(Value::as_str)
+        == Some("RollingUpdate")
+    {
+        default(
+            obj,
+            "/spec/updateStrategy/rollingUpdate/maxUnavailable",
+            json!(1),
+        );
+        default(obj, "/spec/updateStrategy/rollingUpdate/maxSurge", json!(0));
+    }
+    template_defaults(obj);
+}
+
+/// Jobs: counts and policies, and (unless `manualSelector`) a selector on labels the
+/// server generates from the Job's uid, as upstream's Job strategy does on create.
+pub(super) fn job_defaults(obj: &mut Value) {
+    if obj.pointer("/spec/completions").is_none() && obj.pointer("/spec/parallelism").is_none() {
+        default(obj, "/spec/completions", json!(1));
+    }
+    default(obj, "/spec/parallelism", json!(1));
+    default(obj, "/spec/backoffLimit", json!(6));
+    default(obj, "/spec/completionMode", json!("NonIndexed"));
+    default(obj, "/spec/suspend", json!(false));
+    default(obj, "/spec/manualSelector", json!(false));
+    default(
+        obj,
+        "/spec/podReplacementPolicy",
+        json!("TerminatingOrFailed"),
+    );
+    let manual = obj.pointer("/spec/manualSelector") == Some(&json!(true));
+    let uid = obj
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let (false, None, Some(uid), Some(name)) = (manual, obj.pointer("/spec/selector"), uid, name)
+    {
+        obj["spec"]["selector"] =
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+        default(obj, "/spec/template/metadata/labels", json!({}));
+        if let Some(labels) = obj
+            .pointer_mut("/spec/template/metadata/labels")
+            .and_then(Value::as_object_mut)
+        {
+            for (k, v) in [
+                ("batch.kubernetes.io/controller-uid", &uid),
+                ("batch.kubernetes.io/job-name", &name),
+                ("controller-uid", &uid),
+                ("job-name", &name),
+            ] {
+                labels.insert(k.into(), json!(v));
+            }
+        }
+    }
+    template_defaults(obj);
+}
+
+pub(super) fn cron_job_defaults(obj: &mut Value) {
+    default(obj, "/spec/concurrencyPolicy", json!("Allow"));
+    default(obj, "/spec/suspend", json!(false));
+    default(obj, "/spec/successfulJobsHistoryLimit", json!(3));
+    default(obj, "/spec/failedJobsHistoryLimit", json!(1));
+    if let Some(spec) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
+        pod_spec_defaults(spec);
+    }
+}
+
+pub(super) fn persistent_volume_defaults(obj: &mut Value) {
+    default(obj, "/spec/persistentVolumeReclaimPolicy", json!("Retain"));
+    default(obj, "/spec/volumeMode", json!("Filesystem"));
+    default(obj, "/status/phase", json!("Pending"));
+}
+
+pub(super) fn persistent_volume_claim_defaults(obj: &mut Value) {
+    default(obj, "/spec/volumeMode", json!("Filesystem"));
+    default(obj, "/status/phase", json!("Pending"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_templates_get_pod_defaults_and_jobs_a_generated_selector() {
+        let mut job = json!({
+            "metadata": {"name": "once", "uid": "u-1"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "busybox", "ports": [{"containerPort": 80}]}]}}},
+        });
+        job_defaults(&mut job);
+        assert_eq!(
+            job["spec"]["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}})
+        );
+        assert_eq!(
+            job["spec"]["template"]["metadata"]["labels"]["job-name"],
+            "once"
+        );
+        let c = &job["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["imagePullPolicy"], "Always");
+        assert_eq!(c["ports"][0]["protocol"], "TCP");
+        assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+        assert_eq!(image_pull_policy("registry:5000/app:1.2"), "IfNotPresent");
+        assert_eq!(image_pull_policy("registry:5000/app"), "Always");
+    }
+}
