@@ -552,13 +552,53 @@ async fn watch_response(
         // A watch on one object is a watch on its collection narrowed by name.
         list.field_selector = list.field_selector.and_name(name);
     }
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
+    let send_initial_events = match query.get("sendInitialEvents").map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid sendInitialEvents: {other:?}"
+            )));
+        }
+    };
+    if send_initial_events.is_some()
+        && list.resource_version_match.as_deref() != Some("NotOlderThan")
+    {
+        return Err(ApiError::invalid(
+            "ListOptions",
+            "meta.k8s.io",
+            "",
+            vec![FieldError {
+                field: "resourceVersionMatch".into(),
+                reason: "FieldValueForbidden",
+                message: "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan".into(),
+            }],
+        ));
+    }
+    if send_initial_events == Some(true) && !bookmarks {
+        return Err(ApiError::invalid(
+            "ListOptions",
+            "meta.k8s.io",
+            "",
+            vec![FieldError {
+                field: "allowWatchBookmarks".into(),
+                reason: "FieldValueForbidden",
+                message:
+                    "Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true"
+                        .into(),
+            }],
+        ));
+    }
     let opts = WatchOptions {
         list,
-        bookmarks: query
-            .get("allowWatchBookmarks")
-            .is_some_and(|b| b == "true"),
+        bookmarks,
         timeout,
         table,
+        send_initial_events,
     };
     let rx = watch::start(registry, r, ns, opts).await?;
     let stream = futures::stream::unfold(rx, |mut rx| async move {

@@ -142,10 +142,32 @@ async fn kube_rs_client(c: &mut Cluster) {
         }
     }
     assert_eq!(seen, vec!["apply v", "apply v2", "delete kube-rs"]);
+
+    // A streaming list (sendInitialEvents): the namespaces arrive as InitApply events,
+    // then InitDone on the server's initial-events-end bookmark.
+    let mut streaming = watcher(
+        namespaces.clone(),
+        watcher::Config::default().streaming_lists(),
+    )
+    .boxed();
+    let mut initial = Vec::new();
+    loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(20), streaming.try_next())
+            .await
+            .expect("streaming list in time")
+            .expect("watch")
+            .expect("event");
+        match event {
+            watcher::Event::InitApply(ns) => initial.push(ns.metadata.name.unwrap_or_default()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert!(initial.contains(&"kube-system".to_string()), "{initial:?}");
 }
 
-/// curl with the admin certificate: HTTP/2 by ALPN, a YAML body, and the Status a
-/// protobuf body gets.
+/// curl with the admin certificate: HTTP/2 by ALPN, a YAML body, and the Statuses bad
+/// bodies get.
 async fn curl_http2_yaml_and_unsupported_bodies(c: &mut Cluster) {
     let pki = c.data_dir().join("pki");
     let curl = |args: &[&str]| {

@@ -36,6 +36,9 @@ pub(crate) struct WatchOptions {
     pub timeout: Duration,
     /// Send each object as a one-row Table (`kubectl get -w`).
     pub table: Option<crate::table::IncludeObject>,
+    /// `sendInitialEvents`: `true` streams the current objects, then a bookmark marking
+    /// their end, then changes (a "streaming list"); `false` only changes.
+    pub send_initial_events: Option<bool>,
 }
 
 /// Starts a watch; the receiver yields the encoded lines until the watch ends.
@@ -47,7 +50,7 @@ pub(crate) async fn start(
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let (tx, rx) = mpsc::channel(256);
     let range = KeyRange::prefix(r.key_prefix(ns.as_deref()));
-    let after: Option<Revision> = match opts.list.resource_version.as_deref() {
+    let requested: Option<Revision> = match opts.list.resource_version.as_deref() {
         None | Some("") | Some("0") => None,
         Some(rv) => match rv.parse::<Revision>() {
             Ok(rv) if rv >= 0 => Some(rv),
@@ -58,21 +61,33 @@ pub(crate) async fn start(
             }
         },
     };
+    // Streaming lists start from a snapshot whatever the resourceVersion (it is a lower
+    // bound); legacy watches from "now" or from the resourceVersion.
+    let after = match opts.send_initial_events {
+        Some(true) => None,
+        _ => requested,
+    };
     let subscription = registry
         .cache
         .watch(&r.key_prefix(None), range.clone(), after)
         .await
         .map_err(|e| ApiError::from_store(e, &super::store::subject(r, "")))?;
     let mut initial = Vec::new();
+    let mut initial_end = None;
     let (start, cached): (Revision, Option<Events>) = match subscription {
         Some(sub) => {
             let start = match &sub.snapshot {
+                // `sendInitialEvents=false`: changes only.
+                Some(snapshot) if opts.send_initial_events == Some(false) => snapshot.revision + 1,
                 Some(snapshot) => {
                     for kv in &snapshot.kvs {
                         let obj = decode(r, kv)?;
                         if matches(&opts.list, &obj) {
                             initial.push(obj);
                         }
+                    }
+                    if opts.send_initial_events == Some(true) {
+                        initial_end = Some(snapshot.revision);
                     }
                     snapshot.revision + 1
                 }
@@ -107,6 +122,18 @@ pub(crate) async fn start(
         };
         for obj in initial {
             if !send(json!({"type": "ADDED", "object": obj})).await {
+                return;
+            }
+        }
+        if let Some(revision) = initial_end {
+            let line = json!({"type": "BOOKMARK", "object": {
+                "kind": r.kind, "apiVersion": r.api_version(),
+                "metadata": {
+                    "resourceVersion": revision.to_string(),
+                    "annotations": {"k8s.io/initial-events-end": "true"},
+                },
+            }});
+            if !send(line).await {
                 return;
             }
         }
