@@ -715,6 +715,22 @@ fn discovery_response(path: &str, headers: &HeaderMap) -> Option<Response> {
             .insert(header::VARY, header::HeaderValue::from_static("Accept"));
         return Some(response);
     }
+    if parts.as_slice() == ["openapi", "v2"] {
+        // JSON only: the protobuf form (gnostic's) is not produced.
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("*/*");
+        let json = accept.split(',').any(|a| {
+            let media = a.split(';').next().unwrap_or_default().trim();
+            matches!(media, "application/json" | "*/*" | "application/*")
+        });
+        return Some(if json {
+            Json(crate::openapi::v2()).into_response()
+        } else {
+            ApiError::not_acceptable(&["application/json"]).into_response()
+        });
+    }
     let value = match parts.as_slice() {
         ["api"] => discovery::api_versions(),
         ["api", version] => discovery::resource_list("", version)?,

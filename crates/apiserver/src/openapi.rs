@@ -148,6 +148,43 @@ fn definitions() -> &'static Map<String, Value> {
     })
 }
 
+/// `/openapi/v2` (Swagger 2.0, JSON): every path and every schema in one document, for
+/// tools that still read it. Built once.
+pub(crate) fn v2() -> &'static Value {
+    static V2: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    V2.get_or_init(|| {
+        let mut paths = Map::new();
+        for doc in documents().1.values() {
+            if let Some(p) = doc["paths"].as_object() {
+                for (path, item) in p {
+                    let mut item = item.clone();
+                    // v2 parameters carry their type directly.
+                    for op in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+                        for param in op["parameters"].as_array_mut().into_iter().flatten() {
+                            if let Some(schema) = param.as_object_mut().and_then(|p| p.remove("schema")) {
+                                param["type"] = schema["type"].clone();
+                                param["uniqueItems"] = schema["uniqueItems"].clone();
+                            }
+                        }
+                    }
+                    paths.insert(path.clone(), item);
+                }
+            }
+        }
+        let definitions = serde_json::to_string(definitions())
+            .map(|s| s.replace(REF_PREFIX, "#/definitions/"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .unwrap_or_else(|| json!({}));
+        json!({
+            "swagger": "2.0",
+            "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", crate::KUBERNETES_VERSION.0, crate::KUBERNETES_VERSION.1)},
+            "paths": paths,
+            "definitions": definitions,
+        })
+    })
+}
+
 /// Every schema the server knows, by upstream name.
 pub(crate) fn all_definitions() -> &'static Map<String, Value> {
     definitions()
@@ -276,6 +313,19 @@ fn operation(r: &Resource, action: &str, gvk: &Value, query: &[&str]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swagger_v2_has_every_path_and_definition_with_v2_references() {
+        let doc = v2();
+        assert_eq!(doc["swagger"], "2.0");
+        assert!(
+            doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"].is_object()
+        );
+        assert!(doc["definitions"]["io.k8s.api.core.v1.Pod"].is_object());
+        let text = doc.to_string();
+        assert!(!text.contains("#/components/schemas/"));
+        assert!(text.contains("#/definitions/io.k8s.api.core.v1.PodSpec"));
+    }
 
     #[test]
     fn kinds_have_schemas_with_their_group_version_kind_and_list_extensions() {

@@ -150,6 +150,18 @@ impl ApiError {
         )
     }
 
+    /// 406 for a response type the server cannot produce.
+    pub fn not_acceptable(produced: &[&str]) -> Self {
+        Self::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "only the following media types are accepted: {}",
+                produced.join(", ")
+            ),
+        )
+    }
+
     pub fn too_large() -> Self {
         Self::new(
             413,

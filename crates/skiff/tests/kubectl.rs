@@ -67,6 +67,13 @@ async fn version_and_discovery(c: &mut Cluster) {
             .lines()
             .any(|l| l.starts_with("configmaps") && l.contains(" cm "))
     );
+    let v2: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "--raw", "/openapi/v2"])).expect("swagger json");
+    assert_eq!(v2["swagger"], "2.0");
+    assert!(
+        v2["definitions"]["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"]
+            .is_array()
+    );
     let ready = c.ok(&["get", "--raw", "/readyz?verbose"]);
     assert!(ready.contains("readyz check passed"), "{ready}");
     let namespaces = c.ok(&["get", "namespaces", "-o", "name"]);
