@@ -57,6 +57,20 @@ impl State {
 
 /// Sweeps expired events every minute (or a quarter of the TTL); the first sweep is
 /// `run`'s, before the server reports ready.
+/// How often leaked or missing Service allocations are repaired (upstream: 3 minutes).
+const REPAIR_PERIOD: Duration = Duration::from_secs(180);
+
+pub(crate) async fn repair_allocations(state: State) {
+    let mut suspects = crate::registry::service_ips::Suspects::default();
+    let mut tick = tokio::time::interval(REPAIR_PERIOD);
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.registry.repair_allocations(&mut suspects).await {
+            tracing::warn!(error = %e.message, "repairing service allocations");
+        }
+    }
+}
+
 pub(crate) async fn expire_events(state: State, ttl: Duration) {
     let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);

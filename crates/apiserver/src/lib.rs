@@ -127,10 +127,12 @@ pub async fn run(
         tracing::warn!(error = %e.message, "expiring events");
     }
     let expiry = tokio::spawn(handler::expire_events(state.clone(), config.event_ttl));
+    let repair = tokio::spawn(handler::repair_allocations(state.clone()));
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
     let _ = ready.send(Ready { addr, kubeconfig });
     serve::serve(listener, tls, state, shutdown).await;
     expiry.abort();
+    repair.abort();
     Ok(())
 }
 

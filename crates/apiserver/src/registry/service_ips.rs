@@ -6,11 +6,13 @@
 //! global bitmap is rewritten per allocation. The reservation is made before the Service
 //! is stored and released if that fails or when the Service is deleted.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use bytes::Bytes;
 use rand::Rng;
 use serde_json::{Value, json};
+use skiff_storage::{KeyRange, Revision};
 
 use super::store::Registry;
 use crate::status::{ApiError, FieldError};
@@ -432,9 +434,198 @@ impl Registry {
     }
 }
 
+/// Reservations that looked leaked on the previous repair pass, with the revision they
+/// had then: only those still the same a pass later are released (a reservation is made
+/// just before its Service is stored, so one pass alone cannot tell a leak from a
+/// create in flight).
+#[derive(Default)]
+pub(crate) struct Suspects(HashMap<Vec<u8>, Revision>);
+
+/// What a repair pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Repaired {
+    pub released: usize,
+    pub restored: usize,
+}
+
+impl Registry {
+    /// Upstream's allocation repair loop, in one pass: releases reservations no Service
+    /// holds (left by a crash between reserving and storing, or a failed release), and
+    /// restores reservations a stored Service holds but that are missing (a restored
+    /// backup), so allocation can never hand out an address twice.
+    pub(crate) async fn repair_allocations(
+        &self,
+        suspects: &mut Suspects,
+    ) -> Result<Repaired, ApiError> {
+        let services = super::builtin("", "v1", "services")?;
+        let mut report = Repaired::default();
+        let mut next = Suspects::default();
+        for prefix in [IP_PREFIX, PORT_PREFIX] {
+            let reservations = self.range_all(prefix).await?;
+            for kv in reservations {
+                let owner = String::from_utf8_lossy(&kv.value).into_owned();
+                let held = match self.store.get(owner.as_bytes(), None).await {
+                    Ok(Some(svc)) => {
+                        let svc = super::object::decode(services, &svc)?;
+                        let holds = Registry::held(&svc);
+                        let item = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+                        if prefix == IP_PREFIX {
+                            holds.ip.is_some_and(|ip| ip.to_string() == item)
+                        } else {
+                            holds.ports.iter().any(|p| p.to_string() == item)
+                        }
+                    }
+                    Ok(None) => false,
+                    Err(e) => return Err(ApiError::internal(e)),
+                };
+                if held {
+                    continue;
+                }
+                if suspects.0.get(&kv.key) == Some(&kv.mod_revision) {
+                    match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                        Ok(_) => {
+                            report.released += 1;
+                            tracing::info!(key = %String::from_utf8_lossy(&kv.key), %owner, "released a leaked service allocation");
+                        }
+                        Err(
+                            skiff_storage::Error::NotFound { .. }
+                            | skiff_storage::Error::Conflict { .. },
+                        ) => {}
+                        Err(e) => return Err(ApiError::internal(e)),
+                    }
+                } else {
+                    next.0.insert(kv.key.clone(), kv.mod_revision);
+                }
+            }
+        }
+        for kv in self.range_all(&services.key_prefix(None)).await? {
+            let owner = String::from_utf8_lossy(&kv.key).into_owned();
+            let svc = super::object::decode(services, &kv)?;
+            let holds = Registry::held(&svc);
+            let keys = holds
+                .ip
+                .filter(|ip| self.service_cidr.contains(*ip))
+                .map(|ip| format!("{IP_PREFIX}{ip}"))
+                .into_iter()
+                .chain(holds.ports.iter().map(|p| format!("{PORT_PREFIX}{p}")));
+            for key in keys {
+                if self.reserve(key.clone(), &owner).await? {
+                    report.restored += 1;
+                    tracing::info!(%key, %owner, "restored a missing service allocation");
+                }
+            }
+        }
+        *suspects = next;
+        Ok(report)
+    }
+
+    async fn range_all(&self, prefix: &str) -> Result<Vec<skiff_storage::KeyValue>, ApiError> {
+        let mut range = KeyRange::prefix(prefix);
+        let mut revision = None;
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .store
+                .range(&range, revision, Some(1000))
+                .await
+                .map_err(ApiError::internal)?;
+            revision = Some(page.revision);
+            let next = page.next_page(&range);
+            out.extend(page.kvs);
+            match next {
+                Some(n) => range = n,
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn repair_releases_leaks_after_two_passes_and_restores_missing_reservations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = skiff_storage::embedded::Config::new(dir.path());
+        config.compaction_interval = None;
+        let store = skiff_storage::embedded::Embedded::open(&config).expect("store");
+        let registry = Registry::new(
+            std::sync::Arc::new(store),
+            ServiceCidr::parse("10.96.0.0/12").expect("cidr"),
+        );
+        registry
+            .ensure_namespace("default")
+            .await
+            .expect("namespace");
+        let services = super::super::builtin("", "v1", "services").expect("services");
+        let svc = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        let created = registry
+            .create(services, Some("default"), svc, Default::default())
+            .await
+            .expect("create")
+            .object;
+        let ip = created["spec"]["clusterIP"]
+            .as_str()
+            .expect("ip")
+            .to_string();
+        let leaked = format!("{IP_PREFIX}10.96.0.77");
+        registry
+            .store
+            .create(
+                leaked.as_bytes(),
+                Bytes::from("/registry/services/specs/default/gone"),
+            )
+            .await
+            .expect("plant a leak");
+        registry
+            .store
+            .delete(format!("{IP_PREFIX}{ip}").as_bytes(), None)
+            .await
+            .expect("lose a reservation");
+        let mut suspects = Suspects::default();
+        let first = registry
+            .repair_allocations(&mut suspects)
+            .await
+            .expect("repair");
+        assert_eq!(
+            first,
+            Repaired {
+                released: 0,
+                restored: 1
+            }
+        );
+        let second = registry
+            .repair_allocations(&mut suspects)
+            .await
+            .expect("repair");
+        assert_eq!(
+            second,
+            Repaired {
+                released: 1,
+                restored: 0
+            }
+        );
+        let kept = registry
+            .store
+            .get(format!("{IP_PREFIX}{ip}").as_bytes(), None)
+            .await
+            .expect("get");
+        assert!(kept.is_some());
+        assert!(
+            registry
+                .store
+                .get(leaked.as_bytes(), None)
+                .await
+                .expect("get")
+                .is_none()
+        );
+        let third = registry
+            .repair_allocations(&mut suspects)
+            .await
+            .expect("repair");
+        assert_eq!(third, Repaired::default());
+    }
 
     #[test]
     fn cidrs_parse_and_count() {
