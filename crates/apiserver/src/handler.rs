@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use skiff_storage::Store;
 
-use crate::registry::delete::DeleteOptions;
+use crate::registry::delete::{DeleteOptions, Propagation};
 use crate::registry::selector::{FieldSelector, LabelSelector};
 use crate::registry::store::{ListOptions, Part, PatchType, Registry, WriteOptions, Written};
 use crate::registry::subresources::ScaleChange;
@@ -382,9 +382,49 @@ fn delete_options(
             })?),
             None => options["gracePeriodSeconds"].as_i64(),
         };
+    let policy = query
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| options["propagationPolicy"].as_str().map(str::to_string));
+    let orphan = match query.get("orphanDependents") {
+        Some(o) => Some(o == "true"),
+        None => options["orphanDependents"].as_bool(),
+    };
+    let invalid = |field: &str, reason: &'static str, message: String| {
+        ApiError::invalid(
+            "DeleteOptions",
+            "meta.k8s.io",
+            "",
+            vec![FieldError {
+                field: field.into(),
+                reason,
+                message,
+            }],
+        )
+    };
+    let propagation = match (policy, orphan) {
+        (Some(_), Some(o)) => {
+            return Err(invalid(
+                "orphanDependents",
+                "FieldValueInvalid",
+                format!("Invalid value: {o}: orphanDependents and deletionPropagation cannot be both set"),
+            ));
+        }
+        (Some(p), None) => Some(Propagation::parse(&p).ok_or_else(|| {
+            invalid(
+                "propagationPolicy",
+                "FieldValueNotSupported",
+                format!("Unsupported value: {p:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""),
+            )
+        })?),
+        (None, Some(true)) => Some(Propagation::Orphan),
+        (None, Some(false)) => Some(Propagation::Background),
+        (None, None) => None,
+    };
     Ok(DeleteOptions {
         resource_version: precondition("resourceVersion"),
         uid: precondition("uid"),
+        propagation,
         grace_period_seconds: grace,
         dry_run: options["dryRun"]
             .as_array()

@@ -575,6 +575,36 @@ async fn create_get_label_annotate_delete(c: &mut Cluster) {
     c.ok(&["delete", "cm", "settings", "-n", "team"]);
     let err = c.fails(&["get", "cm", "settings", "-n", "team"]);
     assert!(err.contains("configmaps \"settings\" not found"), "{err}");
+    // --cascade=orphan leaves the object to the garbage collector: marked, with the
+    // orphan finalizer, until that finalizer is removed.
+    c.ok(&["create", "configmap", "owner", "-n", "team"]);
+    c.ok(&[
+        "delete",
+        "cm",
+        "owner",
+        "-n",
+        "team",
+        "--cascade=orphan",
+        "--wait=false",
+    ]);
+    let marked = c.json(&["get", "cm", "owner", "-n", "team"]);
+    assert_eq!(
+        marked["metadata"]["finalizers"],
+        serde_json::json!(["orphan"])
+    );
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    c.ok(&[
+        "patch",
+        "cm",
+        "owner",
+        "-n",
+        "team",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    let err = c.fails(&["get", "cm", "owner", "-n", "team"]);
+    assert!(err.contains("not found"), "{err}");
 }
 
 async fn patch_of_every_type(c: &mut Cluster) {

@@ -1,5 +1,7 @@
 //! Deletion: immediate, or marked with a deletionTimestamp while finalizers remain (or,
-//! for pods, for their grace period, so the kubelet can stop them first).
+//! for pods, for their grace period, so the kubelet can stop them first). A
+//! `propagationPolicy` of Orphan or Foreground becomes a finalizer the garbage collector
+//! works off, as upstream.
 
 use serde_json::{Value, json};
 use skiff_storage::{KeyValue, Revision};
@@ -18,6 +20,79 @@ pub(crate) struct DeleteOptions {
     pub uid: Option<String>,
     pub grace_period_seconds: Option<i64>,
     pub dry_run: bool,
+    /// `propagationPolicy` (or the older `orphanDependents`).
+    pub propagation: Option<Propagation>,
+}
+
+/// What happens to an object's dependents (objects whose ownerReferences name it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Propagation {
+    /// The object goes now; the garbage collector deletes dependents afterwards.
+    Background,
+    /// The object waits (finalizer `foregroundDeletion`) until its blocking dependents
+    /// are gone.
+    Foreground,
+    /// The object waits (finalizer `orphan`) until its dependents' references to it are
+    /// removed; they stay.
+    Orphan,
+}
+
+const ORPHAN: &str = "orphan";
+const FOREGROUND: &str = "foregroundDeletion";
+
+impl Propagation {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "Background" => Some(Propagation::Background),
+            "Foreground" => Some(Propagation::Foreground),
+            "Orphan" => Some(Propagation::Orphan),
+            _ => None,
+        }
+    }
+}
+
+/// Sets the garbage collection finalizers a deletion's policy asks for (upstream's
+/// `shouldUpdateFinalizers`); the garbage collector honours them. Whether they changed.
+fn propagation_finalizers(obj: &mut Value, propagation: Option<Propagation>) -> bool {
+    let Some(propagation) = propagation else {
+        return false;
+    };
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    let before: Vec<String> = meta
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .map(|f| {
+            f.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut after: Vec<String> = before
+        .iter()
+        .filter(|f| *f != ORPHAN && *f != FOREGROUND)
+        .cloned()
+        .collect();
+    match propagation {
+        Propagation::Orphan => after.push(ORPHAN.into()),
+        Propagation::Foreground => after.push(FOREGROUND.into()),
+        Propagation::Background => {}
+    }
+    let mut sorted_before = before.clone();
+    sorted_before.sort();
+    let mut sorted_after = after.clone();
+    sorted_after.sort();
+    if sorted_before == sorted_after {
+        return false;
+    }
+    if after.is_empty() {
+        meta.remove("finalizers");
+    } else {
+        meta.insert("finalizers".into(), json!(after));
+    }
+    true
 }
 
 /// A pod's grace period for this deletion: 0 when it never ran on a node or has
@@ -143,6 +218,7 @@ impl Registry {
             {
                 return Err(ApiError::conflict(&subj));
             }
+            let finalizers_changed = propagation_finalizers(&mut obj, options.propagation);
             let has_finalizers = |obj: &Value| {
                 meta(obj)
                     .and_then(|m| m.get("finalizers"))
@@ -210,7 +286,7 @@ impl Registry {
             let grace = obj
                 .pointer("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_i64);
-            if marked && grace.is_none_or(|g| g == 0) {
+            if marked && grace.is_none_or(|g| g == 0) && !finalizers_changed {
                 return Ok(obj);
             }
             if !marked {
@@ -255,5 +331,38 @@ impl Registry {
         }
         list["items"] = json!(items);
         Ok(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn propagation_policies_become_garbage_collector_finalizers() {
+        let mut obj = json!({"metadata": {"name": "x", "finalizers": ["example.com/keep"]}});
+        assert!(!propagation_finalizers(&mut obj, None));
+        assert!(propagation_finalizers(
+            &mut obj,
+            Some(Propagation::Foreground)
+        ));
+        assert_eq!(
+            obj["metadata"]["finalizers"],
+            json!(["example.com/keep", "foregroundDeletion"])
+        );
+        assert!(!propagation_finalizers(
+            &mut obj,
+            Some(Propagation::Foreground)
+        ));
+        assert!(propagation_finalizers(&mut obj, Some(Propagation::Orphan)));
+        assert_eq!(
+            obj["metadata"]["finalizers"],
+            json!(["example.com/keep", "orphan"])
+        );
+        assert!(propagation_finalizers(
+            &mut obj,
+            Some(Propagation::Background)
+        ));
+        assert_eq!(obj["metadata"]["finalizers"], json!(["example.com/keep"]));
     }
 }
