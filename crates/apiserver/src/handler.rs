@@ -235,7 +235,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             })
         }
         Verb::List => {
-            let list = registry.list(r, ns, &list_options(&query)?).await?;
+            let list = registry.list(r, ns, &list_options(r, &query)?).await?;
             ok(if as_table {
                 crate::table::from_list(r, &list, include)
             } else {
@@ -349,7 +349,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                 .await?)
         }
         Verb::DeleteCollection => ok(registry
-            .delete_collection(r, ns, &list_options(&query)?, dry_run)
+            .delete_collection(r, ns, &list_options(r, &query)?, dry_run)
             .await?),
     }
 }
@@ -565,7 +565,7 @@ fn ok(value: Value) -> Result<Response, ApiError> {
     Ok(Json(value).into_response())
 }
 
-fn list_options(query: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
+fn list_options(r: &Resource, query: &HashMap<String, String>) -> Result<ListOptions, ApiError> {
     let limit = match query.get("limit") {
         Some(l) => Some(
             l.parse::<usize>()
@@ -576,8 +576,11 @@ fn list_options(query: &HashMap<String, String>) -> Result<ListOptions, ApiError
     Ok(ListOptions {
         label_selector: LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))
             .map_err(ApiError::bad_request)?,
-        field_selector: FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))
-            .map_err(ApiError::bad_request)?,
+        field_selector: FieldSelector::parse(
+            r,
+            query.get("fieldSelector").map_or("", String::as_str),
+        )
+        .map_err(ApiError::bad_request)?,
         limit,
         continue_token: query.get("continue").filter(|c| !c.is_empty()).cloned(),
         resource_version: query.get("resourceVersion").cloned(),
@@ -601,7 +604,7 @@ async fn watch_response(
         None => 0,
     };
     let timeout = Duration::from_secs(if timeout == 0 { 1800 } else { timeout });
-    let mut list = list_options(query)?;
+    let mut list = list_options(r, query)?;
     if let Some(name) = name {
         // A watch on one object is a watch on its collection narrowed by name.
         list.field_selector = list.field_selector.and_name(name);

@@ -128,13 +128,76 @@ fn check_key(key: &str) -> Result<String, String> {
     }
 }
 
-/// A field selector over the fields every object has: `metadata.name` and
-/// `metadata.namespace` (`=`, `==`, `!=`).
+/// A field selector (`=`, `==`, `!=`) over the fields upstream indexes for the kind:
+/// `metadata.name` and `metadata.namespace` everywhere, and per kind the ones clients
+/// rely on (`spec.nodeName` for the kubelet's pods, `involvedObject.*` for `kubectl
+/// describe`'s events, ...). Values compare as strings (`true`, `3`); a missing field is
+/// the empty string.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct FieldSelector(Vec<(String, bool, String)>);
 
+/// Fields beyond metadata, by (group, kind), as upstream's field label conversions.
+const FIELDS: &[((&str, &str), &[&str])] = &[
+    (
+        ("", "Pod"),
+        &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+    ),
+    (
+        ("", "Event"),
+        &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+    ),
+    (
+        ("events.k8s.io", "Event"),
+        &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "type",
+        ],
+    ),
+    (("", "Namespace"), &["status.phase"]),
+    (("", "Node"), &["spec.unschedulable"]),
+    (("", "Secret"), &["type"]),
+    (("", "Service"), &["spec.clusterIP", "spec.type"]),
+    (("apps", "ReplicaSet"), &["status.replicas"]),
+    (("batch", "Job"), &["status.successful"]),
+    (("", "PersistentVolumeClaim"), &["status.phase"]),
+    (("", "PersistentVolume"), &["status.phase"]),
+];
+
 impl FieldSelector {
-    pub fn parse(input: &str) -> Result<Self, String> {
+    pub fn parse(r: &super::Resource, input: &str) -> Result<Self, String> {
+        let supported = FIELDS
+            .iter()
+            .find(|((g, k), _)| *g == r.group && *k == r.kind)
+            .map_or(&[][..], |(_, f)| *f);
         let mut terms = Vec::new();
         for part in input.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (field, equal, value) = if let Some((f, v)) = part.split_once("!=") {
@@ -149,7 +212,9 @@ impl FieldSelector {
                 ));
             };
             let field = field.trim();
-            if !matches!(field, "metadata.name" | "metadata.namespace") {
+            if !matches!(field, "metadata.name" | "metadata.namespace")
+                && !supported.contains(&field)
+            {
                 return Err(format!("field label not supported: {field}"));
             }
             terms.push((field.to_string(), equal, value.trim().to_string()));
@@ -165,13 +230,19 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
-            let pointer = if field == "metadata.name" {
-                "/metadata/name"
+            // An event's `source` is its component.
+            let path = if field == "source" {
+                "source.component"
             } else {
-                "/metadata/namespace"
+                field
             };
-            let actual = obj.pointer(pointer).and_then(Value::as_str).unwrap_or("");
-            (actual == value) == *equal
+            let pointer = format!("/{}", path.replace('.', "/"));
+            let actual = match obj.pointer(&pointer) {
+                Some(Value::String(s)) => s.clone(),
+                None | Some(Value::Null) => String::new(),
+                Some(other) => other.to_string(),
+            };
+            (actual == *value) == *equal
         })
     }
 }
@@ -231,23 +302,30 @@ mod tests {
     }
 
     #[test]
-    fn field_selectors_on_metadata() {
+    fn field_selectors_on_metadata_and_per_kind_fields() {
+        let cm = crate::registry::builtin("", "v1", "configmaps").expect("configmaps");
+        let pods = crate::registry::builtin("", "v1", "pods").expect("pods");
+        let events = crate::registry::builtin("", "v1", "events").expect("events");
         let obj = json!({"metadata": {"name": "a", "namespace": "ns"}});
+        let sel = |r, s: &str| FieldSelector::parse(r, s).expect(s);
+        assert!(sel(cm, "metadata.name=a").matches(&obj));
+        assert!(sel(cm, "metadata.namespace!=other").matches(&obj));
+        assert!(!sel(cm, "metadata.name==b").matches(&obj));
+        assert!(FieldSelector::parse(cm, "spec.nodeName=x").is_err());
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "hostNetwork": true},
+            "status": {"phase": "Running"}});
+        assert!(sel(pods, "spec.nodeName=n1,status.phase!=Failed").matches(&pod));
+        assert!(sel(pods, "spec.hostNetwork=true").matches(&pod));
+        assert!(!sel(pods, "spec.nodeName=").matches(&pod));
+        let unscheduled = json!({"metadata": {"name": "q"}, "spec": {}});
+        assert!(sel(pods, "spec.nodeName=").matches(&unscheduled));
+        let event = json!({"involvedObject": {"kind": "Pod", "name": "p"}, "source": {"component": "kubelet"}});
         assert!(
-            FieldSelector::parse("metadata.name=a")
-                .expect("parse")
-                .matches(&obj)
+            sel(
+                events,
+                "involvedObject.kind=Pod,involvedObject.name=p,source=kubelet"
+            )
+            .matches(&event)
         );
-        assert!(
-            FieldSelector::parse("metadata.namespace!=other")
-                .expect("parse")
-                .matches(&obj)
-        );
-        assert!(
-            !FieldSelector::parse("metadata.name==b")
-                .expect("parse")
-                .matches(&obj)
-        );
-        assert!(FieldSelector::parse("spec.nodeName=x").is_err());
     }
 }
