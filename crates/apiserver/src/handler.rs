@@ -753,6 +753,8 @@ fn yaml_or_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("error decoding the YAML request body: {e}")))
 }
 
+const OPENAPI_V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+
 /// `/api`, `/api/v1`, `/apis`, `/apis/GROUP`, `/apis/GROUP/VERSION`; `/api` and `/apis`
 /// in the aggregated format when the client asks for it (one request for everything).
 fn discovery_response(path: &str, headers: &HeaderMap) -> Option<Response> {
@@ -773,19 +775,32 @@ fn discovery_response(path: &str, headers: &HeaderMap) -> Option<Response> {
         return Some(response);
     }
     if parts.as_slice() == ["openapi", "v2"] {
-        // JSON only: the protobuf form (gnostic's) is not produced.
+        // The client's first acceptable form: gnostic protobuf (client-go) or JSON.
         let accept = headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("*/*");
-        let json = accept.split(',').any(|a| {
-            let media = a.split(';').next().unwrap_or_default().trim();
-            matches!(media, "application/json" | "*/*" | "application/*")
-        });
-        return Some(if json {
-            Json(crate::openapi::v2()).into_response()
-        } else {
-            ApiError::not_acceptable(&["application/json"]).into_response()
+        let chosen =
+            accept
+                .split(',')
+                .find_map(|a| match a.split(';').next().unwrap_or_default().trim() {
+                    "application/json" | "*/*" | "application/*" => Some(false),
+                    OPENAPI_V2_PROTOBUF
+                    | "application/com.github.proto-openapi.spec.v2.v1.0+protobuf" => Some(true),
+                    _ => None,
+                });
+        return Some(match chosen {
+            Some(false) => Json(crate::openapi::v2()).into_response(),
+            // Go's mime parser rejects the '@' of the accepted name: upstream answers
+            // with octet-stream too.
+            Some(true) => (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                crate::openapi::v2_protobuf(),
+            )
+                .into_response(),
+            None => {
+                ApiError::not_acceptable(&["application/json", OPENAPI_V2_PROTOBUF]).into_response()
+            }
         });
     }
     let value = match parts.as_slice() {

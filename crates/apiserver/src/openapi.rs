@@ -148,8 +148,8 @@ fn definitions() -> &'static Map<String, Value> {
     })
 }
 
-/// `/openapi/v2` (Swagger 2.0, JSON): every path and every schema in one document, for
-/// tools that still read it. Built once.
+/// `/openapi/v2` (Swagger 2.0): every path and every schema in one document, for tools
+/// that still read it (kubectl validates `kind: List` files with it). Built once.
 pub(crate) fn v2() -> &'static Value {
     static V2: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     V2.get_or_init(|| {
@@ -171,11 +171,12 @@ pub(crate) fn v2() -> &'static Value {
                 }
             }
         }
-        let definitions = serde_json::to_string(definitions())
+        let mut definitions = serde_json::to_string(definitions())
             .map(|s| s.replace(REF_PREFIX, "#/definitions/"))
             .ok()
             .and_then(|s| serde_json::from_str::<Value>(&s).ok())
             .unwrap_or_else(|| json!({}));
+        inline_single_all_of(&mut definitions);
         json!({
             "swagger": "2.0",
             "info": {"title": "Kubernetes", "version": format!("v{}.{}.0", crate::KUBERNETES_VERSION.0, crate::KUBERNETES_VERSION.1)},
@@ -183,6 +184,34 @@ pub(crate) fn v2() -> &'static Value {
             "definitions": definitions,
         })
     })
+}
+
+/// Swagger 2.0 puts a description next to `$ref` (OpenAPI 3.0 needs `allOf` for that),
+/// and v2 readers only follow `$ref`.
+fn inline_single_all_of(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let single = map
+                .get("allOf")
+                .and_then(Value::as_array)
+                .filter(|a| a.len() == 1)
+                .and_then(|a| a[0].get("$ref"))
+                .cloned();
+            if let Some(reference) = single {
+                map.remove("allOf");
+                map.insert("$ref".into(), reference);
+            }
+            map.values_mut().for_each(inline_single_all_of);
+        }
+        Value::Array(items) => items.iter_mut().for_each(inline_single_all_of),
+        _ => {}
+    }
+}
+
+/// `/openapi/v2` as gnostic protobuf, the form client-go asks for. Built once.
+pub(crate) fn v2_protobuf() -> &'static [u8] {
+    static V2: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    V2.get_or_init(|| crate::proto::openapi_v2::encode(v2()))
 }
 
 /// Every schema the server knows, by upstream name.
@@ -325,6 +354,9 @@ mod tests {
         let text = doc.to_string();
         assert!(!text.contains("#/components/schemas/"));
         assert!(text.contains("#/definitions/io.k8s.api.core.v1.PodSpec"));
+        let spec = &doc["definitions"]["io.k8s.api.core.v1.Pod"]["properties"]["spec"];
+        assert_eq!(spec["$ref"], "#/definitions/io.k8s.api.core.v1.PodSpec");
+        assert!(spec.get("allOf").is_none());
     }
 
     #[test]

@@ -1180,6 +1180,25 @@ async fn explain_reads_the_schemas(c: &mut Cluster) {
     assert!(out.contains("Container image name."), "{out}");
     let out = c.ok(&["explain", "pods", "--recursive"]);
     assert!(out.contains("nodeName\t<string>"), "{out}");
+    // The OpenAPI v2 document in protobuf, as client-go reads it: kubectl's own
+    // explain format, and client-side validation of a `kind: List` file.
+    let out = c.ok(&[
+        "explain",
+        "pods.spec.nodeName",
+        "--output=plaintext-openapiv2",
+    ]);
+    assert!(out.contains("FIELD:    nodeName <string>"), "{out}");
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: listed}\n  data: {a: b}\n";
+    let out = c.kubectl_with(&["apply", "-f", "-"], &[], Some(list));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.ok(&["get", "cm", "listed", "-o", "jsonpath={.data.a}"]),
+        "b"
+    );
 }
 
 /// `kubectl create <generator>` sends protobuf (client-go's typed clients do).

@@ -14,6 +14,7 @@
 //! and the zero numbers and booleans of fields that are values in Go are dropped, as the
 //! JSON encoding would omit them; pointer fields keep an explicit zero.
 
+pub(crate) mod openapi_v2;
 mod wire;
 
 use std::collections::HashMap;
