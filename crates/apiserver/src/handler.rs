@@ -235,12 +235,13 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             })
         }
         Verb::List => {
-            let list = registry.list(r, ns, &list_options(r, &query)?).await?;
-            ok(if as_table {
-                crate::table::from_list(r, &list, include)
-            } else {
-                list
-            })
+            let opts = list_options(r, &query)?;
+            if as_table {
+                let list = registry.list(r, ns, &opts).await?;
+                return ok(crate::table::from_list(r, &list, include));
+            }
+            let body = registry.list_body(r, ns, &opts).await?;
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
         Verb::Watch => {
             watch_response(

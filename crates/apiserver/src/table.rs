@@ -104,19 +104,23 @@ fn definitions(columns: &[Column]) -> Vec<Value> {
 
 fn row(columns: &[Column], obj: &Value, include: IncludeObject) -> Value {
     let cells: Vec<Value> = columns.iter().map(|c| (c.cell)(obj)).collect();
-    let mut row = json!({"cells": cells});
+    let mut row = serde_json::Map::new();
+    row.insert("cells".into(), Value::Array(cells));
     match include {
         IncludeObject::None => {}
         IncludeObject::Metadata => {
-            row["object"] = json!({
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
-            });
+            let mut partial = serde_json::Map::new();
+            partial.insert("kind".into(), json!("PartialObjectMetadata"));
+            partial.insert("apiVersion".into(), json!("meta.k8s.io/v1"));
+            let metadata = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+            partial.insert("metadata".into(), metadata);
+            row.insert("object".into(), Value::Object(partial));
         }
-        IncludeObject::Object => row["object"] = obj.clone(),
+        IncludeObject::Object => {
+            row.insert("object".into(), obj.clone());
+        }
     }
-    row
+    Value::Object(row)
 }
 
 /// A list as a Table.
@@ -147,13 +151,17 @@ pub(crate) fn from_object(r: &Resource, obj: &Value, include: IncludeObject) -> 
 fn table(r: &Resource, metadata: Value, objects: &[Value], include: IncludeObject) -> Value {
     let columns = columns(r);
     let rows: Vec<Value> = objects.iter().map(|o| row(&columns, o, include)).collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": metadata,
-        "columnDefinitions": definitions(&columns),
-        "rows": rows,
-    })
+    // Built by moving the rows in: `json!` would copy each by serialising it.
+    let mut table = serde_json::Map::new();
+    table.insert("kind".into(), json!("Table"));
+    table.insert("apiVersion".into(), json!("meta.k8s.io/v1"));
+    table.insert("metadata".into(), metadata);
+    table.insert(
+        "columnDefinitions".into(),
+        Value::Array(definitions(&columns)),
+    );
+    table.insert("rows".into(), Value::Array(rows));
+    Value::Object(table)
 }
 
 /// Time since `at` (RFC 3339) in upstream's `HumanDuration` format.

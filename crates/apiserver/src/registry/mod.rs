@@ -11,6 +11,7 @@ mod columns;
 mod defaults;
 pub(crate) mod delete;
 mod events;
+mod list;
 pub(crate) mod managed;
 mod names;
 pub(crate) mod object;

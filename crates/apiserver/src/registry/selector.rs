@@ -19,6 +19,10 @@ enum Requirement {
 pub(crate) struct LabelSelector(Vec<Requirement>);
 
 impl LabelSelector {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(input: &str) -> Result<Self, String> {
         let mut requirements = Vec::new();
         for part in split_top_level(input) {
@@ -193,6 +197,10 @@ const FIELDS: &[((&str, &str), &[&str])] = &[
 ];
 
 impl FieldSelector {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(r: &super::Resource, input: &str) -> Result<Self, String> {
         let supported = FIELDS
             .iter()

@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
 use serde_json::{Value, json};
-use skiff_storage::{KeyRange, KeyValue, Revision, Store};
+use skiff_storage::{KeyValue, Revision, Store};
 
 use super::managed::{self, Scope};
 use super::names::check_labels;
@@ -132,35 +131,6 @@ pub(crate) fn subject<'a>(r: &'a Resource, name: &'a str) -> Subject<'a> {
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ContinueToken {
-    v: String,
-    rv: Revision,
-    start: String,
-}
-
-fn encode_continue(rv: Revision, last_key: &[u8]) -> String {
-    let token = ContinueToken {
-        v: "meta.k8s.io/v1".into(),
-        rv,
-        start: String::from_utf8_lossy(last_key).into_owned(),
-    };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(serde_json::to_vec(&token).unwrap_or_default())
-}
-
-fn decode_continue(token: &str, prefix: &str) -> Result<ContinueToken, ApiError> {
-    let bad = || ApiError::bad_request("continue key is not valid: the token is malformed");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token.trim_end_matches('='))
-        .map_err(|_| bad())?;
-    let token: ContinueToken = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    if !token.start.starts_with(prefix) {
-        return Err(bad());
-    }
-    Ok(token)
-}
-
 impl Registry {
     pub fn new(store: Arc<dyn Store>, service_cidr: super::service_ips::ServiceCidr) -> Self {
         Registry {
@@ -188,149 +158,6 @@ impl Registry {
             .await
             .map_err(|e| ApiError::from_store(e, &subj))?
             .ok_or_else(|| ApiError::not_found(&subj))
-    }
-
-    pub async fn list(
-        &self,
-        r: &Resource,
-        ns: Option<&str>,
-        opts: &ListOptions,
-    ) -> Result<Value, ApiError> {
-        let prefix = r.key_prefix(ns);
-        if opts.continue_token.is_none() && opts.resource_version.as_deref() == Some("0") {
-            return self.list_cached(r, ns, opts).await;
-        }
-        let (mut range, mut revision) = match &opts.continue_token {
-            Some(token) => {
-                let token = decode_continue(token, &prefix)?;
-                (
-                    KeyRange::prefix(prefix.clone()).continue_after(token.start.as_bytes()),
-                    Some(token.rv),
-                )
-            }
-            None => (
-                KeyRange::prefix(prefix.clone()),
-                self.list_revision(opts).await?,
-            ),
-        };
-        let limit = opts.limit.filter(|l| *l > 0);
-        let mut items = Vec::new();
-        let mut continue_token = None;
-        let list_revision;
-        'pages: loop {
-            let page = self
-                .store
-                .range(&range, revision, limit.map(|l| l.max(1)))
-                .await
-                .map_err(|e| match e {
-                    skiff_storage::Error::Compacted { .. } if opts.continue_token.is_some() => ApiError::expired(
-                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-                    ),
-                    e => ApiError::from_store(e, &subject(r, "")),
-                })?;
-            revision = Some(page.revision);
-            let count = page.kvs.len();
-            for (i, kv) in page.kvs.iter().enumerate() {
-                let obj = decode(r, kv)?;
-                if opts.label_selector.matches(
-                    meta(&obj)
-                        .and_then(|m| m.get("labels"))
-                        .and_then(Value::as_object),
-                ) && opts.field_selector.matches(&obj)
-                {
-                    items.push(obj);
-                }
-                if limit.is_some_and(|l| items.len() >= l) && (i + 1 < count || page.more) {
-                    continue_token = Some(encode_continue(page.revision, &kv.key));
-                    list_revision = page.revision;
-                    break 'pages;
-                }
-            }
-            match page.next_page(&range) {
-                Some(next) => range = next,
-                None => {
-                    list_revision = page.revision;
-                    break;
-                }
-            }
-        }
-        let mut metadata = json!({"resourceVersion": list_revision.to_string()});
-        if let Some(token) = continue_token {
-            metadata["continue"] = json!(token);
-        }
-        Ok(json!({
-            "kind": format!("{}List", r.kind),
-            "apiVersion": r.api_version(),
-            "metadata": metadata,
-            "items": items,
-        }))
-    }
-
-    /// A LIST at resourceVersion 0 ("any version"): from the watch cache, whole (the
-    /// limit does not apply, as upstream).
-    async fn list_cached(
-        &self,
-        r: &Resource,
-        ns: Option<&str>,
-        opts: &ListOptions,
-    ) -> Result<Value, ApiError> {
-        let range = KeyRange::prefix(r.key_prefix(ns));
-        let snapshot = self
-            .cache
-            .list(&r.key_prefix(None), &range)
-            .await
-            .map_err(|e| ApiError::from_store(e, &subject(r, "")))?;
-        let mut items = Vec::new();
-        for kv in &snapshot.kvs {
-            let obj = decode(r, kv)?;
-            if opts.label_selector.matches(
-                meta(&obj)
-                    .and_then(|m| m.get("labels"))
-                    .and_then(Value::as_object),
-            ) && opts.field_selector.matches(&obj)
-            {
-                items.push(obj);
-            }
-        }
-        Ok(json!({
-            "kind": format!("{}List", r.kind),
-            "apiVersion": r.api_version(),
-            "metadata": {"resourceVersion": snapshot.revision.to_string()},
-            "items": items,
-        }))
-    }
-
-    /// The revision a list reads at (`None`: the newest), by upstream's resourceVersion
-    /// rules.
-    async fn list_revision(&self, opts: &ListOptions) -> Result<Option<Revision>, ApiError> {
-        let rv = match opts.resource_version.as_deref() {
-            None | Some("") | Some("0") => return Ok(None),
-            Some(rv) => parse_revision(rv)?,
-        };
-        let exact = match opts.resource_version_match.as_deref() {
-            Some("Exact") => true,
-            Some("NotOlderThan") => false,
-            None | Some("") => opts.limit.is_some_and(|l| l > 0),
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "invalid resourceVersionMatch: \"{other}\": supported values: \"Exact\", \"NotOlderThan\""
-                )));
-            }
-        };
-        if exact {
-            return Ok(Some(rv));
-        }
-        let current = self
-            .store
-            .current_revision()
-            .await
-            .map_err(ApiError::internal)?;
-        if rv > current {
-            return Err(ApiError::timeout(format!(
-                "Too large resource version: {rv}, current: {current}"
-            )));
-        }
-        Ok(None)
     }
 
     /// Validation shared by create and update. Returns the object as the kind defines it

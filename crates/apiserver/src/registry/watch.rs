@@ -121,7 +121,7 @@ pub(crate) async fn start(
             }
         };
         for obj in initial {
-            if !send(json!({"type": "ADDED", "object": obj})).await {
+            if !send(event_line("ADDED", obj)).await {
                 return;
             }
         }
@@ -192,6 +192,14 @@ pub(crate) async fn start(
     Ok(rx)
 }
 
+/// `{"type": ..., "object": ...}`, the object moved in (`json!` would copy it).
+fn event_line(kind: &str, obj: Value) -> Value {
+    let mut line = serde_json::Map::new();
+    line.insert("type".into(), Value::String(kind.into()));
+    line.insert("object".into(), obj);
+    Value::Object(line)
+}
+
 /// A deleted object known only by its key `/registry/[GROUP/]PLURAL/[NS/]NAME`.
 fn deleted_stub(r: &Resource, key: &[u8]) -> Value {
     let key = String::from_utf8_lossy(key);
@@ -232,5 +240,5 @@ fn to_line(r: &Resource, event: &skiff_storage::Event, opts: &ListOptions) -> Op
         (_, false, false) => return None,
     };
     set_resource_version(&mut obj, event.revision());
-    Some(json!({"type": kind, "object": obj}))
+    Some(event_line(kind, obj))
 }
