@@ -236,6 +236,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
         }
         Verb::List => {
             let opts = list_options(r, &query)?;
+            check_list_versions(&opts)?;
             if as_table {
                 let list = registry.list(r, ns, &opts).await?;
                 return ok(crate::table::from_list(r, &list, include));
@@ -587,6 +588,46 @@ fn list_options(r: &Resource, query: &HashMap<String, String>) -> Result<ListOpt
         resource_version: query.get("resourceVersion").cloned(),
         resource_version_match: query.get("resourceVersionMatch").cloned(),
     })
+}
+
+/// Upstream's combinations of resourceVersion, resourceVersionMatch and continue that a
+/// LIST refuses.
+fn check_list_versions(opts: &ListOptions) -> Result<(), ApiError> {
+    let rv = opts.resource_version.as_deref().unwrap_or("");
+    let matching = opts.resource_version_match.as_deref().unwrap_or("");
+    let invalid = |field: &str, message: String| {
+        ApiError::invalid(
+            "ListOptions",
+            "meta.k8s.io",
+            "",
+            vec![FieldError {
+                field: field.into(),
+                reason: "FieldValueForbidden",
+                message,
+            }],
+        )
+    };
+    if !matching.is_empty() && rv.is_empty() {
+        return Err(invalid(
+            "resourceVersionMatch",
+            "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+                .into(),
+        ));
+    }
+    if matching == "Exact" && rv == "0" {
+        return Err(invalid(
+            "resourceVersionMatch",
+            "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""
+                .into(),
+        ));
+    }
+    if opts.continue_token.is_some() && !rv.is_empty() && rv != "0" {
+        return Err(invalid(
+            "resourceVersion",
+            "Forbidden: specifying resource version is not allowed when using continue".into(),
+        ));
+    }
+    Ok(())
 }
 
 async fn watch_response(

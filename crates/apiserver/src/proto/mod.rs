@@ -295,7 +295,11 @@ fn decode_message(bytes: &[u8], name: &str, depth: usize) -> Result<Value, Proto
                 let v = value_of(kind, value, &field.json, depth)?;
                 // Go writes value fields even when empty; JSON would omit them.
                 let omit = match &v {
-                    Value::String(s) => s.is_empty() && matches!(kind, Kind::String),
+                    Value::String(s) => {
+                        s.is_empty()
+                            && matches!(kind, Kind::String)
+                            && !pointer_string(name, &field.json)
+                    }
                     Value::Null => true,
                     Value::Bool(false) => value_field(name, &field.json),
                     Value::Number(n) => n.as_i64() == Some(0) && value_field(name, &field.json),
@@ -330,7 +334,56 @@ const VALUE_FIELDS: &[(&str, &[&str])] = &[
         &["healthCheckNodePort", "publishNotReadyAddresses"],
     ),
     ("ServicePort", &["nodePort"]),
+    (
+        "Probe",
+        &[
+            "initialDelaySeconds",
+            "timeoutSeconds",
+            "periodSeconds",
+            "successThreshold",
+            "failureThreshold",
+        ],
+    ),
+    ("Event", &["count"]),
+    ("JobStatus", &["active", "succeeded", "failed"]),
+    (
+        "DeploymentStatus",
+        &[
+            "replicas",
+            "updatedReplicas",
+            "readyReplicas",
+            "availableReplicas",
+            "unavailableReplicas",
+        ],
+    ),
+    (
+        "ReplicaSetStatus",
+        &[
+            "replicas",
+            "fullyLabeledReplicas",
+            "readyReplicas",
+            "availableReplicas",
+        ],
+    ),
 ];
+
+/// String fields that are pointers in Go, where an explicit `""` means something
+/// (`storageClassName: ""`: no class, never the default one).
+const POINTER_STRINGS: &[(&str, &[&str])] = &[
+    (
+        "PersistentVolumeClaimSpec",
+        &["storageClassName", "volumeAttributesClassName"],
+    ),
+    ("PodSpec", &["runtimeClassName"]),
+    ("ServiceSpec", &["loadBalancerClass"]),
+];
+
+fn pointer_string(message: &str, field: &str) -> bool {
+    let short = message.rsplit('.').next().unwrap_or(message);
+    POINTER_STRINGS
+        .iter()
+        .any(|(m, fields)| *m == short && fields.contains(&field))
+}
 
 fn value_field(message: &str, field: &str) -> bool {
     let short = message.rsplit('.').next().unwrap_or(message);

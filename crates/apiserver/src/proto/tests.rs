@@ -192,6 +192,21 @@ fn services_pod_ips_and_unset_int_or_strings() {
 }
 
 #[test]
+fn an_explicit_empty_storage_class_survives() {
+    let claim = core::PersistentVolumeClaim {
+        metadata: Some(object_meta("data")),
+        spec: Some(core::PersistentVolumeClaimSpec {
+            storage_class_name: Some(String::new()),
+            volume_name: Some(String::new()),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let json = to_json(&envelope("v1", "PersistentVolumeClaim", &claim)).expect("decode");
+    assert_eq!(json["spec"], json!({"storageClassName": ""}));
+}
+
+#[test]
 fn bad_bodies_are_errors_not_panics() {
     assert!(to_json(b"not protobuf").is_err());
     let mut truncated = envelope("v1", "ConfigMap", &core::ConfigMap::default());

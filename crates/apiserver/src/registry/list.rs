@@ -158,13 +158,17 @@ impl Registry {
             ),
         };
         let limit = opts.limit.filter(|l| *l > 0);
+        // Pages start at the limit and double while filtering leaves them short, as
+        // upstream's etcd3 store does, so a selective selector does not cost one
+        // datastore round trip per `limit` keys.
+        let mut page_size = limit.map(|l| l.max(1));
         let mut taken = 0;
         let mut continue_token = None;
         let list_revision;
         'pages: loop {
             let page = self
                 .store
-                .range(&range, revision, limit.map(|l| l.max(1)))
+                .range(&range, revision, page_size)
                 .await
                 .map_err(|e| match e {
                     skiff_storage::Error::Compacted { .. } if opts.continue_token.is_some() => ApiError::expired(
@@ -191,6 +195,7 @@ impl Registry {
                     break;
                 }
             }
+            page_size = page_size.map(|p| (p * 2).min(10_000));
         }
         let mut metadata = json!({"resourceVersion": list_revision.to_string()});
         if let Some(token) = continue_token {

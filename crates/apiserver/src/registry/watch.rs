@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::Resource;
 use super::object::{decode, set_resource_version};
 use super::store::{ListOptions, Registry};
+use super::watch_cache::From;
 
 use crate::status::ApiError;
 
@@ -50,48 +51,55 @@ pub(crate) async fn start(
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let (tx, rx) = mpsc::channel(256);
     let range = KeyRange::prefix(r.key_prefix(ns.as_deref()));
-    let requested: Option<Revision> = match opts.list.resource_version.as_deref() {
-        None | Some("") | Some("0") => None,
-        Some(rv) => match rv.parse::<Revision>() {
-            Ok(rv) if rv >= 0 => Some(rv),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "invalid resource version: \"{rv}\""
-                )));
-            }
+    let bad_rv = |rv: &str| ApiError::bad_request(format!("invalid resource version: \"{rv}\""));
+    let rv = opts.list.resource_version.as_deref().unwrap_or("");
+    let requested: Option<Revision> = match rv {
+        "" | "0" => None,
+        rv => match rv.parse::<Revision>() {
+            // The watch starts at the next revision: the largest one has none.
+            Ok(n) if (0..Revision::MAX).contains(&n) => Some(n),
+            _ => return Err(bad_rv(rv)),
         },
     };
-    // Streaming lists start from a snapshot whatever the resourceVersion (it is a lower
-    // bound); legacy watches from "now" or from the resourceVersion.
-    let after = match opts.send_initial_events {
-        Some(true) => None,
-        _ => requested,
+    // Where the watch starts, by upstream's rules: a streaming list or an unset
+    // resourceVersion starts from a snapshot at least as new as the request (the
+    // datastore's head when unset), "0" from the cache as it is, a resourceVersion from
+    // the changes after it.
+    let from = match (opts.send_initial_events, rv, requested) {
+        (Some(false), _, Some(n)) => From::After(n),
+        (Some(true), _, Some(n)) => From::AtLeast(n),
+        (_, "0", _) => From::Cached,
+        (None, _, Some(n)) => From::After(n),
+        (_, _, None) => From::AtLeast(
+            registry
+                .store
+                .current_revision()
+                .await
+                .map_err(|e| ApiError::from_store(e, &super::store::subject(r, "")))?,
+        ),
     };
     let subscription = registry
         .cache
-        .watch(&r.key_prefix(None), range.clone(), after)
+        .watch(&r.key_prefix(None), range.clone(), from)
         .await
         .map_err(|e| ApiError::from_store(e, &super::store::subject(r, "")))?;
     let mut initial = Vec::new();
     let mut initial_end = None;
     let (start, cached): (Revision, Option<Events>) = match subscription {
         Some(sub) => {
-            let start = match &sub.snapshot {
+            let start = match sub.snapshot {
                 // `sendInitialEvents=false`: changes only.
                 Some(snapshot) if opts.send_initial_events == Some(false) => snapshot.revision + 1,
                 Some(snapshot) => {
-                    for kv in &snapshot.kvs {
-                        let obj = decode(r, kv)?;
-                        if matches(&opts.list, &obj) {
-                            initial.push(obj);
-                        }
-                    }
                     if opts.send_initial_events == Some(true) {
                         initial_end = Some(snapshot.revision);
                     }
-                    snapshot.revision + 1
+                    let start = snapshot.revision + 1;
+                    // Decoded one by one as they are sent.
+                    initial = snapshot.kvs;
+                    start
                 }
-                None => after.unwrap_or(0) + 1,
+                None => requested.unwrap_or(0) + 1,
             };
             let mut events = sub.events;
             let live = futures::stream::poll_fn(move |cx| events.poll_recv(cx)).map(Ok);
@@ -101,7 +109,7 @@ pub(crate) async fn start(
             (start, Some(stream))
         }
         // Older than the cache's window: the datastore's history, if it still has it.
-        None => (after.unwrap_or(0) + 1, None),
+        None => (requested.unwrap_or(0) + 1, None),
     };
     let store = registry.store.clone();
     let table = opts.table;
@@ -120,7 +128,17 @@ pub(crate) async fn start(
                 tx.send(Bytes::from(bytes)).await.is_ok()
             }
         };
-        for obj in initial {
+        for kv in initial {
+            let obj = match decode(r, &kv) {
+                Ok(obj) => obj,
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&kv.key), error = %e.message, "skipping an undecodable object");
+                    continue;
+                }
+            };
+            if !matches(&opts.list, &obj) {
+                continue;
+            }
             if !send(event_line("ADDED", obj)).await {
                 return;
             }
@@ -166,6 +184,11 @@ pub(crate) async fn start(
                         None => return,
                     };
                     last = event.revision();
+                    // The cache sends every change of the kind: those outside this
+                    // watch's range only move its bookmarks on.
+                    if !range.contains(&event.kv.key) {
+                        continue;
+                    }
                     if let Some(line) = to_line(r, &event, &opts.list) {
                         // A client that stops reading must not keep the watch past its
                         // timeout: the send races the deadline.

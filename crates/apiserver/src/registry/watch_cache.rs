@@ -57,7 +57,6 @@ struct State {
 }
 
 struct Watcher {
-    range: KeyRange,
     after: Revision,
     tx: mpsc::Sender<Arc<Event>>,
 }
@@ -141,48 +140,114 @@ impl WatchCache {
 
     /// The objects in `range` (inside the kind's `prefix`) as the cache has them.
     pub async fn list(&self, prefix: &str, range: &KeyRange) -> skiff_storage::Result<Snapshot> {
-        let cache = self.cache(prefix).await?;
-        let state = cache.lock();
-        Ok(snapshot(&state, range))
+        loop {
+            let cache = self.cache(prefix).await?;
+            let state = cache.lock();
+            if !state.failed {
+                return Ok(snapshot(&state, range));
+            }
+        }
     }
 
-    /// Watches `range` inside the kind's `prefix`: from a snapshot of now (`after` is
-    /// `None`), or from the change after revision `after`. `None` when that revision is
-    /// older than the window: the caller watches the datastore instead.
+    /// Watches `range` inside the kind's `prefix` from `from`. `None` when asked for
+    /// changes older than the window: the caller watches the datastore instead.
+    ///
+    /// Watchers receive every change of the kind (the watch filters by range), so its
+    /// bookmarks follow the kind's progress, not only the changes it forwards.
     pub async fn watch(
         &self,
         prefix: &str,
         range: KeyRange,
-        after: Option<Revision>,
+        from: From,
     ) -> skiff_storage::Result<Option<Subscription>> {
-        let cache = self.cache(prefix).await?;
+        let cache = loop {
+            let cache = self.cache(prefix).await?;
+            if !cache.lock().failed {
+                break cache;
+            }
+        };
+        // A snapshot at least as new as a revision the cache has not reached yet is
+        // read from the datastore, at its current revision.
+        let consistent = match from {
+            From::AtLeast(min) if cache.lock().revision < min => {
+                Some(self.read_snapshot(&range).await?)
+            }
+            _ => None,
+        };
         let mut state = cache.lock();
-        let (snapshot, backlog, after) = match after {
-            None => {
+        if state.failed {
+            return Err(skiff_storage::Error::Closed);
+        }
+        let (snapshot, after) = match (from, consistent) {
+            (_, Some(snap)) => {
+                let revision = snap.revision;
+                (Some(snap), revision)
+            }
+            (From::Cached | From::AtLeast(_), None) => {
                 let snap = snapshot(&state, &range);
                 let revision = snap.revision;
-                (Some(snap), Vec::new(), revision)
+                (Some(snap), revision)
             }
-            Some(after) if after >= state.revision => (None, Vec::new(), after),
-            Some(after) if after + 1 >= state.floor => {
-                let backlog = state
-                    .events
-                    .iter()
-                    .filter(|e| e.revision() > after && range.contains(&e.kv.key))
-                    .cloned()
-                    .collect();
-                (None, backlog, state.revision)
-            }
-            Some(_) => return Ok(None),
+            (From::After(after), None) => (None, after),
         };
+        let backlog = if after >= state.revision {
+            Vec::new()
+        } else if after.saturating_add(1) >= state.floor {
+            state
+                .events
+                .iter()
+                .filter(|e| e.revision() > after && range.contains(&e.kv.key))
+                .cloned()
+                .collect()
+        } else {
+            return Ok(None);
+        };
+        let after = after.max(state.revision);
         let (tx, rx) = mpsc::channel(self.queue);
-        state.watchers.push(Watcher { range, after, tx });
+        // Watchers that went away while the kind was quiet.
+        state.watchers.retain(|w| !w.tx.is_closed());
+        state.watchers.push(Watcher { after, tx });
         Ok(Some(Subscription {
             snapshot,
             backlog,
             events: rx,
         }))
     }
+
+    /// The objects in `range` read from the datastore at its current revision.
+    async fn read_snapshot(&self, range: &KeyRange) -> skiff_storage::Result<Snapshot> {
+        let mut kvs = Vec::new();
+        let mut page_range = range.clone();
+        let mut revision = None;
+        loop {
+            let page = self
+                .store
+                .range(&page_range, revision, Some(10_000))
+                .await?;
+            revision = Some(page.revision);
+            let next = page.next_page(&page_range);
+            kvs.extend(page.kvs);
+            match next {
+                Some(n) => page_range = n,
+                None => break,
+            }
+        }
+        Ok(Snapshot {
+            revision: revision.unwrap_or(0),
+            kvs,
+        })
+    }
+}
+
+/// Where a watch starts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum From {
+    /// A snapshot of the cache as it is (resourceVersion "0": any version).
+    Cached,
+    /// A snapshot at least as new as this revision.
+    AtLeast(Revision),
+    /// The changes after this revision, no snapshot.
+    After(Revision),
 }
 
 fn snapshot(state: &State, range: &KeyRange) -> Snapshot {
@@ -220,7 +285,7 @@ async fn feed(cache: Arc<Cache>, mut stream: WatchStream, window: usize) {
             }
         }
         state.watchers.retain(|w| {
-            if revision <= w.after || !w.range.contains(&event.kv.key) {
+            if revision <= w.after {
                 return !w.tx.is_closed();
             }
             // Full: too slow, closed. Closed: the client went away.
@@ -350,7 +415,7 @@ mod tests {
         let mut subs = Vec::new();
         for _ in 0..50 {
             let sub = cache
-                .watch(PREFIX, range.clone(), None)
+                .watch(PREFIX, range.clone(), From::Cached)
                 .await
                 .expect("watch");
             subs.push(sub.expect("cached"));
@@ -363,7 +428,7 @@ mod tests {
         assert_eq!(store.reads.load(Ordering::SeqCst), 1);
         // A watch resuming inside the window gets what it missed from memory.
         let mut resumed = cache
-            .watch(PREFIX, range.clone(), Some(revision - 1))
+            .watch(PREFIX, range.clone(), From::After(revision - 1))
             .await
             .expect("watch")
             .expect("in the window");
@@ -392,12 +457,12 @@ mod tests {
         let cache = WatchCache::with_sizes(store.clone(), 8, 4);
         let range = KeyRange::prefix(PREFIX);
         let mut slow = cache
-            .watch(PREFIX, range.clone(), None)
+            .watch(PREFIX, range.clone(), From::Cached)
             .await
             .expect("w")
             .expect("c");
         let mut fast = cache
-            .watch(PREFIX, range.clone(), None)
+            .watch(PREFIX, range.clone(), From::Cached)
             .await
             .expect("w")
             .expect("c");
@@ -415,17 +480,28 @@ mod tests {
         // Resuming from before the window is left to the datastore.
         assert!(
             cache
-                .watch(PREFIX, range.clone(), Some(1))
+                .watch(PREFIX, range.clone(), From::After(1))
                 .await
                 .expect("w")
                 .is_none()
         );
         assert!(
             cache
-                .watch(PREFIX, range, Some(last - 2))
+                .watch(PREFIX, range.clone(), From::After(last - 2))
                 .await
                 .expect("w")
                 .is_some()
         );
+        // A snapshot at least as new as the datastore's head, which the cache may not
+        // have reached, is consistent.
+        let current = store.current_revision().await.expect("revision");
+        let sub = cache
+            .watch(PREFIX, range, From::AtLeast(current))
+            .await
+            .expect("w")
+            .expect("subscribed");
+        let snapshot = sub.snapshot.expect("snapshot");
+        assert!(snapshot.revision >= current);
+        assert_eq!(snapshot.kvs.len(), 20);
     }
 }
