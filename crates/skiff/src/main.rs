@@ -2,6 +2,7 @@
 //! wires the library crates together.
 
 mod bench;
+mod scheduler;
 mod server;
 
 use anyhow::Result;
@@ -20,6 +21,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Run the API server alone (the only component that touches the datastore).
     Apiserver(server::ServerArgs),
+    /// Run the scheduler against an API server.
+    Scheduler(scheduler::SchedulerArgs),
     /// Measure a component's performance.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -42,6 +45,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Server(args) => runtime.block_on(server::run(args, "server")),
         Command::Apiserver(args) => runtime.block_on(server::run(args, "apiserver")),
+        Command::Scheduler(args) => runtime.block_on(scheduler::run(args)),
         Command::Bench(bench) => runtime.block_on(bench.run()),
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));

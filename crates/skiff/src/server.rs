@@ -47,8 +47,8 @@ pub struct ServerArgs {
     etcd_keyfile: Option<PathBuf>,
 }
 
-/// Runs the control plane as `role` (`server`: all in one; `apiserver`: the API server
-/// alone). Until the controllers land both run the API server only.
+/// Runs the control plane as `role` (`server`: all in one, the API server and the
+/// scheduler; `apiserver`: the API server alone).
 pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
     let store = open_store(&args).await?;
     store.health().await.context("datastore health check")?;
@@ -81,10 +81,34 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             anyhow::bail!("the API server stopped before it was ready");
         }
     }
+    // All in one: the scheduler runs here too, a client of the API server like any other.
+    let (components_stop, components_stopped) = tokio::sync::watch::channel(false);
+    let mut components = Vec::new();
+    if role == "server" {
+        let args = crate::scheduler::SchedulerArgs {
+            kubeconfig: args.data_dir.join("admin.kubeconfig"),
+            scheduler_name: "default-scheduler".into(),
+            leader_elect: true,
+            identity: None,
+        };
+        let mut stopped = components_stopped.clone();
+        components.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::scheduler::run_until(args, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "scheduler stopped");
+            }
+        }));
+    }
     tokio::select! {
         result = shutdown_signal() => {
             result?;
             tracing::info!("shutting down");
+            let _ = components_stop.send(true);
+            for component in components {
+                let _ = component.await;
+            }
             let _ = stop_tx.send(());
             (&mut apiserver).await?.context("API server")?;
         }
@@ -118,6 +142,13 @@ async fn open_store(args: &ServerArgs) -> Result<Arc<dyn Store>> {
             .context("connecting to etcd")?;
         tracing::info!(endpoints = ?args.etcd_endpoints, "etcd datastore");
         Ok(Arc::new(store))
+    }
+}
+
+/// SIGINT or SIGTERM, for components that only need to stop.
+pub async fn shutdown_signal_quiet() {
+    if let Err(e) = shutdown_signal().await {
+        tracing::warn!(error = %e, "waiting for signals");
     }
 }
 

@@ -20,6 +20,29 @@ pub struct Cluster {
     log: PathBuf,
 }
 
+/// A component process started by a test.
+pub struct Component {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Component {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
     Embedded,
@@ -136,6 +159,28 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts another `skiff` process (a component) against this cluster; it dies with
+    /// the test process and is killed when the guard drops.
+    pub fn spawn_component(&self, args: &[&str]) -> Component {
+        let log = self
+            .dir
+            .path()
+            .join(format!("{}.log", args.join("-").replace('/', "_")));
+        let file = std::fs::File::create(&log).expect("component log");
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", env!("CARGO_BIN_EXE_skiff")])
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start component");
+        Component { child, log }
     }
 
     pub fn restart(&mut self) {

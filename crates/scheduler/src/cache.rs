@@ -1,0 +1,247 @@
+//! The scheduler's picture of the cluster: every node with what the pods bound to it
+//! (or assumed to be, while their binding is in flight) request. Kept incrementally from
+//! the pod and node watches, so a scheduling decision never scans all pods.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use skiff_api::quantity;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// Resources in the units the scheduler compares: millicores, bytes, pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub milli_cpu: i64,
+    pub memory: i64,
+    pub ephemeral_storage: i64,
+    pub pods: i64,
+}
+
+impl Resources {
+    fn add(&mut self, other: &Resources) {
+        self.milli_cpu += other.milli_cpu;
+        self.memory += other.memory;
+        self.ephemeral_storage += other.ephemeral_storage;
+        self.pods += other.pods;
+    }
+
+    fn sub(&mut self, other: &Resources) {
+        self.milli_cpu -= other.milli_cpu;
+        self.memory -= other.memory;
+        self.ephemeral_storage -= other.ephemeral_storage;
+        self.pods -= other.pods;
+    }
+
+    fn from_list(
+        list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    ) -> Resources {
+        let get = |name: &str, f: fn(&str) -> Option<i64>| {
+            list.and_then(|l| l.get(name))
+                .and_then(|q| f(&q.0))
+                .unwrap_or(0)
+        };
+        Resources {
+            milli_cpu: get("cpu", quantity::milli_value),
+            memory: get("memory", quantity::value),
+            ephemeral_storage: get("ephemeral-storage", quantity::value),
+            pods: get("pods", quantity::value),
+        }
+    }
+}
+
+/// What scheduling needs to know of a pod.
+#[derive(Clone, Debug, Default)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub node: Option<String>,
+    pub requests: Resources,
+    /// Host ports as (protocol, hostIP, port).
+    pub host_ports: Vec<(String, String, i32)>,
+    pub pod: Pod,
+}
+
+impl PodInfo {
+    pub fn new(pod: &Pod) -> PodInfo {
+        let spec = pod.spec.clone().unwrap_or_default();
+        // Containers run together; init containers one at a time before them.
+        let mut requests = Resources::default();
+        for c in &spec.containers {
+            requests.add(&Resources::from_list(
+                c.resources.as_ref().and_then(|r| r.requests.as_ref()),
+            ));
+        }
+        for c in spec.init_containers.iter().flatten() {
+            let r = Resources::from_list(c.resources.as_ref().and_then(|r| r.requests.as_ref()));
+            requests.milli_cpu = requests.milli_cpu.max(r.milli_cpu);
+            requests.memory = requests.memory.max(r.memory);
+            requests.ephemeral_storage = requests.ephemeral_storage.max(r.ephemeral_storage);
+        }
+        requests.add(&Resources::from_list(spec.overhead.as_ref()));
+        requests.pods = 1;
+        let host_ports = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let port = p.host_port.filter(|p| *p > 0)?;
+                Some((
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    p.host_ip.clone().unwrap_or_default(),
+                    port,
+                ))
+            })
+            .collect();
+        PodInfo {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            node: spec.node_name.clone().filter(|n| !n.is_empty()),
+            requests,
+            host_ports,
+            pod: pod.clone(),
+        }
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A pod that still holds its node's resources: not finished, not gone.
+pub fn holds_resources(pod: &Pod) -> bool {
+    !matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// A node and what is placed on it.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub labels: Labels,
+    pub allocatable: Resources,
+    pub requested: Resources,
+    pub taints: Vec<Taint>,
+    pub unschedulable: bool,
+    pub used_ports: HashSet<(String, String, i32)>,
+    pub pods: HashSet<String>,
+}
+
+impl NodeInfo {
+    fn from_node(node: &Node) -> NodeInfo {
+        let status = node.status.as_ref();
+        let allocatable = status.and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()));
+        let spec = node.spec.as_ref();
+        NodeInfo {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            allocatable: Resources::from_list(allocatable),
+            taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            ..Default::default()
+        }
+    }
+
+    fn place(&mut self, pod: &PodInfo) {
+        self.requested.add(&pod.requests);
+        self.used_ports.extend(pod.host_ports.iter().cloned());
+        self.pods.insert(pod.key());
+    }
+
+    fn unplace(&mut self, pod: &PodInfo) {
+        self.requested.sub(&pod.requests);
+        for port in &pod.host_ports {
+            self.used_ports.remove(port);
+        }
+        self.pods.remove(&pod.key());
+    }
+}
+
+/// Nodes and the pods placed on them (bound, or assumed while binding).
+#[derive(Default)]
+pub struct Cache {
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Every pod holding resources on some node, by `namespace/name`.
+    placed: HashMap<String, PodInfo>,
+    /// Pods bound by us whose binding the watch has not shown yet.
+    assumed: HashSet<String>,
+}
+
+impl Cache {
+    pub fn set_node(&mut self, node: &Node) {
+        let mut info = NodeInfo::from_node(node);
+        if let Some(old) = self.nodes.get(&info.name) {
+            info.requested = old.requested;
+            info.used_ports = old.used_ports.clone();
+            info.pods = old.pods.clone();
+        } else {
+            let name = info.name.clone();
+            for pod in self
+                .placed
+                .values()
+                .filter(|p| p.node.as_deref() == Some(&name))
+            {
+                info.place(pod);
+            }
+        }
+        self.nodes.insert(info.name.clone(), info);
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        self.nodes.remove(name);
+    }
+
+    /// A pod as the watch shows it: placed where it is bound while it holds resources.
+    pub fn set_pod(&mut self, pod: &Pod) {
+        let info = PodInfo::new(pod);
+        let key = info.key();
+        if info.node.is_some() {
+            self.assumed.remove(&key);
+        } else if self.assumed.contains(&key) {
+            // Our binding is in flight: keep the assumption.
+            return;
+        }
+        self.remove_pod(&key);
+        if info.node.is_some() && holds_resources(pod) && pod.metadata.deletion_timestamp.is_none()
+        {
+            self.place(info);
+        }
+    }
+
+    pub fn remove_pod(&mut self, key: &str) {
+        if let Some(old) = self.placed.remove(key)
+            && let Some(node) = old.node.as_ref().and_then(|n| self.nodes.get_mut(n))
+        {
+            node.unplace(&old);
+        }
+    }
+
+    fn place(&mut self, info: PodInfo) {
+        if let Some(node) = info.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
+            node.place(&info);
+        }
+        self.placed.insert(info.key(), info);
+    }
+
+    /// Places a pod on a node before its binding is written.
+    pub fn assume(&mut self, pod: &PodInfo, node: &str) {
+        let mut info = pod.clone();
+        info.node = Some(node.to_string());
+        self.assumed.insert(info.key());
+        self.remove_pod(&info.key());
+        self.place(info);
+    }
+
+    /// Undoes an assumption whose binding failed.
+    pub fn forget(&mut self, key: &str) {
+        if self.assumed.remove(key) {
+            self.remove_pod(key);
+        }
+    }
+
+    pub fn is_placed(&self, key: &str) -> bool {
+        self.placed.contains_key(key)
+    }
+}

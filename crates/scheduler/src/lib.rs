@@ -1,0 +1,43 @@
+//! The Skiff scheduler: watches pods and nodes through the API (kube-rs watchers, as any
+//! operator would), picks a node for every pending pod that names this scheduler, and
+//! binds it through `pods/binding`.
+//!
+//! - `cache.rs`: nodes and what their pods request, kept from the watches.
+//! - `queue.rs`: active, backoff and unschedulable pods.
+//! - `framework.rs` + `plugins/`: filters and scores, pure.
+//! - `scheduler.rs`: the loops: watches, scheduling cycle, concurrent bindings, events.
+
+mod cache;
+mod framework;
+mod plugins;
+mod queue;
+mod scheduler;
+
+pub use scheduler::run;
+
+/// What the scheduler is called (pods choose it by `spec.schedulerName`) and how many
+/// bindings may be in flight at once.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub scheduler_name: String,
+    pub parallel_bindings: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            scheduler_name: "default-scheduler".into(),
+            parallel_bindings: 128,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("watching {what}: {source}")]
+    Watch {
+        what: &'static str,
+        #[source]
+        source: kube::runtime::watcher::Error,
+    },
+}

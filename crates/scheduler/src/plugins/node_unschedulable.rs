@@ -1,0 +1,40 @@
+//! NodeUnschedulable: cordoned nodes (`spec.unschedulable`) take only pods that
+//! tolerate the `node.kubernetes.io/unschedulable` taint.
+
+use k8s_openapi::api::core::v1::Taint;
+
+use crate::cache::{NodeInfo, PodInfo};
+use crate::framework::Plugin;
+
+pub struct NodeUnschedulable;
+
+impl Plugin for NodeUnschedulable {
+    fn name(&self) -> &'static str {
+        "NodeUnschedulable"
+    }
+
+    fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Vec<String> {
+        if !node.unschedulable {
+            return Vec::new();
+        }
+        let taint = Taint {
+            key: "node.kubernetes.io/unschedulable".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        };
+        let tolerations = pod
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_deref())
+            .unwrap_or_default();
+        if tolerations
+            .iter()
+            .any(|t| skiff_api::taints::tolerates(t, &taint))
+        {
+            Vec::new()
+        } else {
+            vec!["node(s) were unschedulable".into()]
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! `skiff scheduler`: the scheduler as its own process against any API server, with
+//! leader election so several copies can run and one schedules. `skiff server` runs it
+//! in process, against its own API server over loopback HTTPS.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+#[derive(clap::Args, Clone)]
+pub struct SchedulerArgs {
+    /// The kubeconfig to reach the API server with.
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Pods choose this scheduler by `spec.schedulerName`.
+    #[arg(long, default_value = "default-scheduler")]
+    pub scheduler_name: String,
+    /// Elect one active copy through the `kube-system/kube-scheduler` Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// This copy's name in the Lease (default: host name and process id).
+    #[arg(long)]
+    pub identity: Option<String>,
+}
+
+pub async fn client(kubeconfig: &Path) -> Result<kube::Client> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+        .await
+        .context("loading the kubeconfig")?;
+    kube::Client::try_from(config).context("creating the API client")
+}
+
+pub fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}_{}", host.trim(), std::process::id())
+}
+
+pub async fn run(args: SchedulerArgs) -> Result<()> {
+    run_until(args, crate::server::shutdown_signal_quiet()).await
+}
+
+/// Runs until `shutdown` completes (releasing the lease) or the scheduler fails.
+pub async fn run_until(args: SchedulerArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let client = client(&args.kubeconfig).await?;
+    let config = skiff_scheduler::Config {
+        scheduler_name: args.scheduler_name.clone(),
+        ..Default::default()
+    };
+    if !args.leader_elect {
+        tokio::select! {
+            r = skiff_scheduler::run(client, config) => r.context("scheduler")?,
+            () = shutdown => {}
+        }
+        return Ok(());
+    }
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let election = skiff_election::Config::new("kube-system", "kube-scheduler", &identity);
+    let work = || skiff_scheduler::run(client.clone(), config.clone());
+    skiff_election::run(client.clone(), election, work, shutdown)
+        .await
+        .context("leader election")?
+        .context("scheduler")
+}
