@@ -38,10 +38,10 @@ pub struct ApiBench {
     watch_events: usize,
 }
 
-struct Spawned {
+pub(super) struct Spawned {
     child: std::process::Child,
     _dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
+    pub kubeconfig: PathBuf,
     ready_after: Duration,
 }
 
@@ -52,7 +52,7 @@ impl Drop for Spawned {
     }
 }
 
-fn spawn_server() -> Result<Spawned> {
+pub(super) fn spawn_server() -> Result<Spawned> {
     use std::io::BufRead;
     let dir = tempfile::tempdir()?;
     let started = Instant::now();

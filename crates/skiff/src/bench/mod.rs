@@ -2,6 +2,7 @@
 //! docs/benchmarks.md. Performance targets live here, never in timed tests.
 
 mod api;
+mod scheduler;
 mod stats;
 mod store;
 
@@ -14,6 +15,8 @@ pub enum Bench {
     Store(store::StoreBench),
     /// Any Kubernetes API server (or a private `skiff server` with --spawn).
     Api(api::ApiBench),
+    /// Scheduling throughput with fake nodes.
+    Scheduler(scheduler::SchedulerBench),
 }
 
 impl Bench {
@@ -21,6 +24,7 @@ impl Bench {
         match self {
             Bench::Store(bench) => bench.run().await,
             Bench::Api(bench) => bench.run().await,
+            Bench::Scheduler(bench) => bench.run().await,
         }
     }
 }

@@ -1,0 +1,167 @@
+//! `skiff bench scheduler`: how fast pods get bound. For each scenario a private `skiff
+//! server` (API server + scheduler, embedded store) gets N fake nodes (Node objects with
+//! allocatable resources, no kubelet), then P pods are created by concurrent clients;
+//! the clock runs from the first create to the last pod seen bound through a watch.
+//! Works against any cluster with `--kubeconfig` too (it creates and deletes its nodes).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::{Api, Client};
+
+use super::api::spawn_server;
+use super::store::progress;
+
+#[derive(clap::Args)]
+pub struct SchedulerBench {
+    /// kubeconfig of a cluster to measure instead of private servers.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Scenarios as NODESxPODS.
+    #[arg(long, value_delimiter = ',', default_value = "100x1000,1000x1000,100x10000,1000x10000")]
+    scenarios: Vec<String>,
+    /// Concurrent clients creating pods.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+}
+
+impl SchedulerBench {
+    pub async fn run(self) -> Result<()> {
+        let mut rows = Vec::new();
+        for scenario in &self.scenarios {
+            let (nodes, pods) = scenario
+                .split_once('x')
+                .and_then(|(n, p)| Some((n.parse::<usize>().ok()?, p.parse::<usize>().ok()?)))
+                .with_context(|| format!("scenario {scenario}: expected NODESxPODS"))?;
+            let spawned = match &self.kubeconfig {
+                Some(_) => None,
+                None => Some(spawn_server()?),
+            };
+            let kubeconfig = spawned
+                .as_ref()
+                .map(|s| s.kubeconfig.clone())
+                .or_else(|| self.kubeconfig.clone())
+                .context("a kubeconfig")?;
+            let client = crate::scheduler::client(&kubeconfig).await?;
+            let figures = scenario_run(&client, nodes, pods, self.clients).await?;
+            rows.push((scenario.clone(), figures));
+        }
+        println!("| nodes x pods | pods bound/s | all bound after | bound after the last create |");
+        println!("|---|---|---|---|");
+        for (scenario, (rate, total, lag)) in rows {
+            println!(
+                "| {scenario} | {rate:.0} | {:.2} s | {:.0} ms |",
+                total.as_secs_f64(),
+                lag.as_secs_f64() * 1000.0
+            );
+        }
+        Ok(())
+    }
+}
+
+async fn scenario_run(
+    client: &Client,
+    nodes: usize,
+    pods: usize,
+    clients: usize,
+) -> Result<(f64, Duration, Duration)> {
+    let node_api: Api<Node> = Api::all(client.clone());
+    let bar = progress(nodes, "fake nodes");
+    futures::stream::iter(0..nodes)
+        .map(|i| {
+            let api = node_api.clone();
+            async move {
+                let name = format!("bench-node-{i}");
+                let node: Node = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "skiff.dev/bench": "true"}},
+                }))?;
+                api.create(&PostParams::default(), &node).await?;
+                let status = serde_json::json!({"status": {
+                    "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+                    "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                }});
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(clients)
+        .inspect(|_| bar.inc(1))
+        .try_collect::<()>()
+        .await?;
+    bar.finish_and_clear();
+
+    let namespace = "default";
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let rv = pod_api
+        .list_metadata(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut watch = pod_api
+        .watch(&WatchParams::default().labels("skiff.dev/bench=true"), &rv)
+        .await?
+        .boxed();
+    let started = Instant::now();
+    let creating = {
+        let api = pod_api.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(0..pods)
+                .map(|i| {
+                    let api = api.clone();
+                    async move {
+                        let pod: Pod = serde_json::from_value(serde_json::json!({
+                            "metadata": {"name": format!("bench-pod-{i}"), "labels": {"skiff.dev/bench": "true"}},
+                            "spec": {"containers": [{"name": "c", "image": "busybox",
+                                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
+                        }))?;
+                        api.create(&PostParams::default(), &pod).await?;
+                        anyhow::Ok(())
+                    }
+                })
+                .buffer_unordered(clients)
+                .try_collect::<()>()
+                .await?;
+            anyhow::Ok(Instant::now())
+        })
+    };
+    let bar = progress(pods, &format!("{nodes} nodes: pods bound"));
+    let mut bound = HashSet::new();
+    while bound.len() < pods {
+        let event = tokio::time::timeout(Duration::from_secs(120), watch.try_next())
+            .await
+            .context("no pod bound for 120 s")??
+            .context("the watch ended")?;
+        if let WatchEvent::Added(pod) | WatchEvent::Modified(pod) = event
+            && pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+            && bound.insert(pod.metadata.name.unwrap_or_default())
+        {
+            bar.inc(1);
+        }
+    }
+    let total = started.elapsed();
+    bar.finish_and_clear();
+    let created = creating.await??;
+    let lag = Instant::now().saturating_duration_since(created).min(total);
+    // Leave the cluster as it was.
+    let _ = pod_api
+        .delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &ListParams::default().labels("skiff.dev/bench=true"),
+        )
+        .await;
+    let _ = node_api
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("skiff.dev/bench=true"),
+        )
+        .await;
+    Ok((pods as f64 / total.as_secs_f64(), total, lag))
+}
