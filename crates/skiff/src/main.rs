@@ -2,6 +2,7 @@
 //! wires the library crates together.
 
 mod bench;
+mod controller_manager;
 mod scheduler;
 mod server;
 
@@ -23,6 +24,8 @@ enum Command {
     Apiserver(server::ServerArgs),
     /// Run the scheduler against an API server.
     Scheduler(scheduler::SchedulerArgs),
+    /// Run the controller manager against an API server.
+    ControllerManager(controller_manager::ControllerManagerArgs),
     /// Measure a component's performance.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
         Command::Server(args) => runtime.block_on(server::run(args, "server")),
         Command::Apiserver(args) => runtime.block_on(server::run(args, "apiserver")),
         Command::Scheduler(args) => runtime.block_on(scheduler::run(args)),
+        Command::ControllerManager(args) => runtime.block_on(controller_manager::run(args)),
         Command::Bench(bench) => runtime.block_on(bench.run()),
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));

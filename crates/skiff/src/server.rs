@@ -47,8 +47,8 @@ pub struct ServerArgs {
     etcd_keyfile: Option<PathBuf>,
 }
 
-/// Runs the control plane as `role` (`server`: all in one, the API server and the
-/// scheduler; `apiserver`: the API server alone).
+/// Runs the control plane as `role` (`server`: all in one, the API server, the scheduler
+/// and the controller manager; `apiserver`: the API server alone).
 pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
     let store = open_store(&args).await?;
     store.health().await.context("datastore health check")?;
@@ -81,12 +81,14 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             anyhow::bail!("the API server stopped before it was ready");
         }
     }
-    // All in one: the scheduler runs here too, a client of the API server like any other.
+    // All in one: the scheduler and the controller manager run here too, clients of the
+    // API server like any other.
     let (components_stop, components_stopped) = tokio::sync::watch::channel(false);
     let mut components = Vec::new();
     if role == "server" {
+        let args_kubeconfig = args.data_dir.join("admin.kubeconfig");
         let args = crate::scheduler::SchedulerArgs {
-            kubeconfig: args.data_dir.join("admin.kubeconfig"),
+            kubeconfig: args_kubeconfig.clone(),
             scheduler_name: "default-scheduler".into(),
             leader_elect: true,
             identity: None,
@@ -98,6 +100,21 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             };
             if let Err(e) = crate::scheduler::run_until(args, stop).await {
                 tracing::error!(error = %format!("{e:#}"), "scheduler stopped");
+            }
+        }));
+        let args = crate::controller_manager::ControllerManagerArgs {
+            kubeconfig: args_kubeconfig.clone(),
+            leader_elect: true,
+            identity: None,
+            controllers: Vec::new(),
+        };
+        let mut stopped = components_stopped.clone();
+        components.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::controller_manager::run_until(args, stop).await {
+                tracing::error!(error = %format!("{e:#}"), "controller manager stopped");
             }
         }));
     }

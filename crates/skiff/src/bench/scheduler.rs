@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::{Api, Client};
 
 use super::api::spawn_server;
@@ -23,7 +25,11 @@ pub struct SchedulerBench {
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// Scenarios as NODESxPODS.
-    #[arg(long, value_delimiter = ',', default_value = "100x1000,1000x1000,100x10000,1000x10000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100x1000,1000x1000,100x10000,1000x10000"
+    )]
     scenarios: Vec<String>,
     /// Concurrent clients creating pods.
     #[arg(long, default_value_t = 16)]
@@ -140,7 +146,11 @@ async fn scenario_run(
             .context("no pod bound for 120 s")??
             .context("the watch ended")?;
         if let WatchEvent::Added(pod) | WatchEvent::Modified(pod) = event
-            && pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+            && pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some()
             && bound.insert(pod.metadata.name.unwrap_or_default())
         {
             bar.inc(1);

@@ -1,0 +1,71 @@
+//! The Skiff controller manager: control loops, each an API client (kube-rs watchers and
+//! reflectors, as any operator), each driving one kind of object toward what it asks for.
+//! The loops are listed explicitly in [`run`]; each lives in its own module:
+//!
+//! - `replicaset.rs`: keeps `spec.replicas` pods per ReplicaSet.
+//! - `namespace.rs`: empties a terminating namespace, then finalizes it.
+//! - `serviceaccount.rs`: a `default` ServiceAccount in every namespace.
+//! - `garbage_collector.rs`: deletes objects whose owners are gone, and carries out
+//!   foreground and orphan deletions.
+
+mod garbage_collector;
+mod namespace;
+mod queue;
+mod replicaset;
+mod resources;
+mod serviceaccount;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// Which controllers run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub controllers: Vec<String>,
+}
+
+pub const ALL: &[&str] = &[
+    "replicaset",
+    "namespace",
+    "serviceaccount",
+    "garbagecollector",
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            controllers: ALL.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown controller {0:?} (known: {ALL:?})")]
+    Unknown(String),
+    #[error("{controller}: {source}")]
+    Controller {
+        controller: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+type Loop = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
+
+/// Runs the configured controllers until one of them fails.
+pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
+    let mut loops: Vec<Loop> = Vec::new();
+    for name in &config.controllers {
+        let client = client.clone();
+        loops.push(match name.as_str() {
+            "replicaset" => Box::pin(replicaset::run(client)),
+            "namespace" => Box::pin(namespace::run(client)),
+            "serviceaccount" => Box::pin(serviceaccount::run(client)),
+            "garbagecollector" => Box::pin(garbage_collector::run(client)),
+            other => return Err(Error::Unknown(other.to_string())),
+        });
+    }
+    let (result, _, _) = futures::future::select_all(loops).await;
+    result
+}

@@ -1,0 +1,95 @@
+//! A work queue of object keys: each key is queued once however often it is added, a key
+//! being worked on is not handed out twice, and keys can come back after a delay.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct Inner {
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+    busy: HashSet<String>,
+    /// Added while busy: queue again when done.
+    dirty: HashSet<String>,
+}
+
+#[derive(Clone, Default)]
+pub struct WorkQueue {
+    inner: Arc<Mutex<Inner>>,
+    notify: Arc<Notify>,
+}
+
+impl WorkQueue {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add(&self, key: &str) {
+        let mut inner = self.lock();
+        if inner.busy.contains(key) {
+            inner.dirty.insert(key.to_string());
+            return;
+        }
+        if inner.queued.insert(key.to_string()) {
+            inner.queue.push_back(key.to_string());
+            drop(inner);
+            self.notify.notify_one();
+        }
+    }
+
+    pub fn add_after(&self, key: &str, delay: Duration) {
+        let queue = self.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.add(&key);
+        });
+    }
+
+    /// The next key; waits for one.
+    pub async fn next(&self) -> String {
+        loop {
+            {
+                let mut inner = self.lock();
+                if let Some(key) = inner.queue.pop_front() {
+                    inner.queued.remove(&key);
+                    inner.busy.insert(key.clone());
+                    return key;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    pub fn done(&self, key: &str) {
+        let again = {
+            let mut inner = self.lock();
+            inner.busy.remove(key);
+            inner.dirty.remove(key)
+        };
+        if again {
+            self.add(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_are_deduplicated_and_requeued_when_added_while_busy() {
+        let q = WorkQueue::default();
+        q.add("a");
+        q.add("b");
+        q.add("a");
+        assert_eq!(q.next().await, "a");
+        q.add("a");
+        assert_eq!(q.next().await, "b");
+        q.done("a");
+        assert_eq!(q.next().await, "a");
+    }
+}

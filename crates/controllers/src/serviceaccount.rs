@@ -1,0 +1,71 @@
+//! The ServiceAccount controller: every namespace that is not terminating has a
+//! `default` ServiceAccount (recreated if deleted).
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+
+use crate::Error;
+
+pub async fn run(client: kube::Client) -> Result<(), Error> {
+    let namespaces = watcher::watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .filter_map(|ns| async move {
+        let ns = ns.ok()?;
+        if ns.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        ns.metadata.name
+    });
+    let deleted = watcher::watcher(
+        Api::<ServiceAccount>::all(client.clone()),
+        watcher::Config::default().fields("metadata.name=default"),
+    )
+    .default_backoff()
+    .filter_map(|event| async move {
+        match event {
+            Ok(Event::Delete(sa)) => sa.metadata.namespace,
+            _ => None,
+        }
+    });
+    let mut names = futures::stream::select(namespaces.boxed(), deleted.boxed());
+    while let Some(ns) = names.next().await {
+        ensure_default(&client, &ns).await;
+    }
+    Ok(())
+}
+
+async fn ensure_default(client: &kube::Client, ns: &str) {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    match api.get_opt("default").await {
+        Ok(Some(_)) => return,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(namespace = %ns, error = %e, "reading the default service account");
+            return;
+        }
+    }
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("default".into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &sa).await {
+        Ok(_) => tracing::debug!(namespace = %ns, "created the default service account"),
+        // Exists already, or the namespace is terminating.
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 403 => {}
+        Err(e) => {
+            tracing::warn!(namespace = %ns, error = %e, "creating the default service account")
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! `skiff controller-manager`: the control loops as their own process against any API
+//! server, with leader election through the `kube-system/kube-controller-manager` Lease.
+//! `skiff server` runs them in process, against its own API server over loopback HTTPS.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::scheduler::{client, default_identity};
+
+#[derive(clap::Args, Clone)]
+pub struct ControllerManagerArgs {
+    /// The kubeconfig to reach the API server with.
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Elect one active copy through the `kube-system/kube-controller-manager` Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// This copy's name in the Lease (default: host name and process id).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// The controllers to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub controllers: Vec<String>,
+}
+
+pub async fn run(args: ControllerManagerArgs) -> Result<()> {
+    run_until(args, crate::server::shutdown_signal_quiet()).await
+}
+
+/// Runs until `shutdown` completes (releasing the lease) or a controller fails.
+pub async fn run_until(
+    args: ControllerManagerArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let client = client(&args.kubeconfig).await?;
+    let mut config = skiff_controllers::Config::default();
+    if !args.controllers.is_empty() {
+        config.controllers = args.controllers.clone();
+    }
+    if !args.leader_elect {
+        tokio::select! {
+            r = skiff_controllers::run(client, config) => r.context("controller manager")?,
+            () = shutdown => {}
+        }
+        return Ok(());
+    }
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let election = skiff_election::Config::new("kube-system", "kube-controller-manager", &identity);
+    let work = || skiff_controllers::run(client.clone(), config.clone());
+    skiff_election::run(client.clone(), election, work, shutdown)
+        .await
+        .context("leader election")?
+        .context("controller manager")
+}

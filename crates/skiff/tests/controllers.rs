@@ -1,0 +1,177 @@
+//! The controller manager end to end, in `skiff server`: ReplicaSets over fake nodes,
+//! garbage collection with every propagation policy, namespaces emptied on deletion,
+//! default ServiceAccounts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, Cluster};
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn apply(c: &Cluster, manifest: &str) {
+    let out = c.kubectl_with(&["apply", "-f", "-"], &[], Some(manifest));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn replicaset(name: &str, replicas: usize, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers: [{{name: c, image: busybox}}]\n{extra_spec}"
+    )
+}
+
+/// Active (not terminating) pods with `app=NAME`, and the nodes they are on.
+fn active_pods(c: &Cluster, name: &str) -> Vec<String> {
+    let out = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app={name}"),
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.deletionTimestamp}|{.spec.nodeName}{\"\\n\"}{end}",
+    ]);
+    out.lines()
+        .filter(|l| l.starts_with('|'))
+        .map(|l| l.trim_start_matches('|').to_string())
+        .collect()
+}
+
+fn fake_nodes(c: &Cluster, n: usize) {
+    for i in 1..=n {
+        let name = format!("node-{i}");
+        apply(
+            c,
+            &format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n"
+            ),
+        );
+        c.ok(&[
+            "patch",
+            "node",
+            &name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"allocatable":{"cpu":"4","memory":"8Gi","pods":"110"}}}"#,
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicasets_keep_their_pods_spread_and_scale() {
+    let c = Cluster::start(Backend::Embedded).await;
+    fake_nodes(&c, 5);
+    apply(&c, &replicaset("web", 50, ""));
+    wait_for("50 pods bound", || {
+        let pods = active_pods(&c, "web");
+        pods.len() == 50 && pods.iter().all(|n| !n.is_empty())
+    });
+    let pods = active_pods(&c, "web");
+    for i in 1..=5 {
+        let on = pods.iter().filter(|n| **n == format!("node-{i}")).count();
+        assert_eq!(on, 10, "node-{i}: {pods:?}");
+    }
+    wait_for("status.replicas 50", || {
+        c.ok(&["get", "rs", "web", "-o", "jsonpath={.status.replicas}"]) == "50"
+    });
+    // Pods owned by the ReplicaSet, made from its template.
+    let pod = c.json(&["get", "pods", "-l", "app=web"]);
+    let owner = &pod["items"][0]["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "ReplicaSet");
+    assert_eq!(owner["controller"], true);
+    c.ok(&["scale", "rs", "web", "--replicas=0"]);
+    wait_for("no active pods", || active_pods(&c, "web").is_empty());
+    c.ok(&["scale", "rs", "web", "--replicas=5"]);
+    wait_for("5 pods again", || active_pods(&c, "web").len() == 5);
+    // A pod deleted by hand is replaced.
+    c.ok(&[
+        "delete",
+        "pods",
+        "-l",
+        "app=web",
+        "--force",
+        "--grace-period=0",
+    ]);
+    wait_for("replacements", || active_pods(&c, "web").len() == 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_propagates_in_the_background_the_foreground_or_not_at_all() {
+    let c = Cluster::start(Backend::Embedded).await;
+    // No nodes: the pods stay unscheduled, so deleting them is immediate.
+    for name in ["bg", "fg", "orphans"] {
+        apply(&c, &replicaset(name, 3, ""));
+    }
+    for name in ["bg", "fg", "orphans"] {
+        wait_for("3 pods", || active_pods(&c, name).len() == 3);
+    }
+    c.ok(&["delete", "rs", "bg"]);
+    wait_for("background: the pods follow", || {
+        active_pods(&c, "bg").is_empty()
+    });
+    let out = c.ok(&["delete", "rs", "fg", "--cascade=foreground"]);
+    assert!(out.contains("deleted"), "{out}");
+    // kubectl waited for the ReplicaSet to go, which it does only after its pods.
+    assert!(active_pods(&c, "fg").is_empty());
+    assert!(c.fails(&["get", "rs", "fg"]).contains("not found"));
+    c.ok(&["delete", "rs", "orphans", "--cascade=orphan"]);
+    wait_for("the orphaning to finish", || {
+        c.kubectl(&["get", "rs", "orphans"]).status.code() != Some(0)
+    });
+    let pods = c.json(&["get", "pods", "-l", "app=orphans"]);
+    let items = pods["items"].as_array().expect("items");
+    assert_eq!(items.len(), 3);
+    assert!(
+        items
+            .iter()
+            .all(|p| p["metadata"]["ownerReferences"].is_null()),
+        "{pods}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_get_a_default_service_account_and_are_emptied_on_delete() {
+    let c = Cluster::start(Backend::Embedded).await;
+    c.ok(&["create", "namespace", "doomed"]);
+    wait_for("the default service account", || {
+        c.kubectl(&["get", "sa", "default", "-n", "doomed"])
+            .status
+            .success()
+    });
+    c.ok(&["create", "configmap", "a", "-n", "doomed"]);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "-n",
+        "doomed",
+        "--from-literal=a=b",
+    ]);
+    let out = c.kubectl(&["delete", "namespace", "doomed", "--timeout=60s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        c.fails(&["get", "namespace", "doomed"])
+            .contains("not found")
+    );
+    // Deleting the default account brings it back.
+    c.ok(&["delete", "sa", "default"]);
+    wait_for("the default service account again", || {
+        c.kubectl(&["get", "sa", "default"]).status.success()
+    });
+}
