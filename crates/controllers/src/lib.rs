@@ -2,12 +2,14 @@
 //! reflectors, as any operator), each driving one kind of object toward what it asks for.
 //! The loops are listed explicitly in [`run`]; each lives in its own module:
 //!
+//! - `deployment.rs`: rolls Deployments out through ReplicaSets.
 //! - `replicaset.rs`: keeps `spec.replicas` pods per ReplicaSet.
 //! - `namespace.rs`: empties a terminating namespace, then finalizes it.
 //! - `serviceaccount.rs`: a `default` ServiceAccount in every namespace.
 //! - `garbage_collector.rs`: deletes objects whose owners are gone, and carries out
 //!   foreground and orphan deletions.
 
+mod deployment;
 mod garbage_collector;
 mod namespace;
 mod queue;
@@ -25,6 +27,7 @@ pub struct Config {
 }
 
 pub const ALL: &[&str] = &[
+    "deployment",
     "replicaset",
     "namespace",
     "serviceaccount",
@@ -59,6 +62,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
     for name in &config.controllers {
         let client = client.clone();
         loops.push(match name.as_str() {
+            "deployment" => Box::pin(deployment::run(client)),
             "replicaset" => Box::pin(replicaset::run(client)),
             "namespace" => Box::pin(namespace::run(client)),
             "serviceaccount" => Box::pin(serviceaccount::run(client)),
@@ -66,6 +70,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
             other => return Err(Error::Unknown(other.to_string())),
         });
     }
+    tracing::info!(controllers = ?config.controllers, "starting controllers");
     let (result, _, _) = futures::future::select_all(loops).await;
     result
 }

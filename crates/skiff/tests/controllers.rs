@@ -175,3 +175,141 @@ async fn namespaces_get_a_default_service_account_and_are_emptied_on_delete() {
         c.kubectl(&["get", "sa", "default"]).status.success()
     });
 }
+
+/// Plays the kubelet for fake nodes: every pod bound to a node becomes Running and
+/// Ready, and pods being deleted are removed.
+fn fake_kubelet(kubeconfig: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams};
+    use kube::runtime::watcher;
+    tokio::spawn(async move {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
+            &Default::default(),
+        )
+        .await
+        .expect("config");
+        let client = kube::Client::try_from(config).expect("client");
+        let mut pods =
+            watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).boxed();
+        while let Some(event) = pods.next().await {
+            let pods: Vec<Pod> = match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => vec![p],
+                _ => continue,
+            };
+            for pod in pods {
+                let Some(_node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+                    continue;
+                };
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                if pod.metadata.deletion_timestamp.is_some() {
+                    let _ = api
+                        .delete(&name, &DeleteParams::default().grace_period(0))
+                        .await;
+                    continue;
+                }
+                let ready = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if !ready {
+                    let status = serde_json::json!({"status": {"phase": "Running", "conditions": [
+                        {"type": "Ready", "status": "True"},
+                        {"type": "PodScheduled", "status": "True"},
+                    ]}});
+                    let _ = api
+                        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(status))
+                        .await;
+                }
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_roll_out_within_their_availability_budget_and_roll_back() {
+    let c = Cluster::start(Backend::Embedded).await;
+    fake_nodes(&c, 5);
+    let kubelet = fake_kubelet(c.kubeconfig.clone());
+    let deployment = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: 20\n  selector: {{matchLabels: {{app: web}}}}\n  strategy: {{rollingUpdate: {{maxSurge: 2, maxUnavailable: 2}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: c, image: {image}}}]}}\n"
+        )
+    };
+    apply(&c, &deployment("example/web:1"));
+    let out = c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    // Watch availability through the update: never below replicas - maxUnavailable.
+    let mut watch = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args([
+            "get",
+            "deployment",
+            "web",
+            "-w",
+            "-o",
+            "jsonpath={.status.availableReplicas}{\"\\n\"}",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w");
+    apply(&c, &deployment("example/web:2"));
+    let out = c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let _ = watch.kill();
+    let seen = watch.wait_with_output().expect("watch output");
+    let available: Vec<i64> = String::from_utf8_lossy(&seen.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(!available.is_empty());
+    assert!(available.iter().all(|a| *a >= 18), "{available:?}");
+    let images = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert!(
+        images.split_whitespace().all(|i| i == "example/web:2"),
+        "{images}"
+    );
+    let history = c.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    // Undo restores the first template.
+    c.ok(&["rollout", "undo", "deployment/web"]);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    wait_for("every pod back on web:1", || {
+        let images = c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ]);
+        let images: Vec<&str> = images.split_whitespace().collect();
+        images.len() == 20 && images.iter().all(|i| *i == "example/web:1")
+    });
+    // Scale to zero and back.
+    c.ok(&["scale", "deployment/web", "--replicas=0"]);
+    wait_for("no pods", || active_pods(&c, "web").is_empty());
+    c.ok(&["scale", "deployment/web", "--replicas=3"]);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    // Foreground deletion takes the ReplicaSets and pods first.
+    c.ok(&["delete", "deployment", "web", "--cascade=foreground"]);
+    assert!(
+        c.ok(&["get", "rs,pods", "-l", "app=web", "-o", "name"])
+            .trim()
+            .is_empty()
+    );
+    kubelet.abort();
+}

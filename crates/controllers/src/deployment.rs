@@ -1,0 +1,656 @@
+//! The Deployment controller: a Deployment owns one ReplicaSet per pod template it has
+//! had; the one matching the current template ("new") is scaled up and the others
+//! ("old") down, by the strategy — RollingUpdate within `maxSurge` and
+//! `maxUnavailable`, or Recreate (old pods gone first) — as upstream's
+//! `pkg/controller/deployment` does, so `kubectl rollout status|history|undo|pause|
+//! resume|restart` work. Old ReplicaSets beyond `revisionHistoryLimit` are deleted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use serde_json::json;
+
+use crate::Error;
+use crate::queue::WorkQueue;
+
+const REVISION: &str = "deployment.kubernetes.io/revision";
+const HASH_LABEL: &str = "pod-template-hash";
+const WORKERS: usize = 2;
+
+#[derive(Clone)]
+struct Context {
+    client: kube::Client,
+    deployments: Store<Deployment>,
+    replicasets: Store<ReplicaSet>,
+    pods: Store<Pod>,
+    queue: WorkQueue,
+}
+
+fn key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+}
+
+pub async fn run(client: kube::Client) -> Result<(), Error> {
+    let (deployments, d_writer) = reflector::store();
+    let (replicasets, rs_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let ctx = Context {
+        client: client.clone(),
+        deployments,
+        replicasets,
+        pods,
+        queue: WorkQueue::default(),
+    };
+    let d_events = reflector::reflector(
+        d_writer,
+        watcher::watcher(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .touched_objects();
+    let rs_events = reflector::reflector(
+        rs_writer,
+        watcher::watcher(
+            Api::<ReplicaSet>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .touched_objects();
+    let pod_events = reflector::reflector(
+        pod_writer,
+        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .default_backoff(),
+    )
+    .touched_objects();
+    tracing::debug!("deployment controller starting");
+    for _ in 0..WORKERS {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                let key = ctx.queue.next().await;
+                match sync(&ctx, &key).await {
+                    Ok(Some(again)) => ctx.queue.add_after(&key, again),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(deployment = %key, error = %e, "sync failed; retrying");
+                        ctx.queue.add_after(&key, Duration::from_secs(1));
+                    }
+                }
+                ctx.queue.done(&key);
+            }
+        });
+    }
+    let q = ctx.queue.clone();
+    let deployments = d_events.for_each(move |d| {
+        match &d {
+            Err(e) => tracing::warn!(error = %e, "deployment watch"),
+            Ok(d) => tracing::debug!(deployment = ?d.metadata.name, "deployment event"),
+        }
+        if let Ok(d) = d {
+            q.add(&key(
+                d.metadata.namespace.as_deref().unwrap_or_default(),
+                d.metadata.name.as_deref().unwrap_or_default(),
+            ));
+        }
+        futures::future::ready(())
+    });
+    let q = ctx.queue.clone();
+    let replicasets = rs_events.for_each(move |rs| {
+        if let Ok(rs) = rs
+            && let Some(owner) = controller(&rs.metadata).filter(|o| o.kind == "Deployment")
+        {
+            q.add(&key(
+                rs.metadata.namespace.as_deref().unwrap_or_default(),
+                &owner.name,
+            ));
+        }
+        futures::future::ready(())
+    });
+    // Pods matter for Recreate (old pods must be gone) and for readiness changes.
+    let q = ctx.queue.clone();
+    let rs_store = ctx.replicasets.clone();
+    let pods = pod_events.for_each(move |pod| {
+        if let Ok(pod) = pod
+            && let Some(rs) = controller(&pod.metadata).filter(|o| o.kind == "ReplicaSet")
+        {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+            if let Some(rs) = rs_store.get(&ObjectRef::new(&rs.name).within(ns))
+                && let Some(owner) = controller(&rs.metadata).filter(|o| o.kind == "Deployment")
+            {
+                q.add(&key(ns, &owner.name));
+            }
+        }
+        futures::future::ready(())
+    });
+    futures::future::join3(deployments, replicasets, pods).await;
+    Ok(())
+}
+
+/// upstream's `ComputeHash`: FNV-32a of the template (and collision count), spelled
+/// with `SafeEncodeString`'s alphabet.
+fn template_hash(template: &PodTemplateSpec, collisions: i32) -> String {
+    let mut hash: u32 = 0x811c_9dc5;
+    let text = serde_json::to_string(template).unwrap_or_default();
+    for b in text.bytes().chain(if collisions > 0 {
+        collisions.to_string().into_bytes()
+    } else {
+        Vec::new()
+    }) {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    hash.to_string()
+        .bytes()
+        .map(|b| ALPHANUMS[usize::from(b) % ALPHANUMS.len()] as char)
+        .collect()
+}
+
+/// A ReplicaSet's template without the hash label, to compare with the Deployment's.
+fn without_hash(template: &PodTemplateSpec) -> PodTemplateSpec {
+    let mut t = template.clone();
+    if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+        labels.remove(HASH_LABEL);
+    }
+    t
+}
+
+fn revision(rs: &ReplicaSet) -> i64 {
+    rs.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn spec_replicas(rs: &ReplicaSet) -> i32 {
+    rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+}
+
+fn available(rs: &ReplicaSet) -> i32 {
+    rs.status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+}
+
+/// An IntOrString of `total` (percentages round up for surge, down for unavailable).
+fn resolve(value: Option<&IntOrString>, total: i32, round_up: bool, default: &str) -> i32 {
+    let text = match value {
+        Some(IntOrString::Int(n)) => return *n,
+        Some(IntOrString::String(s)) => s.clone(),
+        None => default.to_string(),
+    };
+    match text.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
+        Some(percent) => {
+            let scaled = i64::from(total) * percent;
+            let v = if round_up {
+                (scaled + 99) / 100
+            } else {
+                scaled / 100
+            };
+            i32::try_from(v).unwrap_or(0)
+        }
+        None => text.parse().unwrap_or(0),
+    }
+}
+
+/// One sync; `Some(delay)` to look again later (a rollout waiting on time or pods).
+async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error> {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    let Some(d) = ctx.deployments.get(&ObjectRef::new(name).within(ns)) else {
+        tracing::debug!(deployment = %key, "gone");
+        return Ok(None);
+    };
+    tracing::debug!(deployment = %key, "sync");
+    if d.metadata.deletion_timestamp.is_some() {
+        return Ok(None);
+    }
+    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let spec = d.spec.clone().unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1);
+    let mut owned: Vec<Arc<ReplicaSet>> = ctx
+        .replicasets
+        .state()
+        .into_iter()
+        .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns))
+        .filter(|rs| controller(&rs.metadata).is_some_and(|o| o.uid == uid))
+        .collect();
+    owned.sort_by_key(|rs| revision(rs));
+    let template = spec.template.clone();
+    let new = owned
+        .iter()
+        .find(|rs| {
+            rs.spec
+                .as_ref()
+                .and_then(|s| s.template.as_ref())
+                .map(without_hash)
+                == Some(template.clone())
+        })
+        .cloned();
+    let max_revision = owned.iter().map(|rs| revision(rs)).max().unwrap_or(0);
+    let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
+    if spec.paused == Some(true) {
+        // Paused: no rollout; only the status is kept up to date.
+        update_status(ctx, &d, &owned, new.as_deref(), replicas).await?;
+        return Ok(None);
+    }
+    let new = match new {
+        Some(rs) if revision(&rs) < max_revision => {
+            // Rolled back to an older template: it becomes the newest revision.
+            let patch =
+                json!({"metadata": {"annotations": {REVISION: (max_revision + 1).to_string()}}});
+            Arc::new(
+                rs_api
+                    .patch(
+                        rs.metadata.name.as_deref().unwrap_or_default(),
+                        &PatchParams::default(),
+                        &Patch::Merge(patch),
+                    )
+                    .await?,
+            )
+        }
+        Some(rs) => rs,
+        None => Arc::new(create_new(&d, &template, max_revision + 1, &rs_api).await?),
+    };
+    let new_name = new.metadata.name.clone().unwrap_or_default();
+    let olds: Vec<&Arc<ReplicaSet>> = owned
+        .iter()
+        .filter(|rs| rs.metadata.name.as_deref() != Some(new_name.as_str()))
+        .collect();
+    let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
+    let mut scaled = false;
+    if recreate {
+        for old in olds.iter().filter(|rs| spec_replicas(rs) > 0) {
+            scale(&rs_api, old, 0).await?;
+            scaled = true;
+        }
+        let old_pods = ctx.pods.state().into_iter().any(|p| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && controller(&p.metadata).is_some_and(|o| {
+                    olds.iter()
+                        .any(|rs| rs.metadata.uid.as_deref() == Some(o.uid.as_str()))
+                })
+        });
+        if !old_pods && spec_replicas(&new) != replicas {
+            scale(&rs_api, &new, replicas).await?;
+            scaled = true;
+        }
+    } else {
+        let rolling = spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.as_ref());
+        let surge = resolve(
+            rolling.and_then(|r| r.max_surge.as_ref()),
+            replicas,
+            true,
+            "25%",
+        );
+        let mut unavailable = resolve(
+            rolling.and_then(|r| r.max_unavailable.as_ref()),
+            replicas,
+            false,
+            "25%",
+        );
+        if surge == 0 && unavailable == 0 {
+            unavailable = 1;
+        }
+        let total: i32 = owned.iter().map(|rs| spec_replicas(rs)).sum();
+        // Scale the new ReplicaSet up within the surge.
+        let current_new = spec_replicas(&new);
+        if current_new > replicas {
+            scale(&rs_api, &new, replicas).await?;
+            scaled = true;
+        } else if current_new < replicas {
+            let room = replicas + surge - total;
+            let target = (current_new + room.max(0)).min(replicas);
+            if target > current_new {
+                scale(&rs_api, &new, target).await?;
+                scaled = true;
+            }
+        }
+        // Scale old ReplicaSets down within the unavailability budget.
+        let min_available = replicas - unavailable;
+        let new_unavailable = (spec_replicas(&new) - available(&new)).max(0);
+        let all_pods: i32 = owned.iter().map(|rs| spec_replicas(rs)).sum();
+        let mut budget = all_pods - min_available - new_unavailable;
+        // Unhealthy old pods go first: removing them costs no availability.
+        for old in &olds {
+            if budget <= 0 {
+                break;
+            }
+            let unhealthy = (spec_replicas(old) - available(old)).max(0);
+            let cut = unhealthy.min(budget);
+            if cut > 0 {
+                scale(&rs_api, old, spec_replicas(old) - cut).await?;
+                budget -= cut;
+                scaled = true;
+            }
+        }
+        let total_available: i32 = owned.iter().map(|rs| available(rs)).sum();
+        let mut budget = (total_available - min_available).max(0).min(budget.max(0));
+        for old in &olds {
+            let current = ctx
+                .replicasets
+                .get(&ObjectRef::new(old.metadata.name.as_deref().unwrap_or_default()).within(ns))
+                .map_or(spec_replicas(old), |rs| spec_replicas(&rs));
+            if budget <= 0 || current == 0 {
+                continue;
+            }
+            let cut = current.min(budget);
+            scale(&rs_api, old, current - cut).await?;
+            budget -= cut;
+            scaled = true;
+        }
+    }
+    cleanup(&rs_api, &olds, spec.revision_history_limit.unwrap_or(10)).await?;
+    update_status(ctx, &d, &owned, Some(&new), replicas).await?;
+    Ok(scaled.then_some(Duration::from_millis(500)))
+}
+
+async fn create_new(
+    d: &Deployment,
+    template: &PodTemplateSpec,
+    revision: i64,
+    api: &Api<ReplicaSet>,
+) -> Result<ReplicaSet, kube::Error> {
+    let spec = d.spec.clone().unwrap_or_default();
+    let collisions = d
+        .status
+        .as_ref()
+        .and_then(|s| s.collision_count)
+        .unwrap_or(0);
+    let hash = template_hash(template, collisions);
+    let name = format!("{}-{hash}", d.metadata.name.as_deref().unwrap_or_default());
+    let mut template = template.clone();
+    let meta = template.metadata.get_or_insert_with(Default::default);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(HASH_LABEL.into(), hash.clone());
+    let mut selector: LabelSelector = spec.selector.clone();
+    selector
+        .match_labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(HASH_LABEL.into(), hash.clone());
+    let mut labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(HASH_LABEL.into(), hash);
+    let replicas = spec.replicas.unwrap_or(1);
+    let rs = ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: d.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([
+                (REVISION.to_string(), revision.to_string()),
+                (
+                    "deployment.kubernetes.io/desired-replicas".into(),
+                    replicas.to_string(),
+                ),
+            ])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: d.metadata.name.clone().unwrap_or_default(),
+                uid: d.metadata.uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::apps::v1::ReplicaSetSpec {
+            replicas: Some(0),
+            min_ready_seconds: spec.min_ready_seconds,
+            selector,
+            template: Some(template),
+        }),
+        status: None,
+    };
+    match api.create(&PostParams::default(), &rs).await {
+        Ok(created) => {
+            tracing::info!(replicaset = %name, revision, "created a ReplicaSet for a new template");
+            Ok(created)
+        }
+        // Made by an earlier sync the store has not shown yet.
+        Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await,
+        Err(e) => Err(e),
+    }
+}
+
+async fn scale(api: &Api<ReplicaSet>, rs: &ReplicaSet, replicas: i32) -> Result<(), kube::Error> {
+    let name = rs.metadata.name.as_deref().unwrap_or_default();
+    let patch = json!({"spec": {"replicas": replicas}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    tracing::debug!(replicaset = %name, replicas, "scaled");
+    Ok(())
+}
+
+/// Deletes the oldest empty old ReplicaSets beyond the history limit.
+async fn cleanup(
+    api: &Api<ReplicaSet>,
+    olds: &[&Arc<ReplicaSet>],
+    limit: i32,
+) -> Result<(), kube::Error> {
+    let empty: Vec<&&Arc<ReplicaSet>> = olds
+        .iter()
+        .filter(|rs| spec_replicas(rs) == 0 && rs.status.as_ref().is_none_or(|s| s.replicas == 0))
+        .collect();
+    let excess = empty
+        .len()
+        .saturating_sub(usize::try_from(limit).unwrap_or(0));
+    for rs in empty.into_iter().take(excess) {
+        let name = rs.metadata.name.as_deref().unwrap_or_default();
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn update_status(
+    ctx: &Context,
+    d: &Deployment,
+    owned: &[Arc<ReplicaSet>],
+    new: Option<&ReplicaSet>,
+    replicas: i32,
+) -> Result<(), kube::Error> {
+    let ns = d.metadata.namespace.as_deref().unwrap_or("default");
+    let name = d.metadata.name.as_deref().unwrap_or_default();
+    let fresh = |rs: &ReplicaSet| {
+        ctx.replicasets
+            .get(&ObjectRef::new(rs.metadata.name.as_deref().unwrap_or_default()).within(ns))
+            .map_or_else(|| rs.clone(), |r| (*r).clone())
+    };
+    let all: Vec<ReplicaSet> = owned.iter().map(|rs| fresh(rs)).collect();
+    let status_of = |rs: &ReplicaSet| rs.status.clone().unwrap_or_default();
+    let total: i32 = all.iter().map(|rs| status_of(rs).replicas).sum();
+    let ready: i32 = all
+        .iter()
+        .map(|rs| status_of(rs).ready_replicas.unwrap_or(0))
+        .sum();
+    let available_total: i32 = all
+        .iter()
+        .map(|rs| status_of(rs).available_replicas.unwrap_or(0))
+        .sum();
+    let updated = new.map(fresh).map_or(0, |rs| status_of(&rs).replicas);
+    let spec = d.spec.clone().unwrap_or_default();
+    let rolling = spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref());
+    let unavailable_budget = resolve(
+        rolling.and_then(|r| r.max_unavailable.as_ref()),
+        replicas,
+        false,
+        "25%",
+    );
+    let is_available = available_total >= replicas - unavailable_budget;
+    let complete = updated == replicas && total == replicas && available_total >= replicas;
+    let now = Timestamp::now().to_string();
+    let previous: HashMap<String, (String, String)> = d
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            (
+                c.type_.clone(),
+                (c.status.clone(), c.reason.clone().unwrap_or_default()),
+            )
+        })
+        .collect();
+    let condition = |kind: &str, status: &str, reason: &str, message: String| {
+        let unchanged = previous.get(kind) == Some(&(status.to_string(), reason.to_string()));
+        let since = d
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == kind))
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0.to_string())
+            .filter(|_| unchanged)
+            .unwrap_or_else(|| now.clone());
+        json!({"type": kind, "status": status, "reason": reason, "message": message,
+               "lastUpdateTime": now, "lastTransitionTime": since})
+    };
+    let new_name = new
+        .and_then(|rs| rs.metadata.name.clone())
+        .unwrap_or_default();
+    let available_condition = if is_available {
+        condition(
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".into(),
+        )
+    } else {
+        condition(
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".into(),
+        )
+    };
+    let progressing = if complete {
+        condition(
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+        )
+    } else {
+        condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{new_name}\" is progressing."),
+        )
+    };
+    let status = json!({
+        "observedGeneration": d.metadata.generation,
+        "replicas": total,
+        "updatedReplicas": updated,
+        "readyReplicas": ready,
+        "availableReplicas": available_total,
+        "unavailableReplicas": (replicas - available_total).max(0),
+        "conditions": [available_condition, progressing],
+    });
+    let old = d.status.clone().unwrap_or_default();
+    let same = old.observed_generation == d.metadata.generation
+        && old.replicas.unwrap_or(0) == total
+        && old.updated_replicas.unwrap_or(0) == updated
+        && old.ready_replicas.unwrap_or(0) == ready
+        && old.available_replicas.unwrap_or(0) == available_total
+        && previous.get("Available").map(|(s, _)| s.as_str())
+            == Some(if is_available { "True" } else { "False" })
+        && previous.get("Progressing").map(|(_, r)| r.as_str())
+            == Some(if complete {
+                "NewReplicaSetAvailable"
+            } else {
+                "ReplicaSetUpdated"
+            });
+    let revision_annotation = new.map(revision).unwrap_or(0).to_string();
+    let annotated = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION))
+        == Some(&revision_annotation);
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    if !annotated && new.is_some() {
+        let patch = json!({"metadata": {"annotations": {REVISION: revision_annotation}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    if !same {
+        api.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn surge_rounds_up_and_unavailability_down() {
+        let pct = |s: &str| IntOrString::String(s.into());
+        assert_eq!(resolve(Some(&pct("25%")), 10, true, "25%"), 3);
+        assert_eq!(resolve(Some(&pct("25%")), 10, false, "25%"), 2);
+        assert_eq!(resolve(Some(&IntOrString::Int(1)), 10, false, "25%"), 1);
+        assert_eq!(resolve(None, 4, false, "25%"), 1);
+    }
+
+    #[test]
+    fn template_hashes_are_stable_and_change_with_the_template() {
+        let t: PodTemplateSpec =
+            serde_json::from_value(json!({"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "a"}]}}))
+            .expect("template");
+        let mut u = t.clone();
+        u.spec.as_mut().expect("spec").containers[0].image = Some("b".into());
+        assert_eq!(template_hash(&t, 0), template_hash(&t, 0));
+        assert_ne!(template_hash(&t, 0), template_hash(&u, 0));
+        assert_ne!(template_hash(&t, 0), template_hash(&t, 1));
+        assert!(
+            template_hash(&t, 0)
+                .chars()
+                .all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c))
+        );
+    }
+}
