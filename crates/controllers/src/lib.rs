@@ -4,12 +4,14 @@
 //!
 //! - `deployment.rs`: rolls Deployments out through ReplicaSets.
 //! - `replicaset.rs`: keeps `spec.replicas` pods per ReplicaSet.
+//! - `endpoints.rs`: Endpoints and EndpointSlices of Services from their ready pods.
 //! - `namespace.rs`: empties a terminating namespace, then finalizes it.
 //! - `serviceaccount.rs`: a `default` ServiceAccount in every namespace.
 //! - `garbage_collector.rs`: deletes objects whose owners are gone, and carries out
 //!   foreground and orphan deletions.
 
 mod deployment;
+mod endpoints;
 mod garbage_collector;
 mod namespace;
 mod queue;
@@ -28,6 +30,7 @@ pub struct Config {
 
 pub const ALL: &[&str] = &[
     "deployment",
+    "endpoints",
     "replicaset",
     "namespace",
     "serviceaccount",
@@ -63,6 +66,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
         let client = client.clone();
         loops.push(match name.as_str() {
             "deployment" => Box::pin(deployment::run(client)),
+            "endpoints" => Box::pin(endpoints::run(client)),
             "replicaset" => Box::pin(replicaset::run(client)),
             "namespace" => Box::pin(namespace::run(client)),
             "serviceaccount" => Box::pin(serviceaccount::run(client)),

@@ -176,6 +176,8 @@ async fn namespaces_get_a_default_service_account_and_are_emptied_on_delete() {
     });
 }
 
+static NEXT_IP: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Plays the kubelet for fake nodes: every pod bound to a node becomes Running and
 /// Ready, and pods being deleted are removed.
 fn fake_kubelet(kubeconfig: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
@@ -217,7 +219,10 @@ fn fake_kubelet(kubeconfig: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
                 if !ready {
-                    let status = serde_json::json!({"status": {"phase": "Running", "conditions": [
+                    let n = NEXT_IP.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let ip = format!("10.244.{}.{}", n / 250, n % 250 + 1);
+                    let status = serde_json::json!({"status": {"phase": "Running", "podIP": ip,
+                        "podIPs": [{"ip": ip}], "conditions": [
                         {"type": "Ready", "status": "True"},
                         {"type": "PodScheduled", "status": "True"},
                     ]}});
@@ -311,5 +316,78 @@ async fn deployments_roll_out_within_their_availability_budget_and_roll_back() {
             .trim()
             .is_empty()
     );
+    kubelet.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_endpoints_and_slices_of_their_ready_pods() {
+    let c = Cluster::start(Backend::Embedded).await;
+    fake_nodes(&c, 2);
+    let kubelet = fake_kubelet(c.kubeconfig.clone());
+    apply(
+        &c,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: busybox, ports: [{name: http, containerPort: 8080}]}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n",
+    );
+    wait_for("three ready addresses", || {
+        c.ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}",
+        ])
+        .split_whitespace()
+        .count()
+            == 3
+    });
+    // The named target port resolves to the container port.
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[0].ports[0].port}"
+        ]),
+        "8080"
+    );
+    let slices = c.json(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+    ]);
+    let slice = &slices["items"][0];
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["endpoints"].as_array().map(Vec::len), Some(3));
+    assert_eq!(slice["ports"][0]["port"], 8080);
+    // Scaling down removes addresses.
+    c.ok(&["scale", "deployment/web", "--replicas=1"]);
+    wait_for("one address", || {
+        c.ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}",
+        ])
+        .split_whitespace()
+        .count()
+            == 1
+    });
+    // The API server's own Service is mirrored into a slice.
+    wait_for("the kubernetes slice", || {
+        c.ok(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "default",
+            "-l",
+            "kubernetes.io/service-name=kubernetes",
+            "-o",
+            "name",
+        ])
+        .contains("kubernetes")
+    });
     kubelet.abort();
 }
