@@ -23,6 +23,11 @@ use crate::queue::WorkQueue;
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 
+/// A service port resolved for a pod: (name, target port, protocol).
+type ResolvedPorts = Vec<(String, i32, String)>;
+/// Ready and not-ready addresses of the pods sharing one port resolution.
+type Addresses = (Vec<Value>, Vec<Value>);
+
 #[derive(Clone)]
 struct Context {
     client: kube::Client,
@@ -158,10 +163,9 @@ async fn sync(ctx: &Context, key: &str) -> Result<(), kube::Error> {
     let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
     let ports = spec.ports.clone().unwrap_or_default();
     // Group pods by their resolved ports (named target ports may differ per pod).
-    let mut subsets: BTreeMap<Vec<(String, i32, String)>, (Vec<Value>, Vec<Value>)> =
-        BTreeMap::new();
+    let mut subsets: BTreeMap<ResolvedPorts, Addresses> = BTreeMap::new();
     let mut slice_endpoints = Vec::new();
-    let mut slice_ports: Option<Vec<(String, i32, String)>> = None;
+    let mut slice_ports: Option<ResolvedPorts> = None;
     let mut pods: Vec<_> = ctx
         .pods
         .state()
@@ -188,7 +192,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<(), kube::Error> {
         ) {
             continue;
         }
-        let resolved: Vec<(String, i32, String)> = ports
+        let resolved: ResolvedPorts = ports
             .iter()
             .filter_map(|p| {
                 Some((
