@@ -7,6 +7,7 @@
 //! - `endpoints.rs`: Endpoints and EndpointSlices of Services from their ready pods.
 //! - `namespace.rs`: empties a terminating namespace, then finalizes it.
 //! - `serviceaccount.rs`: a `default` ServiceAccount in every namespace.
+//! - `node_lifecycle.rs`: unreachable nodes tainted and their pods evicted; pod CIDRs.
 //! - `garbage_collector.rs`: deletes objects whose owners are gone, and carries out
 //!   foreground and orphan deletions.
 
@@ -14,6 +15,7 @@ mod deployment;
 mod endpoints;
 mod garbage_collector;
 mod namespace;
+mod node_lifecycle;
 mod queue;
 mod replicaset;
 mod resources;
@@ -22,10 +24,15 @@ mod serviceaccount;
 use std::future::Future;
 use std::pin::Pin;
 
-/// Which controllers run.
+/// Which controllers run, and the node lifecycle settings.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub controllers: Vec<String>,
+    /// How long a node may go without renewing its Lease before it is Ready=Unknown
+    /// (upstream's `--node-monitor-grace-period`, 40 s).
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Pod CIDRs for nodes are carved from this (upstream's `--cluster-cidr`).
+    pub cluster_cidr: String,
 }
 
 pub const ALL: &[&str] = &[
@@ -33,6 +40,7 @@ pub const ALL: &[&str] = &[
     "endpoints",
     "replicaset",
     "namespace",
+    "nodelifecycle",
     "serviceaccount",
     "garbagecollector",
 ];
@@ -41,6 +49,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             controllers: ALL.iter().map(|c| c.to_string()).collect(),
+            node_monitor_grace_period: std::time::Duration::from_secs(40),
+            cluster_cidr: "10.244.0.0/16".into(),
         }
     }
 }
@@ -69,6 +79,13 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
             "endpoints" => Box::pin(endpoints::run(client)),
             "replicaset" => Box::pin(replicaset::run(client)),
             "namespace" => Box::pin(namespace::run(client)),
+            "nodelifecycle" => Box::pin(node_lifecycle::run(
+                client,
+                node_lifecycle::Settings {
+                    grace: config.node_monitor_grace_period,
+                    cluster_cidr: node_lifecycle::parse_cidr(&config.cluster_cidr),
+                },
+            )),
             "serviceaccount" => Box::pin(serviceaccount::run(client)),
             "garbagecollector" => Box::pin(garbage_collector::run(client)),
             other => return Err(Error::Unknown(other.to_string())),

@@ -23,6 +23,20 @@ pub struct ControllerManagerArgs {
     /// The controllers to run (default: all).
     #[arg(long, value_delimiter = ',')]
     pub controllers: Vec<String>,
+    #[command(flatten)]
+    pub nodes: NodeArgs,
+}
+
+/// Node lifecycle settings, shared with `skiff server`.
+#[derive(clap::Args, Clone)]
+pub struct NodeArgs {
+    /// Seconds a node may go without renewing its Lease before it is Ready=Unknown and
+    /// tainted unreachable.
+    #[arg(long, default_value_t = 40)]
+    pub node_monitor_grace_period: u64,
+    /// The range node pod CIDRs (/24 each) are assigned from.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
 }
 
 pub async fn run(args: ControllerManagerArgs) -> Result<()> {
@@ -39,6 +53,9 @@ pub async fn run_until(
     if !args.controllers.is_empty() {
         config.controllers = args.controllers.clone();
     }
+    config.node_monitor_grace_period =
+        std::time::Duration::from_secs(args.nodes.node_monitor_grace_period);
+    config.cluster_cidr = args.nodes.cluster_cidr.clone();
     if !args.leader_elect {
         tokio::select! {
             r = skiff_controllers::run(client, config) => r.context("controller manager")?,

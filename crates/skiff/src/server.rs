@@ -45,6 +45,9 @@ pub struct ServerArgs {
     /// PEM client key for etcd.
     #[arg(long)]
     etcd_keyfile: Option<PathBuf>,
+    /// Node lifecycle (all in one only).
+    #[command(flatten)]
+    nodes: crate::controller_manager::NodeArgs,
 }
 
 /// Runs the control plane as `role` (`server`: all in one, the API server, the scheduler
@@ -87,6 +90,7 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
     let mut components = Vec::new();
     if role == "server" {
         let args_kubeconfig = args.data_dir.join("admin.kubeconfig");
+        let node_args = args.nodes.clone();
         let args = crate::scheduler::SchedulerArgs {
             kubeconfig: args_kubeconfig.clone(),
             scheduler_name: "default-scheduler".into(),
@@ -107,6 +111,7 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             leader_elect: true,
             identity: None,
             controllers: Vec::new(),
+            nodes: node_args,
         };
         let mut stopped = components_stopped.clone();
         components.push(tokio::spawn(async move {

@@ -391,3 +391,102 @@ async fn services_get_endpoints_and_slices_of_their_ready_pods() {
     });
     kubelet.abort();
 }
+
+/// Renews `kube-node-lease/NODE` every half second while `alive` says so.
+fn lease_renewer(
+    kubeconfig: std::path::PathBuf,
+    node: &'static str,
+    alive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, Patch, PatchParams};
+    tokio::spawn(async move {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
+            &Default::default(),
+        )
+        .await
+        .expect("config");
+        let client = kube::Client::try_from(config).expect("client");
+        let api: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+        loop {
+            if alive.load(std::sync::atomic::Ordering::SeqCst) {
+                let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                let lease = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": node, "namespace": "kube-node-lease"},
+                    "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now}});
+                let _ = api
+                    .patch(
+                        node,
+                        &PatchParams::apply("fake-kubelet").force(),
+                        &Patch::Apply(lease),
+                    )
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_node_is_tainted_and_its_pods_replaced_elsewhere() {
+    let c = Cluster::start_with(Backend::Embedded, &["--node-monitor-grace-period", "3"]).await;
+    fake_nodes(&c, 2);
+    let kubelet = fake_kubelet(c.kubeconfig.clone());
+    let alive1 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let alive2 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let r1 = lease_renewer(c.kubeconfig.clone(), "node-1", alive1.clone());
+    let r2 = lease_renewer(c.kubeconfig.clone(), "node-2", alive2.clone());
+    // Node IPAM: every node gets a pod CIDR.
+    wait_for("pod CIDRs", || {
+        let cidrs = c.ok(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"]);
+        cidrs.split_whitespace().count() == 2 && cidrs.contains("10.244.")
+    });
+    let tolerate_briefly = "      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n";
+    apply(&c, &replicaset("web", 6, tolerate_briefly));
+    wait_for("pods on both nodes", || {
+        let pods = active_pods(&c, "web");
+        pods.len() == 6
+            && pods.contains(&"node-1".to_string())
+            && pods.contains(&"node-2".to_string())
+    });
+    // Every pod also got upstream's default 300 s toleration for not-ready nodes.
+    let pod = c.json(&["get", "pods", "-l", "app=web"]);
+    let tolerations = pod["items"][0]["spec"]["tolerations"].to_string();
+    assert!(
+        tolerations.contains("node.kubernetes.io/not-ready"),
+        "{tolerations}"
+    );
+    alive1.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_for("node-1 unreachable", || {
+        c.ok(&[
+            "get",
+            "node",
+            "node-1",
+            "-o",
+            "jsonpath={.spec.taints[*].key}",
+        ])
+        .contains("node.kubernetes.io/unreachable")
+    });
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "node",
+            "node-1",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"
+        ]),
+        "Unknown"
+    );
+    assert!(
+        !c.ok(&["get", "node", "node-2", "-o", "jsonpath={.spec.taints}"])
+            .contains("unreachable")
+    );
+    wait_for("all pods replaced on node-2", || {
+        let pods = active_pods(&c, "web");
+        pods.len() == 6 && pods.iter().all(|n| n == "node-2")
+    });
+    r1.abort();
+    r2.abort();
+    kubelet.abort();
+}

@@ -88,6 +88,7 @@ pub(super) fn service_defaults(obj: &mut Value) {
 pub(super) fn pod_defaults(obj: &mut Value) {
     if let Some(spec) = obj.get_mut("spec") {
         pod_spec_defaults(spec);
+        default_toleration_seconds(spec);
     }
     default(obj, "/status/phase", json!("Pending"));
 }
@@ -118,6 +119,33 @@ fn pod_spec_defaults(spec: &mut Value) {
                     default(port, "/protocol", json!("TCP"));
                 }
             }
+        }
+    }
+}
+
+/// Upstream's DefaultTolerationSeconds admission: a pod stays 300 s on a node that is
+/// not ready or unreachable before it is evicted, unless it says otherwise.
+fn default_toleration_seconds(spec: &mut Value) {
+    let Some(map) = spec.as_object_mut() else {
+        return;
+    };
+    let tolerations = map.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let tolerated = list.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let t_key = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (effect.is_empty() || effect == "NoExecute")
+                && (t_key == key || (t_key.is_empty() && exists))
+        });
+        if !tolerated {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
         }
     }
 }

@@ -18,6 +18,7 @@ pub struct Cluster {
     pub server: String,
     etcd: Option<LocalEtcd>,
     log: PathBuf,
+    extra: Vec<String>,
 }
 
 /// A component process started by a test.
@@ -51,6 +52,11 @@ pub enum Backend {
 
 impl Cluster {
     pub async fn start(backend: Backend) -> Cluster {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// Starts a cluster whose server gets `extra` flags.
+    pub async fn start_with(backend: Backend, extra: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("skiff-e2e-")
             .tempdir()
@@ -66,6 +72,7 @@ impl Cluster {
             dir,
             server: String::new(),
             etcd,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         cluster.boot();
         cluster
@@ -94,6 +101,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(["--secure-port", "0"])
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,281 @@
+//! The node lifecycle controller: a node whose kubelet stops renewing its Lease in
+//! `kube-node-lease` for the grace period gets `Ready=Unknown` and the
+//! `node.kubernetes.io/unreachable` taints (a node reporting `Ready=False` the
+//! `not-ready` ones); pods on it that do not tolerate a NoExecute taint are evicted
+//! (deleted), those that tolerate it for `tolerationSeconds` once that has passed. The
+//! taints go when the node reports Ready again. Node IPAM gives every node a pod CIDR
+//! from the cluster CIDR.
+//!
+//! A node with neither a Lease nor a Ready heartbeat is not monitored (it never had a
+//! kubelet).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+use crate::Error;
+
+const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+const NOT_READY: &str = "node.kubernetes.io/not-ready";
+const PERIOD: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub grace: Duration,
+    /// The cluster CIDR pod CIDRs are carved from (/24 each), if node IPAM runs.
+    pub cluster_cidr: Option<(Ipv4Addr, u8)>,
+}
+
+pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> {
+    let mut tick = tokio::time::interval(PERIOD);
+    loop {
+        tick.tick().await;
+        if let Err(e) = pass(&client, &settings).await {
+            tracing::warn!(error = %e, "node lifecycle pass");
+        }
+    }
+}
+
+fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+async fn pass(client: &kube::Client, settings: &Settings) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let node_list = nodes.list(&ListParams::default().match_any()).await?.items;
+    let lease_list = leases.list(&ListParams::default().match_any()).await?.items;
+    let now = Timestamp::now();
+    let mut used_cidrs: BTreeSet<String> = node_list
+        .iter()
+        .filter_map(|n| n.spec.as_ref()?.pod_cidr.clone())
+        .collect();
+    for node in &node_list {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if let Some((base, prefix)) = settings.cluster_cidr
+            && node
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_cidr.as_ref())
+                .is_none()
+            && let Some(cidr) = free_cidr(base, prefix, &used_cidrs)
+        {
+            let patch = json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}});
+            nodes
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
+            tracing::info!(node = %name, %cidr, "assigned a pod CIDR");
+            used_cidrs.insert(cidr);
+        }
+        let lease_time = lease_list
+            .iter()
+            .find(|l| l.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0));
+        let ready = ready_condition(node);
+        let heartbeat = [
+            lease_time,
+            ready.and_then(|c| c.last_heartbeat_time.as_ref().map(|t| t.0)),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let Some(heartbeat) = heartbeat else {
+            continue;
+        };
+        let silent = now.duration_since(heartbeat)
+            > SignedDuration::try_from(settings.grace).unwrap_or_default();
+        // A node renewing its lease without a Ready condition (a kubelet that does not
+        // report one) is taken as ready.
+        let status = ready.map(|c| c.status.as_str()).unwrap_or("True");
+        if silent && ready.is_none_or(|c| c.status != "Unknown") {
+            mark_unknown(&nodes, node, &name).await?;
+        }
+        let state = if silent { "Unknown" } else { status };
+        let wanted: Option<&str> = match state {
+            "Unknown" => Some(UNREACHABLE),
+            "False" => Some(NOT_READY),
+            _ => None,
+        };
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        let taints = sync_taints(&nodes, &name, taints, wanted, now).await?;
+        evict(client, &name, &taints, now).await?;
+    }
+    Ok(())
+}
+
+async fn mark_unknown(nodes: &Api<Node>, node: &Node, name: &str) -> Result<(), kube::Error> {
+    let now = Timestamp::now().to_string();
+    let conditions: Vec<serde_json::Value> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            json!({"type": c.type_, "status": "Unknown", "reason": "NodeStatusUnknown",
+                   "message": "Kubelet stopped posting node status.",
+                   "lastHeartbeatTime": c.last_heartbeat_time, "lastTransitionTime": now})
+        })
+        .collect();
+    let conditions = if conditions.is_empty() {
+        vec![
+            json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusNeverUpdated",
+                    "message": "Kubelet never posted node status.", "lastTransitionTime": now}),
+        ]
+    } else {
+        conditions
+    };
+    tracing::warn!(node = %name, "node stopped renewing its lease: Ready=Unknown");
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"status": {"conditions": conditions}})),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Makes the node's lifecycle taints exactly `wanted` (NoSchedule and NoExecute).
+async fn sync_taints(
+    nodes: &Api<Node>,
+    name: &str,
+    taints: Vec<Taint>,
+    wanted: Option<&str>,
+    now: Timestamp,
+) -> Result<Vec<Taint>, kube::Error> {
+    let ours = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
+    let mut next: Vec<Taint> = taints.iter().filter(|t| !ours(t)).cloned().collect();
+    if let Some(key) = wanted {
+        for effect in ["NoSchedule", "NoExecute"] {
+            let existing = taints.iter().find(|t| t.key == key && t.effect == effect);
+            next.push(existing.cloned().unwrap_or_else(|| {
+                Taint {
+                    key: key.into(),
+                    effect: effect.into(),
+                    time_added: (effect == "NoExecute")
+                        .then_some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+                    value: None,
+                }
+            }));
+        }
+    }
+    let key = |t: &Taint| (t.key.clone(), t.effect.clone());
+    let before: BTreeSet<_> = taints.iter().map(key).collect();
+    let after: BTreeSet<_> = next.iter().map(key).collect();
+    if before != after {
+        let patch = json!({"spec": {"taints": next}});
+        nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        tracing::info!(node = %name, taint = ?wanted, "node lifecycle taints updated");
+    }
+    Ok(next)
+}
+
+/// Deletes the node's pods that do not tolerate its NoExecute taints (or whose
+/// toleration time has run out).
+async fn evict(
+    client: &kube::Client,
+    node: &str,
+    taints: &[Taint],
+    now: Timestamp,
+) -> Result<(), kube::Error> {
+    let no_execute: Vec<&Taint> = taints.iter().filter(|t| t.effect == "NoExecute").collect();
+    if no_execute.is_empty() {
+        return Ok(());
+    }
+    let pods: Api<Pod> = Api::all(client.clone());
+    let on_node = pods
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await?;
+    for pod in on_node.items {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let tolerations = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.clone())
+            .unwrap_or_default();
+        let due = no_execute.iter().any(|taint| {
+            match tolerations
+                .iter()
+                .find(|t| skiff_api::taints::tolerates(t, taint))
+            {
+                None => true,
+                Some(t) => match (t.toleration_seconds, taint.time_added.as_ref()) {
+                    (Some(seconds), Some(added)) => {
+                        now.duration_since(added.0) >= SignedDuration::from_secs(seconds.max(0))
+                    }
+                    _ => false,
+                },
+            }
+        });
+        if due {
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            tracing::info!(pod = %format!("{ns}/{name}"), %node, "evicting from a tainted node");
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first /24 of the cluster CIDR no node has.
+fn free_cidr(base: Ipv4Addr, prefix: u8, used: &BTreeSet<String>) -> Option<String> {
+    let base = u32::from(base);
+    let count = 1u32 << 24u8.checked_sub(prefix)?;
+    (0..count)
+        .map(|i| format!("{}/24", Ipv4Addr::from(base + (i << 8))))
+        .find(|c| !used.contains(c))
+}
+
+/// `10.244.0.0/16` -> (address, prefix); prefixes from /8 to /24.
+pub fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, prefix) = text.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    (8..=24).contains(&prefix).then_some((ip, prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_cidrs_are_the_first_free_slash_24s() {
+        let (base, prefix) = parse_cidr("10.244.0.0/16").expect("cidr");
+        let mut used = BTreeSet::new();
+        assert_eq!(
+            free_cidr(base, prefix, &used).as_deref(),
+            Some("10.244.0.0/24")
+        );
+        used.insert("10.244.0.0/24".to_string());
+        assert_eq!(
+            free_cidr(base, prefix, &used).as_deref(),
+            Some("10.244.1.0/24")
+        );
+        assert!(parse_cidr("10.0.0.0/30").is_none());
+    }
+}
