@@ -10,12 +10,19 @@
 //! - `node_lifecycle.rs`: unreachable nodes tainted and their pods evicted; pod CIDRs.
 //! - `garbage_collector.rs`: deletes objects whose owners are gone, and carries out
 //!   foreground and orphan deletions.
+//! - `job.rs` (with TTL after finished), `cronjob.rs`: batch workloads.
+//! - `podgc.rs`: pods of deleted nodes, never-scheduled terminating pods, old finished pods.
+//! - `disruption.rs`: PodDisruptionBudget status, which evictions spend.
 
+mod cronjob;
 mod deployment;
+mod disruption;
 mod endpoints;
 mod garbage_collector;
+mod job;
 mod namespace;
 mod node_lifecycle;
+mod podgc;
 mod queue;
 mod replicaset;
 mod resources;
@@ -36,13 +43,17 @@ pub struct Config {
 }
 
 pub const ALL: &[&str] = &[
+    "cronjob",
     "deployment",
+    "disruption",
     "endpoints",
     "replicaset",
     "namespace",
     "nodelifecycle",
     "serviceaccount",
     "garbagecollector",
+    "job",
+    "podgc",
 ];
 
 impl Default for Config {
@@ -75,7 +86,11 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
     for name in &config.controllers {
         let client = client.clone();
         loops.push(match name.as_str() {
+            "cronjob" => Box::pin(cronjob::run(client)),
             "deployment" => Box::pin(deployment::run(client)),
+            "disruption" => Box::pin(disruption::run(client)),
+            "job" => Box::pin(job::run(client)),
+            "podgc" => Box::pin(podgc::run(client)),
             "endpoints" => Box::pin(endpoints::run(client)),
             "replicaset" => Box::pin(replicaset::run(client)),
             "namespace" => Box::pin(namespace::run(client)),

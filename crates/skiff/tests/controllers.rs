@@ -218,6 +218,29 @@ fn fake_kubelet(kubeconfig: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                // A container running `true` or `false` finishes at once.
+                let command = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.containers.first())
+                    .and_then(|c| c.command.clone())
+                    .unwrap_or_default();
+                let exit = match command.first().map(String::as_str) {
+                    Some("true") => Some("Succeeded"),
+                    Some("false") => Some("Failed"),
+                    _ => None,
+                };
+                let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+                if let Some(exit) = exit {
+                    if phase.as_deref() != Some(exit) {
+                        let status = serde_json::json!({"status": {"phase": exit, "conditions": [
+                            {"type": "Ready", "status": "False"}]}});
+                        let _ = api
+                            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(status))
+                            .await;
+                    }
+                    continue;
+                }
                 if !ready {
                     let n = NEXT_IP.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let ip = format!("10.244.{}.{}", n / 250, n % 250 + 1);
@@ -488,5 +511,97 @@ async fn an_unreachable_node_is_tainted_and_its_pods_replaced_elsewhere() {
     });
     r1.abort();
     r2.abort();
+    kubelet.abort();
+}
+
+fn job(name: &str, extra_spec: &str, command: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n{extra_spec}  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: busybox, command: [{command}]}}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_fail_index_and_expire() {
+    let c = Cluster::start(Backend::Embedded).await;
+    fake_nodes(&c, 2);
+    let kubelet = fake_kubelet(c.kubeconfig.clone());
+    apply(
+        &c,
+        &job("ok", "  completions: 3\n  parallelism: 2\n", "\"true\""),
+    );
+    c.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/ok",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        c.ok(&["get", "job", "ok", "-o", "jsonpath={.status.succeeded}"]),
+        "3"
+    );
+    apply(&c, &job("broken", "  backoffLimit: 1\n", "\"false\""));
+    c.ok(&[
+        "wait",
+        "--for=condition=failed",
+        "job/broken",
+        "--timeout=60s",
+    ]);
+    let reason = c.ok(&[
+        "get",
+        "job",
+        "broken",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}",
+    ]);
+    assert_eq!(reason, "BackoffLimitExceeded");
+    assert_eq!(
+        c.ok(&["get", "job", "broken", "-o", "jsonpath={.status.failed}"]),
+        "2"
+    );
+    apply(
+        &c,
+        &job(
+            "indexed",
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n",
+            "\"true\"",
+        ),
+    );
+    c.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/indexed",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "job",
+            "indexed",
+            "-o",
+            "jsonpath={.status.completedIndexes}"
+        ]),
+        "0,1,2"
+    );
+    apply(
+        &c,
+        &job("short-lived", "  ttlSecondsAfterFinished: 1\n", "\"true\""),
+    );
+    wait_for("the finished job to be deleted after its TTL", || {
+        c.kubectl(&["get", "job", "short-lived"]).status.code() != Some(0)
+    });
+    // A budget over three ready pods that must keep two allows one disruption.
+    apply(
+        &c,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: busybox}]}\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web}\nspec:\n  minAvailable: 2\n  selector: {matchLabels: {app: web}}\n",
+    );
+    wait_for("the budget's status", || {
+        c.ok(&[
+            "get",
+            "pdb",
+            "web",
+            "-o",
+            "jsonpath={.status.currentHealthy}/{.status.disruptionsAllowed}",
+        ]) == "3/1"
+    });
     kubelet.abort();
 }

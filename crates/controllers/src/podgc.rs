@@ -1,0 +1,74 @@
+//! PodGC: force-deletes pods bound to nodes that no longer exist, terminating pods that
+//! were never scheduled, and the oldest finished pods beyond a threshold (upstream's
+//! `--terminated-pod-gc-threshold`, 12,500).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams};
+
+use crate::Error;
+
+const PERIOD: Duration = Duration::from_secs(20);
+const TERMINATED_THRESHOLD: usize = 12_500;
+
+pub async fn run(client: kube::Client) -> Result<(), Error> {
+    let mut tick = tokio::time::interval(PERIOD);
+    loop {
+        tick.tick().await;
+        if let Err(e) = pass(&client).await {
+            tracing::warn!(error = %e, "pod garbage collection");
+        }
+    }
+}
+
+async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
+    let nodes: HashSet<String> = Api::<Node>::all(client.clone())
+        .list_metadata(&ListParams::default().match_any())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().match_any())
+        .await?
+        .items;
+    let mut doomed: Vec<&Pod> = Vec::new();
+    let mut finished: Vec<&Pod> = Vec::new();
+    for pod in &pods {
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .filter(|n| !n.is_empty());
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        match node {
+            Some(node) if !nodes.contains(node) => doomed.push(pod),
+            None if pod.metadata.deletion_timestamp.is_some() => doomed.push(pod),
+            _ if matches!(phase, Some("Succeeded" | "Failed")) => finished.push(pod),
+            _ => {}
+        }
+    }
+    if finished.len() > TERMINATED_THRESHOLD {
+        finished.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        let excess = finished.len() - TERMINATED_THRESHOLD;
+        doomed.extend(finished.into_iter().take(excess));
+    }
+    for pod in doomed {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        tracing::info!(pod = %format!("{ns}/{name}"), "garbage-collecting a pod");
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        match api
+            .delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
