@@ -4,6 +4,7 @@
 //!
 //! - `deployment.rs`: rolls Deployments out through ReplicaSets.
 //! - `replicaset.rs`: keeps `spec.replicas` pods per ReplicaSet.
+//! - `daemonset.rs`: one pod per eligible node.
 //! - `endpoints.rs`: Endpoints and EndpointSlices of Services from their ready pods.
 //! - `namespace.rs`: empties a terminating namespace, then finalizes it.
 //! - `serviceaccount.rs`: a `default` ServiceAccount in every namespace.
@@ -15,6 +16,7 @@
 //! - `disruption.rs`: PodDisruptionBudget status, which evictions spend.
 
 mod cronjob;
+mod daemonset;
 mod deployment;
 mod disruption;
 mod endpoints;
@@ -44,6 +46,7 @@ pub struct Config {
 
 pub const ALL: &[&str] = &[
     "cronjob",
+    "daemonset",
     "deployment",
     "disruption",
     "endpoints",
@@ -87,6 +90,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
         let client = client.clone();
         loops.push(match name.as_str() {
             "cronjob" => Box::pin(cronjob::run(client)),
+            "daemonset" => Box::pin(daemonset::run(client)),
             "deployment" => Box::pin(deployment::run(client)),
             "disruption" => Box::pin(disruption::run(client)),
             "job" => Box::pin(job::run(client)),

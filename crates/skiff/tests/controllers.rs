@@ -605,3 +605,42 @@ async fn jobs_complete_fail_index_and_expire() {
     });
     kubelet.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonsets_run_one_pod_per_eligible_node_and_roll() {
+    let c = Cluster::start(Backend::Embedded).await;
+    fake_nodes(&c, 3);
+    let kubelet = fake_kubelet(c.kubeconfig.clone());
+    c.ok(&["taint", "node", "node-3", "dedicated=db:NoSchedule"]);
+    let ds = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent}}\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec: {{containers: [{{name: c, image: {image}}}]}}\n"
+        )
+    };
+    apply(&c, &ds("example/agent:1"));
+    wait_for("a pod on each untainted node", || {
+        let mut nodes = active_pods(&c, "agent");
+        nodes.sort();
+        nodes == ["node-1", "node-2"]
+    });
+    c.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    apply(&c, &ds("example/agent:2"));
+    c.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    wait_for("every pod on the new image", || {
+        let images = c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ]);
+        let images: Vec<&str> = images.split_whitespace().collect();
+        images.len() == 2 && images.iter().all(|i| *i == "example/agent:2")
+    });
+    // Tolerating the taint brings a pod to the third node.
+    c.ok(&["taint", "node", "node-3", "dedicated=db:NoSchedule-"]);
+    wait_for("a third pod", || active_pods(&c, "agent").len() == 3);
+    kubelet.abort();
+}

@@ -1,0 +1,287 @@
+//! The DaemonSet controller: one pod per eligible node (the node selector, required node
+//! affinity and the node's NoSchedule/NoExecute taints decide, as upstream), created
+//! directly on the node (`spec.nodeName` set, as the controller did before scheduling
+//! DaemonSet pods moved to the scheduler), removed from nodes that stop being eligible,
+//! and replaced node by node within `maxUnavailable` when the template changes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::Error;
+
+const PERIOD: Duration = Duration::from_secs(1);
+const HASH_LABEL: &str = "controller-revision-hash";
+
+pub async fn run(client: kube::Client) -> Result<(), Error> {
+    let mut tick = tokio::time::interval(PERIOD);
+    loop {
+        tick.tick().await;
+        if let Err(e) = pass(&client).await {
+            tracing::warn!(error = %e, "daemonset pass");
+        }
+    }
+}
+
+/// Tolerations every DaemonSet pod gets, as upstream adds them.
+fn daemon_tolerations() -> Vec<Toleration> {
+    [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ]
+    .into_iter()
+    .map(|key| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoExecute".into()),
+        ..Default::default()
+    })
+    .chain(
+        [
+            "node.kubernetes.io/unschedulable",
+            "node.kubernetes.io/disk-pressure",
+            "node.kubernetes.io/memory-pressure",
+            "node.kubernetes.io/pid-pressure",
+        ]
+        .into_iter()
+        .map(|key| Toleration {
+            key: Some(key.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        }),
+    )
+    .collect()
+}
+
+fn eligible(ds: &DaemonSet, node: &Node) -> bool {
+    let spec = ds.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let selector_ok = spec
+        .and_then(|s| s.node_selector.as_ref())
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let affinity_ok = spec
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .is_none_or(|r| skiff_api::selector::node_matches(r, &name, &labels));
+    let mut tolerations = spec.and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    tolerations.extend(daemon_tolerations());
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let taints_ok =
+        skiff_api::taints::untolerated(&taints, &tolerations, &["NoSchedule", "NoExecute"])
+            .is_none();
+    selector_ok && affinity_ok && taints_ok
+}
+
+fn template_hash(ds: &DaemonSet) -> String {
+    let text = serde_json::to_string(&ds.spec.as_ref().map(|s| &s.template)).unwrap_or_default();
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("{hash:08x}").chars().take(10).collect()
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
+    let sets = Api::<DaemonSet>::all(client.clone())
+        .list(&ListParams::default().match_any())
+        .await?
+        .items;
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().match_any())
+        .await?
+        .items;
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().match_any())
+        .await?
+        .items;
+    for ds in sets {
+        if ds.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let ns = ds.metadata.namespace.clone().unwrap_or_default();
+        let name = ds.metadata.name.clone().unwrap_or_default();
+        let uid = ds.metadata.uid.clone().unwrap_or_default();
+        let hash = template_hash(&ds);
+        let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
+        for pod in pods.iter().filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns.as_str())
+                && p.metadata.deletion_timestamp.is_none()
+                && p.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.uid == uid && o.controller == Some(true))
+        }) {
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            by_node.entry(node).or_default().push(pod);
+        }
+        let spec = ds.spec.clone().unwrap_or_default();
+        let rolling = spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.as_ref());
+        let on_delete = spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref())
+            == Some("OnDelete");
+        let eligible_nodes: Vec<&Node> = nodes.iter().filter(|n| eligible(&ds, n)).collect();
+        let desired = eligible_nodes.len();
+        let max_unavailable = match rolling.and_then(|r| r.max_unavailable.as_ref()) {
+            Some(IntOrString::Int(n)) => usize::try_from(*n).unwrap_or(1),
+            Some(IntOrString::String(p)) => p
+                .strip_suffix('%')
+                .and_then(|p| p.parse::<usize>().ok())
+                .map_or(1, |p| (desired * p / 100).max(1)),
+            None => 1,
+        };
+        let mut unavailable = by_node.values().flatten().filter(|p| !ready(p)).count();
+        let (mut current, mut updated, mut ready_count) = (0, 0, 0);
+        for node in &eligible_nodes {
+            let node_name = node.metadata.name.clone().unwrap_or_default();
+            let here = by_node.remove(&node_name).unwrap_or_default();
+            if here.is_empty() {
+                let pod = daemon_pod(&ds, &node_name, &hash);
+                match pods_api.create(&PostParams::default(), &pod).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            current += 1;
+            let pod = here[0];
+            let up_to_date =
+                pod.metadata.labels.as_ref().and_then(|l| l.get(HASH_LABEL)) == Some(&hash);
+            if up_to_date {
+                updated += 1;
+            }
+            if ready(pod) {
+                ready_count += 1;
+            }
+            // Extra pods on one node go; an outdated one is replaced within the budget.
+            for extra in here.iter().skip(1) {
+                delete(&pods_api, extra).await?;
+            }
+            if !up_to_date && !on_delete && (unavailable < max_unavailable || !ready(pod)) {
+                delete(&pods_api, pod).await?;
+                if ready(pod) {
+                    unavailable += 1;
+                }
+            }
+        }
+        // Nodes no longer eligible (or gone) lose their pods.
+        for pods_elsewhere in by_node.values() {
+            for pod in pods_elsewhere {
+                delete(&pods_api, pod).await?;
+            }
+        }
+        let status = json!({
+            "desiredNumberScheduled": desired,
+            "currentNumberScheduled": current,
+            "numberMisscheduled": 0,
+            "numberReady": ready_count,
+            "numberAvailable": ready_count,
+            "numberUnavailable": desired.saturating_sub(ready_count),
+            "updatedNumberScheduled": updated,
+            "observedGeneration": ds.metadata.generation,
+        });
+        let old = serde_json::to_value(ds.status.clone().unwrap_or_default()).unwrap_or_default();
+        let changed = [
+            "desiredNumberScheduled",
+            "currentNumberScheduled",
+            "numberReady",
+            "updatedNumberScheduled",
+            "observedGeneration",
+        ]
+        .iter()
+        .any(|k| old[*k] != status[*k] && !(old[*k].is_null() && status[*k] == json!(0)));
+        if changed {
+            let api: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn daemon_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
+    let template = ds
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let meta = template.metadata.clone().unwrap_or_default();
+    let mut labels = meta.labels.unwrap_or_default();
+    labels.insert(HASH_LABEL.into(), hash.into());
+    let mut spec = template.spec.unwrap_or_default();
+    spec.node_name = Some(node.into());
+    spec.tolerations
+        .get_or_insert_with(Vec::new)
+        .extend(daemon_tolerations());
+    let name = ds.metadata.name.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}-")),
+            namespace: ds.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: meta.annotations,
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "DaemonSet".into(),
+                name,
+                uid: ds.metadata.uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
