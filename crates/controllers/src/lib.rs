@@ -5,6 +5,7 @@
 //! - `deployment.rs`: rolls Deployments out through ReplicaSets.
 //! - `replicaset.rs`: keeps `spec.replicas` pods per ReplicaSet.
 //! - `daemonset.rs`: one pod per eligible node.
+//! - `statefulset.rs`: ordered pods with stable names and their own claims.
 //! - `endpoints.rs`: Endpoints and EndpointSlices of Services from their ready pods.
 //! - `namespace.rs`: empties a terminating namespace, then finalizes it.
 //! - `serviceaccount.rs`: a `default` ServiceAccount in every namespace.
@@ -29,6 +30,7 @@ mod queue;
 mod replicaset;
 mod resources;
 mod serviceaccount;
+mod statefulset;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +56,7 @@ pub const ALL: &[&str] = &[
     "namespace",
     "nodelifecycle",
     "serviceaccount",
+    "statefulset",
     "garbagecollector",
     "job",
     "podgc",
@@ -106,6 +109,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
                 },
             )),
             "serviceaccount" => Box::pin(serviceaccount::run(client)),
+            "statefulset" => Box::pin(statefulset::run(client)),
             "garbagecollector" => Box::pin(garbage_collector::run(client)),
             other => return Err(Error::Unknown(other.to_string())),
         });

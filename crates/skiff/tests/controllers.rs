@@ -644,3 +644,94 @@ async fn daemonsets_run_one_pod_per_eligible_node_and_roll() {
     wait_for("a third pod", || active_pods(&c, "agent").len() == 3);
     kubelet.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulsets_make_ordered_pods_with_their_own_claims() {
+    let c = Cluster::start(Backend::Embedded).await;
+    fake_nodes(&c, 2);
+    let kubelet = fake_kubelet(c.kubeconfig.clone());
+    let sts = |image: &str, replicas: u32| {
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  serviceName: db\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: c, image: {image}}}]}}\n  volumeClaimTemplates:\n  - metadata: {{name: data}}\n    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n"
+        )
+    };
+    apply(&c, &sts("example/db:1", 3));
+    c.ok(&["rollout", "status", "statefulset/db", "--timeout=60s"]);
+    let names = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=db",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let mut names: Vec<&str> = names.split_whitespace().collect();
+    names.sort();
+    assert_eq!(names, ["db-0", "db-1", "db-2"]);
+    // Created in order: each pod is younger than the one before it.
+    let created = |n: &str| {
+        c.ok(&[
+            "get",
+            "pod",
+            n,
+            "-o",
+            "jsonpath={.metadata.creationTimestamp}",
+        ])
+    };
+    assert!(created("db-0") <= created("db-1") && created("db-1") <= created("db-2"));
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pod",
+            "db-1",
+            "-o",
+            "jsonpath={.spec.hostname}.{.spec.subdomain}"
+        ]),
+        "db-1.db"
+    );
+    let claims = c.ok(&["get", "pvc", "-o", "jsonpath={.items[*].metadata.name}"]);
+    for claim in ["data-db-0", "data-db-1", "data-db-2"] {
+        assert!(claims.contains(claim), "{claims}");
+    }
+    assert_eq!(
+        c.ok(&[
+            "get",
+            "pod",
+            "db-0",
+            "-o",
+            "jsonpath={.spec.volumes[?(@.name==\"data\")].persistentVolumeClaim.claimName}"
+        ]),
+        "data-db-0"
+    );
+    // A new template replaces every pod; the history lists both revisions.
+    apply(&c, &sts("example/db:2", 3));
+    c.ok(&["rollout", "status", "statefulset/db", "--timeout=60s"]);
+    wait_for("every pod on db:2", || {
+        let images = c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=db",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ]);
+        let images: Vec<&str> = images.split_whitespace().collect();
+        images.len() == 3 && images.iter().all(|i| *i == "example/db:2")
+    });
+    let history = c.ok(&["rollout", "history", "statefulset/db"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    // Scaling down removes the highest ordinals; the claims stay.
+    apply(&c, &sts("example/db:2", 1));
+    wait_for("only db-0", || {
+        c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=db",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]) == "db-0"
+    });
+    assert!(c.ok(&["get", "pvc", "-o", "name"]).contains("data-db-2"));
+    kubelet.abort();
+}
