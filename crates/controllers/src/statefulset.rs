@@ -181,15 +181,13 @@ async fn sync(
     if rolling
         && current_pods.len() == usize::try_from(replicas).unwrap_or(0)
         && current_pods.iter().all(|p| running_and_ready(p))
-    {
-        if let Some((_, pod)) = by_ordinal
+        && let Some((_, pod)) = by_ordinal
             .iter()
             .rev()
             .filter(|(o, _)| **o < replicas && **o >= partition)
             .find(|(_, p)| revision_of(p).as_deref() != Some(update_revision.as_str()))
-        {
-            delete(&pods_api, pod).await?;
-        }
+    {
+        delete(&pods_api, pod).await?;
     }
     let existing: Vec<&Pod> = by_ordinal
         .values()
