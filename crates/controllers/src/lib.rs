@@ -15,6 +15,7 @@
 //! - `job.rs` (with TTL after finished), `cronjob.rs`: batch workloads.
 //! - `podgc.rs`: pods of deleted nodes, never-scheduled terminating pods, old finished pods.
 //! - `disruption.rs`: PodDisruptionBudget status, which evictions spend.
+//! - `resourcequota.rs`: ResourceQuota usage.
 
 mod cronjob;
 mod daemonset;
@@ -28,6 +29,7 @@ mod node_lifecycle;
 mod podgc;
 mod queue;
 mod replicaset;
+mod resourcequota;
 mod resources;
 mod serviceaccount;
 mod statefulset;
@@ -53,6 +55,7 @@ pub const ALL: &[&str] = &[
     "disruption",
     "endpoints",
     "replicaset",
+    "resourcequota",
     "namespace",
     "nodelifecycle",
     "serviceaccount",
@@ -100,6 +103,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
             "podgc" => Box::pin(podgc::run(client)),
             "endpoints" => Box::pin(endpoints::run(client)),
             "replicaset" => Box::pin(replicaset::run(client)),
+            "resourcequota" => Box::pin(resourcequota::run(client)),
             "namespace" => Box::pin(namespace::run(client)),
             "nodelifecycle" => Box::pin(node_lifecycle::run(
                 client,

@@ -735,3 +735,31 @@ async fn statefulsets_make_ordered_pods_with_their_own_claims() {
     assert!(c.ok(&["get", "pvc", "-o", "name"]).contains("data-db-2"));
     kubelet.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_quotas_report_usage() {
+    let c = Cluster::start(Backend::Embedded).await;
+    c.ok(&["create", "namespace", "quota"]);
+    for name in ["a", "b"] {
+        c.ok(&["create", "configmap", name, "-n", "quota"]);
+    }
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: quota}}\nspec:\n  containers: [{{name: c, image: busybox, resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}}}]\n"
+        )
+    };
+    apply(&c, &pod("p1"));
+    apply(&c, &pod("p2"));
+    c.ok(&[
+        "create",
+        "quota",
+        "limits",
+        "-n",
+        "quota",
+        "--hard=pods=10,configmaps=5,requests.cpu=2,requests.memory=1Gi",
+    ]);
+    wait_for("quota usage", || {
+        c.ok(&["get", "quota", "limits", "-n", "quota", "-o", "jsonpath={.status.used.pods} {.status.used.configmaps} {.status.used.requests\\.cpu} {.status.used.requests\\.memory}"])
+            == "2 2 200m 128Mi"
+    });
+}

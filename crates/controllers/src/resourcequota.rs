@@ -1,0 +1,165 @@
+//! The ResourceQuota controller: each quota's `status.used` for the resources it limits
+//! (object counts and the pods' CPU and memory requests and limits), with `status.hard`
+//! mirroring the spec. (Refusing what would exceed a quota is admission's job.)
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::discovery::ApiResource;
+use serde_json::json;
+use skiff_api::quantity;
+
+use crate::Error;
+use crate::resources::discover;
+
+const PERIOD: Duration = Duration::from_secs(2);
+
+pub async fn run(client: kube::Client) -> Result<(), Error> {
+    let mut tick = tokio::time::interval(PERIOD);
+    loop {
+        tick.tick().await;
+        if let Err(e) = pass(&client).await {
+            tracing::warn!(error = %e, "resource quotas");
+        }
+    }
+}
+
+/// `1500` millicores -> `1500m`, `2000` -> `2`.
+fn milli(v: i64) -> String {
+    if v % 1000 == 0 {
+        (v / 1000).to_string()
+    } else {
+        format!("{v}m")
+    }
+}
+
+/// Bytes in the largest binary unit that divides them.
+fn bytes(v: i64) -> String {
+    for (unit, shift) in [("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        if v != 0 && v % (1 << shift) == 0 {
+            return format!("{}{unit}", v >> shift);
+        }
+    }
+    v.to_string()
+}
+
+fn pod_sum(pods: &[&Pod], part: &str, resource: &str) -> i64 {
+    let parse: fn(&str) -> Option<i64> = if resource == "cpu" {
+        quantity::milli_value
+    } else {
+        quantity::value
+    };
+    pods.iter()
+        .flat_map(|p| p.spec.iter().flat_map(|s| s.containers.iter()))
+        .filter_map(|c| {
+            let r = c.resources.as_ref()?;
+            let list = if part == "limits" {
+                r.limits.as_ref()
+            } else {
+                r.requests.as_ref()
+            }?;
+            parse(&list.get(resource)?.0)
+        })
+        .sum()
+}
+
+async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
+    let quotas = Api::<ResourceQuota>::all(client.clone())
+        .list(&ListParams::default().match_any())
+        .await?
+        .items;
+    if quotas.is_empty() {
+        return Ok(());
+    }
+    let kinds = discover(client).await?;
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().match_any())
+        .await?
+        .items;
+    for quota in quotas {
+        let ns = quota.metadata.namespace.clone().unwrap_or_default();
+        let name = quota.metadata.name.clone().unwrap_or_default();
+        let hard = quota
+            .spec
+            .as_ref()
+            .and_then(|s| s.hard.clone())
+            .unwrap_or_default();
+        let live: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .filter(|p| {
+                !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+            .collect();
+        let mut used = BTreeMap::new();
+        for resource in hard.keys() {
+            let value = match resource.as_str() {
+                "pods" | "count/pods" => live.len().to_string(),
+                "requests.cpu" | "cpu" => milli(pod_sum(&live, "requests", "cpu")),
+                "limits.cpu" => milli(pod_sum(&live, "limits", "cpu")),
+                "requests.memory" | "memory" => bytes(pod_sum(&live, "requests", "memory")),
+                "limits.memory" => bytes(pod_sum(&live, "limits", "memory")),
+                other => {
+                    // Object counts: `configmaps`, `count/deployments.apps`, ...
+                    let plural = other.strip_prefix("count/").unwrap_or(other);
+                    let (plural, group) = plural.split_once('.').unwrap_or((plural, ""));
+                    let Some(kind) = kinds.iter().find(|k| {
+                        k.namespaced && k.resource.plural == plural && k.resource.group == group
+                    }) else {
+                        continue;
+                    };
+                    let resource: &ApiResource = &kind.resource;
+                    let api: Api<DynamicObject> =
+                        Api::namespaced_with(client.clone(), &ns, resource);
+                    api.list_metadata(&ListParams::default().match_any())
+                        .await?
+                        .items
+                        .len()
+                        .to_string()
+                }
+            };
+            used.insert(resource.clone(), value);
+        }
+        let current_used: BTreeMap<String, String> = quota
+            .status
+            .as_ref()
+            .and_then(|s| s.used.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        let current_hard = quota
+            .status
+            .as_ref()
+            .and_then(|s| s.hard.clone())
+            .unwrap_or_default();
+        if current_used == used && current_hard == hard {
+            continue;
+        }
+        let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
+        let patch = json!({"status": {"hard": hard, "used": used}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_print_as_users_write_them() {
+        assert_eq!(milli(1500), "1500m");
+        assert_eq!(milli(2000), "2");
+        assert_eq!(bytes(128 << 20), "128Mi");
+        assert_eq!(bytes(1 << 30), "1Gi");
+        assert_eq!(bytes(1000), "1000");
+        assert_eq!(bytes(0), "0");
+    }
+}
