@@ -148,7 +148,9 @@ impl Schedule {
         None
     }
 
-    /// The latest scheduled time in `(after, now]`, and how many there were.
+    /// The latest scheduled time in `(after, now]`, and how many there were (counted
+    /// up to 100; past that, the search jumps to the last week, so a CronJob that missed
+    /// many runs starts only the most recent one).
     pub fn latest_between(&self, after: Timestamp, now: Timestamp) -> (Option<Timestamp>, usize) {
         let mut latest = None;
         let mut count = 0;
@@ -160,8 +162,11 @@ impl Schedule {
             latest = Some(next);
             count += 1;
             t = next;
-            if count > 100 {
-                break;
+            if count == 100 {
+                let week_ago = now.checked_sub(168.hours()).unwrap_or(now);
+                if week_ago > t {
+                    t = week_ago;
+                }
             }
         }
         (latest, count)
@@ -203,6 +208,10 @@ mod tests {
         let (latest, count) =
             every5.latest_between(at("2026-01-01T10:00:00Z"), at("2026-01-01T10:17:00Z"));
         assert_eq!((latest, count), (Some(at("2026-01-01T10:15:00Z")), 3));
+        // Many missed runs: the most recent one is found.
+        let (latest, _) =
+            every5.latest_between(at("2025-01-01T00:00:00Z"), at("2026-01-01T10:17:00Z"));
+        assert_eq!(latest, Some(at("2026-01-01T10:15:00Z")));
         assert!(Schedule::parse("61 * * * *").is_err());
         assert!(Schedule::parse("* * *").is_err());
     }

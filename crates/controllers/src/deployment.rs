@@ -22,7 +22,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::Error;
-use crate::queue::WorkQueue;
+use crate::queue::{WorkQueue, Workers};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -84,9 +84,10 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     )
     .touched_objects();
     tracing::debug!("deployment controller starting");
+    let mut workers = Workers::default();
     for _ in 0..WORKERS {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        workers.spawn(async move {
             loop {
                 let key = ctx.queue.next().await;
                 match sync(&ctx, &key).await {
@@ -288,7 +289,12 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
             scaled = true;
         }
         let old_pods = ctx.pods.state().into_iter().any(|p| {
-            p.metadata.namespace.as_deref() == Some(ns)
+            let terminal = matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            !terminal
+                && p.metadata.namespace.as_deref() == Some(ns)
                 && controller(&p.metadata).is_some_and(|o| {
                     olds.iter()
                         .any(|rs| rs.metadata.uid.as_deref() == Some(o.uid.as_str()))
@@ -338,6 +344,8 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
         let all_pods: i32 = owned.iter().map(|rs| spec_replicas(rs)).sum();
         let mut budget = all_pods - min_available - new_unavailable;
         // Unhealthy old pods go first: removing them costs no availability.
+        // What this sync set, so the second pass does not start from stale counts.
+        let mut set: HashMap<String, i32> = HashMap::new();
         for old in &olds {
             if budget <= 0 {
                 break;
@@ -345,7 +353,9 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
             let unhealthy = (spec_replicas(old) - available(old)).max(0);
             let cut = unhealthy.min(budget);
             if cut > 0 {
-                scale(&rs_api, old, spec_replicas(old) - cut).await?;
+                let to = spec_replicas(old) - cut;
+                scale(&rs_api, old, to).await?;
+                set.insert(old.metadata.name.clone().unwrap_or_default(), to);
                 budget -= cut;
                 scaled = true;
             }
@@ -353,10 +363,10 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
         let total_available: i32 = owned.iter().map(|rs| available(rs)).sum();
         let mut budget = (total_available - min_available).max(0).min(budget.max(0));
         for old in &olds {
-            let current = ctx
-                .replicasets
-                .get(&ObjectRef::new(old.metadata.name.as_deref().unwrap_or_default()).within(ns))
-                .map_or(spec_replicas(old), |rs| spec_replicas(&rs));
+            let current = set
+                .get(old.metadata.name.as_deref().unwrap_or_default())
+                .copied()
+                .unwrap_or_else(|| spec_replicas(old));
             if budget <= 0 || current == 0 {
                 continue;
             }

@@ -99,7 +99,8 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         } else {
             ("False", "InsufficientPods")
         };
-        let patch = json!({"status": {
+        // Compare-and-swap: an eviction that just spent a disruption is not overwritten.
+        let patch = json!({"metadata": {"resourceVersion": pdb.metadata.resource_version}, "status": {
             "observedGeneration": pdb.metadata.generation,
             "currentHealthy": healthy,
             "desiredHealthy": desired,
@@ -109,8 +110,14 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
                 "message": "", "lastTransitionTime": now, "observedGeneration": pdb.metadata.generation}],
         }});
         let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await?;
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

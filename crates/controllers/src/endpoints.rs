@@ -18,7 +18,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use crate::Error;
-use crate::queue::WorkQueue;
+use crate::queue::{WorkQueue, Workers};
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
@@ -71,9 +71,10 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         .default_backoff(),
     )
     .touched_objects();
+    let mut workers = Workers::default();
     {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        workers.spawn(async move {
             loop {
                 let key = ctx.queue.next().await;
                 if let Err(e) = sync(&ctx, &key).await {
@@ -151,7 +152,7 @@ fn target_port(pod: &Pod, port: &k8s_openapi::api::core::v1::ServicePort) -> Opt
 async fn sync(ctx: &Context, key: &str) -> Result<(), kube::Error> {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
     let Some(service) = ctx.services.get(&ObjectRef::new(name).within(ns)) else {
-        return Ok(());
+        return remove_leftovers(ctx, ns, name).await;
     };
     let spec = service.spec.clone().unwrap_or_default();
     let Some(selector) = spec.selector.clone().filter(|s| !s.is_empty()) else {
@@ -252,7 +253,9 @@ async fn sync(ctx: &Context, key: &str) -> Result<(), kube::Error> {
         })
         .collect();
     let labels = service.metadata.labels.clone().unwrap_or_default();
-    write_endpoints(ctx, ns, name, &labels, subsets).await?;
+    let mut endpoint_labels = labels.clone();
+    endpoint_labels.insert(MANAGED.into(), "endpoints-controller".into());
+    write_endpoints(ctx, ns, name, &endpoint_labels, subsets).await?;
     let ports: Vec<Value> = slice_ports
         .unwrap_or_else(|| {
             ports
@@ -279,6 +282,37 @@ async fn sync(ctx: &Context, key: &str) -> Result<(), kube::Error> {
         ports,
     )
     .await
+}
+
+/// Marks what this controller wrote, so only those are removed with their Service.
+const MANAGED: &str = "endpoints.skiff.dev/managed-by";
+
+/// A Service is gone: the Endpoints and slice this controller made for it go too.
+async fn remove_leftovers(ctx: &Context, ns: &str, name: &str) -> Result<(), kube::Error> {
+    let ours = ctx
+        .endpoints
+        .get(&ObjectRef::new(name).within(ns))
+        .is_some_and(|e| {
+            e.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(MANAGED))
+        });
+    let params = kube::api::DeleteParams::default();
+    if ours {
+        let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), ns);
+        match api.delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    match slices.delete(&format!("{name}-slice"), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 async fn write_endpoints(

@@ -23,7 +23,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use crate::Error;
-use crate::queue::WorkQueue;
+use crate::queue::{WorkQueue, Workers};
 
 const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
 
@@ -33,7 +33,13 @@ struct Context {
     jobs: Store<Job>,
     pods: Store<Pod>,
     queue: WorkQueue,
+    /// Pods created per Job that the pod watch has not shown yet: no more are made for
+    /// it until they show (or 30 s pass), so a Job never overshoots.
+    expected: Arc<std::sync::Mutex<HashMap<String, Expected>>>,
 }
+
+/// Pod names a Job created, and when.
+type Expected = (BTreeSet<String>, std::time::Instant);
 
 fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
     meta.owner_references
@@ -58,6 +64,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         jobs,
         pods,
         queue: WorkQueue::default(),
+        expected: Arc::default(),
     };
     let job_events = reflector::reflector(
         j_writer,
@@ -71,9 +78,10 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
             .default_backoff(),
     )
     .touched_objects();
+    let mut workers = Workers::default();
     for _ in 0..2 {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        workers.spawn(async move {
             loop {
                 let key = ctx.queue.next().await;
                 match sync(&ctx, &key).await {
@@ -258,10 +266,34 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
         completion_time = Some(now.to_string());
         stop_active = true;
     } else if !suspended {
-        // Run pods up to parallelism, never beyond what is left to complete.
-        let left = completions.map_or(parallelism, |c| c.saturating_sub(succeeded_count));
+        // Run pods up to parallelism, never beyond what is left to complete; without
+        // `completions`, no new pods once one has succeeded.
+        let left = match completions {
+            Some(c) => c.saturating_sub(succeeded_count),
+            None if succeeded_count > 0 => 0,
+            None => parallelism,
+        };
         let want = parallelism.min(left);
-        if active.len() < want {
+        let waiting = {
+            let mut expected = ctx.expected.lock().unwrap_or_else(|e| e.into_inner());
+            let names: BTreeSet<&str> = mine
+                .iter()
+                .filter_map(|p| p.metadata.name.as_deref())
+                .collect();
+            match expected.get(key) {
+                Some((pending, since))
+                    if since.elapsed() < Duration::from_secs(30)
+                        && pending.iter().any(|n| !names.contains(n.as_str())) =>
+                {
+                    true
+                }
+                _ => {
+                    expected.remove(key);
+                    false
+                }
+            }
+        };
+        if active.len() < want && !waiting {
             let job_ref = OwnerReference {
                 api_version: "batch/v1".into(),
                 kind: "Job".into(),
@@ -284,14 +316,21 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
                     .map(Some)
                     .collect();
             }
+            let mut created = BTreeSet::new();
             for index in indexes {
                 let pod = pod_from_template(&job, job_ref.clone(), index);
                 match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {}
+                    Ok(pod) => {
+                        created.insert(pod.metadata.name.unwrap_or_default());
+                    }
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => return Err(e),
                 }
             }
+            ctx.expected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.to_string(), (created, std::time::Instant::now()));
         }
     }
     if stop_active {

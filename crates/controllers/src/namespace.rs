@@ -11,15 +11,16 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 
 use crate::Error;
-use crate::queue::WorkQueue;
+use crate::queue::{WorkQueue, Workers};
 use crate::resources::discover;
 
 pub async fn run(client: kube::Client) -> Result<(), Error> {
     let api: Api<Namespace> = Api::all(client.clone());
     let queue = WorkQueue::default();
+    let mut workers = Workers::default();
     {
         let (queue, client) = (queue.clone(), client.clone());
-        tokio::spawn(async move {
+        workers.spawn(async move {
             loop {
                 let name = queue.next().await;
                 match sync(&client, &name).await {

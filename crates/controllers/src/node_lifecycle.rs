@@ -9,7 +9,7 @@
 //! A node with neither a Lease nor a Ready heartbeat is not monitored (it never had a
 //! kubelet).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -32,11 +32,17 @@ pub struct Settings {
     pub cluster_cidr: Option<(Ipv4Addr, u8)>,
 }
 
+/// Per node: the last heartbeat record seen and when, on this controller's clock. A node
+/// is silent when the record has not changed for the grace period, so neither clock
+/// skew nor a control plane that was down makes healthy nodes look dead.
+type Observed = HashMap<String, (Option<Timestamp>, std::time::Instant)>;
+
 pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> {
     let mut tick = tokio::time::interval(PERIOD);
+    let mut observed = Observed::new();
     loop {
         tick.tick().await;
-        if let Err(e) = pass(&client, &settings).await {
+        if let Err(e) = pass(&client, &settings, &mut observed).await {
             tracing::warn!(error = %e, "node lifecycle pass");
         }
     }
@@ -51,7 +57,11 @@ fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondi
         .find(|c| c.type_ == "Ready")
 }
 
-async fn pass(client: &kube::Client, settings: &Settings) -> Result<(), kube::Error> {
+async fn pass(
+    client: &kube::Client,
+    settings: &Settings,
+    observed: &mut Observed,
+) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let node_list = nodes.list(&ListParams::default().match_any()).await?.items;
@@ -90,11 +100,18 @@ async fn pass(client: &kube::Client, settings: &Settings) -> Result<(), kube::Er
         .into_iter()
         .flatten()
         .max();
-        let Some(heartbeat) = heartbeat else {
+        if heartbeat.is_none() {
             continue;
+        }
+        let seen_at = match observed.get(&name) {
+            Some((record, at)) if *record == heartbeat => *at,
+            _ => {
+                let at = std::time::Instant::now();
+                observed.insert(name.clone(), (heartbeat, at));
+                at
+            }
         };
-        let silent = now.duration_since(heartbeat)
-            > SignedDuration::try_from(settings.grace).unwrap_or_default();
+        let silent = seen_at.elapsed() > settings.grace;
         // A node renewing its lease without a Ready condition (a kubelet that does not
         // report one) is taken as ready.
         let status = ready.map(|c| c.status.as_str()).unwrap_or("True");
@@ -112,7 +129,8 @@ async fn pass(client: &kube::Client, settings: &Settings) -> Result<(), kube::Er
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
-        let taints = sync_taints(&nodes, &name, taints, wanted, now).await?;
+        let version = node.metadata.resource_version.clone();
+        let taints = sync_taints(&nodes, &name, version, taints, wanted, now).await?;
         evict(client, &name, &taints, now).await?;
     }
     Ok(())
@@ -155,6 +173,7 @@ async fn mark_unknown(nodes: &Api<Node>, node: &Node, name: &str) -> Result<(), 
 async fn sync_taints(
     nodes: &Api<Node>,
     name: &str,
+    version: Option<String>,
     taints: Vec<Taint>,
     wanted: Option<&str>,
     now: Timestamp,
@@ -179,10 +198,16 @@ async fn sync_taints(
     let before: BTreeSet<_> = taints.iter().map(key).collect();
     let after: BTreeSet<_> = next.iter().map(key).collect();
     if before != after {
-        let patch = json!({"spec": {"taints": next}});
-        nodes
+        // Compare-and-swap on the version read: a concurrent `kubectl taint` is kept.
+        let patch = json!({"metadata": {"resourceVersion": version}, "spec": {"taints": next}});
+        match nodes
             .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-            .await?;
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(taints),
+            Err(e) => return Err(e),
+        }
         tracing::info!(node = %name, taint = ?wanted, "node lifecycle taints updated");
     }
     Ok(next)

@@ -76,6 +76,25 @@ impl WorkQueue {
     }
 }
 
+/// A controller's worker tasks: aborted when the controller stops (its future is
+/// dropped when leadership is lost), so no worker keeps writing from a stale cache.
+#[derive(Default)]
+pub struct Workers(Vec<tokio::task::JoinHandle<()>>);
+
+impl Workers {
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.push(tokio::spawn(task));
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::Error;
-use crate::queue::WorkQueue;
+use crate::queue::{WorkQueue, Workers};
 
 /// How long a ReplicaSet waits for the watch to show its own writes before acting again.
 const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(300);
@@ -99,9 +99,10 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
             .default_backoff(),
     )
     .touched_objects();
+    let mut workers = Workers::default();
     for _ in 0..WORKERS {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        workers.spawn(async move {
             loop {
                 let key = ctx.queue.next().await;
                 if let Err(e) = reconcile(&ctx, &key).await {

@@ -203,10 +203,13 @@ where
                     return Ok(Ok(()));
                 }
                 _ = tick.tick() => {
-                    match candidate.try_acquire_or_renew().await {
-                        Ok(true) => renewed = Instant::now(),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(error = %e, "renewing the lease"),
+                    // A renewal that hangs must not outlive the renew deadline.
+                    let deadline = candidate.config.renew_deadline;
+                    match tokio::time::timeout(deadline, candidate.try_acquire_or_renew()).await {
+                        Ok(Ok(true)) => renewed = Instant::now(),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "renewing the lease"),
+                        Err(_) => tracing::warn!("renewing the lease timed out"),
                     }
                     if renewed.elapsed() > candidate.config.renew_deadline {
                         tracing::warn!(lease = %candidate.config.name, "lost the lease; stopping");

@@ -204,8 +204,8 @@ impl Cache {
             return;
         }
         self.remove_pod(&key);
-        if info.node.is_some() && holds_resources(pod) && pod.metadata.deletion_timestamp.is_none()
-        {
+        // A terminating pod holds its resources until it is gone, as upstream counts it.
+        if info.node.is_some() && holds_resources(pod) {
             self.place(info);
         }
     }
@@ -223,6 +223,19 @@ impl Cache {
             node.place(&info);
         }
         self.placed.insert(info.key(), info);
+    }
+
+    /// Keeps only the placed pods `keep` says still exist (after a re-list).
+    pub fn retain_pods(&mut self, keep: impl Fn(&str) -> bool) {
+        let gone: Vec<String> = self
+            .placed
+            .keys()
+            .filter(|k| !keep(k) && !self.assumed.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove_pod(&key);
+        }
     }
 
     /// Places a pod on a node before its binding is written.

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, ObjectReference, Pod}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -75,7 +76,9 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
 
 async fn watch_nodes(client: kube::Client, shared: Arc<Shared>) -> Result<(), Error> {
     let api: Api<Node> = Api::all(client);
-    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     let mut seen: Vec<String> = Vec::new();
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -123,7 +126,11 @@ async fn watch_nodes(client: kube::Client, shared: Arc<Shared>) -> Result<(), Er
 
 async fn watch_pods(client: kube::Client, shared: Arc<Shared>, name: String) -> Result<(), Error> {
     let api: Api<Pod> = Api::all(client);
-    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    // Pods seen during a (re)list: those not seen are gone.
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(event) => event,
@@ -133,8 +140,25 @@ async fn watch_pods(client: kube::Client, shared: Arc<Shared>, name: String) -> 
             }
         };
         let mut state = shared.lock();
+        if let Event::InitApply(pod) = &event {
+            seen.insert(key_of(pod));
+        }
         match event {
-            Event::Init | Event::InitDone => {}
+            Event::Init => seen.clear(),
+            Event::InitDone => {
+                let gone: Vec<String> = state
+                    .pending
+                    .keys()
+                    .filter(|k| !seen.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    state.pending.remove(&key);
+                    state.queue.forget(&key);
+                }
+                state.cache.retain_pods(|key| seen.contains(key));
+                state.queue.move_unschedulable();
+            }
             Event::InitApply(pod) | Event::Apply(pod) => {
                 let key = key_of(&pod);
                 state.cache.set_pod(&pod);
@@ -150,7 +174,13 @@ async fn watch_pods(client: kube::Client, shared: Arc<Shared>, name: String) -> 
                     .and_then(|s| s.node_name.as_deref())
                     .is_none_or(str::is_empty);
                 let live = pod.metadata.deletion_timestamp.is_none() && holds_resources(&pod);
-                if ours && unbound && live {
+                // Pods with scheduling gates wait until every gate is removed.
+                let gated = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.scheduling_gates.as_ref())
+                    .is_some_and(|g| !g.is_empty());
+                if ours && unbound && live && !gated {
                     let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
                     state.queue.add(&key, priority);
                     state.pending.insert(key, pod);

@@ -34,6 +34,10 @@ pub struct SchedulerBench {
     /// Concurrent clients creating pods.
     #[arg(long, default_value_t = 16)]
     clients: usize,
+    /// Replicas of the Deployment timed from creation to every pod bound (0: skip), on
+    /// 100 fake nodes.
+    #[arg(long, default_value_t = 500)]
+    deployment_replicas: usize,
 }
 
 impl SchedulerBench {
@@ -57,6 +61,20 @@ impl SchedulerBench {
             let figures = scenario_run(&client, nodes, pods, self.clients).await?;
             rows.push((scenario.clone(), figures));
         }
+        let mut deployment = None;
+        if self.deployment_replicas > 0 {
+            let spawned = match &self.kubeconfig {
+                Some(_) => None,
+                None => Some(spawn_server()?),
+            };
+            let kubeconfig = spawned
+                .as_ref()
+                .map(|s| s.kubeconfig.clone())
+                .or_else(|| self.kubeconfig.clone())
+                .context("a kubeconfig")?;
+            let client = crate::scheduler::client(&kubeconfig).await?;
+            deployment = Some(deployment_run(&client, 100, self.deployment_replicas).await?);
+        }
         println!("| nodes x pods | pods bound/s | all bound after | bound after the last create |");
         println!("|---|---|---|---|");
         for (scenario, (rate, total, lag)) in rows {
@@ -66,16 +84,18 @@ impl SchedulerBench {
                 lag.as_secs_f64() * 1000.0
             );
         }
+        if let Some(took) = deployment {
+            println!(
+                "\nDeployment of {} replicas on 100 nodes: every pod bound {:.2} s after the Deployment was created",
+                self.deployment_replicas,
+                took.as_secs_f64()
+            );
+        }
         Ok(())
     }
 }
 
-async fn scenario_run(
-    client: &Client,
-    nodes: usize,
-    pods: usize,
-    clients: usize,
-) -> Result<(f64, Duration, Duration)> {
+async fn create_nodes(client: &Client, nodes: usize, clients: usize) -> Result<()> {
     let node_api: Api<Node> = Api::all(client.clone());
     let bar = progress(nodes, "fake nodes");
     futures::stream::iter(0..nodes)
@@ -102,6 +122,71 @@ async fn scenario_run(
         .try_collect::<()>()
         .await?;
     bar.finish_and_clear();
+    Ok(())
+}
+
+/// Time from creating a Deployment to all of its pods bound (the controller manager
+/// and the scheduler together).
+async fn deployment_run(client: &Client, nodes: usize, replicas: usize) -> Result<Duration> {
+    create_nodes(client, nodes, 16).await?;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let rv = pod_api
+        .list_metadata(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut watch = pod_api
+        .watch(&WatchParams::default().labels("app=bench-deployment"), &rv)
+        .await?
+        .boxed();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    let deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bench-deployment"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "bench-deployment"}},
+            "template": {"metadata": {"labels": {"app": "bench-deployment"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox",
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}},
+    }))?;
+    let started = Instant::now();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let bar = progress(replicas, "deployment pods bound");
+    let mut bound = HashSet::new();
+    while bound.len() < replicas {
+        let event = tokio::time::timeout(Duration::from_secs(120), watch.try_next())
+            .await
+            .context("no pod bound for 120 s")??
+            .context("the watch ended")?;
+        if let WatchEvent::Added(pod) | WatchEvent::Modified(pod) = event
+            && pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some()
+            && bound.insert(pod.metadata.name.unwrap_or_default())
+        {
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let took = started.elapsed();
+    let _ = deployments
+        .delete("bench-deployment", &DeleteParams::background())
+        .await;
+    Ok(took)
+}
+
+async fn scenario_run(
+    client: &Client,
+    nodes: usize,
+    pods: usize,
+    clients: usize,
+) -> Result<(f64, Duration, Duration)> {
+    let node_api: Api<Node> = Api::all(client.clone());
+    create_nodes(client, nodes, clients).await?;
 
     let namespace = "default";
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), namespace);
