@@ -11,10 +11,10 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::Error;
+use crate::{Error, delete_pod};
 
 const PERIOD: Duration = Duration::from_secs(1);
 const HASH_LABEL: &str = "controller-revision-hash";
@@ -193,10 +193,10 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
             }
             // Extra pods on one node go; an outdated one is replaced within the budget.
             for extra in here.iter().skip(1) {
-                delete(&pods_api, extra).await?;
+                delete_pod(&pods_api, extra).await?;
             }
             if !up_to_date && !on_delete && (unavailable < max_unavailable || !ready(pod)) {
-                delete(&pods_api, pod).await?;
+                delete_pod(&pods_api, pod).await?;
                 if ready(pod) {
                     unavailable += 1;
                 }
@@ -205,7 +205,7 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         // Nodes no longer eligible (or gone) lose their pods.
         for pods_elsewhere in by_node.values() {
             for pod in pods_elsewhere {
-                delete(&pods_api, pod).await?;
+                delete_pod(&pods_api, pod).await?;
             }
         }
         let status = json!({
@@ -239,15 +239,6 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         }
     }
     Ok(())
-}
-
-async fn delete(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 fn daemon_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {

@@ -16,13 +16,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::Error;
-use crate::queue::{WorkQueue, Workers};
+use crate::queue::{WorkQueue, Workers, reflect};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -59,49 +57,16 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         pods,
         queue: WorkQueue::default(),
     };
-    let d_events = reflector::reflector(
-        d_writer,
-        watcher::watcher(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects();
-    let rs_events = reflector::reflector(
-        rs_writer,
-        watcher::watcher(
-            Api::<ReplicaSet>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects();
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff(),
-    )
-    .touched_objects();
+    let d_events = reflect(&client, d_writer);
+    let rs_events = reflect(&client, rs_writer);
+    let pod_events = reflect(&client, pod_writer);
     tracing::debug!("deployment controller starting");
     let mut workers = Workers::default();
-    for _ in 0..WORKERS {
-        let ctx = ctx.clone();
-        workers.spawn(async move {
-            loop {
-                let key = ctx.queue.next().await;
-                match sync(&ctx, &key).await {
-                    Ok(Some(again)) => ctx.queue.add_after(&key, again),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(deployment = %key, error = %e, "sync failed; retrying");
-                        ctx.queue.add_after(&key, Duration::from_secs(1));
-                    }
-                }
-                ctx.queue.done(&key);
-            }
-        });
-    }
+    let worker_ctx = ctx.clone();
+    workers.sync_loop(WORKERS, &ctx.queue, "deployment", move |key| {
+        let ctx = worker_ctx.clone();
+        async move { sync(&ctx, &key).await }
+    });
     let q = ctx.queue.clone();
     let deployments = d_events.for_each(move |d| {
         match &d {

@@ -6,19 +6,16 @@
 //! are mirrored into an EndpointSlice, as upstream's mirroring controller does.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use crate::Error;
-use crate::queue::{WorkQueue, Workers};
+use crate::queue::{WorkQueue, Workers, reflect};
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
@@ -48,43 +45,15 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         endpoints,
         queue: WorkQueue::default(),
     };
-    let watch = |writer, api| {
-        reflector::reflector(
-            writer,
-            watcher::watcher(api, watcher::Config::default()).default_backoff(),
-        )
-        .touched_objects()
-    };
-    let service_events = watch(s_writer, Api::<Service>::all(client.clone()));
-    let pod_events = reflector::reflector(
-        p_writer,
-        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff(),
-    )
-    .touched_objects();
-    let endpoint_events = reflector::reflector(
-        e_writer,
-        watcher::watcher(
-            Api::<Endpoints>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects();
+    let service_events = reflect(&client, s_writer);
+    let pod_events = reflect(&client, p_writer);
+    let endpoint_events = reflect(&client, e_writer);
     let mut workers = Workers::default();
-    {
-        let ctx = ctx.clone();
-        workers.spawn(async move {
-            loop {
-                let key = ctx.queue.next().await;
-                if let Err(e) = sync(&ctx, &key).await {
-                    tracing::warn!(service = %key, error = %e, "syncing endpoints");
-                    ctx.queue.add_after(&key, Duration::from_secs(1));
-                }
-                ctx.queue.done(&key);
-            }
-        });
-    }
+    let worker_ctx = ctx.clone();
+    workers.sync_loop(1, &ctx.queue, "endpoints", move |key| {
+        let ctx = worker_ctx.clone();
+        async move { sync(&ctx, &key).await.map(|()| None) }
+    });
     let q = ctx.queue.clone();
     let services = service_events.for_each(move |s| {
         if let Ok(s) = s {

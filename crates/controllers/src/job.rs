@@ -17,13 +17,11 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use crate::Error;
-use crate::queue::{WorkQueue, Workers};
+use crate::queue::{WorkQueue, Workers, reflect};
 
 const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
 
@@ -66,36 +64,14 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         queue: WorkQueue::default(),
         expected: Arc::default(),
     };
-    let job_events = reflector::reflector(
-        j_writer,
-        watcher::watcher(Api::<Job>::all(client.clone()), watcher::Config::default())
-            .default_backoff(),
-    )
-    .touched_objects();
-    let pod_events = reflector::reflector(
-        p_writer,
-        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff(),
-    )
-    .touched_objects();
+    let job_events = reflect(&client, j_writer);
+    let pod_events = reflect(&client, p_writer);
     let mut workers = Workers::default();
-    for _ in 0..2 {
-        let ctx = ctx.clone();
-        workers.spawn(async move {
-            loop {
-                let key = ctx.queue.next().await;
-                match sync(&ctx, &key).await {
-                    Ok(Some(again)) => ctx.queue.add_after(&key, again),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(job = %key, error = %e, "job sync failed; retrying");
-                        ctx.queue.add_after(&key, Duration::from_secs(1));
-                    }
-                }
-                ctx.queue.done(&key);
-            }
-        });
-    }
+    let worker_ctx = ctx.clone();
+    workers.sync_loop(2, &ctx.queue, "job", move |key| {
+        let ctx = worker_ctx.clone();
+        async move { sync(&ctx, &key).await }
+    });
     let q = ctx.queue.clone();
     let jobs = job_events.for_each(move |j| {
         if let Ok(j) = j {

@@ -89,6 +89,24 @@ pub enum Error {
 
 type Loop = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
+/// A write whose object is already gone has nothing left to do.
+pub(crate) fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes a pod (gracefully), if it is still there.
+pub(crate) async fn delete_pod(
+    api: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Result<(), kube::Error> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    ignore_not_found(api.delete(name, &kube::api::DeleteParams::default()).await)
+}
+
 /// Runs the configured controllers until one of them fails.
 pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
     let mut loops: Vec<Loop> = Vec::new();

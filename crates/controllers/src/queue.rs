@@ -85,6 +85,63 @@ impl Workers {
     pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         self.0.push(tokio::spawn(task));
     }
+
+    /// `count` workers taking keys off `queue` and syncing them; a sync says when to
+    /// look at the key again, and a failed one is retried after a second.
+    pub fn sync_loop<F, Fut>(
+        &mut self,
+        count: usize,
+        queue: &WorkQueue,
+        what: &'static str,
+        sync: F,
+    ) where
+        F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Option<Duration>, kube::Error>> + Send,
+    {
+        for _ in 0..count {
+            let (queue, sync) = (queue.clone(), sync.clone());
+            self.spawn(async move {
+                loop {
+                    let key = queue.next().await;
+                    match sync(key.clone()).await {
+                        Ok(Some(again)) => queue.add_after(&key, again),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(controller = what, key = %key, error = %e, "sync failed; retrying");
+                            queue.add_after(&key, Duration::from_secs(1));
+                        }
+                    }
+                    queue.done(&key);
+                }
+            });
+        }
+    }
+}
+
+/// Every object of kind `K`, kept in `writer`'s store; yields each object as it changes.
+pub fn reflect<K>(
+    client: &kube::Client,
+    writer: kube::runtime::reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    kube::runtime::reflector::reflector(
+        writer,
+        kube::runtime::watcher::watcher(
+            kube::Api::<K>::all(client.clone()),
+            kube::runtime::watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .touched_objects()
 }
 
 impl Drop for Workers {

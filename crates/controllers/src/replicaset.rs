@@ -16,13 +16,11 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher;
 use serde_json::json;
 
 use crate::Error;
-use crate::queue::{WorkQueue, Workers};
+use crate::queue::{WorkQueue, Workers, reflect};
 
 /// How long a ReplicaSet waits for the watch to show its own writes before acting again.
 const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(300);
@@ -84,35 +82,14 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         expectations: Arc::default(),
         queue: WorkQueue::default(),
     };
-    let rs_events = reflector::reflector(
-        rs_writer,
-        watcher::watcher(
-            Api::<ReplicaSet>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects();
-    let pod_events = reflector::reflector(
-        pod_writer,
-        watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff(),
-    )
-    .touched_objects();
+    let rs_events = reflect(&client, rs_writer);
+    let pod_events = reflect(&client, pod_writer);
     let mut workers = Workers::default();
-    for _ in 0..WORKERS {
-        let ctx = ctx.clone();
-        workers.spawn(async move {
-            loop {
-                let key = ctx.queue.next().await;
-                if let Err(e) = reconcile(&ctx, &key).await {
-                    tracing::warn!(replicaset = %key, error = %e, "sync failed; retrying");
-                    ctx.queue.add_after(&key, Duration::from_secs(1));
-                }
-                ctx.queue.done(&key);
-            }
-        });
-    }
+    let worker_ctx = ctx.clone();
+    workers.sync_loop(WORKERS, &ctx.queue, "replicaset", move |key| {
+        let ctx = worker_ctx.clone();
+        async move { reconcile(&ctx, &key).await.map(|()| None) }
+    });
     let queue = ctx.queue.clone();
     let rs_loop = rs_events.for_each(|event| {
         if let Ok(rs) = event {

@@ -12,10 +12,10 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::Error;
+use crate::{Error, delete_pod};
 
 const PERIOD: Duration = Duration::from_secs(1);
 const HASH_LABEL: &str = "controller-revision-hash";
@@ -147,7 +147,7 @@ async fn sync(
         .collect();
     for (_, pod) in extra {
         if pod.metadata.deletion_timestamp.is_none() {
-            delete(&pods_api, pod).await?;
+            delete_pod(&pods_api, pod).await?;
         }
         if !parallel {
             break;
@@ -187,7 +187,7 @@ async fn sync(
             .filter(|(o, _)| **o < replicas && **o >= partition)
             .find(|(_, p)| revision_of(p).as_deref() != Some(update_revision.as_str()))
     {
-        delete(&pods_api, pod).await?;
+        delete_pod(&pods_api, pod).await?;
     }
     let existing: Vec<&Pod> = by_ordinal
         .values()
@@ -365,15 +365,6 @@ async fn create_pod(
     match api.create(&PostParams::default(), &pod).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-async fn delete(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
-    let name = pod.metadata.name.as_deref().unwrap_or_default();
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),
     }
 }

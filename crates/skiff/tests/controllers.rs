@@ -4,17 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Backend, Cluster};
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{Backend, Cluster, wait_for};
 
 fn apply(c: &Cluster, manifest: &str) {
     let out = c.kubectl_with(&["apply", "-f", "-"], &[], Some(manifest));
@@ -47,31 +39,10 @@ fn active_pods(c: &Cluster, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn fake_nodes(c: &Cluster, n: usize) {
-    for i in 1..=n {
-        let name = format!("node-{i}");
-        apply(
-            c,
-            &format!(
-                "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n"
-            ),
-        );
-        c.ok(&[
-            "patch",
-            "node",
-            &name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"allocatable":{"cpu":"4","memory":"8Gi","pods":"110"}}}"#,
-        ]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicasets_keep_their_pods_spread_and_scale() {
     let c = Cluster::start(Backend::Embedded).await;
-    fake_nodes(&c, 5);
+    c.fake_nodes(5);
     apply(&c, &replicaset("web", 50, ""));
     wait_for("50 pods bound", || {
         let pods = active_pods(&c, "web");
@@ -261,7 +232,7 @@ fn fake_kubelet(kubeconfig: std::path::PathBuf) -> tokio::task::JoinHandle<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_roll_out_within_their_availability_budget_and_roll_back() {
     let c = Cluster::start(Backend::Embedded).await;
-    fake_nodes(&c, 5);
+    c.fake_nodes(5);
     let kubelet = fake_kubelet(c.kubeconfig.clone());
     let deployment = |image: &str| {
         format!(
@@ -345,7 +316,7 @@ async fn deployments_roll_out_within_their_availability_budget_and_roll_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_get_endpoints_and_slices_of_their_ready_pods() {
     let c = Cluster::start(Backend::Embedded).await;
-    fake_nodes(&c, 2);
+    c.fake_nodes(2);
     let kubelet = fake_kubelet(c.kubeconfig.clone());
     apply(
         &c,
@@ -454,7 +425,7 @@ fn lease_renewer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_node_is_tainted_and_its_pods_replaced_elsewhere() {
     let c = Cluster::start_with(Backend::Embedded, &["--node-monitor-grace-period", "3"]).await;
-    fake_nodes(&c, 2);
+    c.fake_nodes(2);
     let kubelet = fake_kubelet(c.kubeconfig.clone());
     let alive1 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let alive2 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -523,7 +494,7 @@ fn job(name: &str, extra_spec: &str, command: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_fail_index_and_expire() {
     let c = Cluster::start(Backend::Embedded).await;
-    fake_nodes(&c, 2);
+    c.fake_nodes(2);
     let kubelet = fake_kubelet(c.kubeconfig.clone());
     apply(
         &c,
@@ -609,7 +580,7 @@ async fn jobs_complete_fail_index_and_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemonsets_run_one_pod_per_eligible_node_and_roll() {
     let c = Cluster::start(Backend::Embedded).await;
-    fake_nodes(&c, 3);
+    c.fake_nodes(3);
     let kubelet = fake_kubelet(c.kubeconfig.clone());
     c.ok(&["taint", "node", "node-3", "dedicated=db:NoSchedule"]);
     let ds = |image: &str| {
@@ -648,7 +619,7 @@ async fn daemonsets_run_one_pod_per_eligible_node_and_roll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulsets_make_ordered_pods_with_their_own_claims() {
     let c = Cluster::start(Backend::Embedded).await;
-    fake_nodes(&c, 2);
+    c.fake_nodes(2);
     let kubelet = fake_kubelet(c.kubeconfig.clone());
     let sts = |image: &str, replicas: u32| {
         format!(

@@ -5,32 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, Cluster};
-
-/// Creates `n` Ready nodes with 4 CPUs, 8 GiB and room for 110 pods.
-fn fake_nodes(c: &Cluster, n: usize) {
-    for i in 1..=n {
-        let name = format!("node-{i}");
-        let node = format!(
-            "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n"
-        );
-        let out = c.kubectl_with(&["create", "-f", "-"], &[], Some(&node));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        c.ok(&[
-            "patch",
-            "node",
-            &name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"allocatable":{"cpu":"4","memory":"8Gi","pods":"110"},"capacity":{"cpu":"4","memory":"8Gi","pods":"110"},"conditions":[{"type":"Ready","status":"True"}]}}"#,
-        ]);
-    }
-}
+use common::{Backend, Cluster, wait_for};
 
 fn pods(prefix: &str, n: usize, extra_spec: &str) -> String {
     (1..=n)
@@ -71,18 +46,10 @@ fn wait_bound(c: &Cluster, label: &str, n: usize) -> std::collections::BTreeMap<
     }
 }
 
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_spread_over_nodes_and_unschedulable_ones_say_why() {
     let c = Cluster::start(Backend::Embedded).await;
-    fake_nodes(&c, 5);
+    c.fake_nodes(5);
     let out = c.kubectl_with(&["create", "-f", "-"], &[], Some(&pods("web", 50, "")));
     assert!(
         out.status.success(),
@@ -165,7 +132,7 @@ async fn pods_spread_over_nodes_and_unschedulable_ones_say_why() {
 async fn a_standby_scheduler_takes_over_when_the_leader_dies() {
     // `skiff apiserver` alone, then two schedulers against it.
     let c = Cluster::start(Backend::Etcd).await;
-    fake_nodes(&c, 2);
+    c.fake_nodes(2);
     let mut first = c.spawn_component(&["scheduler", "--identity", "first"]);
     let holder = || {
         c.kubectl(&[

@@ -291,3 +291,43 @@ macro_rules! scenarios {
         }
     };
 }
+
+/// Polls `check` until it holds (60 s at most).
+pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    /// Creates `n` Ready nodes (`node-1`...) with 4 CPUs, 8 GiB and room for 110 pods:
+    /// Node objects only, no kubelet.
+    pub fn fake_nodes(&self, n: usize) {
+        for i in 1..=n {
+            let name = format!("node-{i}");
+            let node = format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/hostname: {name}}}}}\n"
+            );
+            let out = self.kubectl_with(&["create", "-f", "-"], &[], Some(&node));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.ok(&[
+                "patch",
+                "node",
+                &name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"allocatable":{"cpu":"4","memory":"8Gi","pods":"110"},"capacity":{"cpu":"4","memory":"8Gi","pods":"110"},"conditions":[{"type":"Ready","status":"True"}]}}"#,
+            ]);
+        }
+    }
+}
