@@ -249,7 +249,11 @@ fn selected(opts: &ListOptions, obj: &Value) -> bool {
 /// Copies a stored object (compact JSON) into `out` with
 /// `"resourceVersion":"REV"` added as the first field of its top-level `metadata`.
 /// `false` (nothing written) if the bytes are not shaped as expected.
-fn splice_resource_version(stored: &[u8], revision: Revision, out: &mut Vec<u8>) -> bool {
+pub(crate) fn splice_resource_version(
+    stored: &[u8],
+    revision: Revision,
+    out: &mut Vec<u8>,
+) -> bool {
     let Some(at) = top_level_object_value(stored, b"metadata") else {
         return false;
     };

@@ -128,7 +128,23 @@ pub(crate) async fn start(
                 tx.send(Bytes::from(bytes)).await.is_ok()
             }
         };
+        // Without selectors, a Table or a conversion, lines are written straight from
+        // the stored bytes (resourceVersion spliced in): no parse, no encode per watcher.
+        let raw = table.is_none()
+            && r.from_storage.is_none()
+            && opts.list.label_selector.is_empty()
+            && opts.list.field_selector.is_empty();
+        let send_raw = |bytes: Bytes| {
+            let tx = tx.clone();
+            async move { tx.send(bytes).await.is_ok() }
+        };
         for kv in initial {
+            if raw && let Some(line) = raw_line("ADDED", &kv.value, kv.mod_revision) {
+                if !send_raw(line).await {
+                    return;
+                }
+                continue;
+            }
             let obj = match decode(r, &kv) {
                 Ok(obj) => obj,
                 Err(e) => {
@@ -189,6 +205,13 @@ pub(crate) async fn start(
                     if !range.contains(&event.kv.key) {
                         continue;
                     }
+                    if raw && let Some(line) = raw_event_line(&event) {
+                        tokio::select! {
+                            sent = send_raw(line) => if !sent { return },
+                            () = &mut deadline => return,
+                        }
+                        continue;
+                    }
                     if let Some(line) = to_line(r, &event, &opts.list) {
                         // A client that stops reading must not keep the watch past its
                         // timeout: the send races the deadline.
@@ -213,6 +236,29 @@ pub(crate) async fn start(
         }
     });
     Ok(rx)
+}
+
+/// A watch line made from stored bytes: `{"type":KIND,"object":OBJECT}` and a newline.
+fn raw_line(kind: &str, stored: &[u8], revision: Revision) -> Option<Bytes> {
+    let mut out = Vec::with_capacity(stored.len() + 64);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    if !super::list::splice_resource_version(stored, revision, &mut out) {
+        return None;
+    }
+    out.extend_from_slice(b"}\n");
+    Some(Bytes::from(out))
+}
+
+/// The line for a datastore event when nothing filters it; `None` when it needs the
+/// general path (a deletion whose last value the datastore no longer has).
+fn raw_event_line(event: &Event) -> Option<Bytes> {
+    match event.kind {
+        EventKind::Deleted => raw_line("DELETED", &event.prev.as_ref()?.value, event.revision()),
+        EventKind::Modified => raw_line("MODIFIED", &event.kv.value, event.revision()),
+        EventKind::Created => raw_line("ADDED", &event.kv.value, event.revision()),
+    }
 }
 
 /// `{"type": ..., "object": ...}`, the object moved in (`json!` would copy it).
@@ -264,4 +310,65 @@ fn to_line(r: &Resource, event: &skiff_storage::Event, opts: &ListOptions) -> Op
     };
     set_resource_version(&mut obj, event.revision());
     Some(event_line(kind, obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_storage::KeyValue;
+
+    use super::*;
+
+    fn kv(value: &str, revision: Revision) -> KeyValue {
+        KeyValue {
+            key: b"/registry/configmaps/default/a".to_vec(),
+            value: Bytes::from(value.to_string()),
+            create_revision: 2,
+            mod_revision: revision,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn unfiltered_events_are_written_from_the_stored_bytes() {
+        let stored = r#"{"kind":"ConfigMap","metadata":{"name":"a"}}"#;
+        let added = Event {
+            kind: EventKind::Created,
+            kv: kv(stored, 5),
+            prev: None,
+        };
+        let line = raw_event_line(&added).expect("line");
+        let parsed: Value = serde_json::from_slice(&line).expect("json");
+        assert_eq!(parsed["type"], "ADDED");
+        assert_eq!(parsed["object"]["metadata"]["resourceVersion"], "5");
+        assert!(line.ends_with(b"\n"));
+        let modified = Event {
+            kind: EventKind::Modified,
+            kv: kv(stored, 6),
+            prev: Some(kv(stored, 5)),
+        };
+        let parsed: Value =
+            serde_json::from_slice(&raw_event_line(&modified).expect("line")).expect("json");
+        assert_eq!(parsed["type"], "MODIFIED");
+        let deleted = Event {
+            kind: EventKind::Deleted,
+            kv: kv("", 7),
+            prev: Some(kv(stored, 6)),
+        };
+        let parsed: Value =
+            serde_json::from_slice(&raw_event_line(&deleted).expect("line")).expect("json");
+        assert_eq!(
+            (
+                parsed["type"].as_str(),
+                parsed["object"]["metadata"]["resourceVersion"].as_str()
+            ),
+            (Some("DELETED"), Some("7"))
+        );
+        // A deletion without the last value takes the general path.
+        let gone = Event {
+            kind: EventKind::Deleted,
+            kv: kv("", 8),
+            prev: None,
+        };
+        assert!(raw_event_line(&gone).is_none());
+    }
 }
