@@ -45,16 +45,19 @@ fn finished(job: &Job) -> Option<(&'static str, Timestamp)> {
 
 async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
     let cronjobs: Api<CronJob> = Api::all(client.clone());
+    let listed = cronjobs
+        .list(&ListParams::default().match_any())
+        .await?
+        .items;
+    if listed.is_empty() {
+        return Ok(());
+    }
     let all_jobs: Vec<Job> = Api::<Job>::all(client.clone())
         .list(&ListParams::default().match_any())
         .await?
         .items;
     let now = Timestamp::now();
-    for cj in cronjobs
-        .list(&ListParams::default().match_any())
-        .await?
-        .items
-    {
+    for cj in listed {
         if cj.metadata.deletion_timestamp.is_some() {
             continue;
         }

@@ -11,10 +11,10 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
-use crate::{Error, delete_pod};
+use crate::{Error, delete_pod, status_changed, write_status};
 
 const PERIOD: Duration = Duration::from_secs(1);
 const HASH_LABEL: &str = "controller-revision-hash";
@@ -219,23 +219,16 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
             "observedGeneration": ds.metadata.generation,
         });
         let old = serde_json::to_value(ds.status.clone().unwrap_or_default()).unwrap_or_default();
-        let changed = [
+        let keys = [
             "desiredNumberScheduled",
             "currentNumberScheduled",
             "numberReady",
             "updatedNumberScheduled",
             "observedGeneration",
-        ]
-        .iter()
-        .any(|k| old[*k] != status[*k] && !(old[*k].is_null() && status[*k] == json!(0)));
-        if changed {
+        ];
+        if status_changed(&old, &status, &keys) {
             let api: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
-            api.patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await?;
+            write_status(&api, &name, status).await?;
         }
     }
     Ok(())

@@ -60,7 +60,6 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     let d_events = reflect(&client, d_writer);
     let rs_events = reflect(&client, rs_writer);
     let pod_events = reflect(&client, pod_writer);
-    tracing::debug!("deployment controller starting");
     let mut workers = Workers::default();
     let worker_ctx = ctx.clone();
     workers.sync_loop(WORKERS, &ctx.queue, "deployment", move |key| {
@@ -69,10 +68,6 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     });
     let q = ctx.queue.clone();
     let deployments = d_events.for_each(move |d| {
-        match &d {
-            Err(e) => tracing::warn!(error = %e, "deployment watch"),
-            Ok(d) => tracing::debug!(deployment = ?d.metadata.name, "deployment event"),
-        }
         if let Ok(d) = d {
             q.add(&key(
                 d.metadata.namespace.as_deref().unwrap_or_default(),
@@ -187,10 +182,8 @@ fn resolve(value: Option<&IntOrString>, total: i32, round_up: bool, default: &st
 async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error> {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
     let Some(d) = ctx.deployments.get(&ObjectRef::new(name).within(ns)) else {
-        tracing::debug!(deployment = %key, "gone");
         return Ok(None);
     };
-    tracing::debug!(deployment = %key, "sync");
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(None);
     }

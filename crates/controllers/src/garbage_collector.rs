@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use serde_json::json;
 
-use crate::Error;
 use crate::resources::{Kind, discover};
+use crate::{Error, ignore_not_found};
 
 const PERIOD: Duration = Duration::from_secs(2);
 const REDISCOVER: Duration = Duration::from_secs(60);
@@ -188,29 +188,10 @@ async fn release(
     o: &Object,
     owner_uid: &str,
 ) -> Result<(), kube::Error> {
-    let api = api(client, kind, o.namespace.as_deref());
-    let Some(current) = api.get_opt(&o.name).await? else {
-        return Ok(());
-    };
-    let refs: Vec<&OwnerReference> = current
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .filter(|r| r.uid != owner_uid)
-        .collect();
-    let patch = json!({"metadata": {
-        "ownerReferences": if refs.is_empty() { serde_json::Value::Null } else { json!(refs) },
-        "resourceVersion": current.metadata.resource_version,
-    }});
-    match api
-        .patch(&o.name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(e),
-    }
+    drop_from_metadata_list(client, kind, o, "ownerReferences", |r| {
+        r["uid"] != owner_uid
+    })
+    .await
 }
 
 async fn remove_finalizer(
@@ -219,27 +200,37 @@ async fn remove_finalizer(
     o: &Object,
     finalizer: &str,
 ) -> Result<(), kube::Error> {
+    drop_from_metadata_list(client, kind, o, "finalizers", |f| f != finalizer).await
+}
+
+/// Rewrites the list `metadata.FIELD` keeping the items `keep` accepts (removing the
+/// field when none is left), by compare-and-swap on the version read.
+async fn drop_from_metadata_list(
+    client: &kube::Client,
+    kind: &Kind,
+    o: &Object,
+    field: &str,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Result<(), kube::Error> {
     let api = api(client, kind, o.namespace.as_deref());
     let Some(current) = api.get_opt(&o.name).await? else {
         return Ok(());
     };
-    let remaining: Vec<&String> = current
-        .metadata
-        .finalizers
-        .iter()
+    let meta = serde_json::to_value(&current.metadata).map_err(kube::Error::SerdeError)?;
+    let kept: Vec<&serde_json::Value> = meta[field]
+        .as_array()
+        .into_iter()
         .flatten()
-        .filter(|f| *f != finalizer)
+        .filter(|item| keep(item))
         .collect();
-    let patch = json!({"metadata": {
-        "finalizers": if remaining.is_empty() { serde_json::Value::Null } else { json!(remaining) },
-        "resourceVersion": current.metadata.resource_version,
-    }});
-    match api
-        .patch(&o.name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        Err(e) => Err(e),
-    }
+    let list = if kept.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(kept)
+    };
+    let patch = json!({"metadata": {field: list, "resourceVersion": meta["resourceVersion"]}});
+    ignore_not_found(
+        api.patch(&o.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await,
+    )
 }

@@ -16,12 +16,12 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::{Value, json};
 
-use crate::Error;
 use crate::queue::{WorkQueue, Workers, reflect};
+use crate::{Error, status_changed, write_status};
 
 const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
 
@@ -344,30 +344,17 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
             .collect();
         new_status["completedIndexes"] = json!(done.join(","));
     }
-    let current: HashMap<&str, &Value> = [
+    // startTime is compared by presence: the stored one has seconds only.
+    let keys = [
         "active",
         "succeeded",
         "failed",
         "ready",
         "conditions",
         "completedIndexes",
-    ]
-    .into_iter()
-    .map(|k| (k, &status[k]))
-    .collect();
-    let changed = current.iter().any(|(k, v)| {
-        let new = &new_status[*k];
-        // Absent and zero are the same count.
-        !(*v == new
-            || (v.is_null() && (new == &json!(0) || new == &json!([]) || new == &json!(""))))
-    }) || status["startTime"].is_null();
-    if changed {
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": new_status})),
-        )
-        .await?;
+    ];
+    if status_changed(&status, &new_status, &keys) || status["startTime"].is_null() {
+        write_status(&api, name, new_status).await?;
     }
     // Come back for the deadline.
     Ok(spec.active_deadline_seconds.map(|d| {

@@ -98,6 +98,35 @@ pub(crate) fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), 
     }
 }
 
+/// Whether `new` differs from `old` in any of `keys`, an absent field counting as 0,
+/// `[]` or `""` (what a status omits when it is empty).
+pub(crate) fn status_changed(
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    keys: &[&str],
+) -> bool {
+    keys.iter().any(|k| {
+        let (o, n) = (&old[*k], &new[*k]);
+        o != n && !(o.is_null() && (n == 0 || n == &serde_json::json!([]) || n == ""))
+    })
+}
+
+/// Merge-patches an object's status; an object already gone is fine.
+pub(crate) async fn write_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    status: serde_json::Value,
+) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = kube::api::Patch::Merge(serde_json::json!({ "status": status }));
+    ignore_not_found(
+        api.patch_status(name, &kube::api::PatchParams::default(), &patch)
+            .await,
+    )
+}
+
 /// Deletes a pod (gracefully), if it is still there.
 pub(crate) async fn delete_pod(
     api: &kube::Api<k8s_openapi::api::core::v1::Pod>,

@@ -15,12 +15,12 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
-use crate::Error;
 use crate::queue::{WorkQueue, Workers, reflect};
+use crate::{Error, status_changed, write_status};
 
 /// How long a ReplicaSet waits for the watch to show its own writes before acting again.
 const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(300);
@@ -317,31 +317,19 @@ async fn update_status(
         "availableReplicas": ready_count,
         "observedGeneration": rs.metadata.generation,
     });
-    let current = rs.status.as_ref().map(|s| {
-        json!({
-            "replicas": s.replicas,
-            "fullyLabeledReplicas": s.fully_labeled_replicas.unwrap_or(0),
-            "readyReplicas": s.ready_replicas.unwrap_or(0),
-            "availableReplicas": s.available_replicas.unwrap_or(0),
-            "observedGeneration": s.observed_generation,
-        })
-    });
-    if current.as_ref() == Some(&status) {
+    let current = serde_json::to_value(rs.status.clone().unwrap_or_default()).unwrap_or_default();
+    let keys = [
+        "replicas",
+        "fullyLabeledReplicas",
+        "readyReplicas",
+        "availableReplicas",
+        "observedGeneration",
+    ];
+    if !status_changed(&current, &status, &keys) {
         return Ok(());
     }
     let ns = rs.metadata.namespace.as_deref().unwrap_or("default");
     let name = rs.metadata.name.as_deref().unwrap_or_default();
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
-    match api
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e),
-    }
+    write_status(&api, name, status).await
 }

@@ -12,10 +12,10 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
-use crate::{Error, delete_pod};
+use crate::{Error, delete_pod, status_changed, write_status};
 
 const PERIOD: Duration = Duration::from_secs(1);
 const HASH_LABEL: &str = "controller-revision-hash";
@@ -222,7 +222,7 @@ async fn sync(
         "updateRevision": update_revision,
     });
     let old = serde_json::to_value(sts.status.clone().unwrap_or_default()).unwrap_or_default();
-    let changed = [
+    let keys = [
         "observedGeneration",
         "replicas",
         "readyReplicas",
@@ -230,17 +230,10 @@ async fn sync(
         "updatedReplicas",
         "currentRevision",
         "updateRevision",
-    ]
-    .iter()
-    .any(|k| old[*k] != status[*k] && !(old[*k].is_null() && status[*k] == json!(0)));
-    if changed {
+    ];
+    if status_changed(&old, &status, &keys) {
         let api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await?;
+        write_status(&api, &name, status).await?;
     }
     Ok(())
 }

@@ -28,6 +28,9 @@ pub struct Queue {
     active: BinaryHeap<(i32, Reverse<u64>, String)>,
     state: HashMap<String, (Where, i32, u32)>,
     sequence: u64,
+    /// The earliest time a backing-off or unschedulable pod becomes due: `pop` looks
+    /// through them only then, not on every call.
+    next_scan: Option<Instant>,
 }
 
 impl Queue {
@@ -59,6 +62,22 @@ impl Queue {
 
     /// The next pod to schedule, after moving due backoffs and stale unschedulables.
     pub fn pop(&mut self, now: Instant) -> Option<String> {
+        if self.next_scan.is_some_and(|at| at <= now) {
+            self.activate_due(now);
+        }
+        while let Some((_, _, key)) = self.active.pop() {
+            if let Some(entry) = self.state.get_mut(&key)
+                && entry.0 == Where::Active
+            {
+                entry.0 = Where::InFlight;
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// Moves due backoffs and stale unschedulables to active, and finds the next time.
+    fn activate_due(&mut self, now: Instant) {
         let due: Vec<(String, i32, u32)> = self
             .state
             .iter()
@@ -75,26 +94,24 @@ impl Queue {
         for (key, priority, attempts) in due {
             self.activate(&key, priority, attempts);
         }
-        while let Some((_, _, key)) = self.active.pop() {
-            if let Some(entry) = self.state.get_mut(&key)
-                && entry.0 == Where::Active
-            {
-                entry.0 = Where::InFlight;
-                return Some(key);
-            }
-        }
-        None
-    }
-
-    /// When the next backoff ends, if any.
-    pub fn next_due(&self) -> Option<Instant> {
-        self.state
+        self.next_scan = self
+            .state
             .values()
             .filter_map(|(w, ..)| match w {
                 Where::Backoff(at) => Some(*at),
+                Where::Unschedulable(since) => Some(*since + UNSCHEDULABLE_FLUSH),
                 _ => None,
             })
-            .min()
+            .min();
+    }
+
+    /// When a waiting pod next becomes due, if any.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.next_scan
+    }
+
+    fn due_at(&mut self, at: Instant) {
+        self.next_scan = Some(self.next_scan.map_or(at, |n| n.min(at)));
     }
 
     /// No node fits: wait for a cluster event.
@@ -102,6 +119,7 @@ impl Queue {
         if let Some(entry) = self.state.get_mut(key) {
             entry.0 = Where::Unschedulable(now);
             entry.2 += 1;
+            self.due_at(now + UNSCHEDULABLE_FLUSH);
         }
     }
 
@@ -113,6 +131,7 @@ impl Queue {
                 .saturating_mul(1 << entry.2.min(8).saturating_sub(1))
                 .min(MAX_BACKOFF);
             entry.0 = Where::Backoff(now + delay);
+            self.due_at(now + delay);
         }
     }
 

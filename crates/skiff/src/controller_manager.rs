@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::scheduler::{client, default_identity};
+use crate::scheduler::{client, run_elected};
 
 #[derive(clap::Args, Clone)]
 pub struct ControllerManagerArgs {
@@ -56,18 +56,9 @@ pub async fn run_until(
     config.node_monitor_grace_period =
         std::time::Duration::from_secs(args.nodes.node_monitor_grace_period);
     config.cluster_cidr = args.nodes.cluster_cidr.clone();
-    if !args.leader_elect {
-        tokio::select! {
-            r = skiff_controllers::run(client, config) => r.context("controller manager")?,
-            () = shutdown => {}
-        }
-        return Ok(());
-    }
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let election = skiff_election::Config::new("kube-system", "kube-controller-manager", &identity);
+    let lease = args.leader_elect.then_some("kube-controller-manager");
     let work = || skiff_controllers::run(client.clone(), config.clone());
-    skiff_election::run(client.clone(), election, work, shutdown)
+    run_elected(&client, lease, args.identity.clone(), work, shutdown)
         .await
-        .context("leader election")?
         .context("controller manager")
 }

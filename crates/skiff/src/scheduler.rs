@@ -48,18 +48,58 @@ pub async fn run_until(args: SchedulerArgs, shutdown: impl Future<Output = ()>) 
         scheduler_name: args.scheduler_name.clone(),
         ..Default::default()
     };
-    if !args.leader_elect {
+    let lease = args.leader_elect.then_some("kube-scheduler");
+    let work = || skiff_scheduler::run(client.clone(), config.clone());
+    run_elected(&client, lease, args.identity.clone(), work, shutdown)
+        .await
+        .context("scheduler")
+}
+
+/// Runs a component's `work` until `shutdown`: while this copy holds the
+/// `kube-system/LEASE` Lease when `lease` is given, else straight away.
+pub async fn run_elected<W, F, E>(
+    client: &kube::Client,
+    lease: Option<&str>,
+    identity: Option<String>,
+    mut work: W,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()>
+where
+    W: FnMut() -> F,
+    F: Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let Some(lease) = lease else {
         tokio::select! {
-            r = skiff_scheduler::run(client, config) => r.context("scheduler")?,
+            r = work() => r?,
             () = shutdown => {}
         }
         return Ok(());
-    }
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let election = skiff_election::Config::new("kube-system", "kube-scheduler", &identity);
-    let work = || skiff_scheduler::run(client.clone(), config.clone());
+    };
+    let identity = identity.unwrap_or_else(default_identity);
+    let election = skiff_election::Config::new("kube-system", lease, &identity);
     skiff_election::run(client.clone(), election, work, shutdown)
         .await
-        .context("leader election")?
-        .context("scheduler")
+        .context("leader election")??;
+    Ok(())
+}
+
+/// Runs a component in this process until `stopped` turns true (all in one).
+pub fn spawn_in_process<R>(
+    name: &'static str,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    run: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> R + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    R: Future<Output = Result<()>> + Send + 'static,
+{
+    let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    let task = run(stop);
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            tracing::error!(error = %format!("{e:#}"), "{name} stopped");
+        }
+    })
 }

@@ -97,15 +97,11 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             leader_elect: true,
             identity: None,
         };
-        let mut stopped = components_stopped.clone();
-        components.push(tokio::spawn(async move {
-            let stop = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            if let Err(e) = crate::scheduler::run_until(args, stop).await {
-                tracing::error!(error = %format!("{e:#}"), "scheduler stopped");
-            }
-        }));
+        components.push(crate::scheduler::spawn_in_process(
+            "scheduler",
+            components_stopped.clone(),
+            move |stop| crate::scheduler::run_until(args, stop),
+        ));
         let args = crate::controller_manager::ControllerManagerArgs {
             kubeconfig: args_kubeconfig.clone(),
             leader_elect: true,
@@ -113,15 +109,11 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             controllers: Vec::new(),
             nodes: node_args,
         };
-        let mut stopped = components_stopped.clone();
-        components.push(tokio::spawn(async move {
-            let stop = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            if let Err(e) = crate::controller_manager::run_until(args, stop).await {
-                tracing::error!(error = %format!("{e:#}"), "controller manager stopped");
-            }
-        }));
+        components.push(crate::scheduler::spawn_in_process(
+            "controller manager",
+            components_stopped.clone(),
+            move |stop| crate::controller_manager::run_until(args, stop),
+        ));
     }
     tokio::select! {
         result = shutdown_signal() => {

@@ -84,6 +84,25 @@ pub trait Store: Send + Sync + 'static {
     async fn health(&self) -> Result<()>;
 }
 
+/// Every key in `range`, read page by page at one consistent revision (the first
+/// page's); the response carries that revision and `more == false`.
+pub async fn range_all(store: &dyn Store, range: &KeyRange) -> Result<RangeResponse> {
+    let mut all = RangeResponse::default();
+    let mut page_range = range.clone();
+    let mut revision = None;
+    loop {
+        let page = store.range(&page_range, revision, Some(10_000)).await?;
+        revision = Some(page.revision);
+        all.revision = page.revision;
+        let next = page.next_page(&page_range);
+        all.kvs.extend(page.kvs);
+        match next {
+            Some(n) => page_range = n,
+            None => return Ok(all),
+        }
+    }
+}
+
 /// Checks a key and value against the limits every backend shares, so a bad write is
 /// refused with the same error whichever backend is in use.
 pub(crate) fn check_write(key: &[u8], value: Option<&[u8]>) -> Result<()> {

@@ -124,18 +124,11 @@ impl super::store::Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::store::{Registry, WriteOptions};
+    use crate::registry::store::WriteOptions;
 
     #[tokio::test]
     async fn events_expire_a_ttl_after_they_were_last_seen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = skiff_storage::embedded::Config::new(dir.path());
-        config.compaction_interval = None;
-        let store = skiff_storage::embedded::Embedded::open(&config).expect("store");
-        let registry = Registry::new(
-            std::sync::Arc::new(store),
-            crate::ServiceCidr::parse("10.96.0.0/12").expect("cidr"),
-        );
+        let (_dir, registry) = crate::registry::store::test_registry();
         registry
             .ensure_namespace("default")
             .await

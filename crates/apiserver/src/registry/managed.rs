@@ -80,10 +80,10 @@ impl<'a> Shape<'a> {
         if self.r.kind == "Service" && path == "spec.ports" {
             return ListKind::Map(&["port", "protocol"]);
         }
-        if let Some((_, keys)) = MULTI_KEYS
-            .iter()
-            .find(|(suffix, _)| path == *suffix || path.ends_with(&format!(".{suffix}")))
-        {
+        if let Some((_, keys)) = MULTI_KEYS.iter().find(|(suffix, _)| {
+            path.strip_suffix(suffix)
+                .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+        }) {
             return ListKind::Map(keys);
         }
         METADATA

@@ -520,23 +520,10 @@ impl Registry {
     }
 
     async fn range_all(&self, prefix: &str) -> Result<Vec<skiff_storage::KeyValue>, ApiError> {
-        let mut range = KeyRange::prefix(prefix);
-        let mut revision = None;
-        let mut out = Vec::new();
-        loop {
-            let page = self
-                .store
-                .range(&range, revision, Some(1000))
-                .await
-                .map_err(ApiError::internal)?;
-            revision = Some(page.revision);
-            let next = page.next_page(&range);
-            out.extend(page.kvs);
-            match next {
-                Some(n) => range = n,
-                None => return Ok(out),
-            }
-        }
+        skiff_storage::range_all(self.store.as_ref(), &KeyRange::prefix(prefix))
+            .await
+            .map(|all| all.kvs)
+            .map_err(ApiError::internal)
     }
 }
 
@@ -546,14 +533,7 @@ mod tests {
 
     #[tokio::test]
     async fn repair_releases_leaks_after_two_passes_and_restores_missing_reservations() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = skiff_storage::embedded::Config::new(dir.path());
-        config.compaction_interval = None;
-        let store = skiff_storage::embedded::Embedded::open(&config).expect("store");
-        let registry = Registry::new(
-            std::sync::Arc::new(store),
-            ServiceCidr::parse("10.96.0.0/12").expect("cidr"),
-        );
+        let (_dir, registry) = crate::registry::store::test_registry();
         registry
             .ensure_namespace("default")
             .await

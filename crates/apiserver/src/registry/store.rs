@@ -131,6 +131,17 @@ pub(crate) fn subject<'a>(r: &'a Resource, name: &'a str) -> Subject<'a> {
     }
 }
 
+/// A registry over a fresh embedded store (kept while the directory lives), for tests.
+#[cfg(test)]
+pub(crate) fn test_registry() -> (tempfile::TempDir, Registry) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = skiff_storage::embedded::Config::new(dir.path());
+    config.compaction_interval = None;
+    let store = skiff_storage::embedded::Embedded::open(&config).expect("store");
+    let cidr = super::service_ips::ServiceCidr::parse("10.96.0.0/12").expect("cidr");
+    (dir, Registry::new(Arc::new(store), cidr))
+}
+
 impl Registry {
     pub fn new(store: Arc<dyn Store>, service_cidr: super::service_ips::ServiceCidr) -> Self {
         Registry {

@@ -106,23 +106,10 @@ impl WatchCache {
 
     async fn build(&self, prefix: &str) -> skiff_storage::Result<Arc<Cache>> {
         let range = KeyRange::prefix(prefix.as_bytes().to_vec());
-        let mut objects = BTreeMap::new();
-        let mut page_range = range.clone();
-        let mut revision = None;
-        loop {
-            let page = self
-                .store
-                .range(&page_range, revision, Some(10_000))
-                .await?;
-            revision = Some(page.revision);
-            let next = page.next_page(&page_range);
-            objects.extend(page.kvs.into_iter().map(|kv| (kv.key.clone(), kv)));
-            match next {
-                Some(n) => page_range = n,
-                None => break,
-            }
-        }
-        let revision = revision.unwrap_or(0);
+        let all = skiff_storage::range_all(self.store.as_ref(), &range).await?;
+        let revision = all.revision;
+        let objects: BTreeMap<Vec<u8>, KeyValue> =
+            all.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         let stream = self.store.watch(&range, revision + 1).await?;
         let cache = Arc::new(Cache {
             state: Mutex::new(State {
@@ -216,25 +203,10 @@ impl WatchCache {
 
     /// The objects in `range` read from the datastore at its current revision.
     async fn read_snapshot(&self, range: &KeyRange) -> skiff_storage::Result<Snapshot> {
-        let mut kvs = Vec::new();
-        let mut page_range = range.clone();
-        let mut revision = None;
-        loop {
-            let page = self
-                .store
-                .range(&page_range, revision, Some(10_000))
-                .await?;
-            revision = Some(page.revision);
-            let next = page.next_page(&page_range);
-            kvs.extend(page.kvs);
-            match next {
-                Some(n) => page_range = n,
-                None => break,
-            }
-        }
+        let all = skiff_storage::range_all(self.store.as_ref(), range).await?;
         Ok(Snapshot {
-            revision: revision.unwrap_or(0),
-            kvs,
+            revision: all.revision,
+            kvs: all.kvs,
         })
     }
 }

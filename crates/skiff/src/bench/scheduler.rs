@@ -154,8 +154,23 @@ async fn deployment_run(client: &Client, nodes: usize, replicas: usize) -> Resul
         .create(&PostParams::default(), &deployment)
         .await?;
     let bar = progress(replicas, "deployment pods bound");
+    wait_bound(&mut watch, replicas, &bar).await?;
+    bar.finish_and_clear();
+    let took = started.elapsed();
+    let _ = deployments
+        .delete("bench-deployment", &DeleteParams::background())
+        .await;
+    Ok(took)
+}
+
+/// Reads pod events until `count` distinct pods have been seen bound to a node.
+async fn wait_bound(
+    watch: &mut futures::stream::BoxStream<'static, kube::Result<WatchEvent<Pod>>>,
+    count: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
     let mut bound = HashSet::new();
-    while bound.len() < replicas {
+    while bound.len() < count {
         let event = tokio::time::timeout(Duration::from_secs(120), watch.try_next())
             .await
             .context("no pod bound for 120 s")??
@@ -171,12 +186,7 @@ async fn deployment_run(client: &Client, nodes: usize, replicas: usize) -> Resul
             bar.inc(1);
         }
     }
-    bar.finish_and_clear();
-    let took = started.elapsed();
-    let _ = deployments
-        .delete("bench-deployment", &DeleteParams::background())
-        .await;
-    Ok(took)
+    Ok(())
 }
 
 async fn scenario_run(
@@ -224,23 +234,7 @@ async fn scenario_run(
         })
     };
     let bar = progress(pods, &format!("{nodes} nodes: pods bound"));
-    let mut bound = HashSet::new();
-    while bound.len() < pods {
-        let event = tokio::time::timeout(Duration::from_secs(120), watch.try_next())
-            .await
-            .context("no pod bound for 120 s")??
-            .context("the watch ended")?;
-        if let WatchEvent::Added(pod) | WatchEvent::Modified(pod) = event
-            && pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.as_ref())
-                .is_some()
-            && bound.insert(pod.metadata.name.unwrap_or_default())
-        {
-            bar.inc(1);
-        }
-    }
+    wait_bound(&mut watch, pods, &bar).await?;
     let total = started.elapsed();
     bar.finish_and_clear();
     let created = creating.await??;
