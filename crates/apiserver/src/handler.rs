@@ -47,6 +47,7 @@ impl State {
         for ns in SYSTEM_NAMESPACES {
             registry.ensure_namespace(ns).await.map_err(fail)?;
         }
+        registry.ensure_priority_classes().await.map_err(fail)?;
         registry
             .ensure_kubernetes_service(addr, config.service_cidr.nth(1))
             .await

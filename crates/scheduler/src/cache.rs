@@ -59,6 +59,11 @@ pub struct PodInfo {
     pub requests: Resources,
     /// Host ports as (protocol, hostIP, port).
     pub host_ports: Vec<(String, String, i32)>,
+    /// `spec.priority`, which admission set from the pod's PriorityClass.
+    pub priority: i32,
+    pub labels: Labels,
+    /// Whether the pod has inter-pod (anti-)affinity terms.
+    pub has_affinity: bool,
     pub pod: Pod,
 }
 
@@ -99,12 +104,32 @@ impl PodInfo {
             node: spec.node_name.clone().filter(|n| !n.is_empty()),
             requests,
             host_ports,
+            priority: spec.priority.unwrap_or(0),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            has_affinity: spec
+                .affinity
+                .as_ref()
+                .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some()),
             pod: pod.clone(),
         }
     }
 
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn terminating(&self) -> bool {
+        self.pod.metadata.deletion_timestamp.is_some()
+    }
+
+    /// When the pod started (or was created), for ordering victims.
+    pub fn start_time(&self) -> Option<&k8s_openapi::jiff::Timestamp> {
+        self.pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .or(self.pod.metadata.creation_timestamp.as_ref())
+            .map(|t| &t.0)
     }
 }
 
@@ -144,13 +169,13 @@ impl NodeInfo {
         }
     }
 
-    fn place(&mut self, pod: &PodInfo) {
+    pub(crate) fn place(&mut self, pod: &PodInfo) {
         self.requested.add(&pod.requests);
         self.used_ports.extend(pod.host_ports.iter().cloned());
         self.pods.insert(pod.key());
     }
 
-    fn unplace(&mut self, pod: &PodInfo) {
+    pub(crate) fn unplace(&mut self, pod: &PodInfo) {
         self.requested.sub(&pod.requests);
         for port in &pod.host_ports {
             self.used_ports.remove(port);
@@ -167,6 +192,11 @@ pub struct Cache {
     placed: HashMap<String, PodInfo>,
     /// Pods bound by us whose binding the watch has not shown yet.
     assumed: HashSet<String>,
+    /// Placed pods with inter-pod (anti-)affinity terms, which other pods must respect.
+    with_affinity: HashSet<String>,
+    /// Pending pods that preempted others, by the node they wait for: lower-priority
+    /// pods must not take the room freed for them.
+    nominated: HashMap<String, HashMap<String, PodInfo>>,
 }
 
 impl Cache {
@@ -204,13 +234,31 @@ impl Cache {
             return;
         }
         self.remove_pod(&key);
+        let nominated = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|n| !n.is_empty() && info.node.is_none() && !info.terminating());
+        if nominated.is_some() || self.nominated.values().any(|p| p.contains_key(&key)) {
+            self.nominate(&info, nominated);
+        }
         // A terminating pod holds its resources until it is gone, as upstream counts it.
         if info.node.is_some() && holds_resources(pod) {
             self.place(info);
         }
     }
 
+    /// Forgets a deleted pod, placed or nominated.
+    pub fn delete_pod(&mut self, key: &str) {
+        self.remove_pod(key);
+        for pods in self.nominated.values_mut() {
+            pods.remove(key);
+        }
+        self.nominated.retain(|_, pods| !pods.is_empty());
+    }
+
     pub fn remove_pod(&mut self, key: &str) {
+        self.with_affinity.remove(key);
         if let Some(old) = self.placed.remove(key)
             && let Some(node) = old.node.as_ref().and_then(|n| self.nodes.get_mut(n))
         {
@@ -219,6 +267,9 @@ impl Cache {
     }
 
     fn place(&mut self, info: PodInfo) {
+        if info.has_affinity {
+            self.with_affinity.insert(info.key());
+        }
         if let Some(node) = info.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
             node.place(&info);
         }
@@ -256,5 +307,47 @@ impl Cache {
 
     pub fn is_placed(&self, key: &str) -> bool {
         self.placed.contains_key(key)
+    }
+
+    /// The pods placed on a node.
+    pub fn pods_on<'a>(&'a self, node: &'a NodeInfo) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        node.pods.iter().filter_map(|k| self.placed.get(k))
+    }
+
+    /// Every placed pod that has inter-pod (anti-)affinity terms.
+    pub fn pods_with_affinity(&self) -> impl Iterator<Item = &PodInfo> {
+        self.with_affinity.iter().filter_map(|k| self.placed.get(k))
+    }
+
+    /// Every placed pod.
+    pub fn placed_pods(&self) -> impl Iterator<Item = &PodInfo> {
+        self.placed.values()
+    }
+
+    /// Records (or clears, with `None`) the node a pending pod was nominated to.
+    pub fn nominate(&mut self, pod: &PodInfo, node: Option<&str>) {
+        let key = pod.key();
+        for pods in self.nominated.values_mut() {
+            pods.remove(&key);
+        }
+        self.nominated.retain(|_, pods| !pods.is_empty());
+        if let Some(node) = node {
+            self.nominated
+                .entry(node.to_string())
+                .or_default()
+                .insert(key, pod.clone());
+        }
+    }
+
+    /// Pods nominated to `node` that a pod of `priority` must leave room for.
+    pub fn nominated_on(&self, node: &str, priority: i32, except: &str) -> Vec<&PodInfo> {
+        self.nominated
+            .get(node)
+            .map(|pods| {
+                pods.values()
+                    .filter(|p| p.priority >= priority && p.key() != except)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }

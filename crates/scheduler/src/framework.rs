@@ -3,23 +3,48 @@
 //! best node wins. Pure functions over the cache; the I/O (binding, events) is in
 //! `scheduler.rs`. The plugins, one per file, are listed in [`plugins`].
 
+use std::any::Any;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::cache::{Cache, NodeInfo, PodInfo};
 use crate::plugins;
 
+/// What a plugin works out once per pod before looking at nodes (upstream's PreFilter
+/// and PreScore state), such as how many matching pods each topology domain holds.
+pub type State = dyn Any + Send + Sync;
+
+/// A node a score plugin returned `None` for, while normalizing.
+pub const UNSCORED: i64 = i64::MIN;
+
 pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
 
+    /// Cluster-wide facts this plugin needs for `pod`, computed once per attempt.
+    fn prepare(&self, _pod: &PodInfo, _cache: &Cache) -> Option<Box<State>> {
+        None
+    }
+
     /// Why `node` cannot run `pod`, as upstream phrases it; empty when it can.
-    fn filter(&self, _pod: &PodInfo, _node: &NodeInfo) -> Vec<String> {
+    fn filter(&self, _pod: &PodInfo, _node: &NodeInfo, _state: Option<&State>) -> Vec<String> {
         Vec::new()
     }
 
-    /// How well `node` suits `pod`, 0 to 100; `None` for a plugin that does not score.
-    fn score(&self, _pod: &PodInfo, _node: &NodeInfo) -> Option<i64> {
+    /// Whether removing pods from the node could never cure this failure (upstream's
+    /// `UnschedulableAndUnresolvable`): preemption skips such nodes.
+    fn unresolvable(&self, _reason: &str) -> bool {
+        true
+    }
+
+    /// How well `node` suits `pod`; `None` for a plugin that does not score. Scores are
+    /// 0 to 100 unless the plugin rescales them in [`Plugin::normalize`].
+    fn score(&self, _pod: &PodInfo, _node: &NodeInfo, _state: Option<&State>) -> Option<i64> {
         None
     }
+
+    /// Rescales the raw scores of the feasible nodes to 0..=100 (NormalizeScore).
+    /// Nodes the plugin did not score hold [`UNSCORED`] and end with 0.
+    fn normalize(&self, _scores: &mut [i64]) {}
 
     fn weight(&self) -> i64 {
         1
@@ -35,6 +60,8 @@ pub fn default_plugins() -> Vec<Box<dyn Plugin>> {
         Box::new(plugins::node_affinity::NodeAffinity),
         Box::new(plugins::node_ports::NodePorts),
         Box::new(plugins::node_resources_fit::NodeResourcesFit),
+        Box::new(plugins::pod_topology_spread::PodTopologySpread),
+        Box::new(plugins::inter_pod_affinity::InterPodAffinity),
         Box::new(plugins::scoring::LeastAllocated),
         Box::new(plugins::scoring::BalancedAllocation),
     ]
@@ -44,8 +71,87 @@ pub fn default_plugins() -> Vec<Box<dyn Plugin>> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     Node(String),
-    /// No node fits: upstream's message ("0/3 nodes are available: ...").
-    Unschedulable(String),
+    /// No node fits: upstream's message ("0/3 nodes are available: ..."), and the nodes
+    /// whose failures preemption might cure.
+    Unschedulable {
+        message: String,
+        resolvable: Vec<String>,
+    },
+}
+
+/// One pod's plugins with their prepared state.
+pub struct Cycle<'a> {
+    pub pod: &'a PodInfo,
+    plugins: &'a [Box<dyn Plugin>],
+    states: Vec<Option<Box<State>>>,
+}
+
+impl<'a> Cycle<'a> {
+    pub fn new(pod: &'a PodInfo, cache: &Cache, plugins: &'a [Box<dyn Plugin>]) -> Self {
+        let states = plugins.iter().map(|p| p.prepare(pod, cache)).collect();
+        Cycle {
+            pod,
+            plugins,
+            states,
+        }
+    }
+
+    /// The first failing plugin's reasons, and whether preemption could cure them.
+    pub fn filter(&self, node: &NodeInfo) -> Option<(Vec<String>, bool)> {
+        self.plugins
+            .iter()
+            .zip(&self.states)
+            .find_map(|(p, state)| {
+                let reasons = p.filter(self.pod, node, state.as_deref());
+                if reasons.is_empty() {
+                    return None;
+                }
+                let unresolvable = reasons.iter().any(|r| p.unresolvable(r));
+                tracing::trace!(pod = %self.pod.key(), node = %node.name, plugin = p.name(), "filtered out");
+                Some((reasons, !unresolvable))
+            })
+    }
+
+    /// `node` with the pods nominated to it that this pod must leave room for.
+    pub fn with_nominated<'n>(&self, cache: &Cache, node: &'n NodeInfo) -> Cow<'n, NodeInfo> {
+        let nominated = cache.nominated_on(&node.name, self.pod.priority, &self.pod.key());
+        if nominated.is_empty() {
+            return Cow::Borrowed(node);
+        }
+        let mut node = node.clone();
+        for pod in nominated {
+            node.place(pod);
+        }
+        Cow::Owned(node)
+    }
+
+    /// Total weighted scores of the feasible nodes, in their order.
+    fn scores(&self, nodes: &[&NodeInfo]) -> Vec<i64> {
+        let mut total = vec![0i64; nodes.len()];
+        let mut raw = vec![0i64; nodes.len()];
+        for (p, state) in self.plugins.iter().zip(&self.states) {
+            let mut scored = false;
+            for (i, node) in nodes.iter().enumerate() {
+                raw[i] = match p.score(self.pod, node, state.as_deref()) {
+                    Some(s) => {
+                        scored = true;
+                        s
+                    }
+                    None => UNSCORED,
+                };
+            }
+            if !scored {
+                continue;
+            }
+            p.normalize(&mut raw);
+            for (t, r) in total.iter_mut().zip(&raw) {
+                if *r != UNSCORED {
+                    *t += r * p.weight();
+                }
+            }
+        }
+        total
+    }
 }
 
 /// Picks a node for `pod`. Equal scores go to the node after the last one chosen
@@ -56,41 +162,46 @@ pub fn schedule(
     plugins: &[Box<dyn Plugin>],
     rotation: usize,
 ) -> Decision {
+    let cycle = Cycle::new(pod, cache, plugins);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut best: Vec<(&str, i64)> = Vec::new();
-    let mut best_score = i64::MIN;
+    let mut resolvable = Vec::new();
+    let mut feasible: Vec<&NodeInfo> = Vec::new();
     for node in cache.nodes.values() {
-        let failed = plugins
-            .iter()
-            .map(|p| (p.name(), p.filter(pod, node)))
-            .find(|(_, r)| !r.is_empty());
-        if let Some((plugin, failed)) = failed {
-            tracing::trace!(pod = %pod.key(), node = %node.name, plugin, "filtered out");
-            for reason in failed {
-                *reasons.entry(reason).or_default() += 1;
+        match cycle.filter(&cycle.with_nominated(cache, node)) {
+            Some((failed, can_preempt)) => {
+                for reason in failed {
+                    *reasons.entry(reason).or_default() += 1;
+                }
+                if can_preempt {
+                    resolvable.push(node.name.clone());
+                }
             }
-            continue;
-        }
-        let score: i64 = plugins
-            .iter()
-            .filter_map(|p| p.score(pod, node).map(|s| s * p.weight()))
-            .sum();
-        if score > best_score {
-            best_score = score;
-            best.clear();
-        }
-        if score == best_score {
-            best.push((&node.name, score));
+            None => feasible.push(node),
         }
     }
-    if best.is_empty() {
-        return Decision::Unschedulable(fit_error(cache.nodes.len(), &reasons));
+    if feasible.is_empty() {
+        return Decision::Unschedulable {
+            message: fit_error(cache.nodes.len(), &reasons),
+            resolvable,
+        };
     }
-    Decision::Node(best[rotation % best.len()].0.to_string())
+    let scores = if feasible.len() == 1 {
+        vec![0]
+    } else {
+        cycle.scores(&feasible)
+    };
+    let best_score = scores.iter().copied().max().unwrap_or(0);
+    let best: Vec<&str> = feasible
+        .iter()
+        .zip(&scores)
+        .filter(|(_, s)| **s == best_score)
+        .map(|(n, _)| n.name.as_str())
+        .collect();
+    Decision::Node(best[rotation % best.len()].to_string())
 }
 
 /// `0/N nodes are available: 2 Insufficient cpu, 1 node(s) were unschedulable.`
-fn fit_error(nodes: usize, reasons: &BTreeMap<String, usize>) -> String {
+pub fn fit_error(nodes: usize, reasons: &BTreeMap<String, usize>) -> String {
     if nodes == 0 {
         return "no nodes available to schedule pods".into();
     }
@@ -161,7 +272,10 @@ mod tests {
         cache.assume(&pod("p2", "600m"), &second);
         assert_eq!(
             schedule(&pod("p3", "600m"), &cache, &plugins, 0),
-            Decision::Unschedulable("0/2 nodes are available: 2 Insufficient cpu.".into())
+            Decision::Unschedulable {
+                message: "0/2 nodes are available: 2 Insufficient cpu.".into(),
+                resolvable: vec!["a".into(), "b".into()],
+            }
         );
         // A failed binding gives the resources back.
         cache.forget("default/p2");

@@ -5,11 +5,13 @@
 //! - `cache.rs`: nodes and what their pods request, kept from the watches.
 //! - `queue.rs`: active, backoff and unschedulable pods.
 //! - `framework.rs` + `plugins/`: filters and scores, pure.
+//! - `preemption.rs`: which lower-priority pods to evict for a pod that fits nowhere.
 //! - `scheduler.rs`: the loops: watches, scheduling cycle, concurrent bindings, events.
 
 mod cache;
 mod framework;
 mod plugins;
+mod preemption;
 mod queue;
 mod scheduler;
 

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::cache::{Cache, PodInfo, holds_resources};
 use crate::framework::{Decision, default_plugins, schedule};
+use crate::preemption::{self, Preemption};
 use crate::queue::Queue;
 use crate::{Config, Error};
 
@@ -197,7 +198,7 @@ async fn watch_pods(client: kube::Client, shared: Arc<Shared>, name: String) -> 
             }
             Event::Delete(pod) => {
                 let key = key_of(&pod);
-                state.cache.remove_pod(&key);
+                state.cache.delete_pod(&key);
                 state.pending.remove(&key);
                 state.reported.remove(&key);
                 state.queue.forget(&key);
@@ -212,8 +213,19 @@ async fn watch_pods(client: kube::Client, shared: Arc<Shared>, name: String) -> 
 
 /// What the scheduler reports about a pod.
 enum Report {
-    Scheduled { pod: Pod, node: String },
-    Unschedulable { pod: Pod, message: String },
+    Scheduled {
+        pod: Pod,
+        node: String,
+    },
+    Unschedulable {
+        pod: Pod,
+        message: String,
+    },
+    Preempted {
+        victim: Pod,
+        by_uid: String,
+        node: String,
+    },
 }
 
 async fn schedule_loop(
@@ -264,7 +276,27 @@ async fn schedule_loop(
                     state.reported.remove(&key);
                     Ok((pod, node))
                 }
-                Decision::Unschedulable(message) => {
+                Decision::Unschedulable {
+                    mut message,
+                    resolvable,
+                } => {
+                    let preempted = preemption::preempt(&info, &state.cache, &plugins, &resolvable);
+                    match preempted {
+                        Ok(p) => {
+                            tracing::info!(pod = %key, node = %p.node, victims = p.victims.len(), "preempting");
+                            state.cache.nominate(&info, Some(&p.node));
+                            tokio::spawn(carry_out(
+                                client.clone(),
+                                pod.clone(),
+                                p,
+                                config.scheduler_name.clone(),
+                                events.clone(),
+                            ));
+                        }
+                        Err(why) => {
+                            message = format!("{message} {why}.");
+                        }
+                    }
                     state.queue.unschedulable(&key, Instant::now());
                     let changed = state.reported.get(&key) != Some(&message);
                     if changed {
@@ -310,6 +342,57 @@ async fn schedule_loop(
     }
 }
 
+/// Evicts a preemption's victims: each gets a DisruptionTarget condition and a
+/// `Preempted` event, then is deleted gracefully; the preemptor is nominated to the node.
+async fn carry_out(
+    client: kube::Client,
+    preemptor: Pod,
+    preemption: Preemption,
+    scheduler: String,
+    events: mpsc::Sender<Report>,
+) {
+    let params = PatchParams::default();
+    let ns = preemptor.metadata.namespace.as_deref().unwrap_or("default");
+    let name = preemptor.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let nominate = json!({"status": {"nominatedNodeName": preemption.node}});
+    if let Err(e) = api
+        .patch_status(name, &params, &Patch::Merge(nominate))
+        .await
+    {
+        tracing::debug!(pod = %name, error = %e, "nominating");
+    }
+    for victim in preemption.victims {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &victim.namespace);
+        let condition = json!({"status": {"conditions": [{
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "PreemptionByScheduler",
+            "message": format!("{scheduler}: preempting to accommodate a higher priority pod"),
+            "lastTransitionTime": Timestamp::now().to_string(),
+        }]}});
+        if let Err(e) = api
+            .patch_status(&victim.name, &params, &Patch::Strategic(condition))
+            .await
+        {
+            tracing::debug!(pod = %victim.name, error = %e, "marking a victim");
+        }
+        match api
+            .delete(&victim.name, &kube::api::DeleteParams::default())
+            .await
+        {
+            Ok(_) => {
+                let _ = events.try_send(Report::Preempted {
+                    victim: victim.pod,
+                    by_uid: preemptor.metadata.uid.clone().unwrap_or_default(),
+                    node: preemption.node.clone(),
+                });
+            }
+            Err(e) => tracing::warn!(pod = %victim.name, error = %e, "preempting"),
+        }
+    }
+}
+
 async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or_default();
@@ -342,6 +425,14 @@ async fn record_events(client: kube::Client, mut reports: mpsc::Receiver<Report>
             Report::Unschedulable { pod, message } => {
                 set_unschedulable(&client, &pod, &message).await;
                 (pod, "Warning", "FailedScheduling", message)
+            }
+            Report::Preempted {
+                victim,
+                by_uid,
+                node,
+            } => {
+                let message = format!("Preempted by pod {by_uid} on node {node}");
+                (victim, "Normal", "Preempted", message)
             }
         };
         let ns = pod

@@ -166,3 +166,179 @@ async fn a_standby_scheduler_takes_over_when_the_leader_dies() {
         killed.elapsed()
     );
 }
+
+fn json_of(c: &Cluster, args: &[&str]) -> serde_json::Value {
+    c.json(args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_pods_preempt_lower_ones() {
+    let c = Cluster::start(Backend::Embedded).await;
+    c.fake_nodes(2);
+    c.ok(&["create", "priorityclass", "low", "--value=10"]);
+    c.ok(&["create", "priorityclass", "high", "--value=1000"]);
+    c.ok(&[
+        "create",
+        "priorityclass",
+        "polite",
+        "--value=1000",
+        "--preemption-policy=Never",
+    ]);
+    let table = c.ok(&["get", "priorityclasses"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("PREEMPTIONPOLICY"),
+        "{table}"
+    );
+    let row = |name: &str| -> Vec<String> {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default();
+        line.split_whitespace().map(String::from).collect()
+    };
+    assert_eq!(row("polite")[1..3], ["1000", "false"], "{table}");
+    assert_eq!(row("polite").last().map(String::as_str), Some("Never"));
+    assert_eq!(row("system-node-critical")[1], "2000001000", "{table}");
+    assert!(!table.is_empty(), "{table}");
+    // An unknown class is refused, as upstream's admission does.
+    let err = c.fails(&[
+        "run",
+        "nope",
+        "--image=busybox",
+        "--overrides",
+        r#"{"spec":{"priorityClassName":"missing"}}"#,
+    ]);
+    assert!(
+        err.contains("no PriorityClass with name missing was found"),
+        "{err}"
+    );
+
+    // Fill both nodes (4 CPUs each) with low-priority pods.
+    let low = (1..=8)
+        .map(|i| format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: low-{i}, labels: {{app: low}}}}\nspec:\n  priorityClassName: low\n  containers: [{{name: c, image: busybox, resources: {{requests: {{cpu: '1'}}}}}}]\n"))
+        .collect::<String>();
+    c.kubectl_with(&["create", "-f", "-"], &[], Some(&low));
+    wait_bound(&c, "low", 8);
+    assert_eq!(
+        json_of(&c, &["get", "pod", "low-1"])["spec"]["priority"],
+        10
+    );
+
+    // A polite high-priority pod waits and says why it does not preempt.
+    let pod = |name: &str, class: &str, cpu: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  priorityClassName: {class}\n  containers: [{{name: c, image: busybox, resources: {{requests: {{cpu: '{cpu}'}}}}}}]\n"
+        )
+    };
+    c.kubectl_with(
+        &["create", "-f", "-"],
+        &[],
+        Some(&pod("polite", "polite", "2")),
+    );
+    wait_for("polite's FailedScheduling", || {
+        c.ok(&["get", "events", "--field-selector", "involvedObject.name=polite"]).contains(
+            "0/2 nodes are available: 2 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never..",
+        )
+    });
+
+    // A high-priority pod evicts two low ones on one node and is nominated there.
+    c.kubectl_with(&["create", "-f", "-"], &[], Some(&pod("vip", "high", "2")));
+    let mut nominated = String::new();
+    wait_for("vip to be nominated", || {
+        nominated = c.ok(&[
+            "get",
+            "pod",
+            "vip",
+            "-o",
+            "jsonpath={.status.nominatedNodeName}",
+        ]);
+        !nominated.is_empty()
+    });
+    let victims = || -> Vec<serde_json::Value> {
+        let pods = json_of(&c, &["get", "pods", "-l", "app=low"]);
+        pods["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|p| !p["metadata"]["deletionTimestamp"].is_null())
+            .cloned()
+            .collect()
+    };
+    wait_for("two victims", || victims().len() == 2);
+    for v in victims() {
+        assert_eq!(v["spec"]["nodeName"], nominated.as_str());
+        let conditions = v["status"]["conditions"].as_array().expect("conditions");
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c["type"] == "DisruptionTarget" && c["reason"] == "PreemptionByScheduler"),
+            "{conditions:?}"
+        );
+    }
+    wait_for("a Preempted event", || {
+        c.ok(&["get", "events", "--field-selector", "reason=Preempted"])
+            .contains("Preempted by pod")
+    });
+    // While they terminate, vip waits; once the "kubelet" removes them, it is bound.
+    assert_eq!(
+        c.ok(&["get", "pod", "vip", "-o", "jsonpath={.spec.nodeName}"]),
+        ""
+    );
+    for v in victims() {
+        let name = v["metadata"]["name"].as_str().expect("name").to_string();
+        c.ok(&["delete", "pod", &name, "--grace-period=0", "--force"]);
+    }
+    wait_for("vip to be bound where it was nominated", || {
+        c.ok(&["get", "pod", "vip", "-o", "jsonpath={.spec.nodeName}"]) == nominated
+    });
+    // Nothing is left of lower priority on that node to evict for polite, and it may not.
+    assert_eq!(
+        c.ok(&["get", "pod", "polite", "-o", "jsonpath={.spec.nodeName}"]),
+        ""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_spread_and_pod_anti_affinity() {
+    let c = Cluster::start(Backend::Embedded).await;
+    c.fake_nodes(3);
+    for (node, zone) in [("node-1", "a"), ("node-2", "a"), ("node-3", "b")] {
+        c.ok(&[
+            "label",
+            "node",
+            node,
+            &format!("topology.kubernetes.io/zone={zone}"),
+        ]);
+    }
+    let spread = "  topologySpreadConstraints: [{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: zoned}}}]\n";
+    c.kubectl_with(&["create", "-f", "-"], &[], Some(&pods("zoned", 6, spread)));
+    let per_node = wait_bound(&c, "zoned", 6);
+    let zone_a = per_node.get("node-1").unwrap_or(&0) + per_node.get("node-2").unwrap_or(&0);
+    assert_eq!(
+        (zone_a, per_node.get("node-3").copied()),
+        (3, Some(3)),
+        "{per_node:?}"
+    );
+
+    // One per node by anti-affinity: the fourth stays Pending and says why.
+    let anti = "  affinity: {podAntiAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: solo}}}]}}\n";
+    c.kubectl_with(&["create", "-f", "-"], &[], Some(&pods("solo", 4, anti)));
+    wait_for("three solos bound, one refused", || {
+        let out = c.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=solo",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}{\",\"}{end}",
+        ]);
+        let bound: std::collections::BTreeSet<&str> =
+            out.split(',').filter(|n| !n.is_empty()).collect();
+        bound.len() == 3 && out.matches(',').count() == 4
+    });
+    wait_for("the FailedScheduling message", || {
+        c.ok(&["get", "events", "--field-selector", "reason=FailedScheduling"]).contains(
+            "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod..",
+        )
+    });
+}

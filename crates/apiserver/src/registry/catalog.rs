@@ -702,6 +702,33 @@ pub(crate) static CATALOG: &[Resource] = &[
         schema: schema_of::<rbac::v1::ClusterRoleBinding>,
         ..BASE
     },
+    // scheduling.k8s.io/v1
+    Resource {
+        group: "scheduling.k8s.io",
+        kind: "PriorityClass",
+        plural: "priorityclasses",
+        singular: "priorityclass",
+        namespaced: false,
+        short_names: &["pc"],
+        defaults: priority_class_defaults,
+        columns: &[
+            c("Value", "The priority of pods of the class.", col::pc_value),
+            c(
+                "Global-Default",
+                "Whether pods without a class get this one.",
+                col::pc_global_default,
+            ),
+            AGE,
+            c(
+                "PreemptionPolicy",
+                "Whether pods of the class preempt others.",
+                col::pc_preemption_policy,
+            ),
+        ],
+        decode: decode_as::<k8s_openapi::api::scheduling::v1::PriorityClass>,
+        schema: schema_of::<k8s_openapi::api::scheduling::v1::PriorityClass>,
+        ..BASE
+    },
     // storage.k8s.io/v1
     Resource {
         group: "storage.k8s.io",

@@ -578,3 +578,19 @@ pub fn sc_expansion(obj: &Value) -> Value {
             .to_string()
     )
 }
+
+pub fn pc_value(obj: &Value) -> Value {
+    json!(obj.get("value").and_then(Value::as_i64).unwrap_or(0))
+}
+
+pub fn pc_global_default(obj: &Value) -> Value {
+    json!(
+        obj.get("globalDefault")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    )
+}
+
+pub fn pc_preemption_policy(obj: &Value) -> Value {
+    json!(s(obj, "/preemptionPolicy").unwrap_or("PreemptLowerPriority"))
+}

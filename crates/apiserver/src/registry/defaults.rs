@@ -288,6 +288,10 @@ pub(super) fn cron_job_defaults(obj: &mut Value) {
     }
 }
 
+pub(super) fn priority_class_defaults(obj: &mut Value) {
+    default(obj, "/preemptionPolicy", json!("PreemptLowerPriority"));
+}
+
 pub(super) fn persistent_volume_defaults(obj: &mut Value) {
     default(obj, "/spec/persistentVolumeReclaimPolicy", json!("Retain"));
     default(obj, "/spec/volumeMode", json!("Filesystem"));

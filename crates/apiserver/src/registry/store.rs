@@ -28,6 +28,8 @@ pub(crate) struct Registry {
     pub service_cidr: super::service_ips::ServiceCidr,
     /// Serves LISTs at resourceVersion 0 and watches from memory.
     pub cache: Arc<WatchCache>,
+    /// The global default PriorityClass, for Priority admission.
+    pub(crate) default_class: Arc<super::priority::DefaultClass>,
 }
 
 /// `list` and `watch` parameters.
@@ -146,6 +148,7 @@ impl Registry {
     pub fn new(store: Arc<dyn Store>, service_cidr: super::service_ips::ServiceCidr) -> Self {
         Registry {
             cache: Arc::new(WatchCache::new(store.clone())),
+            default_class: Arc::default(),
             store,
             service_cidr,
         }
@@ -336,6 +339,9 @@ impl Registry {
             o.remove("status");
         }
         (r.defaults)(&mut obj);
+        if r.group.is_empty() && r.plural == "pods" {
+            self.admit_priority(&mut obj).await?;
+        }
         let mut warnings = Vec::new();
         let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
         let errors = super::rules::check(r, &obj, None);

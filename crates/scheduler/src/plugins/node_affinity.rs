@@ -2,7 +2,7 @@
 //! labels; preferred terms add their weights to the score.
 
 use crate::cache::{NodeInfo, PodInfo};
-use crate::framework::Plugin;
+use crate::framework::{Plugin, State};
 
 pub struct NodeAffinity;
 
@@ -11,33 +11,15 @@ impl Plugin for NodeAffinity {
         "NodeAffinity"
     }
 
-    fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Vec<String> {
-        let Some(spec) = pod.pod.spec.as_ref() else {
-            return Vec::new();
-        };
-        let selector_ok = spec
-            .node_selector
-            .iter()
-            .flatten()
-            .all(|(k, v)| node.labels.get(k) == Some(v));
-        let required = spec
-            .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            });
-        let affinity_ok =
-            required.is_none_or(|r| skiff_api::selector::node_matches(r, &node.name, &node.labels));
-        if selector_ok && affinity_ok {
+    fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Vec<String> {
+        if matches(pod, node) {
             Vec::new()
         } else {
             vec!["node(s) didn't match Pod's node affinity/selector".into()]
         }
     }
 
-    fn score(&self, pod: &PodInfo, node: &NodeInfo) -> Option<i64> {
+    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Option<i64> {
         let preferred = pod
             .pod
             .spec
@@ -63,4 +45,27 @@ impl Plugin for NodeAffinity {
     fn weight(&self) -> i64 {
         2
     }
+}
+
+/// Whether the node satisfies the pod's `nodeSelector` and required node affinity
+/// (also what PodTopologySpread's `nodeAffinityPolicy: Honor` counts by).
+pub fn matches(pod: &PodInfo, node: &NodeInfo) -> bool {
+    let Some(spec) = pod.pod.spec.as_ref() else {
+        return true;
+    };
+    let selector_ok = spec
+        .node_selector
+        .iter()
+        .flatten()
+        .all(|(k, v)| node.labels.get(k) == Some(v));
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    selector_ok
+        && required.is_none_or(|r| skiff_api::selector::node_matches(r, &node.name, &node.labels))
 }

@@ -1,7 +1,7 @@
 //! NodePorts: a pod's host ports must be free on the node.
 
 use crate::cache::{NodeInfo, PodInfo};
-use crate::framework::Plugin;
+use crate::framework::{Plugin, State};
 
 pub struct NodePorts;
 
@@ -10,7 +10,7 @@ impl Plugin for NodePorts {
         "NodePorts"
     }
 
-    fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Vec<String> {
+    fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Vec<String> {
         let conflict = pod.host_ports.iter().any(|(protocol, ip, port)| {
             node.used_ports.iter().any(|(p2, ip2, port2)| {
                 protocol == p2
@@ -27,5 +27,10 @@ impl Plugin for NodePorts {
         } else {
             Vec::new()
         }
+    }
+
+    /// Evicting pods frees what they held.
+    fn unresolvable(&self, _reason: &str) -> bool {
+        false
     }
 }

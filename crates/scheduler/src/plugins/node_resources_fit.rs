@@ -2,7 +2,7 @@
 //! allocatable CPU, memory, ephemeral storage and pod count.
 
 use crate::cache::{NodeInfo, PodInfo};
-use crate::framework::Plugin;
+use crate::framework::{Plugin, State};
 
 pub struct NodeResourcesFit;
 
@@ -11,7 +11,7 @@ impl Plugin for NodeResourcesFit {
         "NodeResourcesFit"
     }
 
-    fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Vec<String> {
+    fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Vec<String> {
         let (a, used, want) = (&node.allocatable, &node.requested, &pod.requests);
         let mut reasons = Vec::new();
         if used.pods + 1 > a.pods {
@@ -29,6 +29,11 @@ impl Plugin for NodeResourcesFit {
             reasons.push("Insufficient ephemeral-storage".into());
         }
         reasons
+    }
+
+    /// Evicting pods frees what they held.
+    fn unresolvable(&self, _reason: &str) -> bool {
+        false
     }
 }
 
@@ -64,7 +69,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            NodeResourcesFit.filter(&pod, &node),
+            NodeResourcesFit.filter(&pod, &node, None),
             vec!["Too many pods".to_string(), "Insufficient cpu".to_string()]
         );
     }

@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::Taint;
 
 use crate::cache::{NodeInfo, PodInfo};
-use crate::framework::Plugin;
+use crate::framework::{Plugin, State};
 
 pub struct NodeUnschedulable;
 
@@ -13,7 +13,7 @@ impl Plugin for NodeUnschedulable {
         "NodeUnschedulable"
     }
 
-    fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Vec<String> {
+    fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Vec<String> {
         if !node.unschedulable {
             return Vec::new();
         }

@@ -3,7 +3,7 @@
 //! Pods without requests count as upstream's defaults (100m CPU, 200 MiB).
 
 use crate::cache::{NodeInfo, PodInfo};
-use crate::framework::Plugin;
+use crate::framework::{Plugin, State};
 
 const DEFAULT_MILLI_CPU: i64 = 100;
 const DEFAULT_MEMORY: i64 = 200 << 20;
@@ -36,7 +36,7 @@ impl Plugin for LeastAllocated {
         "NodeResourcesFit"
     }
 
-    fn score(&self, pod: &PodInfo, node: &NodeInfo) -> Option<i64> {
+    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Option<i64> {
         let (cpu, memory) = fractions(pod, node)?;
         Some((((1.0 - cpu) + (1.0 - memory)) * 50.0) as i64)
     }
@@ -49,7 +49,7 @@ impl Plugin for BalancedAllocation {
         "NodeResourcesBalancedAllocation"
     }
 
-    fn score(&self, pod: &PodInfo, node: &NodeInfo) -> Option<i64> {
+    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Option<i64> {
         let (cpu, memory) = fractions(pod, node)?;
         // Upstream: 1 - standard deviation of the fractions.
         let deviation = (cpu - memory).abs() / 2.0;

@@ -2,7 +2,7 @@
 //! tolerate them; PreferNoSchedule taints lower the node's score.
 
 use crate::cache::{NodeInfo, PodInfo};
-use crate::framework::Plugin;
+use crate::framework::{Plugin, State};
 
 pub struct TaintToleration;
 
@@ -11,7 +11,7 @@ impl Plugin for TaintToleration {
         "TaintToleration"
     }
 
-    fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Vec<String> {
+    fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Vec<String> {
         let tolerations = pod
             .pod
             .spec
@@ -32,7 +32,7 @@ impl Plugin for TaintToleration {
         }
     }
 
-    fn score(&self, pod: &PodInfo, node: &NodeInfo) -> Option<i64> {
+    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Option<i64> {
         let tolerations = pod
             .pod
             .spec
