@@ -13,14 +13,16 @@ use serde_json::json;
 use skiff_api::cron::Schedule;
 
 use crate::Error;
+use crate::events::Recorder;
 
 const PERIOD: Duration = Duration::from_secs(1);
 
 pub async fn run(client: kube::Client) -> Result<(), Error> {
     let mut tick = tokio::time::interval(PERIOD);
+    let events = Recorder::new(client.clone(), "cronjob-controller");
     loop {
         tick.tick().await;
-        if let Err(e) = pass(&client).await {
+        if let Err(e) = pass(&client, &events).await {
             tracing::warn!(error = %e, "cronjob pass");
         }
     }
@@ -43,7 +45,7 @@ fn finished(job: &Job) -> Option<(&'static str, Timestamp)> {
     None
 }
 
-async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
+async fn pass(client: &kube::Client, events: &Recorder) -> Result<(), kube::Error> {
     let cronjobs: Api<CronJob> = Api::all(client.clone());
     let listed = cronjobs
         .list(&ListParams::default().match_any())
@@ -108,7 +110,17 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
                 if policy == "Replace" {
                     for job in &active {
                         let job_name = job.metadata.name.as_deref().unwrap_or_default();
-                        let _ = job_api.delete(job_name, &DeleteParams::background()).await;
+                        if job_api
+                            .delete(job_name, &DeleteParams::background())
+                            .await
+                            .is_ok()
+                        {
+                            events.normal(
+                                &cj,
+                                "SuccessfulDelete",
+                                format!("Deleted job {job_name}"),
+                            );
+                        }
                     }
                 }
                 let minutes = scheduled.as_second() / 60;
@@ -140,7 +152,12 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
                 };
                 match job_api.create(&PostParams::default(), &job).await {
                     Ok(_) => {
-                        tracing::info!(cronjob = %format!("{ns}/{name}"), job = %format!("{name}-{minutes}"), "started a scheduled job")
+                        tracing::info!(cronjob = %format!("{ns}/{name}"), job = %format!("{name}-{minutes}"), "started a scheduled job");
+                        events.normal(
+                            &cj,
+                            "SuccessfulCreate",
+                            format!("Created job {name}-{minutes}"),
+                        );
                     }
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => return Err(e),
@@ -164,7 +181,13 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
             done.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
             for (job, _) in done.into_iter().skip(usize::try_from(limit).unwrap_or(0)) {
                 let job_name = job.metadata.name.as_deref().unwrap_or_default();
-                let _ = job_api.delete(job_name, &DeleteParams::background()).await;
+                if job_api
+                    .delete(job_name, &DeleteParams::background())
+                    .await
+                    .is_ok()
+                {
+                    events.normal(&cj, "SuccessfulDelete", format!("Deleted job {job_name}"));
+                }
             }
         }
         let last_successful = jobs
@@ -189,6 +212,20 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         }
         let current =
             serde_json::to_value(cj.status.clone().unwrap_or_default()).unwrap_or_default();
+        // Jobs that were active and have finished since.
+        for job in &jobs {
+            let job_name = job.metadata.name.as_deref().unwrap_or_default();
+            let was_active = current["active"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|r| r["name"] == job_name));
+            if was_active && let Some((kind, _)) = finished(job) {
+                events.normal(
+                    &cj,
+                    "SawCompletedJob",
+                    format!("Saw completed job: {job_name}, status: {kind}"),
+                );
+            }
+        }
         let changed = last_schedule.is_some()
             || current["active"].as_array().map_or(0, Vec::len) != refs.len()
             || (last_successful.is_some() && current["lastSuccessfulTime"].is_null());

@@ -4,29 +4,91 @@
 //! DaemonSet pods moved to the scheduler), removed from nodes that stop being eligible,
 //! and replaced node by node within `maxUnavailable` when the template changes.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
+use crate::events::Recorder;
+use crate::queue::{WorkQueue, Workers, object_key, owner_key, reflect};
 use crate::{Error, delete_pod, status_changed, write_status};
 
-const PERIOD: Duration = Duration::from_secs(1);
+const WORKERS: usize = 4;
 const HASH_LABEL: &str = "controller-revision-hash";
+/// How long a created pod may take to show in the watch before it is made again.
+const EXPECT_FOR: Duration = Duration::from_secs(30);
 
+#[derive(Clone)]
+struct Context {
+    client: kube::Client,
+    sets: Store<DaemonSet>,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    queue: WorkQueue,
+    events: Recorder,
+    /// Pods created per (DaemonSet key, node) that the watch has not shown yet.
+    expected: Arc<Mutex<HashMap<(String, String), Instant>>>,
+}
+
+/// Syncs a DaemonSet when it, one of its pods, or any node changes.
 pub async fn run(client: kube::Client) -> Result<(), Error> {
-    let mut tick = tokio::time::interval(PERIOD);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&client).await {
-            tracing::warn!(error = %e, "daemonset pass");
+    let (sets, set_writer) = reflector::store();
+    let (nodes, node_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let ctx = Context {
+        client: client.clone(),
+        sets,
+        nodes,
+        pods,
+        queue: WorkQueue::default(),
+        events: Recorder::new(client.clone(), "daemonset-controller"),
+        expected: Arc::default(),
+    };
+    let set_events = reflect(&client, set_writer);
+    let node_events = reflect(&client, node_writer);
+    let pod_events = reflect(&client, pod_writer);
+    let mut workers = Workers::default();
+    let worker_ctx = ctx.clone();
+    workers.sync_loop(WORKERS, &ctx.queue, "daemonset", move |key| {
+        let ctx = worker_ctx.clone();
+        async move { reconcile(&ctx, &key).await.map(|()| None) }
+    });
+    let queue = ctx.queue.clone();
+    let set_loop = set_events.for_each(|event| {
+        if let Ok(ds) = event {
+            queue.add(&object_key(&ds));
         }
-    }
+        futures::future::ready(())
+    });
+    let (queue, sets) = (ctx.queue.clone(), ctx.sets.clone());
+    let node_loop = node_events.for_each(|event| {
+        if event.is_ok() {
+            for ds in sets.state() {
+                queue.add(&object_key(&*ds));
+            }
+        }
+        futures::future::ready(())
+    });
+    let queue = ctx.queue.clone();
+    let pod_loop = pod_events.for_each(|event| {
+        if let Ok(pod) = event
+            && let Some(key) = owner_key(&pod, "DaemonSet")
+        {
+            queue.add(&key);
+        }
+        futures::future::ready(())
+    });
+    futures::future::join3(set_loop, node_loop, pod_loop).await;
+    Ok(())
 }
 
 /// Tolerations every DaemonSet pod gets, as upstream adds them.
@@ -105,25 +167,18 @@ fn ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
-    let sets = Api::<DaemonSet>::all(client.clone())
-        .list(&ListParams::default().match_any())
-        .await?
-        .items;
-    if sets.is_empty() {
+async fn reconcile(ctx: &Context, key: &str) -> Result<(), kube::Error> {
+    let client = &ctx.client;
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    let Some(ds) = ctx.sets.get(&ObjectRef::new(name).within(ns)) else {
+        ctx.lock_expected().retain(|(k, _), _| k != key);
         return Ok(());
-    }
-    let nodes = Api::<Node>::all(client.clone())
-        .list(&ListParams::default().match_any())
-        .await?
-        .items;
-    let pods = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default().match_any())
-        .await?
-        .items;
-    for ds in sets {
+    };
+    let nodes = ctx.nodes.state();
+    let pods = ctx.pods.state();
+    {
         if ds.metadata.deletion_timestamp.is_some() {
-            continue;
+            return Ok(());
         }
         let ns = ds.metadata.namespace.clone().unwrap_or_default();
         let name = ds.metadata.name.clone().unwrap_or_default();
@@ -131,7 +186,7 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         let hash = template_hash(&ds);
         let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
-        for pod in pods.iter().filter(|p| {
+        for pod in pods.iter().map(|p| &**p).filter(|p| {
             p.metadata.namespace.as_deref() == Some(ns.as_str())
                 && p.metadata.deletion_timestamp.is_none()
                 && p.metadata
@@ -157,7 +212,11 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
             .as_ref()
             .and_then(|s| s.type_.as_deref())
             == Some("OnDelete");
-        let eligible_nodes: Vec<&Node> = nodes.iter().filter(|n| eligible(&ds, n)).collect();
+        let eligible_nodes: Vec<&Node> = nodes
+            .iter()
+            .map(|n| &**n)
+            .filter(|n| eligible(&ds, n))
+            .collect();
         let desired = eligible_nodes.len();
         let max_unavailable = match rolling.and_then(|r| r.max_unavailable.as_ref()) {
             Some(IntOrString::Int(n)) => usize::try_from(*n).unwrap_or(1),
@@ -172,12 +231,35 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         for node in &eligible_nodes {
             let node_name = node.metadata.name.clone().unwrap_or_default();
             let here = by_node.remove(&node_name).unwrap_or_default();
+            let expected = (key.to_string(), node_name.clone());
+            if !here.is_empty() {
+                ctx.lock_expected().remove(&expected);
+            }
             if here.is_empty() {
+                let waiting = ctx
+                    .lock_expected()
+                    .get(&expected)
+                    .is_some_and(|at| at.elapsed() < EXPECT_FOR);
+                if waiting {
+                    continue;
+                }
                 let pod = daemon_pod(&ds, &node_name, &hash);
                 match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {}
+                    Ok(created) => {
+                        ctx.lock_expected().insert(expected, Instant::now());
+                        let pod_name = created.metadata.name.unwrap_or_default();
+                        ctx.events.normal(
+                            &*ds,
+                            "SuccessfulCreate",
+                            format!("Created pod: {pod_name}"),
+                        );
+                    }
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        ctx.events
+                            .warning(&*ds, "FailedCreate", format!("Error creating: {e}"));
+                        return Err(e);
+                    }
                 }
                 continue;
             }
@@ -194,9 +276,11 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
             // Extra pods on one node go; an outdated one is replaced within the budget.
             for extra in here.iter().skip(1) {
                 delete_pod(&pods_api, extra).await?;
+                deleted(ctx, &ds, extra);
             }
             if !up_to_date && !on_delete && (unavailable < max_unavailable || !ready(pod)) {
                 delete_pod(&pods_api, pod).await?;
+                deleted(ctx, &ds, pod);
                 if ready(pod) {
                     unavailable += 1;
                 }
@@ -206,6 +290,7 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         for pods_elsewhere in by_node.values() {
             for pod in pods_elsewhere {
                 delete_pod(&pods_api, pod).await?;
+                deleted(ctx, &ds, pod);
             }
         }
         let status = json!({
@@ -232,6 +317,18 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         }
     }
     Ok(())
+}
+
+impl Context {
+    fn lock_expected(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Instant>> {
+        self.expected.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn deleted(ctx: &Context, ds: &DaemonSet, pod: &Pod) {
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    ctx.events
+        .normal(ds, "SuccessfulDelete", format!("Deleted pod: {pod_name}"));
 }
 
 fn daemon_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {

@@ -20,6 +20,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
 use crate::Error;
+use crate::events::Recorder;
 use crate::queue::{WorkQueue, Workers, reflect};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -33,6 +34,7 @@ struct Context {
     replicasets: Store<ReplicaSet>,
     pods: Store<Pod>,
     queue: WorkQueue,
+    events: Recorder,
 }
 
 fn key(ns: &str, name: &str) -> String {
@@ -56,6 +58,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         replicasets,
         pods,
         queue: WorkQueue::default(),
+        events: Recorder::new(client.clone(), "deployment-controller"),
     };
     let d_events = reflect(&client, d_writer);
     let rs_events = reflect(&client, rs_writer);
@@ -243,7 +246,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
     let mut scaled = false;
     if recreate {
         for old in olds.iter().filter(|rs| spec_replicas(rs) > 0) {
-            scale(&rs_api, old, 0).await?;
+            scale(ctx, &d, &rs_api, old, 0).await?;
             scaled = true;
         }
         let old_pods = ctx.pods.state().into_iter().any(|p| {
@@ -259,7 +262,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
                 })
         });
         if !old_pods && spec_replicas(&new) != replicas {
-            scale(&rs_api, &new, replicas).await?;
+            scale(ctx, &d, &rs_api, &new, replicas).await?;
             scaled = true;
         }
     } else {
@@ -286,13 +289,13 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
         // Scale the new ReplicaSet up within the surge.
         let current_new = spec_replicas(&new);
         if current_new > replicas {
-            scale(&rs_api, &new, replicas).await?;
+            scale(ctx, &d, &rs_api, &new, replicas).await?;
             scaled = true;
         } else if current_new < replicas {
             let room = replicas + surge - total;
             let target = (current_new + room.max(0)).min(replicas);
             if target > current_new {
-                scale(&rs_api, &new, target).await?;
+                scale(ctx, &d, &rs_api, &new, target).await?;
                 scaled = true;
             }
         }
@@ -312,7 +315,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
             let cut = unhealthy.min(budget);
             if cut > 0 {
                 let to = spec_replicas(old) - cut;
-                scale(&rs_api, old, to).await?;
+                scale(ctx, &d, &rs_api, old, to).await?;
                 set.insert(old.metadata.name.clone().unwrap_or_default(), to);
                 budget -= cut;
                 scaled = true;
@@ -329,7 +332,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
                 continue;
             }
             let cut = current.min(budget);
-            scale(&rs_api, old, current - cut).await?;
+            scale(ctx, &d, &rs_api, old, current - cut).await?;
             budget -= cut;
             scaled = true;
         }
@@ -411,11 +414,25 @@ async fn create_new(
     }
 }
 
-async fn scale(api: &Api<ReplicaSet>, rs: &ReplicaSet, replicas: i32) -> Result<(), kube::Error> {
+/// Sets a ReplicaSet's replicas, with upstream's `ScalingReplicaSet` event.
+async fn scale(
+    ctx: &Context,
+    d: &Deployment,
+    api: &Api<ReplicaSet>,
+    rs: &ReplicaSet,
+    replicas: i32,
+) -> Result<(), kube::Error> {
     let name = rs.metadata.name.as_deref().unwrap_or_default();
     let patch = json!({"spec": {"replicas": replicas}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
+    let from = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+    let direction = if replicas >= from { "up" } else { "down" };
+    ctx.events.normal(
+        d,
+        "ScalingReplicaSet",
+        format!("Scaled {direction} replica set {name} from {from} to {replicas}"),
+    );
     tracing::debug!(replicaset = %name, replicas, "scaled");
     Ok(())
 }

@@ -20,6 +20,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::{Value, json};
 
+use crate::events::Recorder;
 use crate::queue::{WorkQueue, Workers, reflect};
 use crate::{Error, status_changed, write_status};
 
@@ -31,6 +32,7 @@ struct Context {
     jobs: Store<Job>,
     pods: Store<Pod>,
     queue: WorkQueue,
+    events: Recorder,
     /// Pods created per Job that the pod watch has not shown yet: no more are made for
     /// it until they show (or 30 s pass), so a Job never overshoots.
     expected: Arc<std::sync::Mutex<HashMap<String, Expected>>>,
@@ -62,6 +64,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         jobs,
         pods,
         queue: WorkQueue::default(),
+        events: Recorder::new(client.clone(), "job-controller"),
         expected: Arc::default(),
     };
     let job_events = reflect(&client, j_writer);
@@ -225,6 +228,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
     };
     let mut stop_active = suspended || failure.is_some();
     if let Some((reason, message)) = &failure {
+        ctx.events.warning(&*job, reason, message.clone());
         for kind in ["FailureTarget", "Failed"] {
             conditions.push(
                 json!({"type": kind, "status": "True", "reason": reason, "message": message,
@@ -232,6 +236,8 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
             );
         }
     } else if complete {
+        ctx.events
+            .normal(&*job, "Completed", "Job completed".into());
         for kind in ["SuccessCriteriaMet", "Complete"] {
             conditions.push(
                 json!({"type": kind, "status": "True", "reason": "CompletionsReached",
@@ -297,10 +303,20 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
                 let pod = pod_from_template(&job, job_ref.clone(), index);
                 match pods_api.create(&PostParams::default(), &pod).await {
                     Ok(pod) => {
-                        created.insert(pod.metadata.name.unwrap_or_default());
+                        let pod_name = pod.metadata.name.unwrap_or_default();
+                        ctx.events.normal(
+                            &*job,
+                            "SuccessfulCreate",
+                            format!("Created pod: {pod_name}"),
+                        );
+                        created.insert(pod_name);
                     }
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        ctx.events
+                            .warning(&*job, "FailedCreate", format!("Error creating: {e}"));
+                        return Err(e);
+                    }
                 }
             }
             ctx.expected
@@ -313,7 +329,11 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
         for pod in &active {
             let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
             match pods_api.delete(pod_name, &DeleteParams::background()).await {
-                Ok(_) => {}
+                Ok(_) => ctx.events.normal(
+                    &*job,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {pod_name}"),
+                ),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e),
             }

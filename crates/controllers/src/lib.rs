@@ -16,12 +16,15 @@
 //! - `podgc.rs`: pods of deleted nodes, never-scheduled terminating pods, old finished pods.
 //! - `disruption.rs`: PodDisruptionBudget status, which evictions spend.
 //! - `resourcequota.rs`: ResourceQuota usage.
+//!
+//! `events.rs` writes their Events, `queue.rs` holds the work queue and sync loop.
 
 mod cronjob;
 mod daemonset;
 mod deployment;
 mod disruption;
 mod endpoints;
+mod events;
 mod garbage_collector;
 mod job;
 mod namespace;

@@ -20,6 +20,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::Error;
+use crate::events::Recorder;
 
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -40,9 +41,11 @@ type Observed = HashMap<String, (Option<Timestamp>, std::time::Instant)>;
 pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> {
     let mut tick = tokio::time::interval(PERIOD);
     let mut observed = Observed::new();
+    let events = Recorder::new(client.clone(), "node-controller");
+    let evictions = Recorder::new(client.clone(), "taint-eviction-controller");
     loop {
         tick.tick().await;
-        if let Err(e) = pass(&client, &settings, &mut observed).await {
+        if let Err(e) = pass(&client, &settings, &mut observed, [&events, &evictions]).await {
             tracing::warn!(error = %e, "node lifecycle pass");
         }
     }
@@ -61,6 +64,7 @@ async fn pass(
     client: &kube::Client,
     settings: &Settings,
     observed: &mut Observed,
+    [events, evictions]: [&Recorder; 2],
 ) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
@@ -117,6 +121,12 @@ async fn pass(
         let status = ready.map(|c| c.status.as_str()).unwrap_or("True");
         if silent && ready.is_none_or(|c| c.status != "Unknown") {
             mark_unknown(&nodes, node, &name).await?;
+            events.normal(
+                node,
+                "NodeNotReady",
+                format!("Node {name} status is now: NodeNotReady"),
+            );
+            mark_pods_not_ready(client, &name, events).await?;
         }
         let state = if silent { "Unknown" } else { status };
         let wanted: Option<&str> = match state {
@@ -131,7 +141,7 @@ async fn pass(
             .unwrap_or_default();
         let version = node.metadata.resource_version.clone();
         let taints = sync_taints(&nodes, &name, version, taints, wanted, now).await?;
-        evict(client, &name, &taints, now).await?;
+        evict(client, &name, &taints, now, evictions).await?;
     }
     Ok(())
 }
@@ -220,6 +230,7 @@ async fn evict(
     node: &str,
     taints: &[Taint],
     now: Timestamp,
+    events: &Recorder,
 ) -> Result<(), kube::Error> {
     let no_execute: Vec<&Taint> = taints.iter().filter(|t| t.effect == "NoExecute").collect();
     if no_execute.is_empty() {
@@ -258,11 +269,50 @@ async fn evict(
             tracing::info!(pod = %format!("{ns}/{name}"), %node, "evicting from a tainted node");
             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
             match api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
+                Ok(_) => events.normal(
+                    &pod,
+                    "TaintManagerEviction",
+                    format!("Marking for deletion Pod {ns}/{name}"),
+                ),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e),
             }
         }
+    }
+    Ok(())
+}
+
+/// Upstream's `MarkPodsNotReady`: the pods of a node that went silent are no longer
+/// Ready, so Services stop sending them traffic before they are evicted.
+async fn mark_pods_not_ready(
+    client: &kube::Client,
+    node: &str,
+    events: &Recorder,
+) -> Result<(), kube::Error> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let on_node = pods
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await?;
+    let now = Timestamp::now().to_string();
+    for pod in on_node.items {
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !ready {
+            continue;
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let patch = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False", "lastTransitionTime": now}]}});
+        crate::ignore_not_found(
+            api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await,
+        )?;
+        events.warning(&pod, "NodeNotReady", "Node is not ready".into());
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! A work queue of object keys: each key is queued once however often it is added, a key
 //! being worked on is not handed out twice, and keys can come back after a delay.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,7 +14,13 @@ struct Inner {
     busy: HashSet<String>,
     /// Added while busy: queue again when done.
     dirty: HashSet<String>,
+    /// Failed syncs in a row per key, for the retry back-off.
+    failures: HashMap<String, u32>,
 }
+
+/// Upstream's per-item back-off: 5 ms doubling per failure, at most 1000 s.
+const RETRY_BASE: Duration = Duration::from_millis(5);
+const RETRY_MAX: Duration = Duration::from_secs(1000);
 
 #[derive(Clone, Default)]
 pub struct WorkQueue {
@@ -64,6 +70,20 @@ impl WorkQueue {
         }
     }
 
+    /// How long to wait before retrying `key` after another failure.
+    pub fn retry_delay(&self, key: &str) -> Duration {
+        let mut inner = self.lock();
+        let failures = inner.failures.entry(key.to_string()).or_default();
+        let delay = RETRY_BASE.saturating_mul(1u32 << (*failures).min(20));
+        *failures += 1;
+        delay.min(RETRY_MAX)
+    }
+
+    /// Forgets `key`'s failures after a successful sync.
+    pub fn forget(&self, key: &str) {
+        self.lock().failures.remove(key);
+    }
+
     pub fn done(&self, key: &str) {
         let again = {
             let mut inner = self.lock();
@@ -87,7 +107,7 @@ impl Workers {
     }
 
     /// `count` workers taking keys off `queue` and syncing them; a sync says when to
-    /// look at the key again, and a failed one is retried after a second.
+    /// look at the key again, and a failed one is retried with a per-key back-off.
     pub fn sync_loop<F, Fut>(
         &mut self,
         count: usize,
@@ -104,11 +124,16 @@ impl Workers {
                 loop {
                     let key = queue.next().await;
                     match sync(key.clone()).await {
-                        Ok(Some(again)) => queue.add_after(&key, again),
-                        Ok(None) => {}
+                        Ok(again) => {
+                            queue.forget(&key);
+                            if let Some(again) = again {
+                                queue.add_after(&key, again);
+                            }
+                        }
                         Err(e) => {
-                            tracing::warn!(controller = what, key = %key, error = %e, "sync failed; retrying");
-                            queue.add_after(&key, Duration::from_secs(1));
+                            let delay = queue.retry_delay(&key);
+                            tracing::warn!(controller = what, key = %key, error = %e, ?delay, "sync failed; retrying");
+                            queue.add_after(&key, delay);
                         }
                     }
                     queue.done(&key);
@@ -144,6 +169,31 @@ where
     .touched_objects()
 }
 
+/// `namespace/name` of an object, the key controllers queue.
+pub fn object_key<K: kube::Resource>(object: &K) -> String {
+    let meta = object.meta();
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The key of `object`'s controller, when that is of `kind`.
+pub fn owner_key<K: kube::Resource>(object: &K, kind: &str) -> Option<String> {
+    let meta = object.meta();
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == kind)?;
+    Some(format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        owner.name
+    ))
+}
+
 impl Drop for Workers {
     fn drop(&mut self) {
         for task in &self.0 {
@@ -167,5 +217,19 @@ mod tests {
         assert_eq!(q.next().await, "b");
         q.done("a");
         assert_eq!(q.next().await, "a");
+    }
+
+    #[test]
+    fn failures_back_off_per_key_until_forgotten() {
+        let q = WorkQueue::default();
+        let delays: Vec<Duration> = (0..4).map(|_| q.retry_delay("a")).collect();
+        assert_eq!(delays, [5, 10, 20, 40].map(Duration::from_millis).to_vec());
+        assert_eq!(q.retry_delay("b"), Duration::from_millis(5));
+        for _ in 0..40 {
+            q.retry_delay("a");
+        }
+        assert_eq!(q.retry_delay("a"), RETRY_MAX);
+        q.forget("a");
+        assert_eq!(q.retry_delay("a"), Duration::from_millis(5));
     }
 }

@@ -19,6 +19,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
+use crate::events::Recorder;
 use crate::queue::{WorkQueue, Workers, reflect};
 use crate::{Error, status_changed, write_status};
 
@@ -42,6 +43,7 @@ struct Context {
     pods: Store<Pod>,
     expectations: Arc<Mutex<HashMap<String, Expectations>>>,
     queue: WorkQueue,
+    events: Recorder,
 }
 
 fn key(ns: &str, name: &str) -> String {
@@ -81,6 +83,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         pods,
         expectations: Arc::default(),
         queue: WorkQueue::default(),
+        events: Recorder::new(client.clone(), "replicaset-controller"),
     };
     let rs_events = reflect(&client, rs_writer);
     let pod_events = reflect(&client, pod_writer);
@@ -160,7 +163,7 @@ async fn reconcile(ctx: &Context, key: &str) -> Result<(), kube::Error> {
         create_pods(ctx, key, &rs, missing).await?;
     } else if !deleting && active_pods.len() > want {
         let extra = (active_pods.len() - want).min(BURST);
-        delete_pods(ctx, key, &active_pods, extra).await?;
+        delete_pods(ctx, key, &rs, &active_pods, extra).await?;
     }
     update_status(ctx, &rs, &active_pods).await
 }
@@ -232,11 +235,17 @@ async fn create_pods(
             match result {
                 Ok(created) => {
                     let name = created.metadata.name.unwrap_or_default();
+                    ctx.events
+                        .normal(rs, "SuccessfulCreate", format!("Created pod: {name}"));
                     if let Some(e) = ctx.lock_expectations().get_mut(key) {
                         e.adds.insert(name);
                     }
                 }
-                Err(e) => failure = Some(e),
+                Err(e) => {
+                    ctx.events
+                        .warning(rs, "FailedCreate", format!("Error creating: {e}"));
+                    failure = Some(e);
+                }
             }
         }
         if let Some(e) = failure {
@@ -252,6 +261,7 @@ async fn create_pods(
 async fn delete_pods(
     ctx: &Context,
     key: &str,
+    rs: &ReplicaSet,
     pods: &[&Arc<Pod>],
     count: usize,
 ) -> Result<(), kube::Error> {
@@ -278,11 +288,14 @@ async fn delete_pods(
     let ns = key.split_once('/').map_or("default", |(ns, _)| ns);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let params = DeleteParams::default();
-    for result in
-        futures::future::join_all(victims.iter().map(|name| api.delete(name, &params))).await
+    for (name, result) in victims
+        .iter()
+        .zip(futures::future::join_all(victims.iter().map(|name| api.delete(name, &params))).await)
     {
         match result {
-            Ok(_) => {}
+            Ok(_) => ctx
+                .events
+                .normal(rs, "SuccessfulDelete", format!("Deleted pod: {name}")),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e),
         }

@@ -6,28 +6,87 @@
 //! ControllerRevision, as upstream, so `kubectl rollout status|history` work.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
+use crate::events::Recorder;
+use crate::queue::{WorkQueue, Workers, object_key, owner_key, reflect};
 use crate::{Error, delete_pod, status_changed, write_status};
 
-const PERIOD: Duration = Duration::from_secs(1);
+const WORKERS: usize = 4;
 const HASH_LABEL: &str = "controller-revision-hash";
 
+#[derive(Clone)]
+struct Context {
+    client: kube::Client,
+    sets: Store<StatefulSet>,
+    pods: Store<Pod>,
+    queue: WorkQueue,
+    events: Recorder,
+}
+
+/// Syncs a StatefulSet whenever it or one of its pods changes.
 pub async fn run(client: kube::Client) -> Result<(), Error> {
-    let mut tick = tokio::time::interval(PERIOD);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&client).await {
-            tracing::warn!(error = %e, "statefulset pass");
+    let (sets, set_writer) = reflector::store();
+    let (pods, pod_writer) = reflector::store();
+    let ctx = Context {
+        client: client.clone(),
+        sets,
+        pods,
+        queue: WorkQueue::default(),
+        events: Recorder::new(client.clone(), "statefulset-controller"),
+    };
+    let set_events = reflect(&client, set_writer);
+    let pod_events = reflect(&client, pod_writer);
+    let mut workers = Workers::default();
+    let worker_ctx = ctx.clone();
+    workers.sync_loop(WORKERS, &ctx.queue, "statefulset", move |key| {
+        let ctx = worker_ctx.clone();
+        async move { reconcile(&ctx, &key).await.map(|()| None) }
+    });
+    let queue = ctx.queue.clone();
+    let set_loop = set_events.for_each(|event| {
+        if let Ok(sts) = event {
+            queue.add(&object_key(&sts));
         }
+        futures::future::ready(())
+    });
+    let queue = ctx.queue.clone();
+    let pod_loop = pod_events.for_each(|event| {
+        if let Ok(pod) = event
+            && let Some(key) = owner_key(&pod, "StatefulSet")
+        {
+            queue.add(&key);
+        }
+        futures::future::ready(())
+    });
+    futures::future::join(set_loop, pod_loop).await;
+    Ok(())
+}
+
+async fn reconcile(ctx: &Context, key: &str) -> Result<(), kube::Error> {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    let Some(sts) = ctx.sets.get(&ObjectRef::new(name).within(ns)) else {
+        return Ok(());
+    };
+    if sts.metadata.deletion_timestamp.is_some() {
+        return Ok(());
     }
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+        .collect();
+    sync(ctx, &sts, &pods).await
 }
 
 fn ready(pod: &Pod) -> bool {
@@ -65,33 +124,8 @@ fn revision_hash(sts: &StatefulSet) -> String {
     )
 }
 
-async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
-    let sets = Api::<StatefulSet>::all(client.clone())
-        .list(&ListParams::default().match_any())
-        .await?
-        .items;
-    if sets.is_empty() {
-        return Ok(());
-    }
-    let pods = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default().match_any())
-        .await?
-        .items;
-    for sts in sets {
-        if sts.metadata.deletion_timestamp.is_none()
-            && let Err(e) = sync(client, &sts, &pods).await
-        {
-            tracing::warn!(statefulset = ?sts.metadata.name, error = %e, "statefulset sync");
-        }
-    }
-    Ok(())
-}
-
-async fn sync(
-    client: &kube::Client,
-    sts: &StatefulSet,
-    all_pods: &[Pod],
-) -> Result<(), kube::Error> {
+async fn sync(ctx: &Context, sts: &StatefulSet, all_pods: &[Arc<Pod>]) -> Result<(), kube::Error> {
+    let client = &ctx.client;
     let ns = sts.metadata.namespace.clone().unwrap_or_default();
     let name = sts.metadata.name.clone().unwrap_or_default();
     let uid = sts.metadata.uid.clone().unwrap_or_default();
@@ -102,7 +136,7 @@ async fn sync(
     ensure_revision(client, sts, &update_revision).await?;
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let mut by_ordinal: BTreeMap<i32, &Pod> = BTreeMap::new();
-    for pod in all_pods.iter().filter(|p| {
+    for pod in all_pods.iter().map(|p| &**p).filter(|p| {
         p.metadata.namespace.as_deref() == Some(ns.as_str())
             && p.metadata
                 .owner_references
@@ -132,7 +166,7 @@ async fn sync(
                 }
             }
             None => {
-                create_pod(client, sts, ordinal, &update_revision).await?;
+                create_pod(ctx, sts, ordinal, &update_revision).await?;
                 if !parallel {
                     break;
                 }
@@ -148,6 +182,7 @@ async fn sync(
     for (_, pod) in extra {
         if pod.metadata.deletion_timestamp.is_none() {
             delete_pod(&pods_api, pod).await?;
+            deleted(ctx, sts, pod);
         }
         if !parallel {
             break;
@@ -188,6 +223,7 @@ async fn sync(
             .find(|(_, p)| revision_of(p).as_deref() != Some(update_revision.as_str()))
     {
         delete_pod(&pods_api, pod).await?;
+        deleted(ctx, sts, pod);
     }
     let existing: Vec<&Pod> = by_ordinal
         .values()
@@ -288,12 +324,24 @@ async fn ensure_revision(
     }
 }
 
+/// Upstream's `SuccessfulDelete` event.
+fn deleted(ctx: &Context, sts: &StatefulSet, pod: &Pod) {
+    let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+    let set_name = sts.metadata.name.as_deref().unwrap_or_default();
+    ctx.events.normal(
+        sts,
+        "SuccessfulDelete",
+        format!("delete Pod {pod_name} in StatefulSet {set_name} successful"),
+    );
+}
+
 async fn create_pod(
-    client: &kube::Client,
+    ctx: &Context,
     sts: &StatefulSet,
     ordinal: i32,
     revision: &str,
 ) -> Result<(), kube::Error> {
+    let client = &ctx.client;
     let ns = sts.metadata.namespace.clone().unwrap_or_default();
     let set_name = sts.metadata.name.clone().unwrap_or_default();
     let spec = sts.spec.clone().unwrap_or_default();
@@ -328,7 +376,13 @@ async fn create_pod(
             status: None,
         };
         match claims.create(&PostParams::default(), &claim).await {
-            Ok(_) => {}
+            Ok(_) => ctx.events.normal(
+                sts,
+                "SuccessfulCreate",
+                format!(
+                    "create Claim {claim_name} Pod {pod_name} in StatefulSet {set_name} success"
+                ),
+            ),
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(e),
         }
@@ -344,7 +398,7 @@ async fn create_pod(
     }
     let pod = Pod {
         metadata: ObjectMeta {
-            name: Some(pod_name),
+            name: Some(pod_name.clone()),
             namespace: Some(ns.clone()),
             labels: Some(labels),
             annotations: meta.annotations,
@@ -356,8 +410,22 @@ async fn create_pod(
     };
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     match api.create(&PostParams::default(), &pod).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            ctx.events.normal(
+                sts,
+                "SuccessfulCreate",
+                format!("create Pod {pod_name} in StatefulSet {set_name} successful"),
+            );
+            Ok(())
+        }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(e),
+        Err(e) => {
+            ctx.events.warning(
+                sts,
+                "FailedCreate",
+                format!("create Pod {pod_name} in StatefulSet {set_name} failed error: {e}"),
+            );
+            Err(e)
+        }
     }
 }

@@ -282,6 +282,18 @@ async fn deployments_roll_out_within_their_availability_budget_and_roll_back() {
     );
     let history = c.ok(&["rollout", "history", "deployment/web"]);
     assert!(history.contains('1') && history.contains('2'), "{history}");
+    // What the controllers did shows as upstream's events in `kubectl describe`.
+    wait_for("ScalingReplicaSet events", || {
+        let described = c.ok(&["describe", "deployment", "web"]);
+        described.contains("ScalingReplicaSet")
+            && described.contains("Scaled up replica set web-")
+            && described.contains("Scaled down replica set web-")
+    });
+    let rs = c.ok(&["get", "rs", "-l", "app=web", "-o", "name"]);
+    let first_rs = rs.lines().next().expect("a ReplicaSet").to_string();
+    wait_for("SuccessfulCreate events", || {
+        c.ok(&["describe", &first_rs]).contains("Created pod: web-")
+    });
     // Undo restores the first template.
     c.ok(&["rollout", "undo", "deployment/web"]);
     c.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
@@ -510,6 +522,10 @@ async fn jobs_complete_fail_index_and_expire() {
         c.ok(&["get", "job", "ok", "-o", "jsonpath={.status.succeeded}"]),
         "3"
     );
+    wait_for("the Job's events", || {
+        let described = c.ok(&["describe", "job", "ok"]);
+        described.contains("SuccessfulCreate") && described.contains("Job completed")
+    });
     apply(&c, &job("broken", "  backoffLimit: 1\n", "\"false\""));
     c.ok(&[
         "wait",
@@ -664,6 +680,11 @@ async fn statefulsets_make_ordered_pods_with_their_own_claims() {
     for claim in ["data-db-0", "data-db-1", "data-db-2"] {
         assert!(claims.contains(claim), "{claims}");
     }
+    wait_for("the StatefulSet's events", || {
+        let described = c.ok(&["describe", "statefulset", "db"]);
+        described.contains("create Pod db-2 in StatefulSet db successful")
+            && described.contains("create Claim data-db-0 Pod db-0 in StatefulSet db success")
+    });
     assert_eq!(
         c.ok(&[
             "get",
@@ -733,4 +754,42 @@ async fn resource_quotas_report_usage() {
         c.ok(&["get", "quota", "limits", "-n", "quota", "-o", "jsonpath={.status.used.pods} {.status.used.configmaps} {.status.used.requests\\.cpu} {.status.used.requests\\.memory}"])
             == "2 2 200m 128Mi"
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_controller_manager_takes_over_when_the_leader_dies() {
+    // `skiff apiserver` alone, then two controller managers against it.
+    let c = Cluster::start(Backend::Etcd).await;
+    let mut first = c.spawn_component(&["controller-manager", "--identity", "first"]);
+    let holder = || {
+        c.ok(&[
+            "get",
+            "lease",
+            "kube-controller-manager",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    };
+    wait_for("the first controller manager to lead", || {
+        holder() == "first"
+    });
+    let _second = c.spawn_component(&["controller-manager", "--identity", "second"]);
+    apply(&c, &replicaset("before", 3, ""));
+    wait_for("before's pods", || active_pods(&c, "before").len() == 3);
+    // SIGKILL: the lease is not released; the standby waits out the lease duration.
+    first.kill();
+    let killed = std::time::Instant::now();
+    apply(&c, &replicaset("after", 3, ""));
+    wait_for("the second controller manager to lead", || {
+        holder() == "second"
+    });
+    wait_for("after's pods", || active_pods(&c, "after").len() == 3);
+    // Within the lease duration (15 s) plus a retry period and a sync.
+    assert!(
+        killed.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        killed.elapsed()
+    );
 }
