@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::events::Recorder;
 use crate::queue::{WorkQueue, Workers, object_key, owner_key, reflect};
+use crate::shared::Shared;
 use crate::{Error, delete_pod, status_changed, write_status};
 
 const WORKERS: usize = 4;
@@ -40,10 +41,10 @@ struct Context {
 }
 
 /// Syncs a DaemonSet when it, one of its pods, or any node changes.
-pub async fn run(client: kube::Client) -> Result<(), Error> {
+pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), Error> {
     let (sets, set_writer) = reflector::store();
     let (nodes, node_writer) = reflector::store();
-    let (pods, pod_writer) = reflector::store();
+    let pods = shared_pods.store();
     let ctx = Context {
         client: client.clone(),
         sets,
@@ -55,7 +56,9 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     };
     let set_events = reflect(&client, set_writer);
     let node_events = reflect(&client, node_writer);
-    let pod_events = reflect(&client, pod_writer);
+    let pod_events = shared_pods
+        .subscribe()
+        .map(Ok::<_, std::convert::Infallible>);
     let mut workers = Workers::default();
     let worker_ctx = ctx.clone();
     workers.sync_loop(WORKERS, &ctx.queue, "daemonset", move |key| {
@@ -81,7 +84,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     let queue = ctx.queue.clone();
     let pod_loop = pod_events.for_each(|event| {
         if let Ok(pod) = event
-            && let Some(key) = owner_key(&pod, "DaemonSet")
+            && let Some(key) = owner_key(&*pod, "DaemonSet")
         {
             queue.add(&key);
         }

@@ -22,6 +22,7 @@ use serde_json::json;
 use crate::Error;
 use crate::events::Recorder;
 use crate::queue::{WorkQueue, Workers, reflect};
+use crate::shared::Shared;
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -48,10 +49,10 @@ fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
         .find(|o| o.controller == Some(true))
 }
 
-pub async fn run(client: kube::Client) -> Result<(), Error> {
+pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), Error> {
     let (deployments, d_writer) = reflector::store();
     let (replicasets, rs_writer) = reflector::store();
-    let (pods, pod_writer) = reflector::store();
+    let pods = shared_pods.store();
     let ctx = Context {
         client: client.clone(),
         deployments,
@@ -62,7 +63,9 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     };
     let d_events = reflect(&client, d_writer);
     let rs_events = reflect(&client, rs_writer);
-    let pod_events = reflect(&client, pod_writer);
+    let pod_events = shared_pods
+        .subscribe()
+        .map(Ok::<_, std::convert::Infallible>);
     let mut workers = Workers::default();
     let worker_ctx = ctx.clone();
     workers.sync_loop(WORKERS, &ctx.queue, "deployment", move |key| {

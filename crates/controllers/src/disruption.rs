@@ -10,15 +10,20 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
+use kube::runtime::reflector::Store;
+
 use crate::Error;
+use crate::shared::Shared;
 
 const PERIOD: Duration = Duration::from_secs(1);
 
-pub async fn run(client: kube::Client) -> Result<(), Error> {
+pub async fn run(client: kube::Client, pods: Shared<Pod>) -> Result<(), Error> {
+    let pods = pods.store();
+    pods.wait_until_ready().await.ok();
     let mut tick = tokio::time::interval(PERIOD);
     loop {
         tick.tick().await;
-        if let Err(e) = pass(&client).await {
+        if let Err(e) = pass(&client, &pods).await {
             tracing::warn!(error = %e, "disruption budgets");
         }
     }
@@ -36,7 +41,7 @@ fn resolve(value: &IntOrString, total: i32) -> i32 {
     }
 }
 
-async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
+async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Error> {
     let budgets: Api<PodDisruptionBudget> = Api::all(client.clone());
     let list = budgets
         .list(&ListParams::default().match_any())
@@ -45,10 +50,7 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
     if list.is_empty() {
         return Ok(());
     }
-    let pods = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default().match_any())
-        .await?
-        .items;
+    let pods = pods.state();
     for pdb in list {
         let ns = pdb.metadata.namespace.clone().unwrap_or_default();
         let name = pdb.metadata.name.clone().unwrap_or_default();
@@ -56,6 +58,7 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         let selector = spec.selector.clone().unwrap_or_default();
         let selected: Vec<&Pod> = pods
             .iter()
+            .map(|p| &**p)
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter(|p| {

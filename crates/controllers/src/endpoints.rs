@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::Error;
 use crate::queue::{WorkQueue, Workers, reflect};
+use crate::shared::Shared;
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
@@ -34,9 +35,9 @@ struct Context {
     queue: WorkQueue,
 }
 
-pub async fn run(client: kube::Client) -> Result<(), Error> {
+pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), Error> {
     let (services, s_writer) = reflector::store();
-    let (pods, p_writer) = reflector::store();
+    let pods = shared_pods.store();
     let (endpoints, e_writer) = reflector::store();
     let ctx = Context {
         client: client.clone(),
@@ -46,7 +47,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         queue: WorkQueue::default(),
     };
     let service_events = reflect(&client, s_writer);
-    let pod_events = reflect(&client, p_writer);
+    let pod_events = shared_pods.subscribe();
     let endpoint_events = reflect(&client, e_writer);
     let mut workers = Workers::default();
     let worker_ctx = ctx.clone();
@@ -64,7 +65,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
     // A pod change may concern any Service of its namespace.
     let (q, store) = (ctx.queue.clone(), ctx.services.clone());
     let pods = pod_events.for_each(move |p| {
-        if let Ok(p) = p {
+        {
             let ns = p.metadata.namespace.clone().unwrap_or_default();
             for s in store.state() {
                 if s.metadata.namespace.as_deref() == Some(ns.as_str()) {

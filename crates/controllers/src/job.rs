@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::events::Recorder;
 use crate::queue::{WorkQueue, Workers, reflect};
+use crate::shared::Shared;
 use crate::{Error, status_changed, write_status};
 
 const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
@@ -56,9 +57,9 @@ fn key_of(meta: &ObjectMeta) -> String {
     )
 }
 
-pub async fn run(client: kube::Client) -> Result<(), Error> {
+pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), Error> {
     let (jobs, j_writer) = reflector::store();
-    let (pods, p_writer) = reflector::store();
+    let pods = shared_pods.store();
     let ctx = Context {
         client: client.clone(),
         jobs,
@@ -68,7 +69,9 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         expected: Arc::default(),
     };
     let job_events = reflect(&client, j_writer);
-    let pod_events = reflect(&client, p_writer);
+    let pod_events = shared_pods
+        .subscribe()
+        .map(Ok::<_, std::convert::Infallible>);
     let mut workers = Workers::default();
     let worker_ctx = ctx.clone();
     workers.sync_loop(2, &ctx.queue, "job", move |key| {

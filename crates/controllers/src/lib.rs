@@ -35,6 +35,7 @@ mod replicaset;
 mod resourcequota;
 mod resources;
 mod serviceaccount;
+mod shared;
 mod statefulset;
 
 use std::future::Future;
@@ -142,18 +143,25 @@ pub(crate) async fn delete_pod(
 /// Runs the configured controllers until one of them fails.
 pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
     let mut loops: Vec<Loop> = Vec::new();
+    // One pod watch for every controller that follows pods.
+    let (pods, pod_driver) = shared::Shared::<k8s_openapi::api::core::v1::Pod>::new(&client);
+    loops.push(Box::pin(async move {
+        pod_driver.await;
+        Ok(())
+    }));
     for name in &config.controllers {
         let client = client.clone();
+        let pods = pods.clone();
         loops.push(match name.as_str() {
             "cronjob" => Box::pin(cronjob::run(client)),
-            "daemonset" => Box::pin(daemonset::run(client)),
-            "deployment" => Box::pin(deployment::run(client)),
-            "disruption" => Box::pin(disruption::run(client)),
-            "job" => Box::pin(job::run(client)),
-            "podgc" => Box::pin(podgc::run(client)),
-            "endpoints" => Box::pin(endpoints::run(client)),
-            "replicaset" => Box::pin(replicaset::run(client)),
-            "resourcequota" => Box::pin(resourcequota::run(client)),
+            "daemonset" => Box::pin(daemonset::run(client, pods)),
+            "deployment" => Box::pin(deployment::run(client, pods)),
+            "disruption" => Box::pin(disruption::run(client, pods)),
+            "job" => Box::pin(job::run(client, pods)),
+            "podgc" => Box::pin(podgc::run(client, pods)),
+            "endpoints" => Box::pin(endpoints::run(client, pods)),
+            "replicaset" => Box::pin(replicaset::run(client, pods)),
+            "resourcequota" => Box::pin(resourcequota::run(client, pods)),
             "namespace" => Box::pin(namespace::run(client)),
             "nodelifecycle" => Box::pin(node_lifecycle::run(
                 client,
@@ -163,8 +171,8 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
                 },
             )),
             "serviceaccount" => Box::pin(serviceaccount::run(client)),
-            "statefulset" => Box::pin(statefulset::run(client)),
-            "garbagecollector" => Box::pin(garbage_collector::run(client)),
+            "statefulset" => Box::pin(statefulset::run(client, pods)),
+            "garbagecollector" => Box::pin(garbage_collector::run(client, pods)),
             other => return Err(Error::Unknown(other.to_string())),
         });
     }

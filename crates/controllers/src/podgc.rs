@@ -8,22 +8,27 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 
+use kube::runtime::reflector::Store;
+
 use crate::Error;
+use crate::shared::Shared;
 
 const PERIOD: Duration = Duration::from_secs(20);
 const TERMINATED_THRESHOLD: usize = 12_500;
 
-pub async fn run(client: kube::Client) -> Result<(), Error> {
+pub async fn run(client: kube::Client, pods: Shared<Pod>) -> Result<(), Error> {
+    let pods = pods.store();
+    pods.wait_until_ready().await.ok();
     let mut tick = tokio::time::interval(PERIOD);
     loop {
         tick.tick().await;
-        if let Err(e) = pass(&client).await {
+        if let Err(e) = pass(&client, &pods).await {
             tracing::warn!(error = %e, "pod garbage collection");
         }
     }
 }
 
-async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
+async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Error> {
     let nodes: HashSet<String> = Api::<Node>::all(client.clone())
         .list_metadata(&ListParams::default().match_any())
         .await?
@@ -31,13 +36,10 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         .into_iter()
         .filter_map(|n| n.metadata.name)
         .collect();
-    let pods = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default().match_any())
-        .await?
-        .items;
+    let pods = pods.state();
     let mut doomed: Vec<&Pod> = Vec::new();
     let mut finished: Vec<&Pod> = Vec::new();
-    for pod in &pods {
+    for pod in pods.iter().map(|p| &**p) {
         let node = pod
             .spec
             .as_ref()

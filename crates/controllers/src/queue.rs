@@ -147,7 +147,7 @@ impl Workers {
 pub fn reflect<K>(
     client: &kube::Client,
     writer: kube::runtime::reflector::store::Writer<K>,
-) -> impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>>
+) -> impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + use<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone

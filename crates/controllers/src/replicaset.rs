@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::events::Recorder;
 use crate::queue::{WorkQueue, Workers, reflect};
+use crate::shared::Shared;
 use crate::{Error, status_changed, write_status};
 
 /// How long a ReplicaSet waits for the watch to show its own writes before acting again.
@@ -74,9 +75,9 @@ fn ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-pub async fn run(client: kube::Client) -> Result<(), Error> {
+pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), Error> {
     let (replicasets, rs_writer) = reflector::store();
-    let (pods, pod_writer) = reflector::store();
+    let pods = shared_pods.store();
     let ctx = Context {
         client: client.clone(),
         replicasets,
@@ -86,7 +87,9 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
         events: Recorder::new(client.clone(), "replicaset-controller"),
     };
     let rs_events = reflect(&client, rs_writer);
-    let pod_events = reflect(&client, pod_writer);
+    let pod_events = shared_pods
+        .subscribe()
+        .map(Ok::<_, std::convert::Infallible>);
     let mut workers = Workers::default();
     let worker_ctx = ctx.clone();
     workers.sync_loop(WORKERS, &ctx.queue, "replicaset", move |key| {

@@ -11,16 +11,21 @@ use kube::discovery::ApiResource;
 use serde_json::json;
 use skiff_api::quantity;
 
+use kube::runtime::reflector::Store;
+
 use crate::Error;
 use crate::resources::discover;
+use crate::shared::Shared;
 
 const PERIOD: Duration = Duration::from_secs(2);
 
-pub async fn run(client: kube::Client) -> Result<(), Error> {
+pub async fn run(client: kube::Client, pods: Shared<Pod>) -> Result<(), Error> {
+    let pods = pods.store();
+    pods.wait_until_ready().await.ok();
     let mut tick = tokio::time::interval(PERIOD);
     loop {
         tick.tick().await;
-        if let Err(e) = pass(&client).await {
+        if let Err(e) = pass(&client, &pods).await {
             tracing::warn!(error = %e, "resource quotas");
         }
     }
@@ -65,7 +70,7 @@ fn pod_sum(pods: &[&Pod], part: &str, resource: &str) -> i64 {
         .sum()
 }
 
-async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
+async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Error> {
     let quotas = Api::<ResourceQuota>::all(client.clone())
         .list(&ListParams::default().match_any())
         .await?
@@ -74,10 +79,7 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
         return Ok(());
     }
     let kinds = discover(client).await?;
-    let pods = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default().match_any())
-        .await?
-        .items;
+    let pods = pods.state();
     for quota in quotas {
         let ns = quota.metadata.namespace.clone().unwrap_or_default();
         let name = quota.metadata.name.clone().unwrap_or_default();
@@ -88,6 +90,7 @@ async fn pass(client: &kube::Client) -> Result<(), kube::Error> {
             .unwrap_or_default();
         let live: Vec<&Pod> = pods
             .iter()
+            .map(|p| &**p)
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
             .filter(|p| {
                 !matches!(

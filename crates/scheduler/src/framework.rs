@@ -154,19 +154,58 @@ impl<'a> Cycle<'a> {
     }
 }
 
-/// Picks a node for `pod`. Equal scores go to the node after the last one chosen
-/// (`rotation`), so identical nodes fill evenly.
+/// Upstream's adaptive `percentageOfNodesToScore`: in big clusters the search stops
+/// once this many feasible nodes are found (50% of the nodes, minus a point per 125
+/// nodes, at least 5% and at least 100 nodes).
+pub fn feasible_nodes_to_find(nodes: usize) -> usize {
+    const MIN: usize = 100;
+    if nodes < MIN {
+        return nodes;
+    }
+    let percentage = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percentage / 100).max(MIN)
+}
+
+/// Picks a node for `pod`, looking at every node.
+#[cfg(test)]
 pub fn schedule(
     pod: &PodInfo,
     cache: &Cache,
     plugins: &[Box<dyn Plugin>],
     rotation: usize,
 ) -> Decision {
+    schedule_from(pod, cache, plugins, rotation, 0).0
+}
+
+/// Picks a node for `pod`, searching from the `start`th node round the ring until
+/// [`feasible_nodes_to_find`] nodes fit; returns how many nodes were looked at, where
+/// the next search starts (as upstream, so every node gets its turn). Equal scores go
+/// to the node after the last one chosen (`rotation`), so identical nodes fill evenly.
+pub fn schedule_from(
+    pod: &PodInfo,
+    cache: &Cache,
+    plugins: &[Box<dyn Plugin>],
+    rotation: usize,
+    start: usize,
+) -> (Decision, usize) {
     let cycle = Cycle::new(pod, cache, plugins);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut resolvable = Vec::new();
     let mut feasible: Vec<&NodeInfo> = Vec::new();
-    for node in cache.nodes.values() {
+    let total = cache.nodes.len();
+    let wanted = feasible_nodes_to_find(total);
+    let start = if total == 0 { 0 } else { start % total };
+    let mut evaluated = 0;
+    let ring = cache
+        .nodes
+        .values()
+        .skip(start)
+        .chain(cache.nodes.values().take(start));
+    for node in ring {
+        if feasible.len() >= wanted {
+            break;
+        }
+        evaluated += 1;
         match cycle.filter(&cycle.with_nominated(cache, node)) {
             Some((failed, can_preempt)) => {
                 for reason in failed {
@@ -180,10 +219,11 @@ pub fn schedule(
         }
     }
     if feasible.is_empty() {
-        return Decision::Unschedulable {
+        let decision = Decision::Unschedulable {
             message: fit_error(cache.nodes.len(), &reasons),
             resolvable,
         };
+        return (decision, evaluated);
     }
     let scores = if feasible.len() == 1 {
         vec![0]
@@ -197,7 +237,10 @@ pub fn schedule(
         .filter(|(_, s)| **s == best_score)
         .map(|(n, _)| n.name.as_str())
         .collect();
-    Decision::Node(best[rotation % best.len()].to_string())
+    (
+        Decision::Node(best[rotation % best.len()].to_string()),
+        evaluated,
+    )
 }
 
 /// `0/N nodes are available: 2 Insufficient cpu, 1 node(s) were unschedulable.`
@@ -249,6 +292,23 @@ mod tests {
             status: None,
         };
         PodInfo::new(&pod)
+    }
+
+    #[test]
+    fn big_clusters_are_sampled_as_upstream() {
+        assert_eq!(feasible_nodes_to_find(50), 50);
+        assert_eq!(feasible_nodes_to_find(150), 100);
+        assert_eq!(feasible_nodes_to_find(1000), 420);
+        assert_eq!(feasible_nodes_to_find(5000), 500);
+        let mut cache = Cache::default();
+        for i in 0..300 {
+            cache.set_node(&node(&format!("n{i:03}"), "1", "1Gi", "110"));
+        }
+        let plugins = default_plugins();
+        let (decision, evaluated) = schedule_from(&pod("p", "10m"), &cache, &plugins, 0, 250);
+        // 300 nodes: 50 - 2 = 48% -> 144 nodes, from the 250th round the ring.
+        assert_eq!(evaluated, 144);
+        assert!(matches!(decision, Decision::Node(_)));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::cache::{Cache, PodInfo, holds_resources};
-use crate::framework::{Decision, default_plugins, schedule};
+use crate::framework::{Decision, default_plugins, schedule_from};
 use crate::preemption::{self, Preemption};
 use crate::queue::Queue;
 use crate::{Config, Error};
@@ -237,6 +237,7 @@ async fn schedule_loop(
     let plugins = default_plugins();
     let bindings = Arc::new(Semaphore::new(config.parallel_bindings.max(1)));
     let mut rotation = 0usize;
+    let mut next_start = 0usize;
     loop {
         let next = {
             let mut state = shared.lock();
@@ -270,7 +271,10 @@ async fn schedule_loop(
             }
             let info = PodInfo::new(&pod);
             rotation = rotation.wrapping_add(1);
-            match schedule(&info, &state.cache, &plugins, rotation) {
+            let (decision, evaluated) =
+                schedule_from(&info, &state.cache, &plugins, rotation, next_start);
+            next_start = next_start.wrapping_add(evaluated);
+            match decision {
                 Decision::Node(node) => {
                     state.cache.assume(&info, &node);
                     state.reported.remove(&key);

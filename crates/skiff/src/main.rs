@@ -9,6 +9,12 @@ mod server;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: the API server's request path allocates and
+/// frees many small JSON values, where glibc's allocator was a fifth of all CPU time
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "skiff", version, about = "Skiff: a Kubernetes in one binary")]
 struct Cli {

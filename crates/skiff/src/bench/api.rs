@@ -53,11 +53,16 @@ impl Drop for Spawned {
 }
 
 pub(super) fn spawn_server() -> Result<Spawned> {
+    spawn_role("server")
+}
+
+/// A private `skiff ROLE` (`server` or `apiserver`) on a free port and a fresh store.
+pub(super) fn spawn_role(role: &str) -> Result<Spawned> {
     use std::io::BufRead;
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["server", "--secure-port", "0", "--data-dir"])
+        .args([role, "--secure-port", "0", "--data-dir"])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::piped())
@@ -68,8 +73,8 @@ pub(super) fn spawn_server() -> Result<Spawned> {
     loop {
         let line = lines
             .next()
-            .context("skiff server exited before it was ready")??;
-        if line.starts_with("skiff server ready") {
+            .with_context(|| format!("skiff {role} exited before it was ready"))??;
+        if line.starts_with(&format!("skiff {role} ready")) {
             break;
         }
     }

@@ -16,7 +16,7 @@ use kube::api::{
 };
 use kube::{Api, Client};
 
-use super::api::spawn_server;
+use super::api::{spawn_role, spawn_server};
 use super::store::progress;
 
 #[derive(clap::Args)]
@@ -40,6 +40,16 @@ pub struct SchedulerBench {
     deployment_replicas: usize,
 }
 
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl SchedulerBench {
     pub async fn run(self) -> Result<()> {
         let mut rows = Vec::new();
@@ -59,7 +69,12 @@ impl SchedulerBench {
                 .context("a kubeconfig")?;
             let client = crate::scheduler::client(&kubeconfig).await?;
             let figures = scenario_run(&client, nodes, pods, self.clients).await?;
-            rows.push((scenario.clone(), figures));
+            drop(spawned);
+            let alone = match &self.kubeconfig {
+                Some(_) => None,
+                None => Some(scheduler_alone(nodes, pods, self.clients).await?),
+            };
+            rows.push((scenario.clone(), figures, alone));
         }
         let mut deployment = None;
         if self.deployment_replicas > 0 {
@@ -75,11 +90,14 @@ impl SchedulerBench {
             let client = crate::scheduler::client(&kubeconfig).await?;
             deployment = Some(deployment_run(&client, 100, self.deployment_replicas).await?);
         }
-        println!("| nodes x pods | pods bound/s | all bound after | bound after the last create |");
-        println!("|---|---|---|---|");
-        for (scenario, (rate, total, lag)) in rows {
+        println!(
+            "| nodes x pods | pods bound/s | all bound after | bound after the last create | scheduler alone: pods bound/s |"
+        );
+        println!("|---|---|---|---|---|");
+        for (scenario, (rate, total, lag), alone) in rows {
+            let alone = alone.map_or("-".to_string(), |r| format!("{r:.0}"));
             println!(
-                "| {scenario} | {rate:.0} | {:.2} s | {:.0} ms |",
+                "| {scenario} | {rate:.0} | {:.2} s | {:.0} ms | {alone} |",
                 total.as_secs_f64(),
                 lag.as_secs_f64() * 1000.0
             );
@@ -189,6 +207,70 @@ async fn wait_bound(
     Ok(())
 }
 
+/// Creates `pods` small pods labelled `skiff.dev/bench=true` from `clients` tasks.
+async fn create_pods(
+    api: &Api<Pod>,
+    pods: usize,
+    clients: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    futures::stream::iter(0..pods)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let pod: Pod = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("bench-pod-{i}"), "labels": {"skiff.dev/bench": "true"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox",
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
+                }))?;
+                api.create(&PostParams::default(), &pod).await?;
+                bar.inc(1);
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(clients)
+        .try_collect::<()>()
+        .await
+}
+
+/// The scheduler on its own, as upstream's scheduler_perf measures it: `skiff apiserver`
+/// gets the nodes and every pod first, then `skiff scheduler` starts; the clock runs
+/// from its start to the last pod seen bound.
+async fn scheduler_alone(nodes: usize, pods: usize, clients: usize) -> Result<f64> {
+    let server = spawn_role("apiserver")?;
+    let client = crate::scheduler::client(&server.kubeconfig).await?;
+    create_nodes(&client, nodes, clients).await?;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let bar = progress(pods, "pending pods");
+    create_pods(&pod_api, pods, clients, &bar).await?;
+    bar.finish_and_clear();
+    let rv = pod_api
+        .list_metadata(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut watch = pod_api
+        .watch(&WatchParams::default().labels("skiff.dev/bench=true"), &rv)
+        .await?
+        .boxed();
+    let started = Instant::now();
+    let _scheduler = Child(
+        std::process::Command::new(std::env::current_exe()?)
+            .arg("scheduler")
+            .arg("--kubeconfig")
+            .arg(&server.kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting skiff scheduler")?,
+    );
+    let bar = progress(pods, &format!("{nodes} nodes: scheduler alone"));
+    wait_bound(&mut watch, pods, &bar).await?;
+    bar.finish_and_clear();
+    Ok(pods as f64 / started.elapsed().as_secs_f64())
+}
+
 async fn scenario_run(
     client: &Client,
     nodes: usize,
@@ -214,22 +296,7 @@ async fn scenario_run(
     let creating = {
         let api = pod_api.clone();
         tokio::spawn(async move {
-            futures::stream::iter(0..pods)
-                .map(|i| {
-                    let api = api.clone();
-                    async move {
-                        let pod: Pod = serde_json::from_value(serde_json::json!({
-                            "metadata": {"name": format!("bench-pod-{i}"), "labels": {"skiff.dev/bench": "true"}},
-                            "spec": {"containers": [{"name": "c", "image": "busybox",
-                                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
-                        }))?;
-                        api.create(&PostParams::default(), &pod).await?;
-                        anyhow::Ok(())
-                    }
-                })
-                .buffer_unordered(clients)
-                .try_collect::<()>()
-                .await?;
+            create_pods(&api, pods, clients, &indicatif::ProgressBar::hidden()).await?;
             anyhow::Ok(Instant::now())
         })
     };
