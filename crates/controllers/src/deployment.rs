@@ -82,15 +82,28 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         }
         futures::future::ready(())
     });
-    let q = ctx.queue.clone();
+    let (q, d_store) = (ctx.queue.clone(), ctx.deployments.clone());
     let replicasets = rs_events.for_each(move |rs| {
-        if let Ok(rs) = rs
-            && let Some(owner) = controller(&rs.metadata).filter(|o| o.kind == "Deployment")
-        {
-            q.add(&key(
-                rs.metadata.namespace.as_deref().unwrap_or_default(),
-                &owner.name,
-            ));
+        if let Ok(rs) = rs {
+            let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
+            match controller(&rs.metadata) {
+                Some(owner) if owner.kind == "Deployment" => q.add(&key(ns, &owner.name)),
+                Some(_) => {}
+                // An orphan: the Deployments that select it may adopt it.
+                None if rs.metadata.deletion_timestamp.is_none() => {
+                    let labels = rs.metadata.labels.clone().unwrap_or_default();
+                    for d in d_store.state() {
+                        let selects = d.metadata.namespace.as_deref() == Some(ns)
+                            && d.spec
+                                .as_ref()
+                                .is_some_and(|s| crate::adoption::selects(&s.selector, &labels));
+                        if selects {
+                            q.add(&key(ns, d.metadata.name.as_deref().unwrap_or_default()));
+                        }
+                    }
+                }
+                None => {}
+            }
         }
         futures::future::ready(())
     });
@@ -184,6 +197,18 @@ fn resolve(value: Option<&IntOrString>, total: i32, round_up: bool, default: &st
     }
 }
 
+/// The reference a Deployment's ReplicaSets carry.
+fn owner_ref(d: &Deployment) -> OwnerReference {
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: d.metadata.name.clone().unwrap_or_default(),
+        uid: d.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
 /// One sync; `Some(delay)` to look again later (a rollout waiting on time or pods).
 async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error> {
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
@@ -193,16 +218,18 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
     if d.metadata.deletion_timestamp.is_some() {
         return Ok(None);
     }
-    let uid = d.metadata.uid.clone().unwrap_or_default();
     let spec = d.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1);
-    let mut owned: Vec<Arc<ReplicaSet>> = ctx
+    let in_namespace: Vec<Arc<ReplicaSet>> = ctx
         .replicasets
         .state()
         .into_iter()
         .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns))
-        .filter(|rs| controller(&rs.metadata).is_some_and(|o| o.uid == uid))
         .collect();
+    let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
+    let mut owned =
+        crate::adoption::claim(&rs_api, &owner_ref(&d), false, &spec.selector, in_namespace)
+            .await?;
     owned.sort_by_key(|rs| revision(rs));
     let template = spec.template.clone();
     let new = owned
@@ -388,14 +415,7 @@ async fn create_new(
                     replicas.to_string(),
                 ),
             ])),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: "Deployment".into(),
-                name: d.metadata.name.clone().unwrap_or_default(),
-                uid: d.metadata.uid.clone().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![owner_ref(d)]),
             ..Default::default()
         },
         spec: Some(k8s_openapi::api::apps::v1::ReplicaSetSpec {

@@ -68,7 +68,21 @@ async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Erro
                 )
             })
             .collect();
-        let expected = i32::try_from(selected.len()).unwrap_or(0);
+        // Percentages and maxUnavailable count against what the pods' controllers want
+        // (their scale), as upstream; a whole number minAvailable against the pods.
+        let by_scale = spec.max_unavailable.is_some()
+            || matches!(spec.min_available, Some(IntOrString::String(_)));
+        let expected = if by_scale {
+            match expected_from_controllers(client, &ns, &selected).await? {
+                Ok(n) => n,
+                Err(why) => {
+                    tracing::warn!(pdb = %format!("{ns}/{name}"), %why, "disruption budget");
+                    0
+                }
+            }
+        } else {
+            i32::try_from(selected.len()).unwrap_or(0)
+        };
         let healthy = i32::try_from(
             selected
                 .iter()
@@ -86,7 +100,11 @@ async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Erro
             (None, Some(max)) => (expected - resolve(max, expected)).max(0),
             (None, None) => expected,
         };
-        let allowed = (healthy - desired).max(0);
+        let allowed = if expected == 0 && by_scale {
+            0
+        } else {
+            (healthy - desired).max(0)
+        };
         let current = pdb.status.clone().unwrap_or_default();
         if current.observed_generation == pdb.metadata.generation
             && current.current_healthy == healthy
@@ -123,4 +141,91 @@ async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Erro
         }
     }
     Ok(())
+}
+
+/// The sum of the scales of the controllers of `pods`: a ReplicaSet's (its Deployment's
+/// when it has one), a StatefulSet's or a ReplicationController's. `Err` (in words) when
+/// a pod has no controller or one of another kind, where upstream allows no disruption.
+async fn expected_from_controllers(
+    client: &kube::Client,
+    ns: &str,
+    pods: &[&Pod],
+) -> Result<Result<i32, String>, kube::Error> {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+    use k8s_openapi::api::core::v1::ReplicationController;
+    let mut controllers = std::collections::BTreeSet::new();
+    for pod in pods {
+        let Some(owner) = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+        else {
+            let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+            return Ok(Err(format!("found no controller ref for pod {pod_name:?}")));
+        };
+        controllers.insert((owner.kind.clone(), owner.name.clone()));
+    }
+    let mut total = 0;
+    let mut counted = std::collections::BTreeSet::new();
+    for (kind, name) in controllers {
+        let (kind, name, replicas) = match kind.as_str() {
+            "ReplicaSet" => {
+                let Some(rs) = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+                    .get_opt(&name)
+                    .await?
+                else {
+                    continue;
+                };
+                let deployment = rs
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|o| o.controller == Some(true) && o.kind == "Deployment")
+                    .map(|o| o.name.clone());
+                match deployment {
+                    Some(d) => match Api::<Deployment>::namespaced(client.clone(), ns)
+                        .get_opt(&d)
+                        .await?
+                    {
+                        Some(dep) => (
+                            "Deployment".to_string(),
+                            d,
+                            dep.spec.and_then(|s| s.replicas).unwrap_or(1),
+                        ),
+                        None => continue,
+                    },
+                    None => (kind, name, rs.spec.and_then(|s| s.replicas).unwrap_or(1)),
+                }
+            }
+            "StatefulSet" => match Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_opt(&name)
+                .await?
+            {
+                Some(sts) => (kind, name, sts.spec.and_then(|s| s.replicas).unwrap_or(1)),
+                None => continue,
+            },
+            "ReplicationController" => {
+                match Api::<ReplicationController>::namespaced(client.clone(), ns)
+                    .get_opt(&name)
+                    .await?
+                {
+                    Some(rc) => (kind, name, rc.spec.and_then(|s| s.replicas).unwrap_or(1)),
+                    None => continue,
+                }
+            }
+            other => {
+                return Ok(Err(format!(
+                    "{other} {name} has no scale the budget can use"
+                )));
+            }
+        };
+        // Two ReplicaSets of one Deployment count the Deployment once.
+        if counted.insert((kind, name)) {
+            total += replicas;
+        }
+    }
+    Ok(Ok(total))
 }

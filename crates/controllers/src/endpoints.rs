@@ -68,7 +68,14 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         {
             let ns = p.metadata.namespace.clone().unwrap_or_default();
             for s in store.state() {
-                if s.metadata.namespace.as_deref() == Some(ns.as_str()) {
+                // Services without a selector do not follow pods (their Endpoints are
+                // written by someone else and only mirrored to slices).
+                let selects = s
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.selector.as_ref())
+                    .is_some_and(|sel| !sel.is_empty());
+                if selects && s.metadata.namespace.as_deref() == Some(ns.as_str()) {
                     q.add(&key_of(&s.metadata));
                 }
             }

@@ -19,6 +19,7 @@
 //!
 //! `events.rs` writes their Events, `queue.rs` holds the work queue and sync loop.
 
+mod adoption;
 mod cronjob;
 mod daemonset;
 mod deployment;

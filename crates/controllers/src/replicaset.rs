@@ -51,6 +51,18 @@ fn key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
 }
 
+/// The reference a ReplicaSet's pods carry.
+fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        name: rs.metadata.name.clone().unwrap_or_default(),
+        uid: rs.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
 fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
     pod.metadata
         .owner_references
@@ -107,15 +119,28 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         futures::future::ready(())
     });
     let queue = ctx.queue.clone();
+    let sets = ctx.replicasets.clone();
     let pod_loop = pod_events.for_each(|event| {
-        if let Ok(pod) = event
-            && let Some(owner) = controller_of(&pod)
-            && owner.kind == "ReplicaSet"
-        {
-            queue.add(&key(
-                pod.metadata.namespace.as_deref().unwrap_or_default(),
-                &owner.name,
-            ));
+        let Ok(pod) = event;
+        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+        match controller_of(&pod) {
+            Some(owner) if owner.kind == "ReplicaSet" => queue.add(&key(ns, &owner.name)),
+            Some(_) => {}
+            // An orphan: the ReplicaSets that select it may adopt it.
+            None if pod.metadata.deletion_timestamp.is_none() => {
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                for rs in sets.state() {
+                    let selects = rs.metadata.namespace.as_deref() == Some(ns)
+                        && rs
+                            .spec
+                            .as_ref()
+                            .is_some_and(|s| crate::adoption::selects(&s.selector, &labels));
+                    if selects {
+                        queue.add(&key(ns, rs.metadata.name.as_deref().unwrap_or_default()));
+                    }
+                }
+            }
+            None => {}
         }
         futures::future::ready(())
     });
@@ -129,14 +154,26 @@ async fn reconcile(ctx: &Context, key: &str) -> Result<(), kube::Error> {
         ctx.lock_expectations().remove(key);
         return Ok(());
     };
-    let uid = rs.metadata.uid.clone().unwrap_or_default();
-    let mine: Vec<Arc<Pod>> = ctx
+    let in_namespace: Vec<Arc<Pod>> = ctx
         .pods
         .state()
         .into_iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
-        .filter(|p| controller_of(p).is_some_and(|o| o.uid == uid))
         .collect();
+    let selector = rs
+        .spec
+        .as_ref()
+        .map(|s| s.selector.clone())
+        .unwrap_or_default();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let mine = crate::adoption::claim(
+        &pods_api,
+        &owner_ref(&rs),
+        rs.metadata.deletion_timestamp.is_some(),
+        &selector,
+        in_namespace,
+    )
+    .await?;
     // Wait for the watch to show what we did last time.
     {
         let mut all = ctx.lock_expectations();
@@ -195,14 +232,7 @@ fn pod_from_template(rs: &ReplicaSet) -> Pod {
             labels: meta.labels,
             annotations: meta.annotations,
             finalizers: meta.finalizers,
-            owner_references: Some(vec![OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: "ReplicaSet".into(),
-                name,
-                uid: rs.metadata.uid.clone().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![owner_ref(rs)]),
             ..Default::default()
         },
         spec: template.and_then(|t| t.spec),

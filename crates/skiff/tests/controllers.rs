@@ -75,6 +75,36 @@ async fn replicasets_keep_their_pods_spread_and_scale() {
         "--grace-period=0",
     ]);
     wait_for("replacements", || active_pods(&c, "web").len() == 5);
+
+    // Orphans that match a selector are adopted; a pod relabelled out of it is released.
+    for i in 1..=2 {
+        c.ok(&[
+            "run",
+            &format!("orphan-{i}"),
+            "--image=busybox",
+            "--labels=app=adopt",
+        ]);
+    }
+    apply(&c, &replicaset("adopt", 3, ""));
+    wait_for("3 pods, two of them adopted", || {
+        active_pods(&c, "adopt").len() == 3
+    });
+    let owner = |pod: &str| {
+        c.ok(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.metadata.ownerReferences[*].name}",
+        ])
+    };
+    wait_for("the orphans owned by adopt", || {
+        owner("orphan-1") == "adopt" && owner("orphan-2") == "adopt"
+    });
+    c.ok(&["label", "pod", "orphan-1", "app=released", "--overwrite"]);
+    wait_for("orphan-1 released and replaced", || {
+        owner("orphan-1").is_empty() && active_pods(&c, "adopt").len() == 3
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,6 +619,32 @@ async fn jobs_complete_fail_index_and_expire() {
             "-o",
             "jsonpath={.status.currentHealthy}/{.status.disruptionsAllowed}",
         ]) == "3/1"
+    });
+    // maxUnavailable counts against the Deployment's scale: 5 wanted, so 4 must stay.
+    apply(
+        &c,
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web-max}\nspec:\n  maxUnavailable: 1\n  selector: {matchLabels: {app: web}}\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: loose}\nspec:\n  maxUnavailable: 1\n  selector: {matchLabels: {app: loose}}\n",
+    );
+    c.ok(&["scale", "deployment", "web", "--replicas=5"]);
+    wait_for("the scale-based budget", || {
+        c.ok(&[
+            "get",
+            "pdb",
+            "web-max",
+            "-o",
+            "jsonpath={.status.expectedPods}/{.status.desiredHealthy}/{.status.disruptionsAllowed}",
+        ]) == "5/4/1"
+    });
+    // Pods without a controller give a scale-based budget nothing to count: no disruption.
+    c.ok(&["run", "loose", "--image=busybox", "--labels=app=loose"]);
+    wait_for("the controllerless budget", || {
+        c.ok(&[
+            "get",
+            "pdb",
+            "loose",
+            "-o",
+            "jsonpath={.status.disruptionsAllowed}",
+        ]) == "0"
     });
     kubelet.abort();
 }
