@@ -1,8 +1,9 @@
 //! Upstream's ControllerRefManager: a controller claims the objects its selector
 //! matches. Orphans (no controller owner) that match are adopted by adding an owner
 //! reference; objects it owns that stopped matching are released by removing it. Both
-//! are JSON patches with a `test` on the object's uid (and the reference's position),
-//! so a concurrent change makes the patch fail instead of clobbering it.
+//! are JSON patches with a `test` on the object's uid and resourceVersion, so a
+//! concurrent change makes the patch fail instead of clobbering it (the next sync sees
+//! the object as it is now).
 
 use std::sync::Arc;
 
@@ -33,12 +34,14 @@ where
         let controller = refs.iter().position(|o| o.controller == Some(true));
         let name = meta.name.clone().unwrap_or_default();
         let uid = meta.uid.clone().unwrap_or_default();
+        let version = meta.resource_version.clone().unwrap_or_default();
         match controller.map(|i| (i, &refs[i])) {
             Some((_, c)) if c.uid == owner.uid && (matches || owner_deleting) => mine.push(object),
             Some((i, c)) if c.uid == owner.uid => {
                 // No longer selected: let it go.
                 let patch = json!([
                     {"op": "test", "path": "/metadata/uid", "value": uid},
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": version},
                     {"op": "test", "path": format!("/metadata/ownerReferences/{i}/uid"), "value": owner.uid},
                     // The last reference takes the list with it (as upstream omits it).
                     if refs.len() == 1 {
@@ -59,7 +62,11 @@ where
                 } else {
                     json!({"op": "add", "path": "/metadata/ownerReferences", "value": [owner]})
                 };
-                let patch = json!([{"op": "test", "path": "/metadata/uid", "value": uid}, add]);
+                let patch = json!([
+                    {"op": "test", "path": "/metadata/uid", "value": uid},
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+                    add,
+                ]);
                 if let Some(adopted) = release_or_adopt(api, &name, patch).await? {
                     tracing::info!(object = %name, owner = %owner.name, "adopted an orphan");
                     mine.push(Arc::new(adopted));

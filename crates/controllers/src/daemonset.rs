@@ -19,7 +19,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
 use crate::events::Recorder;
-use crate::queue::{WorkQueue, Workers, object_key, owner_key, reflect};
+use crate::queue::{
+    RESYNC, WorkQueue, Workers, object_key, open_when_synced, owner_key, reflect, resync,
+};
 use crate::shared::Shared;
 use crate::{Error, delete_pod, status_changed, write_status};
 
@@ -50,7 +52,7 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         sets,
         nodes,
         pods,
-        queue: WorkQueue::default(),
+        queue: WorkQueue::gated(),
         events: Recorder::new(client.clone(), "daemonset-controller"),
         expected: Arc::default(),
     };
@@ -72,11 +74,31 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         }
         futures::future::ready(())
     });
-    let (queue, sets) = (ctx.queue.clone(), ctx.sets.clone());
-    let node_loop = node_events.for_each(|event| {
-        if event.is_ok() {
-            for ds in sets.state() {
-                queue.add(&object_key(&*ds));
+    // Only what decides eligibility matters (not every heartbeat): labels, taints,
+    // unschedulable, and the node coming or going.
+    let (queue, sets, nodes) = (ctx.queue.clone(), ctx.sets.clone(), ctx.nodes.clone());
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let node_loop = node_events.for_each(move |event| {
+        if let Ok(node) = event {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let gone = nodes.get(&ObjectRef::new(&name)).is_none();
+            let spec = node.spec.as_ref();
+            let fingerprint = format!(
+                "{:?}{:?}{:?}",
+                node.metadata.labels,
+                spec.and_then(|s| s.taints.as_ref()),
+                spec.and_then(|s| s.unschedulable)
+            );
+            let changed = if gone {
+                seen.remove(&name);
+                true
+            } else {
+                seen.insert(name, fingerprint.clone()).as_ref() != Some(&fingerprint)
+            };
+            if changed {
+                for ds in sets.state() {
+                    queue.add(&object_key(&*ds));
+                }
             }
         }
         futures::future::ready(())
@@ -90,7 +112,23 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         }
         futures::future::ready(())
     });
-    futures::future::join3(set_loop, node_loop, pod_loop).await;
+    // Syncs start once every cache has its first list; all objects are looked at
+    // again every minute.
+    let synced = open_when_synced(
+        ctx.queue.clone(),
+        vec![
+            Box::new(ctx.sets.clone()),
+            Box::new(ctx.nodes.clone()),
+            Box::new(ctx.pods.clone()),
+        ],
+    );
+    let resynced = resync(ctx.queue.clone(), ctx.sets.clone(), RESYNC);
+    futures::future::join3(
+        futures::future::join3(set_loop, node_loop, pod_loop),
+        synced,
+        resynced,
+    )
+    .await;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::Error;
 use crate::events::Recorder;
-use crate::queue::{WorkQueue, Workers, reflect};
+use crate::queue::{RESYNC, WorkQueue, Workers, open_when_synced, reflect, resync};
 use crate::shared::Shared;
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -58,7 +58,7 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         deployments,
         replicasets,
         pods,
-        queue: WorkQueue::default(),
+        queue: WorkQueue::gated(),
         events: Recorder::new(client.clone(), "deployment-controller"),
     };
     let d_events = reflect(&client, d_writer);
@@ -123,7 +123,23 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         }
         futures::future::ready(())
     });
-    futures::future::join3(deployments, replicasets, pods).await;
+    // Syncs start once every cache has its first list; all objects are looked at
+    // again every minute.
+    let synced = open_when_synced(
+        ctx.queue.clone(),
+        vec![
+            Box::new(ctx.deployments.clone()),
+            Box::new(ctx.replicasets.clone()),
+            Box::new(ctx.pods.clone()),
+        ],
+    );
+    let resynced = resync(ctx.queue.clone(), ctx.deployments.clone(), RESYNC);
+    futures::future::join3(
+        futures::future::join3(deployments, replicasets, pods),
+        synced,
+        resynced,
+    )
+    .await;
     Ok(())
 }
 
@@ -245,7 +261,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
     let max_revision = owned.iter().map(|rs| revision(rs)).max().unwrap_or(0);
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
     if spec.paused == Some(true) {
-        // Paused: no rollout; only the status is kept up to date.
+        // Paused: no rollout (and no deadline); only the status is kept up to date.
         update_status(ctx, &d, &owned, new.as_deref(), replicas).await?;
         return Ok(None);
     }
@@ -368,8 +384,13 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
         }
     }
     cleanup(&rs_api, &olds, spec.revision_history_limit.unwrap_or(10)).await?;
-    update_status(ctx, &d, &owned, Some(&new), replicas).await?;
-    Ok(scaled.then_some(Duration::from_millis(500)))
+    let deadline = update_status(ctx, &d, &owned, Some(&new), replicas).await?;
+    Ok(
+        match (scaled.then_some(Duration::from_millis(500)), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+    )
 }
 
 async fn create_new(
@@ -490,7 +511,7 @@ async fn update_status(
     owned: &[Arc<ReplicaSet>],
     new: Option<&ReplicaSet>,
     replicas: i32,
-) -> Result<(), kube::Error> {
+) -> Result<Option<Duration>, kube::Error> {
     let ns = d.metadata.namespace.as_deref().unwrap_or("default");
     let name = d.metadata.name.as_deref().unwrap_or_default();
     let fresh = |rs: &ReplicaSet| {
@@ -569,12 +590,61 @@ async fn update_status(
             "Deployment does not have minimum availability.".into(),
         )
     };
+    // Progress is a change in the counts; without it for progressDeadlineSeconds (since
+    // the Progressing condition was last updated) the rollout has timed out, as upstream.
+    let old = d.status.clone().unwrap_or_default();
+    let progress_made = old.replicas.unwrap_or(0) != total
+        || old.updated_replicas.unwrap_or(0) != updated
+        || old.ready_replicas.unwrap_or(0) != ready
+        || old.available_replicas.unwrap_or(0) != available_total
+        || old.observed_generation != d.metadata.generation;
+    let last_progress = d
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Progressing"))
+        .and_then(|c| c.last_update_time.as_ref())
+        .map(|t| t.0);
+    let paused = spec.paused == Some(true);
+    let deadline = spec
+        .progress_deadline_seconds
+        .filter(|_| !complete && !paused)
+        .map(|s| k8s_openapi::jiff::SignedDuration::from_secs(i64::from(s)));
+    // Once timed out, it stays so until the counts move again.
+    let was_timed_out =
+        previous.get("Progressing").map(|(_, r)| r.as_str()) == Some("ProgressDeadlineExceeded");
+    let timed_out = match (deadline, last_progress) {
+        (Some(deadline), Some(last)) => {
+            !progress_made && (was_timed_out || Timestamp::now().duration_since(last) >= deadline)
+        }
+        _ => false,
+    };
+    // When to look again for the deadline.
+    let recheck = match (deadline, last_progress) {
+        (Some(deadline), Some(last)) if !timed_out && !progress_made => {
+            let left = deadline - Timestamp::now().duration_since(last);
+            Some(Duration::from_secs(
+                u64::try_from(left.as_secs()).unwrap_or(0).max(1),
+            ))
+        }
+        (Some(deadline), _) if !timed_out => Some(Duration::from_secs(
+            u64::try_from(deadline.as_secs()).unwrap_or(0).max(1),
+        )),
+        _ => None,
+    };
     let progressing = if complete {
         condition(
             "Progressing",
             "True",
             "NewReplicaSetAvailable",
             format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+        )
+    } else if timed_out {
+        condition(
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            format!("ReplicaSet \"{new_name}\" has timed out progressing."),
         )
     } else {
         condition(
@@ -593,7 +663,6 @@ async fn update_status(
         "unavailableReplicas": (replicas - available_total).max(0),
         "conditions": [available_condition, progressing],
     });
-    let old = d.status.clone().unwrap_or_default();
     let same = old.observed_generation == d.metadata.generation
         && old.replicas.unwrap_or(0) == total
         && old.updated_replicas.unwrap_or(0) == updated
@@ -604,6 +673,8 @@ async fn update_status(
         && previous.get("Progressing").map(|(_, r)| r.as_str())
             == Some(if complete {
                 "NewReplicaSetAvailable"
+            } else if timed_out {
+                "ProgressDeadlineExceeded"
             } else {
                 "ReplicaSetUpdated"
             });
@@ -628,7 +699,7 @@ async fn update_status(
         )
         .await?;
     }
-    Ok(())
+    Ok(recheck)
 }
 
 #[cfg(test)]

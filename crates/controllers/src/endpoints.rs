@@ -15,7 +15,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::{Value, json};
 
 use crate::Error;
-use crate::queue::{WorkQueue, Workers, reflect};
+use crate::queue::{RESYNC, WorkQueue, Workers, open_when_synced, reflect, resync};
 use crate::shared::Shared;
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -44,7 +44,7 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         services,
         pods,
         endpoints,
-        queue: WorkQueue::default(),
+        queue: WorkQueue::gated(),
     };
     let service_events = reflect(&client, s_writer);
     let pod_events = shared_pods.subscribe();
@@ -89,7 +89,23 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         }
         futures::future::ready(())
     });
-    futures::future::join3(services, pods, endpoints).await;
+    // Syncs start once every cache has its first list; all objects are looked at
+    // again every minute.
+    let synced = open_when_synced(
+        ctx.queue.clone(),
+        vec![
+            Box::new(ctx.services.clone()),
+            Box::new(ctx.pods.clone()),
+            Box::new(ctx.endpoints.clone()),
+        ],
+    );
+    let resynced = resync(ctx.queue.clone(), ctx.services.clone(), RESYNC);
+    futures::future::join3(
+        futures::future::join3(services, pods, endpoints),
+        synced,
+        resynced,
+    )
+    .await;
     Ok(())
 }
 

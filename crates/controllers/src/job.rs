@@ -21,7 +21,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::{Value, json};
 
 use crate::events::Recorder;
-use crate::queue::{WorkQueue, Workers, reflect};
+use crate::queue::{RESYNC, WorkQueue, Workers, open_when_synced, reflect, resync};
 use crate::shared::Shared;
 use crate::{Error, status_changed, write_status};
 
@@ -64,7 +64,7 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         client: client.clone(),
         jobs,
         pods,
-        queue: WorkQueue::default(),
+        queue: WorkQueue::gated(),
         events: Recorder::new(client.clone(), "job-controller"),
         expected: Arc::default(),
     };
@@ -98,7 +98,14 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         }
         futures::future::ready(())
     });
-    futures::future::join(jobs, pods).await;
+    // Syncs start once every cache has its first list; all objects are looked at
+    // again every minute.
+    let synced = open_when_synced(
+        ctx.queue.clone(),
+        vec![Box::new(ctx.jobs.clone()), Box::new(ctx.pods.clone())],
+    );
+    let resynced = resync(ctx.queue.clone(), ctx.jobs.clone(), RESYNC);
+    futures::future::join3(futures::future::join(jobs, pods), synced, resynced).await;
     Ok(())
 }
 

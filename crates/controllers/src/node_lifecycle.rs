@@ -126,7 +126,11 @@ async fn pass(
                 "NodeNotReady",
                 format!("Node {name} status is now: NodeNotReady"),
             );
-            mark_pods_not_ready(client, &name, events).await?;
+        }
+        // Every pass while the node is silent, so a failed or interrupted attempt (a
+        // new leader) is retried; only pods still Ready are written.
+        if silent && let Err(e) = mark_pods_not_ready(client, &name, events).await {
+            tracing::warn!(node = %name, error = %e, "marking pods not ready");
         }
         let state = if silent { "Unknown" } else { status };
         let wanted: Option<&str> = match state {

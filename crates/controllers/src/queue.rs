@@ -22,13 +22,42 @@ struct Inner {
 const RETRY_BASE: Duration = Duration::from_millis(5);
 const RETRY_MAX: Duration = Duration::from_secs(1000);
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct WorkQueue {
     inner: Arc<Mutex<Inner>>,
     notify: Arc<Notify>,
+    /// Keys are handed out only once this is true (the controller's caches are
+    /// synced, as upstream's `WaitForCacheSync`).
+    ready: tokio::sync::watch::Receiver<bool>,
+    ready_tx: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for WorkQueue {
+    fn default() -> Self {
+        Self::with_gate(true)
+    }
 }
 
 impl WorkQueue {
+    fn with_gate(open: bool) -> Self {
+        let (ready_tx, ready) = tokio::sync::watch::channel(open);
+        WorkQueue {
+            inner: Arc::default(),
+            notify: Arc::default(),
+            ready,
+            ready_tx: Arc::new(ready_tx),
+        }
+    }
+
+    /// A queue that hands out nothing until [`WorkQueue::open`].
+    pub fn gated() -> Self {
+        Self::with_gate(false)
+    }
+
+    pub fn open(&self) {
+        self.ready_tx.send_replace(true);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -55,8 +84,10 @@ impl WorkQueue {
         });
     }
 
-    /// The next key; waits for one.
+    /// The next key; waits for one (and for the queue to open).
     pub async fn next(&self) -> String {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|open| *open).await;
         loop {
             {
                 let mut inner = self.lock();
@@ -168,6 +199,53 @@ where
     )
     .touched_objects()
 }
+
+/// Opens `queue` once every store in `stores` has its first full list, so no sync
+/// ever acts on a cache that is still loading (which would, say, see no pods and make
+/// them all again).
+pub async fn open_when_synced(queue: WorkQueue, stores: Vec<Box<dyn Synced>>) {
+    for store in stores {
+        store.synced().await;
+    }
+    queue.open();
+}
+
+/// A reflector store that can say when it has its first full list.
+pub trait Synced: Send {
+    fn synced(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
+impl<K> Synced for kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    fn synced(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let _ = self.wait_until_ready().await;
+        })
+    }
+}
+
+/// Queues every object of `store` every `period`: objects whose dependents vanished
+/// while a watch was re-listing (no event says so) are looked at again.
+pub async fn resync<K>(
+    queue: WorkQueue,
+    store: kube::runtime::reflector::Store<K>,
+    period: Duration,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tick.tick().await;
+        for object in store.state() {
+            queue.add(&object_key(&*object));
+        }
+    }
+}
+
+/// How often controllers look at all their objects again.
+pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// `namespace/name` of an object, the key controllers queue.
 pub fn object_key<K: kube::Resource>(object: &K) -> String {

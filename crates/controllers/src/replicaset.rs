@@ -20,7 +20,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
 use crate::events::Recorder;
-use crate::queue::{WorkQueue, Workers, reflect};
+use crate::queue::{RESYNC, WorkQueue, Workers, open_when_synced, reflect, resync};
 use crate::shared::Shared;
 use crate::{Error, status_changed, write_status};
 
@@ -95,7 +95,7 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         replicasets,
         pods,
         expectations: Arc::default(),
-        queue: WorkQueue::default(),
+        queue: WorkQueue::gated(),
         events: Recorder::new(client.clone(), "replicaset-controller"),
     };
     let rs_events = reflect(&client, rs_writer);
@@ -144,7 +144,17 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         }
         futures::future::ready(())
     });
-    futures::future::join(rs_loop, pod_loop).await;
+    // Syncs start once every cache has its first list; all objects are looked at
+    // again every minute.
+    let synced = open_when_synced(
+        ctx.queue.clone(),
+        vec![
+            Box::new(ctx.replicasets.clone()),
+            Box::new(ctx.pods.clone()),
+        ],
+    );
+    let resynced = resync(ctx.queue.clone(), ctx.replicasets.clone(), RESYNC);
+    futures::future::join3(futures::future::join(rs_loop, pod_loop), synced, resynced).await;
     Ok(())
 }
 

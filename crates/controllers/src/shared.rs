@@ -3,9 +3,11 @@
 //! controller manager instead of once per controller, and it is decoded once.
 //!
 //! The driver applies each event to the shared store and then hands the changed object
-//! to every subscriber, so a subscriber always finds the store at least as new as the
-//! event. A subscriber that falls more than [`BUFFER`] events behind gets every object
-//! in the store again (its owners are re-queued, which is always safe).
+//! to every subscriber, so once the store has its first list a subscriber finds it at
+//! least as new as the event (controllers open their queues only then, see
+//! `queue::open_when_synced`). A subscriber that falls more than [`BUFFER`] events
+//! behind gets every object in the store again; objects deleted while a watch
+//! re-lists send no event, which the controllers' periodic resync covers.
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -18,7 +18,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
 use crate::events::Recorder;
-use crate::queue::{WorkQueue, Workers, object_key, owner_key, reflect};
+use crate::queue::{
+    RESYNC, WorkQueue, Workers, object_key, open_when_synced, owner_key, reflect, resync,
+};
 use crate::shared::Shared;
 use crate::{Error, delete_pod, status_changed, write_status};
 
@@ -42,7 +44,7 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         client: client.clone(),
         sets,
         pods,
-        queue: WorkQueue::default(),
+        queue: WorkQueue::gated(),
         events: Recorder::new(client.clone(), "statefulset-controller"),
     };
     let set_events = reflect(&client, set_writer);
@@ -71,7 +73,14 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
         }
         futures::future::ready(())
     });
-    futures::future::join(set_loop, pod_loop).await;
+    // Syncs start once every cache has its first list; all objects are looked at
+    // again every minute.
+    let synced = open_when_synced(
+        ctx.queue.clone(),
+        vec![Box::new(ctx.sets.clone()), Box::new(ctx.pods.clone())],
+    );
+    let resynced = resync(ctx.queue.clone(), ctx.sets.clone(), RESYNC);
+    futures::future::join3(futures::future::join(set_loop, pod_loop), synced, resynced).await;
     Ok(())
 }
 

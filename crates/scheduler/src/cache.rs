@@ -197,6 +197,8 @@ pub struct Cache {
     /// Pending pods that preempted others, by the node they wait for: lower-priority
     /// pods must not take the room freed for them.
     nominated: HashMap<String, HashMap<String, PodInfo>>,
+    /// Pods nominated by this scheduler whose status does not show it yet.
+    nominating: HashSet<String>,
 }
 
 impl Cache {
@@ -234,13 +236,26 @@ impl Cache {
             return;
         }
         self.remove_pod(&key);
+        // The status is the record of nominations, except that one this scheduler just
+        // made shows there only once its patch lands: until then a status without one
+        // (our own PodScheduled write, say) does not clear it.
         let nominated = pod
             .status
             .as_ref()
             .and_then(|s| s.nominated_node_name.as_deref())
-            .filter(|n| !n.is_empty() && info.node.is_none() && !info.terminating());
-        if nominated.is_some() || self.nominated.values().any(|p| p.contains_key(&key)) {
-            self.nominate(&info, nominated);
+            .filter(|n| !n.is_empty());
+        if info.node.is_some() || info.terminating() {
+            self.nominating.remove(&key);
+            if self.nominated_node(&key).is_some() {
+                self.nominate(&info, None);
+            }
+        } else if let Some(node) = nominated {
+            self.nominating.remove(&key);
+            if self.nominated_node(&key) != Some(node) {
+                self.nominate(&info, Some(node));
+            }
+        } else if !self.nominating.contains(&key) && self.nominated_node(&key).is_some() {
+            self.nominate(&info, None);
         }
         // A terminating pod holds its resources until it is gone, as upstream counts it.
         if info.node.is_some() && holds_resources(pod) {
@@ -250,6 +265,7 @@ impl Cache {
 
     /// Forgets a deleted pod, placed or nominated.
     pub fn delete_pod(&mut self, key: &str) {
+        self.nominating.remove(key);
         self.remove_pod(key);
         for pods in self.nominated.values_mut() {
             pods.remove(key);
@@ -276,8 +292,14 @@ impl Cache {
         self.placed.insert(info.key(), info);
     }
 
-    /// Keeps only the placed pods `keep` says still exist (after a re-list).
+    /// Keeps only the placed and nominated pods `keep` says still exist (after a
+    /// re-list).
     pub fn retain_pods(&mut self, keep: impl Fn(&str) -> bool) {
+        for pods in self.nominated.values_mut() {
+            pods.retain(|k, _| keep(k));
+        }
+        self.nominated.retain(|_, pods| !pods.is_empty());
+        self.nominating.retain(|k| keep(k));
         let gone: Vec<String> = self
             .placed
             .keys()
@@ -289,8 +311,11 @@ impl Cache {
         }
     }
 
-    /// Places a pod on a node before its binding is written.
+    /// Places a pod on a node before its binding is written (its nomination, if any,
+    /// is spent).
     pub fn assume(&mut self, pod: &PodInfo, node: &str) {
+        self.nominating.remove(&pod.key());
+        self.nominate(pod, None);
         let mut info = pod.clone();
         info.node = Some(node.to_string());
         self.assumed.insert(info.key());
@@ -324,6 +349,18 @@ impl Cache {
         self.placed.values()
     }
 
+    /// Nominates a pod after a preemption, ahead of the status that will record it.
+    pub fn nominate_new(&mut self, pod: &PodInfo, node: &str) {
+        self.nominating.insert(pod.key());
+        self.nominate(pod, Some(node));
+    }
+
+    /// Drops a nomination that can no longer be honoured.
+    pub fn clear_nomination(&mut self, pod: &PodInfo) {
+        self.nominating.remove(&pod.key());
+        self.nominate(pod, None);
+    }
+
     /// Records (or clears, with `None`) the node a pending pod was nominated to.
     pub fn nominate(&mut self, pod: &PodInfo, node: Option<&str>) {
         let key = pod.key();
@@ -337,6 +374,14 @@ impl Cache {
                 .or_default()
                 .insert(key, pod.clone());
         }
+    }
+
+    /// The node `key` is nominated to, if any.
+    pub fn nominated_node(&self, key: &str) -> Option<&str> {
+        self.nominated
+            .iter()
+            .find(|(_, pods)| pods.contains_key(key))
+            .map(|(node, _)| node.as_str())
     }
 
     /// Pods nominated to `node` that a pod of `priority` must leave room for.

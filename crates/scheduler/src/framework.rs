@@ -52,7 +52,17 @@ pub trait Plugin: Send + Sync {
 }
 
 /// Every plugin, in the order upstream's default profile runs them.
+#[cfg(test)]
 pub fn default_plugins() -> Vec<Box<dyn Plugin>> {
+    plugins_with(crate::ScoringStrategy::LeastAllocated)
+}
+
+/// The default profile with NodeResourcesFit scoring by `strategy`.
+pub fn plugins_with(strategy: crate::ScoringStrategy) -> Vec<Box<dyn Plugin>> {
+    let fit: Box<dyn Plugin> = match strategy {
+        crate::ScoringStrategy::LeastAllocated => Box::new(plugins::scoring::LeastAllocated),
+        crate::ScoringStrategy::MostAllocated => Box::new(plugins::scoring::MostAllocated),
+    };
     vec![
         Box::new(plugins::node_unschedulable::NodeUnschedulable),
         Box::new(plugins::node_name::NodeName),
@@ -62,7 +72,7 @@ pub fn default_plugins() -> Vec<Box<dyn Plugin>> {
         Box::new(plugins::node_resources_fit::NodeResourcesFit),
         Box::new(plugins::pod_topology_spread::PodTopologySpread),
         Box::new(plugins::inter_pod_affinity::InterPodAffinity),
-        Box::new(plugins::scoring::LeastAllocated),
+        fit,
         Box::new(plugins::scoring::BalancedAllocation),
     ]
 }
@@ -309,6 +319,30 @@ mod tests {
         // 300 nodes: 50 - 2 = 48% -> 144 nodes, from the 250th round the ring.
         assert_eq!(evaluated, 144);
         assert!(matches!(decision, Decision::Node(_)));
+    }
+
+    #[test]
+    fn most_allocated_packs_pods_onto_the_fullest_node() {
+        let mut cache = Cache::default();
+        for n in ["a", "b", "c"] {
+            cache.set_node(&node(n, "4", "4Gi", "110"));
+        }
+        let plugins = plugins_with(crate::ScoringStrategy::MostAllocated);
+        // CPU and memory in step, so BalancedAllocation ranks every node the same.
+        let sized = |name: &str, cpu: &str, memory: &str| {
+            let mut p = pod(name, cpu);
+            p.requests.memory = skiff_api::quantity::value(memory).expect("memory");
+            p
+        };
+        cache.assume(&sized("first", "1", "1Gi"), "b");
+        for i in 0..3 {
+            let p = sized(&format!("p{i}"), "500m", "512Mi");
+            assert_eq!(
+                schedule(&p, &cache, &plugins, i),
+                Decision::Node("b".into())
+            );
+            cache.assume(&p, "b");
+        }
     }
 
     #[test]

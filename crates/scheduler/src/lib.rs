@@ -17,12 +17,36 @@ mod scheduler;
 
 pub use scheduler::run;
 
-/// What the scheduler is called (pods choose it by `spec.schedulerName`) and how many
-/// bindings may be in flight at once.
+/// What the scheduler is called (pods choose it by `spec.schedulerName`), how many
+/// bindings may be in flight at once, and how NodeResourcesFit scores.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub scheduler_name: String,
     pub parallel_bindings: usize,
+    pub scoring_strategy: ScoringStrategy,
+}
+
+/// NodeResourcesFit's scoring strategy (upstream's `scoringStrategy.type`): spread pods
+/// over the emptiest nodes, or pack them onto the fullest (bin packing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScoringStrategy {
+    #[default]
+    LeastAllocated,
+    MostAllocated,
+}
+
+impl std::str::FromStr for ScoringStrategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "LeastAllocated" => Ok(ScoringStrategy::LeastAllocated),
+            "MostAllocated" => Ok(ScoringStrategy::MostAllocated),
+            other => Err(format!(
+                "unknown scoring strategy {other:?} (LeastAllocated or MostAllocated)"
+            )),
+        }
+    }
 }
 
 impl Default for Config {
@@ -30,6 +54,7 @@ impl Default for Config {
         Config {
             scheduler_name: "default-scheduler".into(),
             parallel_bindings: 128,
+            scoring_strategy: ScoringStrategy::LeastAllocated,
         }
     }
 }

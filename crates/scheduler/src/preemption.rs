@@ -20,6 +20,23 @@ pub struct Preemption {
     pub victims: Vec<PodInfo>,
 }
 
+/// Why a pod may not preempt, in upstream's words (appended to the fit error), and
+/// whether an earlier nomination stands (only while its victims are still leaving).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    pub keep_nomination: bool,
+}
+
+impl Refusal {
+    fn clear(message: impl Into<String>) -> Refusal {
+        Refusal {
+            message: message.into(),
+            keep_nomination: false,
+        }
+    }
+}
+
 /// Finds where `pod` fits by evicting lower-priority pods, or says why it cannot, in
 /// upstream's words (appended to the fit error).
 pub fn preempt(
@@ -27,25 +44,30 @@ pub fn preempt(
     cache: &Cache,
     plugins: &[Box<dyn Plugin>],
     resolvable: &[String],
-) -> Result<Preemption, String> {
+) -> Result<Preemption, Refusal> {
     let spec = pod.pod.spec.as_ref();
     if spec.and_then(|s| s.preemption_policy.as_deref()) == Some("Never") {
-        return Err("preemption: not eligible due to preemptionPolicy=Never.".into());
+        return Err(Refusal::clear(
+            "preemption: not eligible due to preemptionPolicy=Never.",
+        ));
     }
     // Victims of an earlier preemption are still leaving: wait for them.
-    let nominated = pod
-        .pod
-        .status
-        .as_ref()
-        .and_then(|s| s.nominated_node_name.as_deref());
+    let nominated = cache.nominated_node(&pod.key()).or_else(|| {
+        pod.pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+    });
     if let Some(node) = nominated.and_then(|n| cache.nodes.get(n))
         && cache
             .pods_on(node)
             .any(|p| p.terminating() && p.priority < pod.priority)
     {
-        return Err(
-            "preemption: not eligible due to a terminating pod on the nominated node.".into(),
-        );
+        return Err(Refusal {
+            message: "preemption: not eligible due to a terminating pod on the nominated node."
+                .into(),
+            keep_nomination: true,
+        });
     }
     let cycle = Cycle::new(pod, cache, plugins);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -73,11 +95,14 @@ pub fn preempt(
             }
             continue;
         }
-        // Most important first: higher priority, then the longer running.
+        // Most important first: higher priority, then the longer running (a pod not
+        // started yet counts as starting now, the least important).
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let started = |p: &PodInfo| p.start_time().copied().unwrap_or(now);
         lower.sort_by(|a, b| {
             b.priority
                 .cmp(&a.priority)
-                .then_with(|| a.start_time().cmp(&b.start_time()))
+                .then_with(|| started(a).cmp(&started(b)))
         });
         let mut victims = Vec::new();
         for candidate in lower {
@@ -100,10 +125,10 @@ pub fn preempt(
     }
     match best {
         Some((_, preemption)) => Ok(preemption),
-        None => Err(format!(
+        None => Err(Refusal::clear(format!(
             "preemption: {}",
             fit_error(cache.nodes.len(), &reasons)
-        )),
+        ))),
     }
 }
 
@@ -123,7 +148,11 @@ impl Key {
                 .map(|v| i64::from(v.priority))
                 .max()
                 .unwrap_or(i64::MIN),
-            sum: victims.iter().map(|v| i64::from(v.priority)).sum(),
+            // Shifted to be positive, as upstream, so more victims never sum to less.
+            sum: victims
+                .iter()
+                .map(|v| i64::from(v.priority) + i64::from(i32::MAX) + 1)
+                .sum(),
             count: victims.len(),
         }
     }
@@ -186,12 +215,16 @@ mod tests {
         // A pod that may not preempt, and one with nothing below it.
         let never = pod("never", "500m", 1000, "Never");
         assert_eq!(
-            preempt(&never, &cache, &plugins, &resolvable).expect_err("never"),
+            preempt(&never, &cache, &plugins, &resolvable)
+                .expect_err("never")
+                .message,
             "preemption: not eligible due to preemptionPolicy=Never."
         );
         let low = pod("low", "500m", 1, "PreemptLowerPriority");
         assert_eq!(
-            preempt(&low, &cache, &plugins, &resolvable).expect_err("nothing lower"),
+            preempt(&low, &cache, &plugins, &resolvable)
+                .expect_err("nothing lower")
+                .message,
             format!("preemption: 0/2 nodes are available: 2 {NO_VICTIMS}.")
         );
         // Once nominated, the freed room is kept for it against lower priorities.

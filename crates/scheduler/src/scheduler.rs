@@ -18,7 +18,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::cache::{Cache, PodInfo, holds_resources};
-use crate::framework::{Decision, default_plugins, schedule_from};
+use crate::framework::{Decision, plugins_with, schedule_from};
 use crate::preemption::{self, Preemption};
 use crate::queue::Queue;
 use crate::{Config, Error};
@@ -234,7 +234,7 @@ async fn schedule_loop(
     config: Config,
     events: mpsc::Sender<Report>,
 ) {
-    let plugins = default_plugins();
+    let plugins = plugins_with(config.scoring_strategy);
     let bindings = Arc::new(Semaphore::new(config.parallel_bindings.max(1)));
     let mut rotation = 0usize;
     let mut next_start = 0usize;
@@ -288,7 +288,7 @@ async fn schedule_loop(
                     match preempted {
                         Ok(p) => {
                             tracing::info!(pod = %key, node = %p.node, victims = p.victims.len(), "preempting");
-                            state.cache.nominate(&info, Some(&p.node));
+                            state.cache.nominate_new(&info, &p.node);
                             tokio::spawn(carry_out(
                                 client.clone(),
                                 pod.clone(),
@@ -297,8 +297,21 @@ async fn schedule_loop(
                                 events.clone(),
                             ));
                         }
-                        Err(why) => {
-                            message = format!("{message} {why}.");
+                        Err(refusal) => {
+                            message = format!("{message} {}.", refusal.message);
+                            // A nomination that can no longer be honoured is dropped,
+                            // so its room goes back to everyone (as upstream).
+                            let nominated = pod
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.nominated_node_name.as_deref())
+                                .is_some_and(|n| !n.is_empty());
+                            if !refusal.keep_nomination {
+                                state.cache.clear_nomination(&info);
+                                if nominated {
+                                    tokio::spawn(clear_nomination(client.clone(), pod.clone()));
+                                }
+                            }
                         }
                     }
                     state.queue.unschedulable(&key, Instant::now());
@@ -394,6 +407,19 @@ async fn carry_out(
             }
             Err(e) => tracing::warn!(pod = %victim.name, error = %e, "preempting"),
         }
+    }
+}
+
+async fn clear_nomination(client: kube::Client, pod: Pod) {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client, ns);
+    let patch = json!({"status": {"nominatedNodeName": null}});
+    if let Err(e) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        tracing::debug!(pod = %name, error = %e, "clearing a nomination");
     }
 }
 

@@ -21,6 +21,9 @@ pub struct SchedulerArgs {
     /// This copy's name in the Lease (default: host name and process id).
     #[arg(long)]
     pub identity: Option<String>,
+    /// How NodeResourcesFit scores nodes: LeastAllocated (spread) or MostAllocated (pack).
+    #[arg(long, default_value = "LeastAllocated")]
+    pub scoring_strategy: skiff_scheduler::ScoringStrategy,
 }
 
 pub async fn client(kubeconfig: &Path) -> Result<kube::Client> {
@@ -46,6 +49,7 @@ pub async fn run_until(args: SchedulerArgs, shutdown: impl Future<Output = ()>) 
     let client = client(&args.kubeconfig).await?;
     let config = skiff_scheduler::Config {
         scheduler_name: args.scheduler_name.clone(),
+        scoring_strategy: args.scoring_strategy,
         ..Default::default()
     };
     let lease = args.leader_elect.then_some("kube-scheduler");

@@ -96,6 +96,7 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             scheduler_name: "default-scheduler".into(),
             leader_elect: true,
             identity: None,
+            scoring_strategy: Default::default(),
         };
         components.push(crate::scheduler::spawn_in_process(
             "scheduler",

@@ -849,3 +849,26 @@ async fn a_standby_controller_manager_takes_over_when_the_leader_dies() {
         killed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_rollout_exceeds_its_progress_deadline() {
+    // No nodes: the pods never become available.
+    let c = Cluster::start(Backend::Embedded).await;
+    apply(
+        &c,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: stuck}\nspec:\n  replicas: 1\n  progressDeadlineSeconds: 2\n  selector: {matchLabels: {app: stuck}}\n  template:\n    metadata: {labels: {app: stuck}}\n    spec: {containers: [{name: c, image: busybox}]}\n",
+    );
+    wait_for("ProgressDeadlineExceeded", || {
+        c.ok(&[
+            "get",
+            "deployment",
+            "stuck",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}",
+        ]) == "ProgressDeadlineExceeded"
+    });
+    let out = c.kubectl(&["rollout", "status", "deployment/stuck", "--timeout=30s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exceeded its progress deadline"), "{err}");
+}

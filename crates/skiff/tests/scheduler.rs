@@ -200,6 +200,14 @@ async fn higher_priority_pods_preempt_lower_ones() {
     assert_eq!(row("polite").last().map(String::as_str), Some("Never"));
     assert_eq!(row("system-node-critical")[1], "2000001000", "{table}");
     assert!(!table.is_empty(), "{table}");
+    // User classes stay below the system range and out of its prefix.
+    let err = c.fails(&["create", "priorityclass", "system-mine", "--value=5"]);
+    assert!(err.contains("reserved for system use only"), "{err}");
+    let err = c.fails(&["create", "priorityclass", "huge", "--value=2000000000"]);
+    assert!(
+        err.contains("maximum allowed value of a user defined priority is 1000000000"),
+        "{err}"
+    );
     // An unknown class is refused, as upstream's admission does.
     let err = c.fails(&[
         "run",

@@ -109,13 +109,18 @@ impl Registry {
                 "pods \"{pod_name}\" is forbidden: the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
             )));
         }
+        if let Some(given) = spec.get("preemptionPolicy").and_then(Value::as_str)
+            && given != policy
+        {
+            return Err(ApiError::forbidden(format!(
+                "pods \"{pod_name}\" is forbidden: the string value of PreemptionPolicy ({given}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name"
+            )));
+        }
         spec["priority"] = json!(value);
         if let Some(c) = &class {
             spec["priorityClassName"] = json!(c.name);
         }
-        if spec.get("preemptionPolicy").is_none_or(Value::is_null) {
-            spec["preemptionPolicy"] = json!(policy);
-        }
+        spec["preemptionPolicy"] = json!(policy);
         Ok(())
     }
 

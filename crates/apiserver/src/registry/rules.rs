@@ -94,9 +94,54 @@ pub(crate) fn check(r: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Field
             }
         }
         ("", "Service") => service(obj, &mut errors),
+        ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, old, &mut errors),
         _ => {}
     }
     errors
+}
+
+/// Upstream's PriorityClass validation: user classes stay at or below 1,000,000,000 and
+/// out of the `system-` prefix (the two system classes excepted); value and preemption
+/// policy never change.
+fn priority_class(obj: &Value, old: Option<&Value>, errors: &mut Vec<FieldError>) {
+    const HIGHEST_USER_DEFINABLE: i64 = 1_000_000_000;
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let value = obj.get("value").and_then(Value::as_i64).unwrap_or(0);
+    let global = obj.get("globalDefault").and_then(Value::as_bool) == Some(true);
+    let system = matches!(
+        (name, value, global),
+        ("system-node-critical", 2_000_001_000, false)
+            | ("system-cluster-critical", 2_000_000_000, false)
+    );
+    if !system {
+        if name.starts_with("system-") {
+            errors.push(forbidden(
+                "metadata.name",
+                "priority class names with 'system-' prefix are reserved for system use only",
+            ));
+        } else if value > HIGHEST_USER_DEFINABLE {
+            errors.push(forbidden(
+                "value",
+                &format!(
+                    "maximum allowed value of a user defined priority is {HIGHEST_USER_DEFINABLE}"
+                ),
+            ));
+        }
+    }
+    if let Some(old) = old {
+        if old.get("value") != obj.get("value") {
+            errors.push(forbidden("value", "may not be changed in an update."));
+        }
+        if old.get("preemptionPolicy") != obj.get("preemptionPolicy") {
+            errors.push(immutable(
+                "preemptionPolicy",
+                obj.get("preemptionPolicy").unwrap_or(&Value::Null),
+            ));
+        }
+    }
 }
 
 fn same(old: &Value, obj: &Value, pointer: &str, field: &str, errors: &mut Vec<FieldError>) {

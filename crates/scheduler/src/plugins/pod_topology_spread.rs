@@ -27,7 +27,7 @@ pub struct PodTopologySpread;
 struct Counted {
     key: String,
     max_skew: i64,
-    selector: LabelSelector,
+    selector: Option<LabelSelector>,
     min_domains: Option<i32>,
     counts: HashMap<String, i64>,
     /// Whether the incoming pod matches its own selector (it will count once placed).
@@ -64,9 +64,10 @@ struct Spread {
     nodes: usize,
 }
 
-/// The selector with `matchLabelKeys` turned into `In` requirements on the pod's values.
-fn selector_of(c: &TopologySpreadConstraint, pod: &PodInfo) -> LabelSelector {
-    let mut selector = c.label_selector.clone().unwrap_or_default();
+/// The selector with `matchLabelKeys` turned into `In` requirements on the pod's values;
+/// `None` without a `labelSelector`, which selects no pods (as upstream).
+fn selector_of(c: &TopologySpreadConstraint, pod: &PodInfo) -> Option<LabelSelector> {
+    let mut selector = c.label_selector.clone()?;
     for key in c.match_label_keys.iter().flatten() {
         if let Some(value) = pod.labels.get(key) {
             selector
@@ -79,7 +80,7 @@ fn selector_of(c: &TopologySpreadConstraint, pod: &PodInfo) -> LabelSelector {
                 });
         }
     }
-    selector
+    Some(selector)
 }
 
 /// Whether `node`'s pods count for `pod`'s constraints.
@@ -127,7 +128,7 @@ fn count(
             Counted {
                 key: c.topology_key.clone(),
                 max_skew: i64::from(c.max_skew),
-                self_match: i64::from(matches(&selector, &pod.labels)),
+                self_match: i64::from(selector.as_ref().is_some_and(|s| matches(s, &pod.labels))),
                 selector,
                 min_domains: c.min_domains,
                 counts: HashMap::new(),
@@ -144,11 +145,14 @@ fn count(
             let Some(domain) = node.labels.get(&c.key) else {
                 continue;
             };
-            let matching = cache
-                .pods_on(node)
-                .filter(|p| p.namespace == pod.namespace && !p.terminating())
-                .filter(|p| matches(&c.selector, &p.labels))
-                .count() as i64;
+            let matching = match &c.selector {
+                Some(selector) => cache
+                    .pods_on(node)
+                    .filter(|p| p.namespace == pod.namespace && !p.terminating())
+                    .filter(|p| matches(selector, &p.labels))
+                    .count() as i64,
+                None => 0,
+            };
             *c.counts.entry(domain.clone()).or_default() += matching;
         }
     }

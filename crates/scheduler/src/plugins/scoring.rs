@@ -1,4 +1,5 @@
-//! NodeResourcesFit's LeastAllocated score (prefer nodes with more left) and
+//! NodeResourcesFit's LeastAllocated score (prefer nodes with more left) or its
+//! MostAllocated score (prefer the fullest, for bin packing), and
 //! NodeResourcesBalancedAllocation (prefer nodes whose CPU and memory use stay even).
 //! Pods without requests count as upstream's defaults (100m CPU, 200 MiB).
 
@@ -39,6 +40,20 @@ impl Plugin for LeastAllocated {
     fn score(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Option<i64> {
         let (cpu, memory) = fractions(pod, node)?;
         Some((((1.0 - cpu) + (1.0 - memory)) * 50.0) as i64)
+    }
+}
+
+/// NodeResourcesFit's MostAllocated strategy: prefer the fullest nodes (bin packing).
+pub struct MostAllocated;
+
+impl Plugin for MostAllocated {
+    fn name(&self) -> &'static str {
+        "NodeResourcesFit"
+    }
+
+    fn score(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Option<i64> {
+        let (cpu, memory) = fractions(pod, node)?;
+        Some(((cpu + memory) * 50.0) as i64)
     }
 }
 
