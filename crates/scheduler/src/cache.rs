@@ -118,6 +118,14 @@ impl PodInfo {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    pub fn tolerations(&self) -> &[k8s_openapi::api::core::v1::Toleration] {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_deref())
+            .unwrap_or_default()
+    }
+
     pub fn terminating(&self) -> bool {
         self.pod.metadata.deletion_timestamp.is_some()
     }

@@ -17,6 +17,25 @@ pub type State = dyn Any + Send + Sync;
 /// A node a score plugin returned `None` for, while normalizing.
 pub const UNSCORED: i64 = i64::MIN;
 
+/// The lowest and highest of the scores a plugin gave (0, 0 when none).
+pub fn scored_range(scores: &[i64]) -> (i64, i64) {
+    let scored = scores.iter().copied().filter(|s| *s != UNSCORED);
+    (scored.clone().min().unwrap_or(0), scored.max().unwrap_or(0))
+}
+
+/// A node labelled with its name and a zone, with room for anything, for tests.
+#[cfg(test)]
+pub(crate) fn zoned_node(name: &str, zone: &str) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name,
+            "topology.kubernetes.io/zone": zone,
+        }},
+        "status": {"allocatable": {"cpu": "8", "memory": "8Gi", "pods": "110"}},
+    }))
+    .expect("node")
+}
+
 pub trait Plugin: Send + Sync {
     fn name(&self) -> &'static str;
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{PodAffinityTerm, WeightedPodAffinityTerm};
 use skiff_api::selector::matches;
 
 use crate::cache::{Cache, NodeInfo, PodInfo};
-use crate::framework::{Plugin, State, UNSCORED};
+use crate::framework::{Plugin, State, UNSCORED, scored_range};
 
 const AFFINITY: &str = "node(s) didn't match pod affinity rules";
 const ANTI_AFFINITY: &str = "node(s) didn't match pod anti-affinity rules";
@@ -58,6 +58,29 @@ fn term_selects(term: &PodAffinityTerm, owner: &PodInfo, pod: &PodInfo) -> bool 
             .label_selector
             .as_ref()
             .is_some_and(|s| matches(s, &pod.labels))
+}
+
+/// Adds `sign` times the weight of each of `owner`'s preferred `terms` that selects
+/// `target` to the domain of `node` the term names; whether any did.
+fn weigh(
+    scores: &mut HashMap<Domain, i64>,
+    terms: &[WeightedPodAffinityTerm],
+    owner: &PodInfo,
+    target: &PodInfo,
+    node: &NodeInfo,
+    sign: i64,
+) -> bool {
+    let mut any = false;
+    for w in terms {
+        let key = &w.pod_affinity_term.topology_key;
+        if term_selects(&w.pod_affinity_term, owner, target)
+            && let Some(value) = node.labels.get(key)
+        {
+            *scores.entry((key.clone(), value.clone())).or_default() += sign * i64::from(w.weight);
+            any = true;
+        }
+    }
+    any
 }
 
 struct Terms<'a> {
@@ -156,22 +179,9 @@ impl Plugin for InterPodAffinity {
                     values.insert(v.clone());
                 }
             }
-            for w in own.preferred_affinity {
-                if term_selects(&w.pod_affinity_term, pod, other)
-                    && let Some(d) = domain(&w.pod_affinity_term.topology_key)
-                {
-                    *prepared.scores.entry(d).or_default() += i64::from(w.weight);
-                    any = true;
-                }
-            }
-            for w in own.preferred_anti {
-                if term_selects(&w.pod_affinity_term, pod, other)
-                    && let Some(d) = domain(&w.pod_affinity_term.topology_key)
-                {
-                    *prepared.scores.entry(d).or_default() -= i64::from(w.weight);
-                    any = true;
-                }
-            }
+            let scores = &mut prepared.scores;
+            any |= weigh(scores, own.preferred_affinity, pod, other, node, 1);
+            any |= weigh(scores, own.preferred_anti, pod, other, node, -1);
             // The placed pod's terms, against this pod.
             if !other.has_affinity {
                 continue;
@@ -192,22 +202,9 @@ impl Plugin for InterPodAffinity {
                     any = true;
                 }
             }
-            for w in theirs.preferred_affinity {
-                if term_selects(&w.pod_affinity_term, other, pod)
-                    && let Some(d) = domain(&w.pod_affinity_term.topology_key)
-                {
-                    *prepared.scores.entry(d).or_default() += i64::from(w.weight);
-                    any = true;
-                }
-            }
-            for w in theirs.preferred_anti {
-                if term_selects(&w.pod_affinity_term, other, pod)
-                    && let Some(d) = domain(&w.pod_affinity_term.topology_key)
-                {
-                    *prepared.scores.entry(d).or_default() -= i64::from(w.weight);
-                    any = true;
-                }
-            }
+            let scores = &mut prepared.scores;
+            any |= weigh(scores, theirs.preferred_affinity, other, pod, node, 1);
+            any |= weigh(scores, theirs.preferred_anti, other, pod, node, -1);
         }
         if !any {
             prepared.scores.clear();
@@ -278,9 +275,7 @@ impl Plugin for InterPodAffinity {
 
     /// `100 * (s - min) / (max - min)`; all 0 when every node scores the same.
     fn normalize(&self, scores: &mut [i64]) {
-        let scored = scores.iter().copied().filter(|s| *s != UNSCORED);
-        let max = scored.clone().max().unwrap_or(0);
-        let min = scored.min().unwrap_or(0);
+        let (min, max) = scored_range(scores);
         for s in scores.iter_mut().filter(|s| **s != UNSCORED) {
             *s = if max > min {
                 100 * (*s - min) / (max - min)
@@ -301,18 +296,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::framework::{Decision, default_plugins, schedule};
-
-    fn node(name: &str, zone: &str) -> k8s_openapi::api::core::v1::Node {
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {
-                "kubernetes.io/hostname": name,
-                "topology.kubernetes.io/zone": zone,
-            }},
-            "status": {"allocatable": {"cpu": "8", "memory": "8Gi", "pods": "110"}},
-        }))
-        .expect("node")
-    }
+    use crate::framework::{Decision, default_plugins, schedule, zoned_node as node};
 
     fn pod(name: &str, app: &str, affinity: Value) -> PodInfo {
         let pod: Pod = serde_json::from_value(json!({

@@ -22,12 +22,7 @@ impl Plugin for NodeUnschedulable {
             effect: "NoSchedule".into(),
             ..Default::default()
         };
-        let tolerations = pod
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.tolerations.as_deref())
-            .unwrap_or_default();
+        let tolerations = pod.tolerations();
         if tolerations
             .iter()
             .any(|t| skiff_api::taints::tolerates(t, &taint))

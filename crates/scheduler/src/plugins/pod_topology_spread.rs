@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use skiff_api::selector::matches;
 
 use crate::cache::{Cache, NodeInfo, PodInfo};
-use crate::framework::{Plugin, State, UNSCORED};
+use crate::framework::{Plugin, State, UNSCORED, scored_range};
 use crate::plugins::node_affinity;
 
 const HOSTNAME: &str = "kubernetes.io/hostname";
@@ -101,12 +101,7 @@ fn eligible(pod: &PodInfo, node: &NodeInfo, constraints: &[&TopologySpreadConstr
         .iter()
         .any(|c| c.node_taints_policy.as_deref() == Some("Honor"));
     if honor_taints {
-        let tolerations = pod
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.tolerations.as_deref())
-            .unwrap_or_default();
+        let tolerations = pod.tolerations();
         if skiff_api::taints::untolerated(&node.taints, tolerations, &["NoSchedule", "NoExecute"])
             .is_some()
         {
@@ -222,9 +217,7 @@ impl Plugin for PodTopologySpread {
     /// Fewer matching pods is better: `100 * (max + min - s) / max`; ignored nodes
     /// (without every key) stay unscored.
     fn normalize(&self, scores: &mut [i64]) {
-        let scored = scores.iter().copied().filter(|s| *s != UNSCORED);
-        let max = scored.clone().max().unwrap_or(0);
-        let min = scored.min().unwrap_or(0);
+        let (min, max) = scored_range(scores);
         for s in scores.iter_mut().filter(|s| **s != UNSCORED) {
             *s = if max == 0 {
                 100
@@ -245,18 +238,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::framework::{Decision, default_plugins, schedule};
-
-    fn zoned_node(name: &str, zone: &str) -> k8s_openapi::api::core::v1::Node {
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {
-                "kubernetes.io/hostname": name,
-                "topology.kubernetes.io/zone": zone,
-            }},
-            "status": {"allocatable": {"cpu": "8", "memory": "8Gi", "pods": "110"}},
-        }))
-        .expect("node")
-    }
+    use crate::framework::{Decision, default_plugins, schedule, zoned_node};
 
     fn spread_pod(name: &str, when: &str) -> PodInfo {
         let pod: Pod = serde_json::from_value(json!({

@@ -12,12 +12,7 @@ impl Plugin for TaintToleration {
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Vec<String> {
-        let tolerations = pod
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.tolerations.as_deref())
-            .unwrap_or_default();
+        let tolerations = pod.tolerations();
         match skiff_api::taints::untolerated(
             &node.taints,
             tolerations,
@@ -33,12 +28,7 @@ impl Plugin for TaintToleration {
     }
 
     fn score(&self, pod: &PodInfo, node: &NodeInfo, _: Option<&State>) -> Option<i64> {
-        let tolerations = pod
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.tolerations.as_deref())
-            .unwrap_or_default();
+        let tolerations = pod.tolerations();
         let intolerable = node
             .taints
             .iter()

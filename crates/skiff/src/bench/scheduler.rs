@@ -207,6 +207,22 @@ async fn wait_bound(
     Ok(())
 }
 
+/// A watch of the bench's pods from now on.
+async fn watch_bench_pods(
+    pod_api: &Api<Pod>,
+) -> Result<futures::stream::BoxStream<'static, kube::Result<WatchEvent<Pod>>>> {
+    let rv = pod_api
+        .list_metadata(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    Ok(pod_api
+        .watch(&WatchParams::default().labels("skiff.dev/bench=true"), &rv)
+        .await?
+        .boxed())
+}
+
 /// Creates `pods` small pods labelled `skiff.dev/bench=true` from `clients` tasks.
 async fn create_pods(
     api: &Api<Pod>,
@@ -244,16 +260,7 @@ async fn scheduler_alone(nodes: usize, pods: usize, clients: usize) -> Result<f6
     let bar = progress(pods, "pending pods");
     create_pods(&pod_api, pods, clients, &bar).await?;
     bar.finish_and_clear();
-    let rv = pod_api
-        .list_metadata(&ListParams::default().limit(1))
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
-    let mut watch = pod_api
-        .watch(&WatchParams::default().labels("skiff.dev/bench=true"), &rv)
-        .await?
-        .boxed();
+    let mut watch = watch_bench_pods(&pod_api).await?;
     let started = Instant::now();
     let _scheduler = Child(
         std::process::Command::new(std::env::current_exe()?)
@@ -282,16 +289,7 @@ async fn scenario_run(
 
     let namespace = "default";
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let rv = pod_api
-        .list_metadata(&ListParams::default().limit(1))
-        .await?
-        .metadata
-        .resource_version
-        .unwrap_or_default();
-    let mut watch = pod_api
-        .watch(&WatchParams::default().labels("skiff.dev/bench=true"), &rv)
-        .await?
-        .boxed();
+    let mut watch = watch_bench_pods(&pod_api).await?;
     let started = Instant::now();
     let creating = {
         let api = pod_api.clone();
