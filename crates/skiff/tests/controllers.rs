@@ -53,6 +53,20 @@ async fn replicasets_keep_their_pods_spread_and_scale() {
         let on = pods.iter().filter(|n| **n == format!("node-{i}")).count();
         assert_eq!(on, 10, "node-{i}: {pods:?}");
     }
+    // The same through a Deployment of 50 (Deployment -> ReplicaSet -> pods -> scheduler).
+    apply(
+        &c,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: fifty}\nspec:\n  replicas: 50\n  selector: {matchLabels: {app: fifty}}\n  template:\n    metadata: {labels: {app: fifty}}\n    spec: {containers: [{name: c, image: busybox}]}\n",
+    );
+    wait_for("the Deployment's 50 pods bound", || {
+        let pods = active_pods(&c, "fifty");
+        pods.len() == 50 && pods.iter().all(|n| !n.is_empty())
+    });
+    let pods = active_pods(&c, "fifty");
+    for i in 1..=5 {
+        let on = pods.iter().filter(|n| **n == format!("node-{i}")).count();
+        assert_eq!(on, 10, "node-{i}: {pods:?}");
+    }
     wait_for("status.replicas 50", || {
         c.ok(&["get", "rs", "web", "-o", "jsonpath={.status.replicas}"]) == "50"
     });

@@ -211,6 +211,28 @@ impl Registry {
         {
             errors.extend(check_labels(labels));
         }
+        // apimachinery's ValidateOwnerReferences: one controller at most.
+        let controllers: Vec<&str> = meta(obj)
+            .and_then(|m| m.get("ownerReferences"))
+            .and_then(Value::as_array)
+            .map(|refs| {
+                refs.iter()
+                    .filter(|o| o.get("controller") == Some(&Value::Bool(true)))
+                    .filter_map(|o| o.get("name").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if controllers.len() > 1 {
+            errors.push(FieldError {
+                field: "metadata.ownerReferences".into(),
+                reason: "FieldValueInvalid",
+                message: format!(
+                    "Invalid value: {:?}: Only one reference can have Controller set to true. Found \"true\" in references for {}",
+                    controllers,
+                    controllers.join(" and ")
+                ),
+            });
+        }
         if !errors.is_empty() {
             return Err(ApiError::invalid(r.kind, r.group, name, errors));
         }
@@ -729,5 +751,43 @@ impl Registry {
             Ok(_) | Err(ApiError { code: 409, .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_object_may_have_one_controller_only() {
+        let (_dir, registry) = test_registry();
+        registry
+            .ensure_namespace("default")
+            .await
+            .expect("namespace");
+        let configmaps = super::super::find("", "v1", "configmaps").expect("configmaps");
+        let owner = |name: &str| {
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name,
+                   "uid": format!("uid-{name}"), "controller": true})
+        };
+        let two = json!({"metadata": {"name": "cm", "ownerReferences": [owner("a"), owner("b")]}});
+        let Err(err) = registry
+            .create(configmaps, Some("default"), two, WriteOptions::default())
+            .await
+        else {
+            panic!("two controllers were accepted");
+        };
+        assert_eq!(err.code, 422);
+        assert!(
+            err.message
+                .contains("Only one reference can have Controller set to true"),
+            "{}",
+            err.message
+        );
+        let one = json!({"metadata": {"name": "cm", "ownerReferences": [owner("a")]}});
+        registry
+            .create(configmaps, Some("default"), one, WriteOptions::default())
+            .await
+            .expect("one controller");
     }
 }
