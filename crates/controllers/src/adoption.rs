@@ -85,6 +85,28 @@ pub(crate) fn selects(
     !selector_is_empty(selector) && skiff_api::selector::matches(selector, labels)
 }
 
+/// Queues the controllers in `orphan`'s namespace whose selector selects it: they may
+/// adopt it.
+pub(crate) fn queue_adopters<C, O>(
+    queue: &crate::queue::WorkQueue,
+    controllers: &kube::runtime::reflector::Store<C>,
+    orphan: &O,
+    selector: impl Fn(&C) -> Option<&LabelSelector>,
+) where
+    C: Resource<DynamicType = ()> + Clone + 'static,
+    O: Resource,
+{
+    let meta = orphan.meta();
+    let labels = meta.labels.clone().unwrap_or_default();
+    for controller in controllers.state() {
+        if controller.meta().namespace == meta.namespace
+            && selector(&controller).is_some_and(|s| selects(s, &labels))
+        {
+            queue.add(&crate::queue::object_key(&*controller));
+        }
+    }
+}
+
 fn selector_is_empty(s: &LabelSelector) -> bool {
     s.match_labels.as_ref().is_none_or(|m| m.is_empty())
         && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())

@@ -91,16 +91,9 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
                 Some(_) => {}
                 // An orphan: the Deployments that select it may adopt it.
                 None if rs.metadata.deletion_timestamp.is_none() => {
-                    let labels = rs.metadata.labels.clone().unwrap_or_default();
-                    for d in d_store.state() {
-                        let selects = d.metadata.namespace.as_deref() == Some(ns)
-                            && d.spec
-                                .as_ref()
-                                .is_some_and(|s| crate::adoption::selects(&s.selector, &labels));
-                        if selects {
-                            q.add(&key(ns, d.metadata.name.as_deref().unwrap_or_default()));
-                        }
-                    }
+                    crate::adoption::queue_adopters(&q, &d_store, &rs, |d: &Deployment| {
+                        d.spec.as_ref().map(|s| &s.selector)
+                    });
                 }
                 None => {}
             }

@@ -19,14 +19,7 @@ const PERIOD: Duration = Duration::from_secs(1);
 
 pub async fn run(client: kube::Client, pods: Shared<Pod>) -> Result<(), Error> {
     let pods = pods.store();
-    pods.wait_until_ready().await.ok();
-    let mut tick = tokio::time::interval(PERIOD);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&client, &pods).await {
-            tracing::warn!(error = %e, "disruption budgets");
-        }
-    }
+    crate::shared::passes_over(&pods, PERIOD, "disruption budgets", || pass(&client, &pods)).await
 }
 
 fn resolve(value: &IntOrString, total: i32) -> i32 {

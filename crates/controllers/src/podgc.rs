@@ -18,14 +18,10 @@ const TERMINATED_THRESHOLD: usize = 12_500;
 
 pub async fn run(client: kube::Client, pods: Shared<Pod>) -> Result<(), Error> {
     let pods = pods.store();
-    pods.wait_until_ready().await.ok();
-    let mut tick = tokio::time::interval(PERIOD);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&client, &pods).await {
-            tracing::warn!(error = %e, "pod garbage collection");
-        }
-    }
+    crate::shared::passes_over(&pods, PERIOD, "pod garbage collection", || {
+        pass(&client, &pods)
+    })
+    .await
 }
 
 async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Error> {

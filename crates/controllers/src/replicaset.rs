@@ -128,17 +128,9 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
             Some(_) => {}
             // An orphan: the ReplicaSets that select it may adopt it.
             None if pod.metadata.deletion_timestamp.is_none() => {
-                let labels = pod.metadata.labels.clone().unwrap_or_default();
-                for rs in sets.state() {
-                    let selects = rs.metadata.namespace.as_deref() == Some(ns)
-                        && rs
-                            .spec
-                            .as_ref()
-                            .is_some_and(|s| crate::adoption::selects(&s.selector, &labels));
-                    if selects {
-                        queue.add(&key(ns, rs.metadata.name.as_deref().unwrap_or_default()));
-                    }
-                }
+                crate::adoption::queue_adopters(&queue, &sets, &*pod, |rs: &ReplicaSet| {
+                    rs.spec.as_ref().map(|s| &s.selector)
+                });
             }
             None => {}
         }

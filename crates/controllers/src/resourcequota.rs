@@ -21,14 +21,7 @@ const PERIOD: Duration = Duration::from_secs(2);
 
 pub async fn run(client: kube::Client, pods: Shared<Pod>) -> Result<(), Error> {
     let pods = pods.store();
-    pods.wait_until_ready().await.ok();
-    let mut tick = tokio::time::interval(PERIOD);
-    loop {
-        tick.tick().await;
-        if let Err(e) = pass(&client, &pods).await {
-            tracing::warn!(error = %e, "resource quotas");
-        }
-    }
+    crate::shared::passes_over(&pods, PERIOD, "resource quotas", || pass(&client, &pods)).await
 }
 
 /// `1500` millicores -> `1500m`, `2000` -> `2`.

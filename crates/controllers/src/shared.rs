@@ -95,3 +95,26 @@ where
         .boxed()
     }
 }
+
+/// Runs `pass` every `period` once `store` has its first list, logging failures: the
+/// loop of the controllers that still work in periodic passes over the shared pods.
+pub(crate) async fn passes_over<K, F, Fut>(
+    store: &Store<K>,
+    period: std::time::Duration,
+    what: &'static str,
+    pass: F,
+) -> Result<(), crate::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), kube::Error>>,
+{
+    let _ = store.wait_until_ready().await;
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        if let Err(e) = pass().await {
+            tracing::warn!(error = %e, what, "periodic pass failed");
+        }
+    }
+}
