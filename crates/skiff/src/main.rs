@@ -3,6 +3,7 @@
 
 mod bench;
 mod controller_manager;
+mod runtime;
 mod scheduler;
 mod server;
 
@@ -32,6 +33,11 @@ enum Command {
     Scheduler(scheduler::SchedulerArgs),
     /// Run the controller manager against an API server.
     ControllerManager(controller_manager::ControllerManagerArgs),
+    /// Run the container runtime: a CRI v1 server on a Unix socket.
+    Runtime(runtime::RuntimeArgs),
+    /// Import, list and remove images of the runtime.
+    #[command(subcommand)]
+    Images(runtime::Images),
     /// Measure a component's performance.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -56,6 +62,8 @@ fn main() -> Result<()> {
         Command::Apiserver(args) => runtime.block_on(server::run(args, "apiserver")),
         Command::Scheduler(args) => runtime.block_on(scheduler::run(args)),
         Command::ControllerManager(args) => runtime.block_on(controller_manager::run(args)),
+        Command::Runtime(args) => runtime.block_on(runtime::run(args)),
+        Command::Images(images) => runtime.block_on(images.run()),
         Command::Bench(bench) => runtime.block_on(bench.run()),
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
