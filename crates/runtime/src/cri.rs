@@ -39,6 +39,19 @@ fn not_yet(rpc: &str) -> Status {
     ))
 }
 
+/// Runs a store operation off the async workers: the store does file I/O and may wait
+/// for an import's lock.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<ImageStore>,
+    op: impl FnOnce(&ImageStore) -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, Status> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || op(&store))
+        .await
+        .map_err(|e| Status::internal(format!("image store task: {e}")))?
+        .map_err(internal)
+}
+
 fn internal(e: ImageError) -> Status {
     match e {
         ImageError::NotFound(name) => Status::not_found(format!("image {name:?} not found")),
@@ -53,6 +66,8 @@ fn image_of(record: &ImageRecord) -> Image {
         repo_tags: record.repo_tags.clone(),
         repo_digests: record.repo_digests.clone(),
         size: record.size,
+        // Imported images cannot be pulled again: the kubelet's image GC must keep them.
+        pinned: true,
         spec: Some(ImageSpec {
             image: record.id.clone(),
             ..Default::default()
@@ -89,13 +104,11 @@ impl ImageService for Cri {
             .map(|i| i.image)
             .filter(|i| !i.is_empty());
         let images = match filter {
-            Some(name) => self
-                .images
-                .find(&name)
-                .map_err(internal)?
+            Some(name) => blocking(&self.images, move |s| s.find(&name))
+                .await?
                 .into_iter()
                 .collect(),
-            None => self.images.list().map_err(internal)?,
+            None => blocking(&self.images, |s| s.list()).await?,
         };
         Ok(Response::new(ListImagesResponse {
             images: images.iter().map(image_of).collect(),
@@ -108,12 +121,27 @@ impl ImageService for Cri {
         request: Request<ImageStatusRequest>,
     ) -> Reply<ImageStatusResponse> {
         let request = request.into_inner();
-        let name = named(request.image.as_ref())?;
-        let Some(record) = self.images.find(name).map_err(internal)? else {
+        let name = named(request.image.as_ref())?.to_string();
+        let found = blocking(&self.images, move |s| {
+            let Some(record) = s.find(&name)? else {
+                return Ok(None);
+            };
+            // Removed between the two reads: as if it were not there.
+            match config_of(s, &record) {
+                Ok(config) => Ok(Some((record, config))),
+                Err(ImageError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await?;
+        let Some((record, config)) = found else {
             return Ok(Response::new(ImageStatusResponse::default()));
         };
         let mut image = image_of(&record);
-        let config = config_of(&self.images, &record).map_err(internal)?;
         user_of(&mut image, &config);
         let mut info = std::collections::HashMap::new();
         if request.verbose {
@@ -129,7 +157,8 @@ impl ImageService for Cri {
     async fn pull_image(&self, request: Request<PullImageRequest>) -> Reply<PullImageResponse> {
         let name = named(request.get_ref().image.as_ref())?.to_string();
         // Imported images are "pulled" already.
-        if let Some(record) = self.images.find(&name).map_err(internal)? {
+        let lookup = name.clone();
+        if let Some(record) = blocking(&self.images, move |s| s.find(&lookup)).await? {
             return Ok(Response::new(PullImageResponse {
                 image_ref: record.id,
             }));
@@ -144,15 +173,17 @@ impl ImageService for Cri {
         request: Request<RemoveImageRequest>,
     ) -> Reply<RemoveImageResponse> {
         let name = named(request.get_ref().image.as_ref())?.to_string();
-        match self.images.remove(&name) {
+        blocking(&self.images, move |s| match s.remove(&name) {
             // Removing what is not there succeeds, as the CRI asks.
-            Ok(_) | Err(ImageError::NotFound(_)) => Ok(Response::new(RemoveImageResponse {})),
-            Err(e) => Err(internal(e)),
-        }
+            Ok(_) | Err(ImageError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(Response::new(RemoveImageResponse {}))
     }
 
     async fn image_fs_info(&self, _: Request<ImageFsInfoRequest>) -> Reply<ImageFsInfoResponse> {
-        let (bytes, files) = self.images.usage().map_err(internal)?;
+        let (bytes, files) = blocking(&self.images, |s| s.usage()).await?;
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
@@ -354,10 +385,16 @@ impl RuntimeService for Cri {
     ) -> Reply<UpdateRuntimeConfigResponse> {
         Ok(Response::new(UpdateRuntimeConfigResponse::default()))
     }
+    /// The cgroup driver, which kubelets (1.31+) take from the runtime: cgroupfs (this
+    /// machine kind has no systemd).
     async fn runtime_config(
         &self,
         _: Request<RuntimeConfigRequest>,
     ) -> Reply<RuntimeConfigResponse> {
-        Ok(Response::new(RuntimeConfigResponse::default()))
+        Ok(Response::new(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
     }
 }

@@ -18,6 +18,11 @@ use sha2::{Digest, Sha256};
 use crate::reference::Reference;
 
 const INDEX: &str = "images.json";
+/// The most a JSON blob (index, manifest, config) may weigh before it is parsed.
+const MAX_JSON: u64 = 4 << 20;
+/// The platform image indexes resolve to.
+const OS: &str = "linux";
+const ARCH: &str = "amd64";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -63,6 +68,12 @@ pub struct ImageRecord {
     pub manifest: Option<String>,
     /// Layer blobs, lowest first (compressed or not, as imported).
     pub layers: Vec<String>,
+    /// Each layer's media type (gzip, zstd or plain tar), for unpacking.
+    #[serde(default)]
+    pub layer_media_types: Vec<String>,
+    /// The image index the manifest was chosen from, kept for pinned references.
+    #[serde(default)]
+    pub index: Option<String>,
     /// Bytes of the config and layers.
     pub size: u64,
 }
@@ -103,6 +114,28 @@ impl ImageStore {
         let file = File::create(&path).map_err(io("creating", &path))?;
         file.lock().map_err(io("locking", &path))?;
         Ok(file)
+    }
+
+    /// Removes what an interrupted import left: temporary files and blobs no image uses.
+    /// Run by the server at start, under the store's lock.
+    pub fn collect_garbage(&self) -> Result<usize> {
+        let _lock = self.lock()?;
+        let images = self.list()?;
+        let kept: BTreeSet<String> = images
+            .iter()
+            .flat_map(blobs_of)
+            .map(|d| d.trim_start_matches("sha256:").to_string())
+            .collect();
+        let dir = self.root.join("blobs/sha256");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&dir).map_err(io("reading", &dir))? {
+            let entry = entry.map_err(io("reading", &dir))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !kept.contains(&name) && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Every image, by id.
@@ -202,11 +235,19 @@ impl ImageStore {
                     .into(),
             ))
         };
+        let written: Vec<String> = files.values().map(|(d, _)| d.clone()).collect();
         let mut found = match parsed {
+            Ok(found) if !extra.is_empty() && found.len() > 1 => {
+                self.sweep(written.iter(), &images);
+                return Err(ImageError::Format(format!(
+                    "--tag names one image, the tarball holds {}",
+                    found.len()
+                )));
+            }
             Ok(found) => found,
             Err(e) => {
                 // A bad tarball leaves nothing behind.
-                self.sweep(files.values().map(|(d, _)| d), &images);
+                self.sweep(written.iter(), &images);
                 return Err(e);
             }
         };
@@ -243,9 +284,12 @@ impl ImageStore {
                 names: image.repo_tags.clone(),
             });
         }
-        self.save(&images)?;
+        if let Err(e) = self.save(&images) {
+            self.sweep(written.iter(), &self.list().unwrap_or_default());
+            return Err(e);
+        }
         // The layout's own files (index.json, ...) and anything no image uses go.
-        self.sweep(files.values().map(|(d, _)| d), &images);
+        self.sweep(written.iter(), &images);
         Ok(imported)
     }
 
@@ -291,22 +335,44 @@ impl ImageStore {
             && magic == [0x1f, 0x8b];
         let file = File::open(tarball).map_err(io("opening", tarball))?;
         let reader: Box<dyn Read> = if gzipped {
-            Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+            Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
         } else {
             Box::new(BufReader::new(file))
         };
         let mut archive = tar::Archive::new(reader);
         let mut files = HashMap::new();
+        // Older `docker save` links repeated layers: path -> target, resolved below.
+        let mut links: Vec<(String, String)> = Vec::new();
         for entry in archive.entries().map_err(ImageError::Tar)? {
             let mut entry = entry.map_err(ImageError::Tar)?;
-            if !entry.header().entry_type().is_file() {
-                continue;
-            }
             let path = entry.path().map_err(ImageError::Tar)?;
             let path = path.to_string_lossy().trim_start_matches("./").to_string();
+            let kind = entry.header().entry_type();
+            if kind.is_symlink() || kind.is_hard_link() {
+                if let Some(target) = entry.link_name().map_err(ImageError::Tar)? {
+                    let target = target.to_string_lossy().to_string();
+                    // A symlink's target is relative to its directory.
+                    let target = match (kind.is_symlink(), path.rsplit_once('/')) {
+                        (true, Some((dir, _))) if !target.starts_with('/') => {
+                            normalize(&format!("{dir}/{target}"))
+                        }
+                        _ => normalize(&target),
+                    };
+                    links.push((path, target));
+                }
+                continue;
+            }
+            if !kind.is_file() {
+                continue;
+            }
             let (digest, size) = self.write_blob(&mut entry)?;
             written.push(digest.clone());
             files.insert(path, (digest, size));
+        }
+        for (path, target) in links {
+            if let Some(found) = files.get(&target).cloned() {
+                files.insert(path, found);
+            }
         }
         Ok(files)
     }
@@ -347,9 +413,12 @@ impl ImageStore {
     fn checked<'a>(
         &self,
         files: &'a HashMap<String, (String, u64)>,
-        digest: &str,
+        descriptor: &Value,
         what: &str,
     ) -> Result<&'a (String, u64)> {
+        let digest = descriptor["digest"]
+            .as_str()
+            .ok_or_else(|| ImageError::Format(format!("{what}: a descriptor without a digest")))?;
         let hex_part = digest
             .strip_prefix("sha256:")
             .ok_or_else(|| ImageError::Format(format!("{what}: unsupported digest {digest}")))?;
@@ -364,10 +433,28 @@ impl ImageStore {
                 actual: found.0.clone(),
             });
         }
+        // The descriptor's size must be the content's, as the image spec requires.
+        if let Some(size) = descriptor["size"].as_u64()
+            && size != found.1
+        {
+            return Err(ImageError::Format(format!(
+                "{what}: the descriptor says {size} bytes, the content is {}",
+                found.1
+            )));
+        }
         Ok(found)
     }
 
     fn json_blob(&self, digest: &str, what: &str) -> Result<Value> {
+        let path = self.blob_path(digest);
+        let size = std::fs::metadata(&path)
+            .map_err(io("reading", &path))?
+            .len();
+        if size > MAX_JSON {
+            return Err(ImageError::Format(format!(
+                "{what} is {size} bytes, more than JSON of an image may be ({MAX_JSON})"
+            )));
+        }
         serde_json::from_slice(&self.blob(digest)?)
             .map_err(|e| ImageError::Format(format!("{what} is not JSON: {e}")))
     }
@@ -376,6 +463,11 @@ impl ImageStore {
         let index = self.json_blob(&files["index.json"].0, "index.json")?;
         let mut images = Vec::new();
         for descriptor in index["manifests"].as_array().into_iter().flatten() {
+            // Per-platform manifests listed directly: only this platform's.
+            let platform = &descriptor["platform"];
+            if platform.is_object() && (platform["os"] != OS || platform["architecture"] != ARCH) {
+                continue;
+            }
             let annotations = &descriptor["annotations"];
             let name = annotations["io.containerd.image.name"]
                 .as_str()
@@ -386,15 +478,24 @@ impl ImageStore {
                 })
                 .map(Reference::parse)
                 .transpose()?;
+            let top = descriptor["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let manifest_digest = self.resolve_platform(files, descriptor)?;
             let manifest = self.json_blob(&manifest_digest, "the manifest")?;
             let mut record = self.record_from_manifest(files, &manifest)?;
             record.manifest = Some(manifest_digest.clone());
+            if top != manifest_digest {
+                record.index = Some(top.clone());
+            }
             if let Some(name) = name {
                 record.repo_tags.extend(name.tagged());
+                // As containerd: the digest a pull by name resolves to, the index's for a
+                // multi-platform image.
                 record
                     .repo_digests
-                    .push(format!("{}@{manifest_digest}", name.repository));
+                    .push(format!("{}@{top}", name.repository));
             }
             images.push(record);
         }
@@ -410,10 +511,8 @@ impl ImageStore {
         files: &HashMap<String, (String, u64)>,
         descriptor: &Value,
     ) -> Result<String> {
-        let digest = descriptor["digest"]
-            .as_str()
-            .ok_or_else(|| ImageError::Format("a descriptor without a digest".into()))?;
-        self.checked(files, digest, "a manifest")?;
+        self.checked(files, descriptor, "a manifest")?;
+        let digest = descriptor["digest"].as_str().unwrap_or_default();
         let media = descriptor["mediaType"].as_str().unwrap_or_default();
         let blob = self.json_blob(digest, "a manifest")?;
         let is_index = media.ends_with("image.index.v1+json")
@@ -426,9 +525,9 @@ impl ImageStore {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+            .find(|m| m["platform"]["os"] == OS && m["platform"]["architecture"] == ARCH)
             .ok_or_else(|| {
-                ImageError::Format("the image index has no linux/amd64 manifest".into())
+                ImageError::Format(format!("the image index has no {OS}/{ARCH} manifest"))
             })?;
         self.resolve_platform(files, chosen)
     }
@@ -438,23 +537,29 @@ impl ImageStore {
         files: &HashMap<String, (String, u64)>,
         manifest: &Value,
     ) -> Result<ImageRecord> {
-        let config = manifest["config"]["digest"]
-            .as_str()
-            .ok_or_else(|| ImageError::Format("the manifest has no config".into()))?;
-        let (_, config_size) = self.checked(files, config, "the image config")?;
+        let (config, config_size) = self.checked(files, &manifest["config"], "the image config")?;
         let mut size = *config_size;
         let mut layers = Vec::new();
+        let mut layer_media_types = Vec::new();
         for layer in manifest["layers"].as_array().into_iter().flatten() {
-            let digest = layer["digest"]
-                .as_str()
-                .ok_or_else(|| ImageError::Format("a layer without a digest".into()))?;
-            let (_, layer_size) = self.checked(files, digest, "a layer")?;
+            let (digest, layer_size) = self.checked(files, layer, "a layer")?;
             size += layer_size;
-            layers.push(digest.to_string());
+            layers.push(digest.clone());
+            layer_media_types.push(layer["mediaType"].as_str().unwrap_or_default().to_string());
+        }
+        let diff_ids = self.json_blob(config, "the image config")?["rootfs"]["diff_ids"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if diff_ids != layers.len() {
+            return Err(ImageError::Format(format!(
+                "the config lists {diff_ids} layers (diff_ids), the manifest {}",
+                layers.len()
+            )));
         }
         Ok(ImageRecord {
-            id: config.to_string(),
+            id: config.clone(),
             layers,
+            layer_media_types,
             size,
             ..Default::default()
         })
@@ -499,13 +604,19 @@ impl ImageStore {
             for tag in entry["RepoTags"].as_array().into_iter().flatten() {
                 repo_tags.extend(Reference::parse(tag.as_str().unwrap_or_default())?.tagged());
             }
+            let layer_media_types =
+                vec!["application/vnd.docker.image.rootfs.diff.tar".to_string(); layers.len()];
             images.push(ImageRecord {
                 id: config.clone(),
                 repo_tags,
                 layers,
+                layer_media_types,
                 size,
                 ..Default::default()
             });
+        }
+        if images.is_empty() {
+            return Err(ImageError::Format("manifest.json lists no images".into()));
         }
         Ok(images)
     }
@@ -514,6 +625,7 @@ impl ImageStore {
 fn blobs_of(image: &ImageRecord) -> impl Iterator<Item = &String> {
     std::iter::once(&image.id)
         .chain(image.manifest.iter())
+        .chain(image.index.iter())
         .chain(image.layers.iter())
 }
 
@@ -554,4 +666,19 @@ fn tempfile_in(dir: &Path) -> PathBuf {
 /// The image config of `image` (for verbose ImageStatus).
 pub fn config_of(store: &ImageStore, image: &ImageRecord) -> Result<Value> {
     store.json_blob(&image.id, "the image config")
+}
+
+/// A tar path with `.` and `..` resolved (never above the archive's root).
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    parts.join("/")
 }

@@ -43,6 +43,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("another runtime is serving on {}", .0.display())]
+    InUse(PathBuf),
     #[error("serving CRI: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
@@ -52,6 +54,10 @@ pub enum Error {
 /// Serves CRI on `config.listen` until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let store = ImageStore::open(&config.data_dir.join("images"))?;
+    let collected = store.collect_garbage()?;
+    if collected > 0 {
+        tracing::info!(files = collected, "removed what interrupted imports left");
+    }
     let io = |what, path: &std::path::Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { what, path, source }
@@ -59,7 +65,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(parent) = config.listen.parent() {
         std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     }
-    // A socket left by an earlier run (a crash) would make bind fail.
+    // A live runtime keeps its socket; one left by a crash would make bind fail.
+    if tokio::net::UnixStream::connect(&config.listen)
+        .await
+        .is_ok()
+    {
+        return Err(Error::InUse(config.listen.clone()));
+    }
     match std::fs::remove_file(&config.listen) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -45,19 +45,45 @@ impl Reference {
         if name.is_empty() || tag.as_deref() == Some("") {
             return Err(invalid());
         }
-        let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:".contains(c);
-        if !name.chars().all(valid) {
-            return Err(invalid());
-        }
         let first = name.split('/').next().unwrap_or_default();
         let has_registry = name.contains('/')
             && (first.contains('.') || first.contains(':') || first == "localhost");
-        let repository = if has_registry {
-            name.to_string()
-        } else if name.contains('/') {
-            format!("docker.io/{name}")
+        // Docker Hub's own names: `index.docker.io` is `docker.io`, and its single-part
+        // repositories live under `library/`.
+        let (registry, path) = if has_registry {
+            let (registry, path) = name.split_once('/').unwrap_or((name, ""));
+            let registry = if registry == "index.docker.io" {
+                "docker.io"
+            } else {
+                registry
+            };
+            (registry, path)
         } else {
-            format!("docker.io/library/{name}")
+            ("docker.io", name)
+        };
+        // Repository paths are lower case; a registry host may have capitals.
+        let path_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c);
+        let host_ok = |c: char| c.is_ascii_alphanumeric() || ".-:".contains(c);
+        if path.is_empty()
+            || path.split('/').any(str::is_empty)
+            || !path.chars().all(path_ok)
+            || !registry.chars().all(host_ok)
+        {
+            return Err(invalid());
+        }
+        if tag.as_deref().is_some_and(|t| {
+            t.len() > 128
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                || t.starts_with(['.', '-'])
+        }) {
+            return Err(invalid());
+        }
+        let repository = if registry == "docker.io" && !path.contains('/') {
+            format!("docker.io/library/{path}")
+        } else {
+            format!("{registry}/{path}")
         };
         let tag = match (&tag, &digest) {
             (None, None) => Some("latest".to_string()),
@@ -113,12 +139,32 @@ mod tests {
         assert_eq!(norm("user/app"), "docker.io/user/app:latest");
         assert_eq!(norm("localhost:5000/app:v1"), "localhost:5000/app:v1");
         assert_eq!(norm("127.0.0.1:5000/a/b"), "127.0.0.1:5000/a/b:latest");
+        assert_eq!(
+            norm("docker.io/busybox"),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            norm("index.docker.io/library/busybox:1"),
+            "docker.io/library/busybox:1"
+        );
+        assert_eq!(
+            norm("Registry.Example:5000/app"),
+            "Registry.Example:5000/app:latest"
+        );
         let pinned = format!("busybox@sha256:{}", "a".repeat(64));
         assert_eq!(
             norm(&pinned),
             format!("docker.io/library/busybox@sha256:{}", "a".repeat(64))
         );
-        for bad in ["", "Busybox", "a b", "busybox:", "x@sha256:12"] {
+        for bad in [
+            "",
+            "Busybox",
+            "a b",
+            "busybox:",
+            "x@sha256:12",
+            "a//b",
+            "x:-bad",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -43,10 +43,12 @@ fn busybox_layer() -> Vec<u8> {
     tar.into_inner().expect("layer")
 }
 
-fn config(diff_id: &str) -> Vec<u8> {
+/// An image config over one layer; `variant` makes configs (and so image ids) differ.
+fn config(diff_id: &str, variant: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": ["/bin/sh"], "User": "1000", "Env": ["PATH=/bin"]},
+        "config": {"Entrypoint": ["/bin/sh"], "User": "1000", "Env": ["PATH=/bin"],
+                   "Labels": {"variant": variant}},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     }))
     .expect("config")
@@ -61,7 +63,7 @@ fn add(tar: &mut tar::Builder<Vec<u8>>, path: &str, bytes: &[u8]) {
 }
 
 /// An OCI image layout named `name`; `tamper` flips a byte of the layer after hashing.
-fn oci_layout(name: &str, tamper: bool) -> Vec<u8> {
+fn oci_layout(name: &str, tamper: bool, variant: &str) -> Vec<u8> {
     let layer = busybox_layer();
     let diff_id = sha(&layer);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -72,7 +74,7 @@ fn oci_layout(name: &str, tamper: bool) -> Vec<u8> {
         let last = layer_gz.len() - 1;
         layer_gz[last] ^= 0xff;
     }
-    let config = config(&diff_id);
+    let config = config(&diff_id, variant);
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -100,7 +102,7 @@ fn oci_layout(name: &str, tamper: bool) -> Vec<u8> {
 fn docker_archive(tag: &str) -> Vec<u8> {
     let layer = busybox_layer();
     let diff_id = sha(&layer);
-    let config = config(&diff_id);
+    let config = config(&diff_id, "docker");
     let config_name = format!("{}.json", sha(&config).trim_start_matches("sha256:"));
     let manifest = serde_json::to_vec(&json!([
         {"Config": config_name, "RepoTags": [tag], "Layers": ["layer1/layer.tar"]}
@@ -240,18 +242,20 @@ async fn images_are_imported_verified_listed_and_removed_through_the_cri() {
             .any(|c| c.r#type == "RuntimeReady" && c.status)
     );
 
-    // An OCI layout and a docker archive of the same filesystem.
-    let oci = rt.file(
-        "oci.tar",
-        &oci_layout("docker.io/library/busybox:test", false),
-    );
-    let out = rt.import(&oci, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("docker.io/library/busybox:test"));
+    // Two OCI images sharing their (gzipped) layer, and a docker archive.
+    for (file, name, variant) in [
+        ("oci.tar", "docker.io/library/busybox:test", "a"),
+        ("other.tar", "docker.io/library/busybox:other", "b"),
+    ] {
+        let oci = rt.file(file, &oci_layout(name, false, variant));
+        let out = rt.import(&oci, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(name));
+    }
     let archive = rt.file("docker.tar", &docker_archive("example/tool:1"));
     let out = rt.import(&archive, &["--tag", "mirror.local/tool:2"]);
     assert!(
@@ -314,7 +318,7 @@ async fn images_are_imported_verified_listed_and_removed_through_the_cri() {
 
     // A tampered layer is refused, and nothing refers to it.
     let before = rt.blobs();
-    let bad = rt.file("bad.tar", &oci_layout("docker.io/library/bad:1", true));
+    let bad = rt.file("bad.tar", &oci_layout("docker.io/library/bad:1", true, "c"));
     let out = rt.import(&bad, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -354,7 +358,17 @@ async fn images_are_imported_verified_listed_and_removed_through_the_cri() {
             .await
             .expect("RemoveImage");
     }
-    assert!(rt.blobs() < blobs, "{} -> {}", blobs, rt.blobs());
+    // Its config and manifest go; the layer stays for busybox:other.
+    assert_eq!(rt.blobs(), blobs - 2);
+    let other = images
+        .image_status(ImageStatusRequest {
+            image: spec("docker.io/busybox:other"),
+            verbose: false,
+        })
+        .await
+        .expect("ImageStatus")
+        .into_inner();
+    assert!(other.image.is_some_and(|i| i.pinned));
     let left = images
         .list_images(ListImagesRequest::default())
         .await
@@ -372,4 +386,15 @@ async fn images_are_imported_verified_listed_and_removed_through_the_cri() {
         .await
         .expect_err("not yet");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
+
+    // A second runtime does not take a live runtime's socket.
+    let socket = rt.socket();
+    let second = rt.skiff(
+        &["runtime", "--data-dir"],
+        &[&rt.data(), Path::new("--listen"), &socket],
+    );
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another runtime is serving on"), "{err}");
+    assert!(socket.exists());
 }
