@@ -43,12 +43,7 @@ where
                     {"op": "test", "path": "/metadata/uid", "value": uid},
                     {"op": "test", "path": "/metadata/resourceVersion", "value": version},
                     {"op": "test", "path": format!("/metadata/ownerReferences/{i}/uid"), "value": owner.uid},
-                    // The last reference takes the list with it (as upstream omits it).
-                    if refs.len() == 1 {
-                        json!({"op": "remove", "path": "/metadata/ownerReferences"})
-                    } else {
-                        json!({"op": "remove", "path": format!("/metadata/ownerReferences/{i}")})
-                    },
+                    {"op": "remove", "path": format!("/metadata/ownerReferences/{i}")},
                 ]);
                 release_or_adopt(api, &name, patch).await?;
             }

@@ -224,8 +224,8 @@ async fn remove_finalizer(
     drop_from_metadata_list(client, kind, o, "finalizers", |f| f != finalizer).await
 }
 
-/// Rewrites the list `metadata.FIELD` keeping the items `keep` accepts (removing the
-/// field when none is left), by compare-and-swap on the version read.
+/// Rewrites the list `metadata.FIELD` keeping the items `keep` accepts, by
+/// compare-and-swap on the version read.
 async fn drop_from_metadata_list(
     client: &kube::Client,
     kind: &Kind,
@@ -244,12 +244,8 @@ async fn drop_from_metadata_list(
         .flatten()
         .filter(|item| keep(item))
         .collect();
-    let list = if kept.is_empty() {
-        serde_json::Value::Null
-    } else {
-        json!(kept)
-    };
-    let patch = json!({"metadata": {field: list, "resourceVersion": meta["resourceVersion"]}});
+    // An emptied list is left out by the API server, as upstream's omitempty.
+    let patch = json!({"metadata": {field: kept, "resourceVersion": meta["resourceVersion"]}});
     ignore_not_found(
         api.patch(&o.name, &PatchParams::default(), &Patch::Merge(patch))
             .await,

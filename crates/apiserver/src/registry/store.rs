@@ -258,6 +258,23 @@ impl Registry {
                 warnings.extend(unknown);
             }
         }
+        let mut normalized = normalized;
+        // Go's `omitempty`: an empty list of owners or finalizers is no list at all, so
+        // removing the last one leaves the field out, as upstream serves it.
+        if let Some(meta) = normalized
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+        {
+            for list in ["ownerReferences", "finalizers"] {
+                if meta
+                    .get(list)
+                    .and_then(Value::as_array)
+                    .is_some_and(Vec::is_empty)
+                {
+                    meta.remove(list);
+                }
+            }
+        }
         Ok(normalized)
     }
 
