@@ -19,11 +19,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
 use crate::events::Recorder;
-use crate::queue::{
-    RESYNC, WorkQueue, Workers, object_key, open_when_synced, owner_key, reflect, resync,
-};
+use crate::queue::{WorkQueue, Workers, drive, object_key, owner_key, reflect};
 use crate::shared::Shared;
-use crate::{Error, delete_pod, status_changed, write_status};
+use crate::{Error, delete_pod, pod_ready, status_changed, write_status};
 
 const WORKERS: usize = 4;
 const HASH_LABEL: &str = "controller-revision-hash";
@@ -114,19 +112,15 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     });
     // Syncs start once every cache has its first list; all objects are looked at
     // again every minute.
-    let synced = open_when_synced(
-        ctx.queue.clone(),
+    drive(
+        &ctx.queue,
         vec![
             Box::new(ctx.sets.clone()),
             Box::new(ctx.nodes.clone()),
             Box::new(ctx.pods.clone()),
         ],
-    );
-    let resynced = resync(ctx.queue.clone(), ctx.sets.clone(), RESYNC);
-    futures::future::join3(
+        ctx.sets.clone(),
         futures::future::join3(set_loop, node_loop, pod_loop),
-        synced,
-        resynced,
     )
     .await;
     Ok(())
@@ -201,13 +195,6 @@ fn template_hash(ds: &DaemonSet) -> String {
     format!("{hash:08x}").chars().take(10).collect()
 }
 
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 async fn reconcile(ctx: &Context, key: &str) -> Result<(), kube::Error> {
     let client = &ctx.client;
     let (ns, name) = key.split_once('/').unwrap_or(("", key));
@@ -267,7 +254,7 @@ async fn reconcile(ctx: &Context, key: &str) -> Result<(), kube::Error> {
                 .map_or(1, |p| (desired * p / 100).max(1)),
             None => 1,
         };
-        let mut unavailable = by_node.values().flatten().filter(|p| !ready(p)).count();
+        let mut unavailable = by_node.values().flatten().filter(|p| !pod_ready(p)).count();
         let (mut current, mut updated, mut ready_count) = (0, 0, 0);
         for node in &eligible_nodes {
             let node_name = node.metadata.name.clone().unwrap_or_default();
@@ -311,7 +298,7 @@ async fn reconcile(ctx: &Context, key: &str) -> Result<(), kube::Error> {
             if up_to_date {
                 updated += 1;
             }
-            if ready(pod) {
+            if pod_ready(pod) {
                 ready_count += 1;
             }
             // Extra pods on one node go; an outdated one is replaced within the budget.
@@ -319,10 +306,10 @@ async fn reconcile(ctx: &Context, key: &str) -> Result<(), kube::Error> {
                 delete_pod(&pods_api, extra).await?;
                 deleted(ctx, &ds, extra);
             }
-            if !up_to_date && !on_delete && (unavailable < max_unavailable || !ready(pod)) {
+            if !up_to_date && !on_delete && (unavailable < max_unavailable || !pod_ready(pod)) {
                 delete_pod(&pods_api, pod).await?;
                 deleted(ctx, &ds, pod);
-                if ready(pod) {
+                if pod_ready(pod) {
                     unavailable += 1;
                 }
             }

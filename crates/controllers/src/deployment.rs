@@ -19,10 +19,10 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
-use crate::Error;
 use crate::events::Recorder;
-use crate::queue::{RESYNC, WorkQueue, Workers, open_when_synced, reflect, resync};
+use crate::queue::{WorkQueue, Workers, drive, key, reflect};
 use crate::shared::Shared;
+use crate::{Error, controller_of};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -36,17 +36,6 @@ struct Context {
     pods: Store<Pod>,
     queue: WorkQueue,
     events: Recorder,
-}
-
-fn key(ns: &str, name: &str) -> String {
-    format!("{ns}/{name}")
-}
-
-fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
 }
 
 pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), Error> {
@@ -86,7 +75,7 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     let replicasets = rs_events.for_each(move |rs| {
         if let Ok(rs) = rs {
             let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
-            match controller(&rs.metadata) {
+            match controller_of(&rs.metadata) {
                 Some(owner) if owner.kind == "Deployment" => q.add(&key(ns, &owner.name)),
                 Some(_) => {}
                 // An orphan: the Deployments that select it may adopt it.
@@ -105,11 +94,11 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     let rs_store = ctx.replicasets.clone();
     let pods = pod_events.for_each(move |pod| {
         if let Ok(pod) = pod
-            && let Some(rs) = controller(&pod.metadata).filter(|o| o.kind == "ReplicaSet")
+            && let Some(rs) = controller_of(&pod.metadata).filter(|o| o.kind == "ReplicaSet")
         {
             let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
             if let Some(rs) = rs_store.get(&ObjectRef::new(&rs.name).within(ns))
-                && let Some(owner) = controller(&rs.metadata).filter(|o| o.kind == "Deployment")
+                && let Some(owner) = controller_of(&rs.metadata).filter(|o| o.kind == "Deployment")
             {
                 q.add(&key(ns, &owner.name));
             }
@@ -118,19 +107,15 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     });
     // Syncs start once every cache has its first list; all objects are looked at
     // again every minute.
-    let synced = open_when_synced(
-        ctx.queue.clone(),
+    drive(
+        &ctx.queue,
         vec![
             Box::new(ctx.deployments.clone()),
             Box::new(ctx.replicasets.clone()),
             Box::new(ctx.pods.clone()),
         ],
-    );
-    let resynced = resync(ctx.queue.clone(), ctx.deployments.clone(), RESYNC);
-    futures::future::join3(
+        ctx.deployments.clone(),
         futures::future::join3(deployments, replicasets, pods),
-        synced,
-        resynced,
     )
     .await;
     Ok(())
@@ -295,7 +280,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
             );
             !terminal
                 && p.metadata.namespace.as_deref() == Some(ns)
-                && controller(&p.metadata).is_some_and(|o| {
+                && controller_of(&p.metadata).is_some_and(|o| {
                     olds.iter()
                         .any(|rs| rs.metadata.uid.as_deref() == Some(o.uid.as_str()))
                 })

@@ -76,18 +76,8 @@ async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Erro
         } else {
             i32::try_from(selected.len()).unwrap_or(0)
         };
-        let healthy = i32::try_from(
-            selected
-                .iter()
-                .filter(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                })
-                .count(),
-        )
-        .unwrap_or(0);
+        let healthy =
+            i32::try_from(selected.iter().filter(|p| crate::pod_ready(p)).count()).unwrap_or(0);
         let desired = match (&spec.min_available, &spec.max_unavailable) {
             (Some(min), _) => resolve(min, expected),
             (None, Some(max)) => (expected - resolve(max, expected)).max(0),

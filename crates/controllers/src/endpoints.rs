@@ -14,9 +14,9 @@ use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::{Value, json};
 
-use crate::Error;
-use crate::queue::{RESYNC, WorkQueue, Workers, open_when_synced, reflect, resync};
+use crate::queue::{WorkQueue, Workers, drive, meta_key, reflect};
 use crate::shared::Shared;
+use crate::{Error, pod_ready};
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
@@ -58,7 +58,7 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     let q = ctx.queue.clone();
     let services = service_events.for_each(move |s| {
         if let Ok(s) = s {
-            q.add(&key_of(&s.metadata));
+            q.add(&meta_key(&s.metadata));
         }
         futures::future::ready(())
     });
@@ -76,7 +76,7 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
                     .and_then(|s| s.selector.as_ref())
                     .is_some_and(|sel| !sel.is_empty());
                 if selects && s.metadata.namespace.as_deref() == Some(ns.as_str()) {
-                    q.add(&key_of(&s.metadata));
+                    q.add(&meta_key(&s.metadata));
                 }
             }
         }
@@ -85,43 +85,24 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     let q = ctx.queue.clone();
     let endpoints = endpoint_events.for_each(move |e| {
         if let Ok(e) = e {
-            q.add(&key_of(&e.metadata));
+            q.add(&meta_key(&e.metadata));
         }
         futures::future::ready(())
     });
     // Syncs start once every cache has its first list; all objects are looked at
     // again every minute.
-    let synced = open_when_synced(
-        ctx.queue.clone(),
+    drive(
+        &ctx.queue,
         vec![
             Box::new(ctx.services.clone()),
             Box::new(ctx.pods.clone()),
             Box::new(ctx.endpoints.clone()),
         ],
-    );
-    let resynced = resync(ctx.queue.clone(), ctx.services.clone(), RESYNC);
-    futures::future::join3(
+        ctx.services.clone(),
         futures::future::join3(services, pods, endpoints),
-        synced,
-        resynced,
     )
     .await;
     Ok(())
-}
-
-fn key_of(meta: &kube::api::ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The port a service port targets on this pod: a number, or a named container port.
@@ -197,7 +178,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<(), kube::Error> {
             })
             .collect();
         let terminating = pod.metadata.deletion_timestamp.is_some();
-        let is_ready = ready(&pod) && !terminating;
+        let is_ready = pod_ready(&pod) && !terminating;
         let target = json!({"kind": "Pod", "name": pod.metadata.name, "namespace": ns, "uid": pod.metadata.uid});
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         let mut address = json!({"ip": ip, "targetRef": target});
@@ -213,7 +194,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<(), kube::Error> {
         slice_ports.get_or_insert(resolved);
         let mut endpoint = json!({
             "addresses": [ip],
-            "conditions": {"ready": is_ready || publish_not_ready, "serving": ready(&pod), "terminating": terminating},
+            "conditions": {"ready": is_ready || publish_not_ready, "serving": pod_ready(&pod), "terminating": terminating},
             "targetRef": target,
         });
         if let Some(node) = node {

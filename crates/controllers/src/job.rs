@@ -21,9 +21,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::{Value, json};
 
 use crate::events::Recorder;
-use crate::queue::{RESYNC, WorkQueue, Workers, open_when_synced, reflect, resync};
+use crate::queue::{WorkQueue, Workers, drive, meta_key, reflect};
 use crate::shared::Shared;
-use crate::{Error, status_changed, write_status};
+use crate::{Error, controller_of, status_changed, write_status};
 
 const INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
 
@@ -41,21 +41,6 @@ struct Context {
 
 /// Pod names a Job created, and when.
 type Expected = (BTreeSet<String>, std::time::Instant);
-
-fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-}
-
-fn key_of(meta: &ObjectMeta) -> String {
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-}
 
 pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), Error> {
     let (jobs, j_writer) = reflector::store();
@@ -81,14 +66,14 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     let q = ctx.queue.clone();
     let jobs = job_events.for_each(move |j| {
         if let Ok(j) = j {
-            q.add(&key_of(&j.metadata));
+            q.add(&meta_key(&j.metadata));
         }
         futures::future::ready(())
     });
     let q = ctx.queue.clone();
     let pods = pod_events.for_each(move |p| {
         if let Ok(p) = p
-            && let Some(owner) = controller(&p.metadata).filter(|o| o.kind == "Job")
+            && let Some(owner) = controller_of(&p.metadata).filter(|o| o.kind == "Job")
         {
             q.add(&format!(
                 "{}/{}",
@@ -100,12 +85,13 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     });
     // Syncs start once every cache has its first list; all objects are looked at
     // again every minute.
-    let synced = open_when_synced(
-        ctx.queue.clone(),
+    drive(
+        &ctx.queue,
         vec![Box::new(ctx.jobs.clone()), Box::new(ctx.pods.clone())],
-    );
-    let resynced = resync(ctx.queue.clone(), ctx.jobs.clone(), RESYNC);
-    futures::future::join3(futures::future::join(jobs, pods), synced, resynced).await;
+        ctx.jobs.clone(),
+        futures::future::join(jobs, pods),
+    )
+    .await;
     Ok(())
 }
 
@@ -179,7 +165,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
         .state()
         .into_iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
-        .filter(|p| controller(&p.metadata).is_some_and(|o| o.uid == uid))
+        .filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid))
         .collect();
     let succeeded: Vec<&Arc<Pod>> = mine.iter().filter(|p| phase(p) == "Succeeded").collect();
     let failed = mine.iter().filter(|p| phase(p) == "Failed").count();
@@ -189,15 +175,7 @@ async fn sync(ctx: &Context, key: &str) -> Result<Option<Duration>, kube::Error>
             !matches!(phase(p), "Succeeded" | "Failed") && p.metadata.deletion_timestamp.is_none()
         })
         .collect();
-    let ready = active
-        .iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .count();
+    let ready = active.iter().filter(|p| crate::pod_ready(p)).count();
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
     let parallelism = usize::try_from(spec.parallelism.unwrap_or(1)).unwrap_or(0);
     let completions = spec.completions.map(|c| usize::try_from(c).unwrap_or(0));

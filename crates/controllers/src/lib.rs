@@ -94,6 +94,24 @@ pub enum Error {
 
 type Loop = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
+/// Whether a pod's Ready condition is True.
+pub(crate) fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// An object's controller: the owner reference with `controller: true`.
+pub(crate) fn controller_of(
+    meta: &kube::api::ObjectMeta,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+}
+
 /// A write whose object is already gone has nothing left to do.
 pub(crate) fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match result {
@@ -170,6 +188,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
                     grace: config.node_monitor_grace_period,
                     cluster_cidr: node_lifecycle::parse_cidr(&config.cluster_cidr),
                 },
+                pods,
             )),
             "serviceaccount" => Box::pin(serviceaccount::run(client)),
             "statefulset" => Box::pin(statefulset::run(client, pods)),

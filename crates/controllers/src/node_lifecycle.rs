@@ -20,6 +20,10 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::Error;
+use std::sync::Arc;
+
+use kube::runtime::reflector::Store;
+
 use crate::events::Recorder;
 
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -38,14 +42,22 @@ pub struct Settings {
 /// skew nor a control plane that was down makes healthy nodes look dead.
 type Observed = HashMap<String, (Option<Timestamp>, std::time::Instant)>;
 
-pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> {
+pub async fn run(
+    client: kube::Client,
+    settings: Settings,
+    pods: crate::shared::Shared<Pod>,
+) -> Result<(), Error> {
+    // The pods on each node come from the shared informer, not a LIST per node per pass.
+    let pods = pods.store();
+    let _ = pods.wait_until_ready().await;
     let mut tick = tokio::time::interval(PERIOD);
     let mut observed = Observed::new();
     let events = Recorder::new(client.clone(), "node-controller");
     let evictions = Recorder::new(client.clone(), "taint-eviction-controller");
     loop {
         tick.tick().await;
-        if let Err(e) = pass(&client, &settings, &mut observed, [&events, &evictions]).await {
+        let recorders = [&events, &evictions];
+        if let Err(e) = pass(&client, &settings, &pods, &mut observed, recorders).await {
             tracing::warn!(error = %e, "node lifecycle pass");
         }
     }
@@ -63,6 +75,7 @@ fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondi
 async fn pass(
     client: &kube::Client,
     settings: &Settings,
+    pods: &Store<Pod>,
     observed: &mut Observed,
     [events, evictions]: [&Recorder; 2],
 ) -> Result<(), kube::Error> {
@@ -129,7 +142,7 @@ async fn pass(
         }
         // Every pass while the node is silent, so a failed or interrupted attempt (a
         // new leader) is retried; only pods still Ready are written.
-        if silent && let Err(e) = mark_pods_not_ready(client, &name, events).await {
+        if silent && let Err(e) = mark_pods_not_ready(client, &pods_on(pods, &name), events).await {
             tracing::warn!(node = %name, error = %e, "marking pods not ready");
         }
         let state = if silent { "Unknown" } else { status };
@@ -145,7 +158,7 @@ async fn pass(
             .unwrap_or_default();
         let version = node.metadata.resource_version.clone();
         let taints = sync_taints(&nodes, &name, version, taints, wanted, now).await?;
-        evict(client, &name, &taints, now, evictions).await?;
+        evict(client, &name, pods, &taints, now, evictions).await?;
     }
     Ok(())
 }
@@ -232,6 +245,7 @@ async fn sync_taints(
 async fn evict(
     client: &kube::Client,
     node: &str,
+    pods: &Store<Pod>,
     taints: &[Taint],
     now: Timestamp,
     events: &Recorder,
@@ -240,11 +254,7 @@ async fn evict(
     if no_execute.is_empty() {
         return Ok(());
     }
-    let pods: Api<Pod> = Api::all(client.clone());
-    let on_node = pods
-        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-        .await?;
-    for pod in on_node.items {
+    for pod in &pods_on(pods, node) {
         if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -274,7 +284,7 @@ async fn evict(
             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
             match api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => events.normal(
-                    &pod,
+                    &**pod,
                     "TaintManagerEviction",
                     format!("Marking for deletion Pod {ns}/{name}"),
                 ),
@@ -290,23 +300,11 @@ async fn evict(
 /// Ready, so Services stop sending them traffic before they are evicted.
 async fn mark_pods_not_ready(
     client: &kube::Client,
-    node: &str,
+    on_node: &[Arc<Pod>],
     events: &Recorder,
 ) -> Result<(), kube::Error> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let on_node = pods
-        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-        .await?;
     let now = Timestamp::now().to_string();
-    for pod in on_node.items {
-        let ready = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        if !ready {
-            continue;
-        }
+    for pod in on_node.iter().filter(|p| crate::pod_ready(p)) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -316,9 +314,17 @@ async fn mark_pods_not_ready(
             api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
                 .await,
         )?;
-        events.warning(&pod, "NodeNotReady", "Node is not ready".into());
+        events.warning(&**pod, "NodeNotReady", "Node is not ready".into());
     }
     Ok(())
+}
+
+/// The pods bound to `node`, from the shared pod store.
+fn pods_on(pods: &Store<Pod>, node: &str) -> Vec<Arc<Pod>> {
+    pods.state()
+        .into_iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .collect()
 }
 
 /// The first /24 of the cluster CIDR no node has.

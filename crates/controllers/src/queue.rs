@@ -244,31 +244,52 @@ pub async fn resync<K>(
     }
 }
 
+/// Runs a controller's event `loops` with its queue opened once `stores` have synced and
+/// every object of `primary` queued again every [`RESYNC`].
+pub async fn drive<K>(
+    queue: &WorkQueue,
+    stores: Vec<Box<dyn Synced>>,
+    primary: kube::runtime::reflector::Store<K>,
+    loops: impl std::future::Future,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    futures::future::join3(
+        loops,
+        open_when_synced(queue.clone(), stores),
+        resync(queue.clone(), primary, RESYNC),
+    )
+    .await;
+}
+
 /// How often controllers look at all their objects again.
 pub const RESYNC: Duration = Duration::from_secs(60);
 
-/// `namespace/name` of an object, the key controllers queue.
-pub fn object_key<K: kube::Resource>(object: &K) -> String {
-    let meta = object.meta();
-    format!(
-        "{}/{}",
+/// The key controllers queue: `namespace/name`.
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// An object's key.
+pub fn meta_key(meta: &kube::api::ObjectMeta) -> String {
+    key(
         meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
+        meta.name.as_deref().unwrap_or_default(),
     )
+}
+
+/// An object's key.
+pub fn object_key<K: kube::Resource>(object: &K) -> String {
+    meta_key(object.meta())
 }
 
 /// The key of `object`'s controller, when that is of `kind`.
 pub fn owner_key<K: kube::Resource>(object: &K, kind: &str) -> Option<String> {
     let meta = object.meta();
-    let owner = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true) && o.kind == kind)?;
-    Some(format!(
-        "{}/{}",
+    let owner = crate::controller_of(meta).filter(|o| o.kind == kind)?;
+    Some(key(
         meta.namespace.as_deref().unwrap_or_default(),
-        owner.name
+        &owner.name,
     ))
 }
 

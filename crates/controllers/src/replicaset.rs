@@ -20,9 +20,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
 use crate::events::Recorder;
-use crate::queue::{RESYNC, WorkQueue, Workers, open_when_synced, reflect, resync};
+use crate::queue::{WorkQueue, Workers, drive, key, reflect};
 use crate::shared::Shared;
-use crate::{Error, status_changed, write_status};
+use crate::{Error, controller_of, pod_ready, status_changed, write_status};
 
 /// How long a ReplicaSet waits for the watch to show its own writes before acting again.
 const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(300);
@@ -47,10 +47,6 @@ struct Context {
     events: Recorder,
 }
 
-fn key(ns: &str, name: &str) -> String {
-    format!("{ns}/{name}")
-}
-
 /// The reference a ReplicaSet's pods carry.
 fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
     OwnerReference {
@@ -63,14 +59,6 @@ fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
     }
 }
 
-fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-}
-
 /// A pod that counts toward its ReplicaSet: not being deleted, not finished.
 fn active(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
@@ -78,13 +66,6 @@ fn active(pod: &Pod) -> bool {
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         )
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), Error> {
@@ -123,7 +104,7 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     let pod_loop = pod_events.for_each(|event| {
         let Ok(pod) = event;
         let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-        match controller_of(&pod) {
+        match controller_of(&pod.metadata) {
             Some(owner) if owner.kind == "ReplicaSet" => queue.add(&key(ns, &owner.name)),
             Some(_) => {}
             // An orphan: the ReplicaSets that select it may adopt it.
@@ -138,15 +119,16 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     });
     // Syncs start once every cache has its first list; all objects are looked at
     // again every minute.
-    let synced = open_when_synced(
-        ctx.queue.clone(),
+    drive(
+        &ctx.queue,
         vec![
             Box::new(ctx.replicasets.clone()),
             Box::new(ctx.pods.clone()),
         ],
-    );
-    let resynced = resync(ctx.queue.clone(), ctx.replicasets.clone(), RESYNC);
-    futures::future::join3(futures::future::join(rs_loop, pod_loop), synced, resynced).await;
+        ctx.replicasets.clone(),
+        futures::future::join(rs_loop, pod_loop),
+    )
+    .await;
     Ok(())
 }
 
@@ -305,7 +287,12 @@ async fn delete_pods(
         let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
         let pending = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
         let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        (scheduled, !pending, ready(p), std::cmp::Reverse(created))
+        (
+            scheduled,
+            !pending,
+            pod_ready(p),
+            std::cmp::Reverse(created),
+        )
     });
     let victims: Vec<String> = ranked
         .iter()
@@ -357,7 +344,7 @@ async fn update_status(
             labels.iter().all(|(k, v)| have.get(k) == Some(v))
         })
         .count();
-    let ready_count = pods.iter().filter(|p| ready(p)).count();
+    let ready_count = pods.iter().filter(|p| pod_ready(p)).count();
     let status = json!({
         "replicas": pods.len(),
         "fullyLabeledReplicas": fully_labeled,

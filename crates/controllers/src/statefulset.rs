@@ -18,11 +18,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use serde_json::json;
 
 use crate::events::Recorder;
-use crate::queue::{
-    RESYNC, WorkQueue, Workers, object_key, open_when_synced, owner_key, reflect, resync,
-};
+use crate::queue::{WorkQueue, Workers, drive, object_key, owner_key, reflect};
 use crate::shared::Shared;
-use crate::{Error, delete_pod, status_changed, write_status};
+use crate::{Error, delete_pod, pod_ready, status_changed, write_status};
 
 const WORKERS: usize = 4;
 const HASH_LABEL: &str = "controller-revision-hash";
@@ -75,12 +73,13 @@ pub async fn run(client: kube::Client, shared_pods: Shared<Pod>) -> Result<(), E
     });
     // Syncs start once every cache has its first list; all objects are looked at
     // again every minute.
-    let synced = open_when_synced(
-        ctx.queue.clone(),
+    drive(
+        &ctx.queue,
         vec![Box::new(ctx.sets.clone()), Box::new(ctx.pods.clone())],
-    );
-    let resynced = resync(ctx.queue.clone(), ctx.sets.clone(), RESYNC);
-    futures::future::join3(futures::future::join(set_loop, pod_loop), synced, resynced).await;
+        ctx.sets.clone(),
+        futures::future::join(set_loop, pod_loop),
+    )
+    .await;
     Ok(())
 }
 
@@ -101,15 +100,8 @@ async fn reconcile(ctx: &Context, key: &str) -> Result<(), kube::Error> {
     sync(ctx, &sts, &pods).await
 }
 
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 fn running_and_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && ready(pod)
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && pod_ready(pod)
 }
 
 fn owner(sts: &StatefulSet) -> OwnerReference {
@@ -246,7 +238,7 @@ async fn sync(ctx: &Context, sts: &StatefulSet, all_pods: &[Arc<Pod>]) -> Result
         .iter()
         .filter(|p| revision_of(p).as_deref() == Some(update_revision.as_str()))
         .count();
-    let ready_count = existing.iter().filter(|p| ready(p)).count();
+    let ready_count = existing.iter().filter(|p| pod_ready(p)).count();
     let current_revision = if updated == existing.len() && !existing.is_empty() {
         update_revision.clone()
     } else {
@@ -292,6 +284,15 @@ async fn ensure_revision(
     sts: &StatefulSet,
     hash: &str,
 ) -> Result<(), kube::Error> {
+    // The status names the revision once a sync has recorded it: no read per sync.
+    if sts
+        .status
+        .as_ref()
+        .and_then(|s| s.update_revision.as_deref())
+        == Some(hash)
+    {
+        return Ok(());
+    }
     let ns = sts.metadata.namespace.clone().unwrap_or_default();
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
     if api.get_opt(hash).await?.is_some() {

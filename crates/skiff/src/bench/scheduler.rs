@@ -51,6 +51,22 @@ impl Drop for Child {
 }
 
 impl SchedulerBench {
+    /// The cluster to measure: `--kubeconfig`'s, or a private `skiff server` (kept alive
+    /// by the returned handle).
+    async fn target(&self) -> Result<(Option<super::api::Spawned>, Client)> {
+        let spawned = match &self.kubeconfig {
+            Some(_) => None,
+            None => Some(spawn_server()?),
+        };
+        let kubeconfig = spawned
+            .as_ref()
+            .map(|s| s.kubeconfig.clone())
+            .or_else(|| self.kubeconfig.clone())
+            .context("a kubeconfig")?;
+        let client = crate::scheduler::client(&kubeconfig).await?;
+        Ok((spawned, client))
+    }
+
     pub async fn run(self) -> Result<()> {
         let mut rows = Vec::new();
         for scenario in &self.scenarios {
@@ -58,16 +74,7 @@ impl SchedulerBench {
                 .split_once('x')
                 .and_then(|(n, p)| Some((n.parse::<usize>().ok()?, p.parse::<usize>().ok()?)))
                 .with_context(|| format!("scenario {scenario}: expected NODESxPODS"))?;
-            let spawned = match &self.kubeconfig {
-                Some(_) => None,
-                None => Some(spawn_server()?),
-            };
-            let kubeconfig = spawned
-                .as_ref()
-                .map(|s| s.kubeconfig.clone())
-                .or_else(|| self.kubeconfig.clone())
-                .context("a kubeconfig")?;
-            let client = crate::scheduler::client(&kubeconfig).await?;
+            let (spawned, client) = self.target().await?;
             let figures = scenario_run(&client, nodes, pods, self.clients).await?;
             drop(spawned);
             let alone = match &self.kubeconfig {
@@ -78,16 +85,7 @@ impl SchedulerBench {
         }
         let mut deployment = None;
         if self.deployment_replicas > 0 {
-            let spawned = match &self.kubeconfig {
-                Some(_) => None,
-                None => Some(spawn_server()?),
-            };
-            let kubeconfig = spawned
-                .as_ref()
-                .map(|s| s.kubeconfig.clone())
-                .or_else(|| self.kubeconfig.clone())
-                .context("a kubeconfig")?;
-            let client = crate::scheduler::client(&kubeconfig).await?;
+            let (_server, client) = self.target().await?;
             deployment = Some(deployment_run(&client, 100, self.deployment_replicas).await?);
         }
         println!(
