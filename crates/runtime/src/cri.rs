@@ -1,16 +1,14 @@
-//! The CRI v1 gRPC services. The ImageService answers from the image store; the
-//! RuntimeService reports its version and status, lists nothing yet, and answers
-//! `Unimplemented` (with the RPC named) for what needs sandboxes and containers, which
-//! the next parts of issue 5 add.
+//! The CRI v1 gRPC services: the ImageService answers from the image store, here; the
+//! RuntimeService (runtime_service.rs) drives the engine.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use k8s_cri::v1::image_service_server::{ImageService, ImageServiceServer};
-use k8s_cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use k8s_cri::v1::*;
 use tonic::{Request, Response, Status};
 
+use crate::engine::{Engine, lock};
 use crate::images::{ImageError, ImageRecord, ImageStore, config_of};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -18,10 +16,11 @@ type Reply<T> = Result<Response<T>, Status>;
 /// The name and version `Version` reports.
 pub const RUNTIME_NAME: &str = "skiff";
 
-/// Both services over one store, ready to serve.
-pub(crate) fn router(store: ImageStore) -> tonic::transport::server::Router {
+/// Both services over one engine, ready to serve.
+pub(crate) fn router(engine: Arc<Engine>) -> tonic::transport::server::Router {
     let cri = Cri {
-        images: Arc::new(store),
+        images: engine.images.clone(),
+        engine,
     };
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()))
@@ -29,14 +28,9 @@ pub(crate) fn router(store: ImageStore) -> tonic::transport::server::Router {
 }
 
 #[derive(Clone)]
-struct Cri {
-    images: Arc<ImageStore>,
-}
-
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc}: the skiff runtime does not run pod sandboxes or containers yet"
-    ))
+pub(crate) struct Cri {
+    pub(crate) images: Arc<ImageStore>,
+    pub(crate) engine: Arc<Engine>,
 }
 
 /// Runs a store operation off the async workers: the store does file I/O and may wait
@@ -173,17 +167,42 @@ impl ImageService for Cri {
         request: Request<RemoveImageRequest>,
     ) -> Reply<RemoveImageResponse> {
         let name = named(request.get_ref().image.as_ref())?.to_string();
-        blocking(&self.images, move |s| match s.remove(&name) {
-            // Removing what is not there succeeds, as the CRI asks.
-            Ok(_) | Err(ImageError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
+        let lookup = name.clone();
+        if let Some(image) = blocking(&self.images, move |s| s.find(&lookup)).await? {
+            let user = lock(&self.engine.containers)
+                .values()
+                .find(|c| lock(&c.record).image_id == image.id)
+                .map(|c| c.id.clone());
+            if let Some(user) = user {
+                return Err(Status::failed_precondition(format!(
+                    "image {name} is in use by container {user}"
+                )));
+            }
+        }
+        let engine = self.engine.clone();
+        blocking(&self.images, move |s| {
+            match s.remove(&name) {
+                Ok(_) => {}
+                // Removing what is not there succeeds, as the CRI asks.
+                Err(ImageError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            // Its unpacked layers go too, unless another image shares them.
+            engine.layers.remove_unused(&s.list()?)?;
+            Ok(())
         })
         .await?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 
     async fn image_fs_info(&self, _: Request<ImageFsInfoRequest>) -> Reply<ImageFsInfoResponse> {
-        let (bytes, files) = blocking(&self.images, |s| s.usage()).await?;
+        let engine = self.engine.clone();
+        let (bytes, files) = blocking(&self.images, move |s| {
+            let (blobs, blob_files) = s.usage()?;
+            let (layers, layer_files) = engine.layers.usage();
+            Ok((blobs + layers, blob_files + layer_files))
+        })
+        .await?;
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
@@ -198,203 +217,6 @@ impl ImageService for Cri {
         Ok(Response::new(ImageFsInfoResponse {
             image_filesystems: vec![usage],
             container_filesystems: Vec::new(),
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl RuntimeService for Cri {
-    type GetContainerEventsStream = Pin<
-        Box<dyn futures::Stream<Item = Result<ContainerEventResponse, Status>> + Send + 'static>,
-    >;
-
-    async fn version(&self, _: Request<VersionRequest>) -> Reply<VersionResponse> {
-        Ok(Response::new(VersionResponse {
-            version: "0.1.0".into(),
-            runtime_name: RUNTIME_NAME.into(),
-            runtime_version: env!("CARGO_PKG_VERSION").into(),
-            runtime_api_version: "v1".into(),
-        }))
-    }
-
-    /// Ready as a runtime; the network is not, until sandboxes get one through CNI.
-    async fn status(&self, _: Request<StatusRequest>) -> Reply<StatusResponse> {
-        Ok(Response::new(StatusResponse {
-            status: Some(RuntimeStatus {
-                conditions: vec![
-                    RuntimeCondition {
-                        r#type: "RuntimeReady".into(),
-                        status: true,
-                        ..Default::default()
-                    },
-                    RuntimeCondition {
-                        r#type: "NetworkReady".into(),
-                        status: false,
-                        reason: "NetworkPluginNotReady".into(),
-                        message: "pod networking (CNI) is not set up by the skiff runtime yet"
-                            .into(),
-                    },
-                ],
-            }),
-            ..Default::default()
-        }))
-    }
-
-    async fn get_container_events(
-        &self,
-        _: Request<GetEventsRequest>,
-    ) -> Reply<Self::GetContainerEventsStream> {
-        Err(not_yet("get_container_events"))
-    }
-
-    async fn run_pod_sandbox(
-        &self,
-        _: Request<RunPodSandboxRequest>,
-    ) -> Reply<RunPodSandboxResponse> {
-        Err(not_yet("run_pod_sandbox"))
-    }
-    async fn stop_pod_sandbox(
-        &self,
-        _: Request<StopPodSandboxRequest>,
-    ) -> Reply<StopPodSandboxResponse> {
-        Err(not_yet("stop_pod_sandbox"))
-    }
-    async fn remove_pod_sandbox(
-        &self,
-        _: Request<RemovePodSandboxRequest>,
-    ) -> Reply<RemovePodSandboxResponse> {
-        Err(not_yet("remove_pod_sandbox"))
-    }
-    async fn pod_sandbox_status(
-        &self,
-        _: Request<PodSandboxStatusRequest>,
-    ) -> Reply<PodSandboxStatusResponse> {
-        Err(not_yet("pod_sandbox_status"))
-    }
-    async fn create_container(
-        &self,
-        _: Request<CreateContainerRequest>,
-    ) -> Reply<CreateContainerResponse> {
-        Err(not_yet("create_container"))
-    }
-    async fn start_container(
-        &self,
-        _: Request<StartContainerRequest>,
-    ) -> Reply<StartContainerResponse> {
-        Err(not_yet("start_container"))
-    }
-    async fn stop_container(
-        &self,
-        _: Request<StopContainerRequest>,
-    ) -> Reply<StopContainerResponse> {
-        Err(not_yet("stop_container"))
-    }
-    async fn remove_container(
-        &self,
-        _: Request<RemoveContainerRequest>,
-    ) -> Reply<RemoveContainerResponse> {
-        Err(not_yet("remove_container"))
-    }
-    async fn container_status(
-        &self,
-        _: Request<ContainerStatusRequest>,
-    ) -> Reply<ContainerStatusResponse> {
-        Err(not_yet("container_status"))
-    }
-    async fn update_container_resources(
-        &self,
-        _: Request<UpdateContainerResourcesRequest>,
-    ) -> Reply<UpdateContainerResourcesResponse> {
-        Err(not_yet("update_container_resources"))
-    }
-    async fn reopen_container_log(
-        &self,
-        _: Request<ReopenContainerLogRequest>,
-    ) -> Reply<ReopenContainerLogResponse> {
-        Err(not_yet("reopen_container_log"))
-    }
-    async fn exec_sync(&self, _: Request<ExecSyncRequest>) -> Reply<ExecSyncResponse> {
-        Err(not_yet("exec_sync"))
-    }
-    async fn exec(&self, _: Request<ExecRequest>) -> Reply<ExecResponse> {
-        Err(not_yet("exec"))
-    }
-    async fn attach(&self, _: Request<AttachRequest>) -> Reply<AttachResponse> {
-        Err(not_yet("attach"))
-    }
-    async fn port_forward(&self, _: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
-        Err(not_yet("port_forward"))
-    }
-    async fn container_stats(
-        &self,
-        _: Request<ContainerStatsRequest>,
-    ) -> Reply<ContainerStatsResponse> {
-        Err(not_yet("container_stats"))
-    }
-    async fn pod_sandbox_stats(
-        &self,
-        _: Request<PodSandboxStatsRequest>,
-    ) -> Reply<PodSandboxStatsResponse> {
-        Err(not_yet("pod_sandbox_stats"))
-    }
-    async fn checkpoint_container(
-        &self,
-        _: Request<CheckpointContainerRequest>,
-    ) -> Reply<CheckpointContainerResponse> {
-        Err(not_yet("checkpoint_container"))
-    }
-    async fn list_pod_sandbox(
-        &self,
-        _: Request<ListPodSandboxRequest>,
-    ) -> Reply<ListPodSandboxResponse> {
-        Ok(Response::new(ListPodSandboxResponse::default()))
-    }
-    async fn list_containers(
-        &self,
-        _: Request<ListContainersRequest>,
-    ) -> Reply<ListContainersResponse> {
-        Ok(Response::new(ListContainersResponse::default()))
-    }
-    async fn list_container_stats(
-        &self,
-        _: Request<ListContainerStatsRequest>,
-    ) -> Reply<ListContainerStatsResponse> {
-        Ok(Response::new(ListContainerStatsResponse::default()))
-    }
-    async fn list_pod_sandbox_stats(
-        &self,
-        _: Request<ListPodSandboxStatsRequest>,
-    ) -> Reply<ListPodSandboxStatsResponse> {
-        Ok(Response::new(ListPodSandboxStatsResponse::default()))
-    }
-    async fn list_metric_descriptors(
-        &self,
-        _: Request<ListMetricDescriptorsRequest>,
-    ) -> Reply<ListMetricDescriptorsResponse> {
-        Ok(Response::new(ListMetricDescriptorsResponse::default()))
-    }
-    async fn list_pod_sandbox_metrics(
-        &self,
-        _: Request<ListPodSandboxMetricsRequest>,
-    ) -> Reply<ListPodSandboxMetricsResponse> {
-        Ok(Response::new(ListPodSandboxMetricsResponse::default()))
-    }
-    async fn update_runtime_config(
-        &self,
-        _: Request<UpdateRuntimeConfigRequest>,
-    ) -> Reply<UpdateRuntimeConfigResponse> {
-        Ok(Response::new(UpdateRuntimeConfigResponse::default()))
-    }
-    /// The cgroup driver, which kubelets (1.31+) take from the runtime: cgroupfs (this
-    /// machine kind has no systemd).
-    async fn runtime_config(
-        &self,
-        _: Request<RuntimeConfigRequest>,
-    ) -> Reply<RuntimeConfigResponse> {
-        Ok(Response::new(RuntimeConfigResponse {
-            linux: Some(LinuxRuntimeConfiguration {
-                cgroup_driver: CgroupDriver::Cgroupfs as i32,
-            }),
         }))
     }
 }

@@ -98,7 +98,7 @@ impl ImageStore {
         })
     }
 
-    fn blob_path(&self, digest: &str) -> PathBuf {
+    pub(crate) fn blob_path(&self, digest: &str) -> PathBuf {
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
         self.root.join("blobs/sha256").join(hex)
     }

@@ -1,19 +1,36 @@
 //! The Skiff container runtime: a CRI v1 server (the `runtime.v1` ImageService and
 //! RuntimeService over gRPC on a Unix socket), so the kubelet, `crictl` or any CRI
-//! client can drive it. This first part keeps images: OCI-layout and docker-archive
-//! tarballs imported into a content-addressed store with every digest verified, listed,
-//! inspected and removed through the CRI. Pulling, pod sandboxes and containers come
-//! next (issue 5); their RPCs answer `Unimplemented` until then.
+//! client can drive it. Images are imported into a content-addressed store; pod
+//! sandboxes are namespaces held by bind mounts with a CNI network; containers are
+//! OCI bundles on an overlayfs root, run by an OCI runtime (runc by default) under a
+//! monitor process each, so they outlive the runtime.
 //!
-//! - `images.rs`: the content-addressed store and the tarball importers.
-//! - `reference.rs`: image names as Docker and containerd normalize them.
-//! - `cri.rs`: the gRPC services.
+//! - `images.rs`, `reference.rs`: the image store and image names.
+//! - `layers.rs`: unpacked layers and overlay root filesystems.
+//! - `engine.rs`: sandboxes and containers, their records on disk, reload at start.
+//! - `sandbox.rs`, `ns.rs`, `cni.rs`: pod sandboxes, their namespaces and network.
+//! - `container.rs`, `oci.rs`, `monitor.rs`: containers, their OCI spec, their monitor.
+//! - `cgroups.rs`: where the cgroup hierarchies are.
+//! - `cri.rs`, `runtime_service.rs`: the gRPC services.
 
+mod cgroups;
+mod cni;
+mod container;
 mod cri;
+mod engine;
 pub mod images;
+mod layers;
+pub mod monitor;
+mod ns;
+mod oci;
 pub mod reference;
+mod runtime_service;
+mod sandbox;
+mod util;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use images::{ImageStore, Imported};
 
@@ -23,6 +40,16 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The Unix socket CRI clients connect to.
     pub listen: PathBuf,
+    /// The OCI runtime binary (runc's command line).
+    pub oci_runtime: PathBuf,
+    /// Where CNI network configurations are, and the plugins.
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// The cgroup pods go under when the request names none.
+    pub cgroup_parent: String,
+    /// The command that runs a container's monitor ([`monitor::main`]); the container
+    /// directory is appended.
+    pub monitor: Vec<OsString>,
 }
 
 impl Default for Config {
@@ -30,6 +57,11 @@ impl Default for Config {
         Config {
             data_dir: "/var/lib/skiff/runtime".into(),
             listen: "/run/skiff/cri.sock".into(),
+            oci_runtime: "runc".into(),
+            cni_conf_dir: "/etc/cni/net.d".into(),
+            cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            cgroup_parent: "/skiff".into(),
+            monitor: Vec::new(),
         }
     }
 }
@@ -58,6 +90,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if collected > 0 {
         tracing::info!(files = collected, "removed what interrupted imports left");
     }
+    let settings = engine::Settings {
+        data_dir: config.data_dir.clone(),
+        oci_runtime: config.oci_runtime.clone(),
+        cni: cni::Cni {
+            conf_dir: config.cni_conf_dir.clone(),
+            bin_dirs: config.cni_bin_dirs.clone(),
+        },
+        cgroup_parent: config.cgroup_parent.clone(),
+        monitor: config.monitor.clone(),
+    };
+    let engine =
+        tokio::task::spawn_blocking(move || engine::Engine::open(settings, Arc::new(store)))
+            .await
+            .map_err(|e| Error::Io {
+                what: "loading state from",
+                path: config.data_dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
     let io = |what, path: &std::path::Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { what, path, source }
@@ -81,7 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::net::UnixListener::bind(&config.listen).map_err(io("binding", &config.listen))?;
     tracing::info!(socket = %config.listen.display(), "CRI runtime listening");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let result = cri::router(store)
+    let result = cri::router(Arc::new(engine))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = std::fs::remove_file(&config.listen);

@@ -35,6 +35,9 @@ enum Command {
     ControllerManager(controller_manager::ControllerManagerArgs),
     /// Run the container runtime: a CRI v1 server on a Unix socket.
     Runtime(runtime::RuntimeArgs),
+    /// A container's monitor (started by the runtime, one per container).
+    #[command(hide = true)]
+    RuntimeMonitor { dir: std::path::PathBuf },
     /// Import, list and remove images of the runtime.
     #[command(subcommand)]
     Images(runtime::Images),
@@ -54,6 +57,10 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The monitor stays a small single-threaded process: no async runtime.
+    if let Command::RuntimeMonitor { dir } = &cli.command {
+        std::process::exit(skiff_runtime::monitor::main(dir));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -64,6 +71,7 @@ fn main() -> Result<()> {
         Command::ControllerManager(args) => runtime.block_on(controller_manager::run(args)),
         Command::Runtime(args) => runtime.block_on(runtime::run(args)),
         Command::Images(images) => runtime.block_on(images.run()),
+        Command::RuntimeMonitor { .. } => Ok(()),
         Command::Bench(bench) => runtime.block_on(bench.run()),
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));

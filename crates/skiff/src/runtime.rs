@@ -20,12 +20,30 @@ pub struct RuntimeArgs {
     /// The Unix socket to serve CRI on.
     #[arg(long, default_value = SOCKET)]
     listen: PathBuf,
+    /// The OCI runtime that runs containers (runc's command line).
+    #[arg(long, default_value = "runc")]
+    oci_runtime: PathBuf,
+    /// Where the CNI network configuration is.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Where CNI plugins are (repeatable; searched in order).
+    #[arg(long, default_values = ["/opt/cni/bin", "/usr/lib/cni"])]
+    cni_bin_dir: Vec<PathBuf>,
+    /// The cgroup pods go under when the kubelet names none.
+    #[arg(long, default_value = "/skiff")]
+    cgroup_parent: String,
 }
 
 pub async fn run(args: RuntimeArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the skiff binary for monitors")?;
     let config = skiff_runtime::Config {
         data_dir: args.data_dir,
         listen: args.listen,
+        oci_runtime: args.oci_runtime,
+        cni_conf_dir: args.cni_conf_dir,
+        cni_bin_dirs: args.cni_bin_dir,
+        cgroup_parent: args.cgroup_parent,
+        monitor: vec![exe.into_os_string(), "runtime-monitor".into()],
     };
     skiff_runtime::run(config, crate::server::shutdown_signal_quiet())
         .await

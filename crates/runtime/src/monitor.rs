@@ -1,0 +1,309 @@
+//! The monitor: one small process per container (containerd's shim, CRI-O's conmon), so
+//! containers outlive the runtime. It creates the container through the OCI runtime
+//! with its own pipes as the container's stdout and stderr, becomes the container's
+//! parent (a child subreaper), writes the output to the CRI log file, and when the
+//! container exits records the exit code, the time and whether the kernel's OOM killer
+//! ended it in `exit.json`. The runtime starts it with the container directory as its
+//! only argument and reads one line from its stdout: `{"pid":N}` or `{"error":"..."}`.
+//! `reopen` written to the `ctl` FIFO reopens the log file (ReopenContainerLog).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// What the runtime tells a monitor (`monitor.json` in the container directory).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// The OCI runtime binary and its state root.
+    pub oci_runtime: PathBuf,
+    pub oci_root: PathBuf,
+    pub id: String,
+    pub log_path: Option<PathBuf>,
+    /// The container's memory cgroup directory (cgroup v1), for OOM kills.
+    pub memory_cgroup: Option<PathBuf>,
+}
+
+/// How a container ended (`exit.json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Exit {
+    pub exit_code: i32,
+    pub finished_at: i64,
+    /// `Completed`, `Error` or `OOMKilled`, as the CRI reports.
+    pub reason: String,
+}
+
+/// The first line a monitor writes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    pub pid: Option<i32>,
+    pub error: Option<String>,
+}
+
+pub const PLAN: &str = "monitor.json";
+pub const EXIT: &str = "exit.json";
+pub const CTL: &str = "ctl";
+pub const PID: &str = "pid";
+/// A CRI log line's content is cut into partial (`P`) lines past this many bytes.
+const MAX_LINE: usize = 16 * 1024;
+
+/// The monitor process's `main`: returns its exit status.
+pub fn main(dir: &Path) -> i32 {
+    match run(dir) {
+        Ok(()) => 0,
+        Err(message) => {
+            report(&Ready {
+                pid: None,
+                error: Some(message.clone()),
+            });
+            eprintln!("monitor: {message}");
+            1
+        }
+    }
+}
+
+fn report(ready: &Ready) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, ready);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+fn run(dir: &Path) -> Result<(), String> {
+    let plan: Plan = std::fs::read(dir.join(PLAN))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("reading {}: {e}", dir.join(PLAN).display()))?;
+    // Out of the runtime's session (its signals) and the parent of what runc leaves.
+    let _ = nix::unistd::setsid();
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("subreaper: {e}"))?;
+
+    let log = Arc::new(Mutex::new(LogFile::open(plan.log_path.clone())?));
+    let (out_read, out_write) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_read, err_write) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let runc_log = dir.join("oci-runtime.log");
+    let status = Command::new(&plan.oci_runtime)
+        .arg("--root")
+        .arg(&plan.oci_root)
+        .arg("--log")
+        .arg(&runc_log)
+        .arg("--log-format")
+        .arg("json")
+        .arg("create")
+        .arg("--bundle")
+        .arg(dir)
+        .arg("--pid-file")
+        .arg(dir.join(PID))
+        .arg(&plan.id)
+        .stdin(Stdio::null())
+        .stdout(out_write)
+        .stderr(err_write)
+        .status()
+        .map_err(|e| format!("running {}: {e}", plan.oci_runtime.display()))?;
+    if !status.success() {
+        return Err(oci_error(&runc_log).unwrap_or_else(|| {
+            let mut text = String::new();
+            let _ = (&err_read).take(4096).read_to_string(&mut text);
+            format!(
+                "{} create failed ({status}): {}",
+                plan.oci_runtime.display(),
+                text.trim()
+            )
+        }));
+    }
+    let pid: i32 = std::fs::read_to_string(dir.join(PID))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or("the OCI runtime wrote no pid file")?;
+    let ctl = dir.join(CTL);
+    let _ = std::fs::remove_file(&ctl);
+    nix::unistd::mkfifo(&ctl, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("mkfifo {}: {e}", ctl.display()))?;
+    report(&Ready {
+        pid: Some(pid),
+        error: None,
+    });
+    // Nothing more for the runtime: let its pipe close.
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+
+    let pumps = [
+        spawn_pump(out_read, "stdout", log.clone()),
+        spawn_pump(err_read, "stderr", log.clone()),
+    ];
+    {
+        let log = log.clone();
+        std::thread::spawn(move || control(&ctl, &log));
+    }
+    let code = wait_for(pid);
+    // Output still in the pipes belongs to the log; a daemon that kept them open must
+    // not hold the exit back for long.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for pump in pumps {
+        while !pump.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    let oom = plan.memory_cgroup.as_deref().is_some_and(oom_killed);
+    let exit = Exit {
+        exit_code: code,
+        finished_at: crate::util::now_nanos(),
+        reason: if oom {
+            "OOMKilled".into()
+        } else if code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        },
+    };
+    let bytes = serde_json::to_vec(&exit).map_err(|e| e.to_string())?;
+    crate::util::write_atomic(&dir.join(EXIT), &bytes).map_err(|e| format!("writing exit: {e}"))?;
+    Ok(())
+}
+
+/// The OCI runtime's last error message from its JSON log.
+fn oci_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|line| {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        (entry["level"] == "error")
+            .then(|| entry["msg"].as_str().map(String::from))
+            .flatten()
+    })
+}
+
+/// Reaps children until `pid` exits; its exit code (128 + signal when killed).
+fn wait_for(pid: i32) -> i32 {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(p, code)) if p.as_raw() == pid => return code,
+            Ok(WaitStatus::Signaled(p, signal, _)) if p.as_raw() == pid => {
+                return 128 + signal as i32;
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            // No children left: the container is gone without a status we saw.
+            Err(_) => return 255,
+        }
+    }
+}
+
+/// Whether the OOM killer killed something in the container's memory cgroup.
+fn oom_killed(cgroup: &Path) -> bool {
+    std::fs::read_to_string(cgroup.join("memory.oom_control"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .is_some_and(|n| n > 0)
+}
+
+fn control(ctl: &Path, log: &Mutex<LogFile>) {
+    // Opened read-write so the FIFO never reads end-of-file between writers.
+    let Ok(fifo) = OpenOptions::new().read(true).write(true).open(ctl) else {
+        return;
+    };
+    for line in BufReader::new(fifo).lines() {
+        let Ok(line) = line else { return };
+        if line.trim() == "reopen"
+            && let Ok(mut log) = log.lock()
+        {
+            log.reopen();
+        }
+    }
+}
+
+fn spawn_pump(
+    pipe: std::io::PipeReader,
+    stream: &'static str,
+    log: Arc<Mutex<LogFile>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || pump(pipe, stream, &log))
+}
+
+/// Copies one stream into the log, a CRI log line per output line.
+fn pump(mut pipe: impl Read, stream: &str, log: &Mutex<LogFile>) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
+            write_line(log, stream, 'F', &pending[start..start + end]);
+            start += end + 1;
+        }
+        pending.drain(..start);
+        while pending.len() >= MAX_LINE {
+            write_line(log, stream, 'P', &pending[..MAX_LINE]);
+            pending.drain(..MAX_LINE);
+        }
+    }
+    if !pending.is_empty() {
+        write_line(log, stream, 'F', &pending);
+    }
+}
+
+fn write_line(log: &Mutex<LogFile>, stream: &str, tag: char, content: &[u8]) {
+    let mut line = format!(
+        "{} {stream} {tag} ",
+        crate::util::rfc3339_nanos(crate::util::now_nanos())
+    )
+    .into_bytes();
+    line.extend_from_slice(content);
+    line.push(b'\n');
+    if let Ok(mut log) = log.lock() {
+        log.write(&line);
+    }
+}
+
+/// The CRI log file (none when the kubelet asked for no log).
+struct LogFile {
+    path: Option<PathBuf>,
+    file: Option<File>,
+}
+
+impl LogFile {
+    fn open(path: Option<PathBuf>) -> Result<LogFile, String> {
+        let mut log = LogFile { path, file: None };
+        if let Some(path) = &log.path {
+            log.file =
+                Some(open_log(path).map_err(|e| format!("opening log {}: {e}", path.display()))?);
+        }
+        Ok(log)
+    }
+
+    fn reopen(&mut self) {
+        if let Some(path) = &self.path {
+            self.file = open_log(path).ok();
+        }
+    }
+
+    fn write(&mut self, line: &[u8]) {
+        if let Some(file) = &mut self.file {
+            let _ = file.write_all(line);
+        }
+    }
+}
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}

@@ -1,0 +1,356 @@
+//! CRI test harness: the real `skiff runtime` binary on a temporary data directory and
+//! socket, a tonic CRI client, and OCI images built from Debian's busybox-static.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub use k8s_cri::v1::image_service_client::ImageServiceClient;
+pub use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+pub use k8s_cri::v1::*;
+pub use serde_json::json;
+use sha2::{Digest, Sha256};
+
+pub const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+pub fn sha(bytes: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// The busybox applets the images link (tests run them by name).
+pub const APPLETS: &[&str] = &[
+    "sh", "sleep", "cat", "echo", "ls", "id", "hostname", "head", "dd", "ip", "true", "false",
+    "kill", "ps", "wc", "grep", "env", "stat", "seq", "touch", "mkdir", "date",
+];
+
+/// One layer: /bin/busybox, its applets as symlinks, and /etc/passwd and /etc/group
+/// with root and `app` (1000:1000), as an uncompressed tar.
+pub fn busybox_layer() -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let busybox = std::fs::read("/bin/busybox").expect("Debian's busybox-static");
+    let mut header = tar::Header::new_gnu();
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1_700_000_000);
+    header.set_size(busybox.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    tar.append_data(&mut header, "bin/busybox", busybox.as_slice())
+        .expect("busybox");
+    for applet in APPLETS {
+        let mut link = tar::Header::new_gnu();
+        link.set_uid(0);
+        link.set_gid(0);
+        link.set_mtime(1_700_000_000);
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_mode(0o777);
+        tar.append_link(&mut link, format!("bin/{applet}"), "busybox")
+            .expect("applet");
+    }
+    add(
+        &mut tar,
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    );
+    add(
+        &mut tar,
+        "etc/group",
+        b"root:x:0:\napp:x:1000:\nstaff:x:50:app\n",
+    );
+    tar.into_inner().expect("layer")
+}
+
+/// An image config over one layer; `variant` makes configs (and so image ids) differ.
+pub fn config(diff_id: &str, variant: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/bin/sh"], "User": "1000", "Env": ["PATH=/bin"],
+                   "Labels": {"variant": variant}},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .expect("config")
+}
+
+pub fn add(tar: &mut tar::Builder<Vec<u8>>, path: &str, bytes: &[u8]) {
+    let mut header = tar::Header::new_gnu();
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1_700_000_000);
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, path, bytes).expect("entry");
+}
+
+/// An OCI image layout named `name`; `tamper` flips a byte of the layer after hashing.
+pub fn oci_layout(name: &str, tamper: bool, variant: &str) -> Vec<u8> {
+    let layer = busybox_layer();
+    let diff_id = sha(&layer);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &layer).expect("gzip");
+    let mut layer_gz = gz.finish().expect("gzip");
+    let layer_digest = sha(&layer_gz);
+    if tamper {
+        let last = layer_gz.len() - 1;
+        layer_gz[last] ^= 0xff;
+    }
+    let config = config(&diff_id, variant);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer_gz.len()}],
+    }))
+    .expect("manifest");
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(&manifest),
+                       "size": manifest.len(), "annotations": {"io.containerd.image.name": name}}],
+    }))
+    .expect("index");
+    let mut tar = tar::Builder::new(Vec::new());
+    add(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add(&mut tar, "index.json", &index);
+    let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
+    add(&mut tar, &blob(&sha(&config)), &config);
+    add(&mut tar, &blob(&sha(&manifest)), &manifest);
+    add(&mut tar, &blob(&layer_digest), &layer_gz);
+    tar.into_inner().expect("layout")
+}
+
+/// A `docker save` archive of the same filesystem, tagged `tag`.
+pub fn docker_archive(tag: &str) -> Vec<u8> {
+    let layer = busybox_layer();
+    let diff_id = sha(&layer);
+    let config = config(&diff_id, "docker");
+    let config_name = format!("{}.json", sha(&config).trim_start_matches("sha256:"));
+    let manifest = serde_json::to_vec(&json!([
+        {"Config": config_name, "RepoTags": [tag], "Layers": ["layer1/layer.tar"]}
+    ]))
+    .expect("manifest");
+    let mut tar = tar::Builder::new(Vec::new());
+    add(&mut tar, "manifest.json", &manifest);
+    add(&mut tar, &config_name, &config);
+    add(&mut tar, "layer1/layer.tar", &layer);
+    tar.into_inner().expect("archive")
+}
+
+pub struct Runtime {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl Runtime {
+    pub fn start() -> Runtime {
+        Runtime::start_with(&[])
+    }
+
+    /// With more `skiff runtime` flags.
+    pub fn start_with(extra: &[&str]) -> Runtime {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut runtime = Runtime {
+            child: None,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        runtime.launch();
+        runtime
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("runtime.log"))
+            .expect("log");
+        let child = Command::new(SKIFF)
+            .args(["runtime", "--data-dir"])
+            .arg(self.data())
+            .arg("--listen")
+            .arg(self.socket())
+            .args(&self.extra)
+            .stderr(log)
+            .spawn()
+            .expect("skiff runtime");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the CRI socket never appeared: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the runtime process (SIGKILL: no chance to tidy up) and starts it again
+    /// on the same data directory.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.launch();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("runtime.log")).unwrap_or_default()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("cri.sock")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path
+    }
+
+    pub fn skiff(&self, args: &[&str], extra: &[&Path]) -> std::process::Output {
+        Command::new(SKIFF)
+            .args(args)
+            .args(extra)
+            .output()
+            .expect("skiff")
+    }
+
+    pub fn import(&self, file: &Path, extra: &[&str]) -> std::process::Output {
+        let data = self.data();
+        let mut args = vec!["images", "import"];
+        args.extend(extra);
+        Command::new(SKIFF)
+            .args(&args)
+            .arg(file)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("skiff images import")
+    }
+
+    pub fn blobs(&self) -> usize {
+        std::fs::read_dir(self.data().join("images/blobs/sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Runtime {
+    /// Stops the runtime, and whatever a failed test left running or mounted: the
+    /// containers (through runc, which kills their processes; their monitors follow)
+    /// and the mounts under the data directory (sandbox namespaces, /dev/shm, roots).
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let root = self.data().join("oci");
+        let listed = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output();
+        if let Ok(listed) = listed {
+            for id in String::from_utf8_lossy(&listed.stdout).lines() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
+        let dir = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines().rev() {
+            if let Some(point) = line.split(' ').nth(4).filter(|p| p.starts_with(&dir)) {
+                let _ = Command::new("umount").args(["-l", point]).output();
+            }
+        }
+    }
+}
+
+pub async fn channel(socket: &Path) -> tonic::transport::Channel {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connect")
+}
+
+pub fn spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
+}
+
+/// An OCI image layout of `layers` (uncompressed tars, lowest first; each stored
+/// gzipped) with `process` as the config's `config` object.
+pub fn oci_image(name: &str, layers: &[Vec<u8>], process: serde_json::Value) -> Vec<u8> {
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha(l)).collect();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "config": process,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .expect("config");
+    let gzipped: Vec<Vec<u8>> = layers
+        .iter()
+        .map(|layer| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, layer).expect("gzip");
+            gz.finish().expect("gzip")
+        })
+        .collect();
+    let descriptors: Vec<serde_json::Value> = gzipped
+        .iter()
+        .map(|l| {
+            json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": sha(l), "size": l.len()})
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&config), "size": config.len()},
+        "layers": descriptors,
+    }))
+    .expect("manifest");
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(&manifest),
+                       "size": manifest.len(), "annotations": {"io.containerd.image.name": name}}],
+    }))
+    .expect("index");
+    let mut tar = tar::Builder::new(Vec::new());
+    add(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add(&mut tar, "index.json", &index);
+    let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
+    add(&mut tar, &blob(&sha(&config)), &config);
+    add(&mut tar, &blob(&sha(&manifest)), &manifest);
+    for layer in &gzipped {
+        add(&mut tar, &blob(&sha(layer)), layer);
+    }
+    tar.into_inner().expect("layout")
+}
