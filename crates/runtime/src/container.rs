@@ -347,6 +347,9 @@ pub fn kill_now(engine: &Engine, container: &Container) -> Result<()> {
 pub fn remove(engine: &Engine, container: &Container) -> Result<()> {
     kill_now(engine, container)?;
     release(engine, &container.id, &container.dir);
+    engine
+        .cpu_samples
+        .forget(&lock(&container.record).cgroups_path);
     lock(&engine.containers).remove(&container.id);
     Ok(())
 }
@@ -498,4 +501,41 @@ pub async fn exec_sync(
         stderr,
         exit_code: code,
     })
+}
+
+/// UpdateContainerResources: new CPU and memory limits for a created or running
+/// container, through `runc update`; the spec on disk follows.
+pub fn update_resources(
+    engine: &Engine,
+    container: &Container,
+    resources: &k8s_cri::v1::LinuxContainerResources,
+) -> Result<()> {
+    match phase(container) {
+        Phase::Created | Phase::Running => {}
+        _ => {
+            return Err(Failure::Precondition(format!(
+                "container {} is not running",
+                container.id
+            )));
+        }
+    }
+    let update = crate::oci::resources_of(resources, engine.swap_accounting);
+    let file = container.dir.join("resources.json");
+    std::fs::write(&file, serde_json::Value::Object(update.clone()).to_string())
+        .map_err(internal)?;
+    let file_arg = file.display().to_string();
+    let result = engine.oci(&["update", "--resources", &file_arg, &container.id]);
+    let _ = std::fs::remove_file(&file);
+    result?;
+    let spec_path = container.dir.join("config.json");
+    if let Ok(text) = std::fs::read_to_string(&spec_path)
+        && let Ok(mut spec) = serde_json::from_str::<serde_json::Value>(&text)
+    {
+        for (key, value) in update {
+            spec["linux"]["resources"][key] = value;
+        }
+        let bytes = serde_json::to_vec_pretty(&spec).map_err(internal)?;
+        crate::util::write_atomic(&spec_path, &bytes).map_err(internal)?;
+    }
+    Ok(())
 }

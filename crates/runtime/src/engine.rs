@@ -119,6 +119,7 @@ pub struct Engine {
     pub min_oom_score_adj: i64,
     /// Whether the memory cgroup accounts swap.
     pub swap_accounting: bool,
+    pub cpu_samples: crate::stats::CpuSamples,
 }
 
 pub const SANDBOX_RECORD: &str = "sandbox.json";
@@ -170,6 +171,7 @@ impl Engine {
         let engine = Engine {
             cgroups,
             swap_accounting,
+            cpu_samples: Default::default(),
             settings,
             images,
             layers,

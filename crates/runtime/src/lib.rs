@@ -10,7 +10,7 @@
 //! - `engine.rs`: sandboxes and containers, their records on disk, reload at start.
 //! - `sandbox.rs`, `ns.rs`, `cni.rs`: pod sandboxes, their namespaces and network.
 //! - `container.rs`, `oci.rs`, `monitor.rs`: containers, their OCI spec, their monitor.
-//! - `cgroups.rs`: where the cgroup hierarchies are.
+//! - `cgroups.rs`, `stats.rs`: where the cgroup hierarchies are; statistics from them.
 //! - `cri.rs`, `runtime_service.rs`: the gRPC services.
 
 mod cgroups;
@@ -26,6 +26,7 @@ mod oci;
 pub mod reference;
 mod runtime_service;
 mod sandbox;
+mod stats;
 mod util;
 
 use std::ffi::OsString;

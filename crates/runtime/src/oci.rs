@@ -369,6 +369,52 @@ fn bind(destination: &str, source: &Path, options: &[&str]) -> Value {
     json!({"destination": destination, "type": "bind", "source": source, "options": options})
 }
 
+/// The OCI `linux.resources` of a CRI request's resources (memory and CPU; devices
+/// are the caller's), for the spec and for `runc update`.
+pub fn resources_of(
+    resources: &k8s_cri::v1::LinuxContainerResources,
+    swap_accounting: bool,
+) -> serde_json::Map<String, Value> {
+    let mut cgroup = serde_json::Map::new();
+    let mut memory = serde_json::Map::new();
+    if resources.memory_limit_in_bytes > 0 {
+        memory.insert("limit".into(), json!(resources.memory_limit_in_bytes));
+        // Without an explicit swap limit, no swap beyond the memory limit (kubelet's
+        // default on cgroup v1 with swap off).
+        let swap = if resources.memory_swap_limit_in_bytes > 0 {
+            resources.memory_swap_limit_in_bytes
+        } else {
+            resources.memory_limit_in_bytes
+        };
+        if swap_accounting {
+            memory.insert("swap".into(), json!(swap));
+        }
+    }
+    if !memory.is_empty() {
+        cgroup.insert("memory".into(), Value::Object(memory));
+    }
+    let mut cpu = serde_json::Map::new();
+    if resources.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(resources.cpu_shares));
+    }
+    if resources.cpu_quota > 0 {
+        cpu.insert("quota".into(), json!(resources.cpu_quota));
+    }
+    if resources.cpu_period > 0 {
+        cpu.insert("period".into(), json!(resources.cpu_period));
+    }
+    if !resources.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(resources.cpuset_cpus));
+    }
+    if !resources.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(resources.cpuset_mems));
+    }
+    if !cpu.is_empty() {
+        cgroup.insert("cpu".into(), Value::Object(cpu));
+    }
+    cgroup
+}
+
 /// The whole spec.
 pub fn spec(input: &Input) -> Result<Value, Invalid> {
     let config = input.config;
@@ -489,43 +535,7 @@ pub fn spec(input: &Input) -> Result<Value, Invalid> {
         ns.push(json!({"type": "ipc", "path": sandbox.join("ns/ipc")}));
     }
 
-    let mut cgroup = serde_json::Map::new();
-    let mut memory = serde_json::Map::new();
-    if resources.memory_limit_in_bytes > 0 {
-        memory.insert("limit".into(), json!(resources.memory_limit_in_bytes));
-        // Without an explicit swap limit, no swap beyond the memory limit (kubelet's
-        // default on cgroup v1 with swap off).
-        let swap = if resources.memory_swap_limit_in_bytes > 0 {
-            resources.memory_swap_limit_in_bytes
-        } else {
-            resources.memory_limit_in_bytes
-        };
-        if input.swap_accounting {
-            memory.insert("swap".into(), json!(swap));
-        }
-    }
-    if !memory.is_empty() {
-        cgroup.insert("memory".into(), Value::Object(memory));
-    }
-    let mut cpu = serde_json::Map::new();
-    if resources.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(resources.cpu_shares));
-    }
-    if resources.cpu_quota > 0 {
-        cpu.insert("quota".into(), json!(resources.cpu_quota));
-    }
-    if resources.cpu_period > 0 {
-        cpu.insert("period".into(), json!(resources.cpu_period));
-    }
-    if !resources.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(resources.cpuset_cpus));
-    }
-    if !resources.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(resources.cpuset_mems));
-    }
-    if !cpu.is_empty() {
-        cgroup.insert("cpu".into(), Value::Object(cpu));
-    }
+    let mut cgroup = resources_of(&resources, input.swap_accounting);
     let mut devices = Vec::new();
     let mut device_rules = vec![json!({"allow": privileged, "access": "rwm"})];
     for device in &config.devices {

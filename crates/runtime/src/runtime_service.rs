@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::container::{self, Phase};
 use crate::cri::Cri;
 use crate::engine::{Container, Engine, Failure, Sandbox, lock};
-use crate::sandbox;
+use crate::{sandbox, stats};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -444,9 +444,20 @@ impl RuntimeService for Cri {
 
     async fn update_container_resources(
         &self,
-        _: Request<UpdateContainerResourcesRequest>,
+        request: Request<UpdateContainerResourcesRequest>,
     ) -> Reply<UpdateContainerResourcesResponse> {
-        Err(not_yet("UpdateContainerResources"))
+        let request = request.into_inner();
+        let container = self.engine.container(&request.container_id)?;
+        let resources = request
+            .linux
+            .ok_or_else(|| Status::invalid_argument("linux resources are required"))?;
+        let held = container.clone();
+        let _op = held.op.lock().await;
+        blocking(&self.engine, move |e| {
+            container::update_resources(e, &container, &resources)
+        })
+        .await?;
+        Ok(Response::new(UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
@@ -482,15 +493,21 @@ impl RuntimeService for Cri {
     }
     async fn container_stats(
         &self,
-        _: Request<ContainerStatsRequest>,
+        request: Request<ContainerStatsRequest>,
     ) -> Reply<ContainerStatsResponse> {
-        Err(not_yet("ContainerStats"))
+        let container = self.engine.container(&request.get_ref().container_id)?;
+        let stats = blocking(&self.engine, move |e| Ok(stats::container(e, &container))).await?;
+        Ok(Response::new(ContainerStatsResponse { stats: Some(stats) }))
     }
     async fn pod_sandbox_stats(
         &self,
-        _: Request<PodSandboxStatsRequest>,
+        request: Request<PodSandboxStatsRequest>,
     ) -> Reply<PodSandboxStatsResponse> {
-        Err(not_yet("PodSandboxStats"))
+        let sandbox = self.engine.sandbox(&request.get_ref().pod_sandbox_id)?;
+        let stats = blocking(&self.engine, move |e| Ok(stats::sandbox(e, &sandbox))).await?;
+        Ok(Response::new(PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
     async fn checkpoint_container(
         &self,
@@ -498,17 +515,49 @@ impl RuntimeService for Cri {
     ) -> Reply<CheckpointContainerResponse> {
         Err(not_yet("CheckpointContainer"))
     }
+    /// Statistics of running containers matching the filter.
     async fn list_container_stats(
         &self,
-        _: Request<ListContainerStatsRequest>,
+        request: Request<ListContainerStatsRequest>,
     ) -> Reply<ListContainerStatsResponse> {
-        Ok(Response::new(ListContainerStatsResponse::default()))
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let stats = blocking(&self.engine, move |e| {
+            let all: Vec<Arc<Container>> = lock(&e.containers).values().cloned().collect();
+            Ok(all
+                .iter()
+                .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+                .filter(|c| {
+                    filter.pod_sandbox_id.is_empty()
+                        || lock(&c.record)
+                            .sandbox_id
+                            .starts_with(&filter.pod_sandbox_id)
+                })
+                .filter(|c| labels_match(&c.config.labels, &filter.label_selector))
+                .filter(|c| container::phase(c) == Phase::Running)
+                .map(|c| stats::container(e, c))
+                .collect())
+        })
+        .await?;
+        Ok(Response::new(ListContainerStatsResponse { stats }))
     }
+    /// Statistics of ready sandboxes matching the filter.
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<ListPodSandboxStatsRequest>,
+        request: Request<ListPodSandboxStatsRequest>,
     ) -> Reply<ListPodSandboxStatsResponse> {
-        Ok(Response::new(ListPodSandboxStatsResponse::default()))
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let stats = blocking(&self.engine, move |e| {
+            let all: Vec<Arc<Sandbox>> = lock(&e.sandboxes).values().cloned().collect();
+            Ok(all
+                .iter()
+                .filter(|s| filter.id.is_empty() || s.id.starts_with(&filter.id))
+                .filter(|s| labels_match(&s.config.labels, &filter.label_selector))
+                .filter(|s| lock(&s.record).ready)
+                .map(|s| stats::sandbox(e, s))
+                .collect())
+        })
+        .await?;
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
     async fn list_metric_descriptors(
         &self,

@@ -9,7 +9,7 @@
 
 mod cri;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cri::*;
@@ -33,50 +33,6 @@ impl Drop for HostState {
             }
         }
     }
-}
-
-fn remove_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&entry.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-/// cgroup v1 mount points by controller, from mountinfo (never hard-coded).
-fn cgroup_mounts() -> Vec<(String, PathBuf)> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mut right = right.split(' ');
-            let (kind, _, options) = (right.next()?, right.next()?, right.next()?);
-            let mount = left.split(' ').nth(4)?;
-            match kind {
-                "cgroup" => Some((options.to_string(), PathBuf::from(mount))),
-                "cgroup2" => Some(("unified".to_string(), PathBuf::from(mount))),
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
-    cgroup_mounts()
-        .into_iter()
-        .map(|(_, m)| m.join(cgroup.trim_start_matches('/')))
-        .collect()
-}
-
-fn cgroup_dir(controller: &str, cgroup: &str) -> PathBuf {
-    let (_, mount) = cgroup_mounts()
-        .into_iter()
-        .find(|(options, _)| options.split(',').any(|o| o == controller))
-        .expect("controller mounted");
-    mount.join(cgroup.trim_start_matches('/'))
 }
 
 fn image(name: &str, layers: &[Vec<u8>]) -> Vec<u8> {
@@ -483,6 +439,80 @@ async fn pods_and_containers_run_through_the_cri() {
         .expect("ps");
     let ps = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!ps.contains("sleep 30"), "{ps}");
+
+    // Statistics from cgroups, and new limits for a running container.
+    let stats = client
+        .container_stats(ContainerStatsRequest {
+            container_id: sleeper.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let cpu = stats
+        .cpu
+        .expect("cpu")
+        .usage_core_nano_seconds
+        .expect("cpu time")
+        .value;
+    let memory = stats
+        .memory
+        .expect("memory")
+        .working_set_bytes
+        .expect("working set")
+        .value;
+    assert!(cpu > 0 && memory > 0, "cpu {cpu} ns, memory {memory} bytes");
+    assert!(stats.writable_layer.is_some());
+    client
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: sleeper.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                cpu_quota: 50_000,
+                cpu_period: 100_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    let cgroup = format!("{parent}/pod-{sandbox}/{sleeper}");
+    let limit =
+        std::fs::read_to_string(cgroup_dir("memory", &cgroup).join("memory.limit_in_bytes"))
+            .expect("memory limit");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    let quota = std::fs::read_to_string(cgroup_dir("cpu", &cgroup).join("cpu.cfs_quota_us"))
+        .expect("cpu quota");
+    assert_eq!(quota.trim(), "50000");
+    let pod_stats = client
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
+        .await
+        .expect("ListPodSandboxStats")
+        .into_inner()
+        .stats;
+    let linux = pod_stats
+        .iter()
+        .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == sandbox))
+        .and_then(|s| s.linux.clone())
+        .expect("the pod's stats");
+    let interface = linux
+        .network
+        .and_then(|n| n.default_interface)
+        .expect("eth0 counters");
+    assert_eq!(interface.name, "eth0");
+    assert!(
+        linux
+            .process
+            .and_then(|p| p.process_count)
+            .is_some_and(|c| c.value >= 1)
+    );
+    assert!(
+        linux
+            .containers
+            .iter()
+            .any(|c| c.attributes.as_ref().is_some_and(|a| a.id == sleeper))
+    );
 
     // Stop: PID 1 ignores SIGTERM without a handler, so the grace period ends in SIGKILL;
     // a handler that exits ends it early.

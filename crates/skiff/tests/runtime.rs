@@ -178,13 +178,6 @@ async fn images_are_imported_verified_listed_and_removed_through_the_cri() {
             .contains(&"docker.io/library/busybox:test".to_string())
     }));
 
-    // What needs sandboxes says so.
-    let err = runtime
-        .run_pod_sandbox(RunPodSandboxRequest::default())
-        .await
-        .expect_err("not yet");
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-
     // A second runtime does not take a live runtime's socket.
     let socket = rt.socket();
     let second = rt.skiff(

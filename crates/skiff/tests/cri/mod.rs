@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // not every test binary uses both clients
 pub use k8s_cri::v1::image_service_client::ImageServiceClient;
 pub use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 pub use k8s_cri::v1::*;
@@ -353,4 +354,169 @@ pub fn oci_image(name: &str, layers: &[Vec<u8>], process: serde_json::Value) -> 
         add(&mut tar, &blob(&sha(layer)), layer);
     }
     tar.into_inner().expect("layout")
+}
+
+/// Debian's containerd 1.6 with its CRI plugin, in a temporary root, for checking the
+/// tests' expectations against a real peer. `None` when containerd is not installed.
+pub struct Containerd {
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    pub fn start(cni_conf_dir: &Path, pause_image: &str) -> Option<Containerd> {
+        if Command::new("containerd")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display();
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[debug]
+  address = "{d}/debug.sock"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause_image}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+"#,
+            cni = cni_conf_dir.display()
+        );
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).expect("containerd config");
+        let log = std::fs::File::create(dir.path().join("containerd.log")).expect("log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config_path)
+            .stderr(log)
+            .spawn()
+            .expect("containerd");
+        let containerd = Containerd { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(containerd.socket()).is_err() {
+            assert!(Instant::now() < deadline, "containerd never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(containerd)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    /// `ctr images import` into the CRI plugin's namespace.
+    pub fn import(&self, tarball: &Path) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(tarball)
+            .output()
+            .expect("ctr")
+    }
+}
+
+impl Drop for Containerd {
+    /// Stops containerd; its shims and containers (left only by a failed test) and its
+    /// mounts under the temporary root go too.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = self.dir.path().display().to_string();
+        // The runc shim keeps its containers under a fixed root; ours have bundles here.
+        let root = "/run/containerd/runc/k8s.io";
+        let listed = Command::new("runc")
+            .args(["--root", root, "list", "-q"])
+            .output();
+        for id in listed
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+            .lines()
+        {
+            let state = Command::new("runc")
+                .args(["--root", root, "state", id])
+                .output();
+            if state.is_ok_and(|s| String::from_utf8_lossy(&s.stdout).contains(&dir)) {
+                let _ = Command::new("runc")
+                    .args(["--root", root, "delete", "--force", id])
+                    .output();
+            }
+        }
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("containerd-shim") && cmdline.contains(&dir) {
+                let _ = Command::new("kill")
+                    .arg("-9")
+                    .arg(entry.file_name())
+                    .output();
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines().rev() {
+            if let Some(point) = line.split(' ').nth(4).filter(|p| p.starts_with(&dir)) {
+                let _ = Command::new("umount").args(["-l", point]).output();
+            }
+        }
+    }
+}
+
+pub fn remove_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// cgroup v1 mount points by controller, from mountinfo (never hard-coded).
+pub fn cgroup_mounts() -> Vec<(String, PathBuf)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut right = right.split(' ');
+            let (kind, _, options) = (right.next()?, right.next()?, right.next()?);
+            let mount = left.split(' ').nth(4)?;
+            match kind {
+                "cgroup" => Some((options.to_string(), PathBuf::from(mount))),
+                "cgroup2" => Some(("unified".to_string(), PathBuf::from(mount))),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+pub fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
+    cgroup_mounts()
+        .into_iter()
+        .map(|(_, m)| m.join(cgroup.trim_start_matches('/')))
+        .collect()
+}
+
+pub fn cgroup_dir(controller: &str, cgroup: &str) -> PathBuf {
+    let (_, mount) = cgroup_mounts()
+        .into_iter()
+        .find(|(options, _)| options.split(',').any(|o| o == controller))
+        .expect("controller mounted");
+    mount.join(cgroup.trim_start_matches('/'))
 }
