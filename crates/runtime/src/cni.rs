@@ -172,9 +172,15 @@ impl Cni {
             .map_err(|e| fail(format!("running {}: {e}", path.display())))?;
         if let Some(mut stdin) = child.stdin.take() {
             let bytes = serde_json::to_vec(&config).unwrap_or_default();
-            stdin
-                .write_all(&bytes)
-                .map_err(|e| fail(format!("writing its configuration: {e}")))?;
+            if let Err(e) = stdin.write_all(&bytes) {
+                // Reap it before reporting: no zombie plugins.
+                drop(stdin);
+                let output = child.wait_with_output();
+                let detail = output
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default();
+                return Err(fail(format!("writing its configuration: {e} {detail}")));
+            }
         }
         let output = child
             .wait_with_output()
@@ -195,6 +201,14 @@ impl Cni {
                 ),
             };
             return Err(fail(message));
+        }
+        // ADD must answer with a result; an answer that is none would leave a pod
+        // without an address and no error.
+        if command == "ADD" && !stdout.is_object() {
+            return Err(fail(format!(
+                "ADD returned no result: {:?}",
+                String::from_utf8_lossy(&output.stdout)
+            )));
         }
         Ok(stdout)
     }

@@ -50,21 +50,14 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
             sandbox.id
         )));
     }
-    for other in engine.containers_of(&sandbox.id) {
-        let m = other.config.metadata.as_ref();
-        if m.is_some_and(|m| m.name == metadata.name && m.attempt == metadata.attempt) {
-            return Err(Failure::AlreadyExists(format!(
-                "the name {}_{} is reserved for container {} in pod sandbox {}",
-                metadata.name, metadata.attempt, other.id, sandbox.id
-            )));
-        }
-    }
     let image_name = config
         .image
         .as_ref()
         .map(|i| i.image.clone())
         .filter(|i| !i.is_empty())
         .ok_or_else(|| Failure::Invalid("config.image.image is required".into()))?;
+    // Image removal waits until this container is registered as the image's user.
+    let _image_use = engine.image_use.read().unwrap_or_else(|p| p.into_inner());
     let image = engine
         .images
         .find(&image_name)
@@ -75,6 +68,8 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
             ))
         })?;
     let id = crate::util::new_id();
+    let key = name_key(&sandbox.id, &config).unwrap_or_default();
+    engine.reserve(&key, &id, "container")?;
     let dir = engine.container_dir(&id);
     std::fs::create_dir_all(&dir)
         .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
@@ -104,6 +99,7 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
             cgroups_path: cgroups_path.clone(),
             min_oom_score_adj: engine.min_oom_score_adj,
             swap_accounting: engine.swap_accounting,
+            target_pid: target_pid(engine, &config),
         })
         .map_err(|e| Failure::Invalid(e.0))?;
         let bytes = serde_json::to_vec_pretty(&spec).map_err(internal)?;
@@ -118,6 +114,7 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
         };
         engine::write_record(&dir, monitor::PLAN, &plan)?;
         let (monitor_pid, pid) = spawn_monitor(engine, &dir)?;
+        let monitor_start = start_time(monitor_pid).unwrap_or(0);
         let record = ContainerRecord {
             sandbox_id: sandbox.id.clone(),
             image_id: image.id.clone(),
@@ -125,6 +122,7 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
             created_at: crate::util::now_nanos(),
             started_at: 0,
             monitor_pid,
+            monitor_start,
             pid,
             cgroups_path,
             start_error: None,
@@ -155,13 +153,14 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
                 config,
                 dir,
                 record: Mutex::new(record),
-                op: tokio::sync::Mutex::new(()),
+                op: Default::default(),
             });
             lock(&engine.containers).insert(id.clone(), container);
             Ok(id)
         }
         Err(e) => {
             release(engine, &id, &dir);
+            engine.release_name(&key, &id);
             Err(e)
         }
     }
@@ -223,8 +222,41 @@ fn read_exit(dir: &Path) -> Option<Exit> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn alive(pid: i32) -> bool {
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (field 2) may hold spaces; fields after it follow its ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the monitor recorded for a container is still that process.
+fn monitor_alive(record: &ContainerRecord) -> bool {
+    record.monitor_pid > 0
+        && start_time(record.monitor_pid)
+            .is_some_and(|t| record.monitor_start == 0 || t == record.monitor_start)
+}
+
+/// The process of the container a TARGET PID namespace mode names, if it runs.
+fn target_pid(engine: &Engine, config: &ContainerConfig) -> Option<i32> {
+    let options = config
+        .linux
+        .as_ref()?
+        .security_context
+        .as_ref()?
+        .namespace_options
+        .as_ref()?;
+    if options.pid != k8s_cri::v1::NamespaceMode::Target as i32 {
+        return None;
+    }
+    let target = engine.container(&options.target_id).ok()?;
+    (phase(&target) == Phase::Running).then(|| lock(&target.record).pid)
+}
+
+/// The key that makes a container's name unique within its sandbox.
+pub fn name_key(sandbox: &str, config: &ContainerConfig) -> Option<String> {
+    let m = config.metadata.as_ref()?;
+    Some(format!("{sandbox}/{}_{}", m.name, m.attempt))
 }
 
 pub fn phase(container: &Container) -> Phase {
@@ -240,7 +272,7 @@ pub fn phase(container: &Container) -> Phase {
         };
         return Phase::Exited(exit, error);
     }
-    if !alive(record.monitor_pid) {
+    if !monitor_alive(&record) {
         // The monitor may have written its file just now.
         return match read_exit(&container.dir) {
             Some(exit) => Phase::Exited(exit, String::new()),
@@ -270,8 +302,23 @@ pub fn start(engine: &Engine, container: &Container) -> Result<()> {
             )));
         }
     }
-    let started = crate::util::now_nanos();
+    let sandbox_id = lock(&container.record).sandbox_id.clone();
+    if !engine
+        .sandbox(&sandbox_id)
+        .is_ok_and(|s| lock(&s.record).ready)
+    {
+        return Err(Failure::Precondition(format!(
+            "pod sandbox {sandbox_id} of container {} is not ready",
+            container.id
+        )));
+    }
     let result = engine.oci(&["start", &container.id]);
+    let started = crate::util::now_nanos();
+    if result.is_err() {
+        // What runc created must not linger: the process waiting to start, its monitor.
+        let _ = engine.oci(&["delete", "--force", &container.id]);
+        wait_exit(&container.dir, Duration::from_secs(5));
+    }
     let mut record = lock(&container.record);
     match result {
         Ok(()) => record.started_at = started,
@@ -322,9 +369,16 @@ pub fn kill_now(engine: &Engine, container: &Container) -> Result<()> {
     match phase(container) {
         Phase::Exited(..) => return Ok(()),
         Phase::Unknown => {
-            // No monitor: make sure nothing is left, the OCI runtime's way.
+            // No monitor to see the end: make sure nothing is left, the OCI runtime's
+            // way, and record an unknown exit (as containerd does).
             let _ = engine.oci(&["kill", "--all", &container.id, "KILL"]);
-            return Ok(());
+            let _ = engine.oci(&["delete", "--force", &container.id]);
+            let exit = Exit {
+                exit_code: 255,
+                finished_at: crate::util::now_nanos(),
+                reason: "Unknown".into(),
+            };
+            return engine::write_record(&container.dir, monitor::EXIT, &exit);
         }
         _ => {}
     }
@@ -350,6 +404,10 @@ pub fn remove(engine: &Engine, container: &Container) -> Result<()> {
     engine
         .cpu_samples
         .forget(&lock(&container.record).cgroups_path);
+    let sandbox_id = lock(&container.record).sandbox_id.clone();
+    if let Some(key) = name_key(&sandbox_id, &container.config) {
+        engine.release_name(&key, &container.id);
+    }
     lock(&engine.containers).remove(&container.id);
     Ok(())
 }
@@ -358,6 +416,14 @@ pub fn remove(engine: &Engine, container: &Container) -> Result<()> {
 /// directory (also for creations that failed or did not finish).
 pub fn release(engine: &Engine, id: &str, dir: &Path) {
     let _ = engine.oci(&["delete", "--force", id]);
+    // A monitor still running writes its exit file once the process is gone: wait for
+    // it, so it does not write into a directory being removed.
+    let record: Option<ContainerRecord> = std::fs::read(dir.join(CONTAINER_RECORD))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if record.as_ref().is_some_and(monitor_alive) {
+        wait_exit(dir, Duration::from_secs(5));
+    }
     let _ = crate::layers::unmount(&dir.join("rootfs"));
     if let Err(e) = std::fs::remove_dir_all(dir)
         && e.kind() != std::io::ErrorKind::NotFound
@@ -431,6 +497,8 @@ pub async fn exec_sync(
     let pid_file = container
         .dir
         .join(format!("exec-{}.pid", &crate::util::new_id()[..16]));
+    // If the request is cancelled, the command must not live on in the container.
+    let mut guard = KillOnDrop(Some(pid_file.clone()));
     let child = tokio::process::Command::new(&engine.settings.oci_runtime)
         .arg("--root")
         .arg(engine.oci_root())
@@ -461,22 +529,14 @@ pub async fn exec_sync(
     };
     let output = match waited {
         Ok(output) => {
+            guard.0 = None;
             let _ = std::fs::remove_file(&pid_file);
             output.map_err(internal)?
         }
         Err(_) => {
-            // The OCI runtime's exec process died with the future; its child lives on
-            // in the container until killed.
-            if let Some(pid) = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = std::fs::remove_file(&pid_file);
+            // The OCI runtime's exec process died with the future; the guard kills its
+            // child, which lives on in the container otherwise.
+            drop(guard);
             return Err(Failure::Timeout(format!(
                 "command {cmd:?} timed out after {timeout}s"
             )));
@@ -538,4 +598,26 @@ pub fn update_resources(
         crate::util::write_atomic(&spec_path, &bytes).map_err(internal)?;
     }
     Ok(())
+}
+
+/// Kills the process whose pid the file holds, and removes the file, when dropped
+/// armed (an ExecSync that timed out or whose request went away).
+struct KillOnDrop(Option<PathBuf>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let Some(pid_file) = self.0.take() else {
+            return;
+        };
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = std::fs::remove_file(&pid_file);
+    }
 }

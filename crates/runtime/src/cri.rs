@@ -167,31 +167,42 @@ impl ImageService for Cri {
         request: Request<RemoveImageRequest>,
     ) -> Reply<RemoveImageResponse> {
         let name = named(request.get_ref().image.as_ref())?.to_string();
-        let lookup = name.clone();
-        if let Some(image) = blocking(&self.images, move |s| s.find(&lookup)).await? {
-            let user = lock(&self.engine.containers)
+        let engine = self.engine.clone();
+        blocking(&self.images, move |s| {
+            // No container is being made from an image while images go.
+            let _removing = engine.image_use.write().unwrap_or_else(|p| p.into_inner());
+            let Some(image) = s.find(&name)? else {
+                // Removing what is not there succeeds, as the CRI asks.
+                return Ok(Err(()));
+            };
+            let user = lock(&engine.containers)
                 .values()
                 .find(|c| lock(&c.record).image_id == image.id)
                 .map(|c| c.id.clone());
             if let Some(user) = user {
-                return Err(Status::failed_precondition(format!(
-                    "image {name} is in use by container {user}"
-                )));
+                return Ok(Ok(Some(user)));
             }
-        }
-        let engine = self.engine.clone();
-        blocking(&self.images, move |s| {
-            match s.remove(&name) {
-                Ok(_) => {}
-                // Removing what is not there succeeds, as the CRI asks.
-                Err(ImageError::NotFound(_)) => return Ok(()),
+            match s.remove(&image.id) {
+                Ok(_) | Err(ImageError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
             // Its unpacked layers go too, unless another image shares them.
             engine.layers.remove_unused(&s.list()?)?;
-            Ok(())
+            Ok(Ok(None))
         })
-        .await?;
+        .await?
+        .ok()
+        .flatten()
+        .map_or(Ok(()), |user| {
+            Err(Status::failed_precondition(format!(
+                "image {} is in use by container {user}",
+                request
+                    .get_ref()
+                    .image
+                    .as_ref()
+                    .map_or("", |i| i.image.as_str())
+            )))
+        })?;
         Ok(Response::new(RemoveImageResponse {}))
     }
 

@@ -76,7 +76,9 @@ pub struct Sandbox {
     pub config: PodSandboxConfig,
     pub dir: PathBuf,
     pub record: Mutex<SandboxRecord>,
-    pub op: tokio::sync::Mutex<()>,
+    /// Held (owned, moved into the blocking work) while an operation runs, so a
+    /// cancelled request's work still excludes a retry.
+    pub op: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A container's record; what its monitor wrote is read alongside.
@@ -89,6 +91,9 @@ pub struct ContainerRecord {
     pub created_at: i64,
     pub started_at: i64,
     pub monitor_pid: i32,
+    /// The monitor's start time (clock ticks since boot, /proc/PID/stat), so a pid
+    /// reused after a reboot or crash is not taken for the monitor.
+    pub monitor_start: u64,
     pub pid: i32,
     pub cgroups_path: String,
     /// Set when StartContainer failed: the container never ran.
@@ -105,7 +110,7 @@ pub struct Container {
     pub config: ContainerConfig,
     pub dir: PathBuf,
     pub record: Mutex<ContainerRecord>,
-    pub op: tokio::sync::Mutex<()>,
+    pub op: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub struct Engine {
@@ -120,6 +125,12 @@ pub struct Engine {
     /// Whether the memory cgroup accounts swap.
     pub swap_accounting: bool,
     pub cpu_samples: crate::stats::CpuSamples,
+    /// Reserved names (sandbox and container name keys) and their ids: taken before a
+    /// creation starts, so two concurrent requests cannot both make one name.
+    pub names: Mutex<HashMap<String, String>>,
+    /// Read-held while a container is being created from an image, write-held while
+    /// images are removed, so removal never pulls layers from under a new container.
+    pub image_use: std::sync::RwLock<()>,
 }
 
 pub const SANDBOX_RECORD: &str = "sandbox.json";
@@ -172,6 +183,8 @@ impl Engine {
             cgroups,
             swap_accounting,
             cpu_samples: Default::default(),
+            names: Mutex::new(HashMap::new()),
+            image_use: std::sync::RwLock::new(()),
             settings,
             images,
             layers,
@@ -209,13 +222,22 @@ impl Engine {
             let record = read_record::<SandboxRecord>(&dir, SANDBOX_RECORD);
             let config = read_config::<PodSandboxConfig>(&dir);
             match (record, config) {
-                (Some(record), Some(config)) => {
+                (Some(mut record), Some(config)) => {
+                    if record.ready && !crate::sandbox::namespaces_intact(&dir, &record) {
+                        // The node rebooted: the namespaces and their network are gone.
+                        tracing::info!(sandbox = %id, "namespaces gone (reboot?): not ready");
+                        crate::sandbox::forget_namespaces(&dir, &mut record);
+                        let _ = write_record(&dir, SANDBOX_RECORD, &record);
+                    }
+                    if let Some(key) = crate::sandbox::name_key(&config) {
+                        lock(&self.names).insert(key, id.clone());
+                    }
                     let sandbox = Arc::new(Sandbox {
                         id: id.clone(),
                         config,
                         dir,
                         record: Mutex::new(record),
-                        op: tokio::sync::Mutex::new(()),
+                        op: Default::default(),
                     });
                     lock(&self.sandboxes).insert(id, sandbox);
                 }
@@ -230,12 +252,15 @@ impl Engine {
             let config = read_config::<ContainerConfig>(&dir);
             match (record, config) {
                 (Some(record), Some(config)) => {
+                    if let Some(key) = crate::container::name_key(&record.sandbox_id, &config) {
+                        lock(&self.names).insert(key, id.clone());
+                    }
                     let container = Arc::new(Container {
                         id: id.clone(),
                         config,
                         dir,
                         record: Mutex::new(record),
-                        op: tokio::sync::Mutex::new(()),
+                        op: Default::default(),
                     });
                     lock(&self.containers).insert(id, container);
                 }
@@ -286,6 +311,26 @@ impl Engine {
         match matching.as_slice() {
             [one] => Ok((*one).clone()),
             _ => Err(Failure::NotFound(format!("container {id:?} not found"))),
+        }
+    }
+
+    /// Reserves `key` for `id`; AlreadyExists names the holder.
+    pub fn reserve(&self, key: &str, id: &str, what: &str) -> Result<()> {
+        let mut names = lock(&self.names);
+        if let Some(holder) = names.get(key) {
+            return Err(Failure::AlreadyExists(format!(
+                "the name {key} is reserved for {what} {holder}"
+            )));
+        }
+        names.insert(key.to_string(), id.to_string());
+        Ok(())
+    }
+
+    /// Releases `key` if `id` holds it.
+    pub fn release_name(&self, key: &str, id: &str) {
+        let mut names = lock(&self.names);
+        if names.get(key).is_some_and(|holder| holder == id) {
+            names.remove(key);
         }
     }
 

@@ -174,6 +174,10 @@ fn unpack_tar(reader: Box<dyn Read>, dest: &Path) -> Result<()> {
                 .map_err(io("marking opaque", &parent))?;
             continue;
         }
+        // aufs's own metadata (.wh..wh.plnk, .wh..wh.aufs, ...) is no whiteout.
+        if name.starts_with(".wh..wh.") {
+            continue;
+        }
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
             inside(dest, &parent)?;
             std::fs::create_dir_all(&parent).map_err(io("creating", &parent))?;

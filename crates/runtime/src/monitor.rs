@@ -143,6 +143,7 @@ fn run(dir: &Path) -> Result<(), String> {
         std::thread::spawn(move || control(&ctl, &log));
     }
     let code = wait_for(pid);
+    let finished_at = crate::util::now_nanos();
     // Output still in the pipes belongs to the log; a daemon that kept them open must
     // not hold the exit back for long.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -154,7 +155,7 @@ fn run(dir: &Path) -> Result<(), String> {
     let oom = plan.memory_cgroup.as_deref().is_some_and(oom_killed);
     let exit = Exit {
         exit_code: code,
-        finished_at: crate::util::now_nanos(),
+        finished_at,
         reason: if oom {
             "OOMKilled".into()
         } else if code == 0 {
@@ -288,9 +289,13 @@ impl LogFile {
         Ok(log)
     }
 
+    /// Opens the path anew; on failure, output keeps going to the old file.
     fn reopen(&mut self) {
         if let Some(path) = &self.path {
-            self.file = open_log(path).ok();
+            match open_log(path) {
+                Ok(file) => self.file = Some(file),
+                Err(e) => eprintln!("monitor: reopening log {}: {e}", path.display()),
+            }
         }
     }
 

@@ -121,6 +121,8 @@ pub struct Input<'a> {
     /// Whether the memory controller accounts swap (memory.memsw.*): only then is swap
     /// limited with memory, as containerd does.
     pub swap_accounting: bool,
+    /// The process of the container whose PID namespace a TARGET mode joins.
+    pub target_pid: Option<i32>,
 }
 
 /// The uid, gid and additional groups a container runs as.
@@ -166,7 +168,7 @@ pub fn argv(config: &ContainerConfig, image: &Value) -> Result<Vec<String>, Inva
 }
 
 /// The environment: the image's, then the request's (which wins), with a PATH.
-fn environment(config: &ContainerConfig, image: &Value) -> Vec<String> {
+fn environment(config: &ContainerConfig, image: &Value, hostname: Option<&str>) -> Vec<String> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |key: &str, value: &str| {
         if let Some(slot) = env.iter_mut().find(|(k, _)| k == key) {
@@ -178,6 +180,10 @@ fn environment(config: &ContainerConfig, image: &Value) -> Vec<String> {
     for entry in strings(&image["Env"]) {
         let (k, v) = entry.split_once('=').unwrap_or((&entry, ""));
         set(k, v);
+    }
+    // As containerd: HOSTNAME is the pod's, unless the request sets it.
+    if let Some(hostname) = hostname.filter(|h| !h.is_empty()) {
+        set("HOSTNAME", hostname);
     }
     for kv in &config.envs {
         set(&kv.key, &kv.value);
@@ -192,7 +198,11 @@ fn environment(config: &ContainerConfig, image: &Value) -> Vec<String> {
 /// Reads one of the image's account files (regular files only: a symlink could point
 /// anywhere on the host).
 fn account_file(rootfs: &Path, name: &str) -> String {
-    let path = rootfs.join("etc").join(name);
+    let etc = rootfs.join("etc");
+    if !etc.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return String::new();
+    }
+    let path = etc.join(name);
     match path.symlink_metadata() {
         Ok(meta) if meta.is_file() && meta.len() < (4 << 20) => {
             std::fs::read_to_string(&path).unwrap_or_default()
@@ -342,24 +352,25 @@ fn capabilities(config: &ContainerConfig, privileged: bool) -> Vec<String> {
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.capabilities.as_ref());
+    // containerd's order: "ALL" in add, then "ALL" in drop, then the named adds,
+    // then the named drops; so drop ALL + add X leaves exactly X.
     if let Some(requested) = requested {
+        let all = |list: &[String]| list.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
+        if all(&requested.add_capabilities) {
+            caps = ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        }
+        if all(&requested.drop_capabilities) {
+            caps.clear();
+        }
         for add in &requested.add_capabilities {
-            if add.eq_ignore_ascii_case("ALL") {
-                caps = ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
-            } else {
-                let add = capability_name(add);
-                if !caps.contains(&add) {
-                    caps.push(add);
-                }
+            let add = capability_name(add);
+            if add != "CAP_ALL" && !caps.contains(&add) {
+                caps.push(add);
             }
         }
         for drop in &requested.drop_capabilities {
-            if drop.eq_ignore_ascii_case("ALL") {
-                caps.clear();
-            } else {
-                let drop = capability_name(drop);
-                caps.retain(|c| *c != drop);
-            }
+            let drop = capability_name(drop);
+            caps.retain(|c| *c != drop);
         }
     }
     caps
@@ -482,6 +493,7 @@ pub fn spec(input: &Input) -> Result<Value, Invalid> {
             mounts.push(bind(destination, &source, &options));
         }
     }
+    let mut rootfs_propagation: Option<&str> = None;
     for mount in &config.mounts {
         if !mount.container_path.starts_with('/') {
             return Err(Invalid(format!(
@@ -510,17 +522,40 @@ pub fn spec(input: &Input) -> Result<Value, Invalid> {
             Ok(MountPropagation::PropagationBidirectional) => "rshared",
             _ => "rprivate",
         };
+        // The root must propagate too, or runc's private root stops the mount's events.
+        match propagation {
+            "rshared" => rootfs_propagation = Some("rshared"),
+            "rslave" if rootfs_propagation.is_none() => rootfs_propagation = Some("rslave"),
+            _ => {}
+        }
         let mut options = vec!["rbind", propagation];
         if mount.readonly {
             options.push("ro");
         }
         mounts.push(bind(&mount.container_path, source, &options));
     }
+    // Parents before children whatever the request's order (containerd's
+    // orderedMounts): a mount at /etc must not hide /etc/resolv.conf.
+    mounts.sort_by_key(|m| {
+        Path::new(m["destination"].as_str().unwrap_or("/"))
+            .components()
+            .count()
+    });
 
     let mut ns = vec![json!({"type": "mount"})];
     match NamespaceMode::try_from(namespaces.pid) {
         Ok(NamespaceMode::Node) => {}
         Ok(NamespaceMode::Container) => ns.push(json!({"type": "pid"})),
+        // Another container's (kubectl debug --target).
+        Ok(NamespaceMode::Target) => {
+            let pid = input.target_pid.ok_or_else(|| {
+                Invalid(format!(
+                    "linux.security_context.namespace_options.target_id: container {:?} is not running",
+                    namespaces.target_id
+                ))
+            })?;
+            ns.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+        }
         _ => {
             return Err(Invalid(
                 "linux.security_context.namespace_options.pid: sharing the pod's process namespace (POD) is not supported by the skiff runtime yet; use CONTAINER or NODE".into(),
@@ -603,7 +638,7 @@ pub fn spec(input: &Input) -> Result<Value, Invalid> {
             "terminal": false,
             "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
             "args": args,
-            "env": environment(config, input.image),
+            "env": environment(config, input.image, hostname.as_deref()),
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "noNewPrivileges": security.no_new_privs,
@@ -624,6 +659,9 @@ pub fn spec(input: &Input) -> Result<Value, Invalid> {
     });
     if let Some(hostname) = hostname.filter(|h| !h.is_empty()) {
         spec["hostname"] = json!(hostname);
+    }
+    if let Some(propagation) = rootfs_propagation {
+        spec["linux"]["rootfsPropagation"] = json!(propagation);
     }
     Ok(spec)
 }
@@ -683,7 +721,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(environment(&config, &image()), vec!["PATH=/bin", "A=2"]);
+        assert_eq!(
+            environment(&config, &image(), Some("web-0")),
+            vec!["PATH=/bin", "A=2", "HOSTNAME=web-0"]
+        );
         assert_eq!(
             user(&config, &image(), root.path()).ok(),
             Some(User {

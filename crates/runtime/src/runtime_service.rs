@@ -46,6 +46,20 @@ async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
+/// Blocking engine work that keeps an object's operation lock until it is done, even
+/// when the request is cancelled meanwhile.
+async fn locked<T: Send + 'static>(
+    engine: &Arc<Engine>,
+    op: tokio::sync::OwnedMutexGuard<()>,
+    work: impl FnOnce(&Engine) -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Status> {
+    blocking(engine, move |e| {
+        let _op = op;
+        work(e)
+    })
+    .await
+}
+
 fn sandbox_state(sandbox: &Sandbox) -> PodSandboxState {
     if lock(&sandbox.record).ready {
         PodSandboxState::SandboxReady
@@ -239,9 +253,8 @@ impl RuntimeService for Cri {
         request: Request<StopPodSandboxRequest>,
     ) -> Reply<StopPodSandboxResponse> {
         let sandbox = self.engine.sandbox(&request.get_ref().pod_sandbox_id)?;
-        let held = sandbox.clone();
-        let _op = held.op.lock().await;
-        blocking(&self.engine, move |e| sandbox::stop(e, &sandbox)).await?;
+        let op = sandbox.op.clone().lock_owned().await;
+        locked(&self.engine, op, move |e| sandbox::stop(e, &sandbox)).await?;
         Ok(Response::new(StopPodSandboxResponse {}))
     }
 
@@ -255,9 +268,8 @@ impl RuntimeService for Cri {
             Err(Failure::NotFound(_)) => return Ok(Response::new(RemovePodSandboxResponse {})),
             Err(e) => return Err(e.into()),
         };
-        let held = sandbox.clone();
-        let _op = held.op.lock().await;
-        blocking(&self.engine, move |e| sandbox::remove(e, &sandbox)).await?;
+        let op = sandbox.op.clone().lock_owned().await;
+        locked(&self.engine, op, move |e| sandbox::remove(e, &sandbox)).await?;
         Ok(Response::new(RemovePodSandboxResponse {}))
     }
 
@@ -319,9 +331,8 @@ impl RuntimeService for Cri {
         let config = request
             .config
             .ok_or_else(|| Status::invalid_argument("config is required"))?;
-        let held = sandbox.clone();
-        let _op = held.op.lock().await;
-        let id = blocking(&self.engine, move |e| {
+        let op = sandbox.op.clone().lock_owned().await;
+        let id = locked(&self.engine, op, move |e| {
             container::create(e, &sandbox, config)
         })
         .await?;
@@ -333,9 +344,8 @@ impl RuntimeService for Cri {
         request: Request<StartContainerRequest>,
     ) -> Reply<StartContainerResponse> {
         let container = self.engine.container(&request.get_ref().container_id)?;
-        let held = container.clone();
-        let _op = held.op.lock().await;
-        blocking(&self.engine, move |e| container::start(e, &container)).await?;
+        let op = container.op.clone().lock_owned().await;
+        locked(&self.engine, op, move |e| container::start(e, &container)).await?;
         Ok(Response::new(StartContainerResponse {}))
     }
 
@@ -345,9 +355,8 @@ impl RuntimeService for Cri {
     ) -> Reply<StopContainerResponse> {
         let timeout = request.get_ref().timeout;
         let container = self.engine.container(&request.get_ref().container_id)?;
-        let held = container.clone();
-        let _op = held.op.lock().await;
-        blocking(&self.engine, move |e| {
+        let op = container.op.clone().lock_owned().await;
+        locked(&self.engine, op, move |e| {
             container::stop(e, &container, timeout)
         })
         .await?;
@@ -364,9 +373,8 @@ impl RuntimeService for Cri {
             Err(Failure::NotFound(_)) => return Ok(Response::new(RemoveContainerResponse {})),
             Err(e) => return Err(e.into()),
         };
-        let held = container.clone();
-        let _op = held.op.lock().await;
-        blocking(&self.engine, move |e| container::remove(e, &container)).await?;
+        let op = container.op.clone().lock_owned().await;
+        locked(&self.engine, op, move |e| container::remove(e, &container)).await?;
         Ok(Response::new(RemoveContainerResponse {}))
     }
 
@@ -451,9 +459,8 @@ impl RuntimeService for Cri {
         let resources = request
             .linux
             .ok_or_else(|| Status::invalid_argument("linux resources are required"))?;
-        let held = container.clone();
-        let _op = held.op.lock().await;
-        blocking(&self.engine, move |e| {
+        let op = container.op.clone().lock_owned().await;
+        locked(&self.engine, op, move |e| {
             container::update_resources(e, &container, &resources)
         })
         .await?;

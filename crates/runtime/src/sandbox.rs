@@ -44,12 +44,33 @@ fn namespace_mode(
 }
 
 /// The key that makes a sandbox's name unique (kubelet's sandbox name parts).
-fn name_key(config: &PodSandboxConfig) -> Option<String> {
+pub fn name_key(config: &PodSandboxConfig) -> Option<String> {
     let m = config.metadata.as_ref()?;
     Some(format!(
         "{}_{}_{}_{}",
         m.name, m.namespace, m.uid, m.attempt
     ))
+}
+
+/// Whether the namespace files are still mounted namespaces (not after a reboot, when
+/// only the empty files under the data directory are left).
+pub fn namespaces_intact(dir: &Path, record: &SandboxRecord) -> bool {
+    if record.host_network {
+        return true;
+    }
+    nix::sys::statfs::statfs(&dir.join("ns/net"))
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// After a reboot: nothing is left to release; the sandbox is not ready.
+pub fn forget_namespaces(dir: &Path, record: &mut SandboxRecord) {
+    ns::remove(&dir.join("ns"));
+    let _ = crate::layers::unmount(&dir.join("shm"));
+    let _ = std::fs::remove_file(dir.join("cni.json"));
+    record.ready = false;
+    record.network = None;
+    record.cni_result = None;
+    record.ips.clear();
 }
 
 pub fn run(engine: &Engine, config: PodSandboxConfig) -> Result<String> {
@@ -62,35 +83,28 @@ pub fn run(engine: &Engine, config: PodSandboxConfig) -> Result<String> {
             "config.metadata needs a name, a namespace and a uid".into(),
         ));
     }
-    let key = name_key(&config);
-    {
-        let sandboxes = lock(&engine.sandboxes);
-        if let Some(existing) = sandboxes.values().find(|s| name_key(&s.config) == key) {
-            return Err(Failure::AlreadyExists(format!(
-                "the name {} is reserved for pod sandbox {}",
-                key.unwrap_or_default(),
-                existing.id
-            )));
-        }
-    }
+    let key = name_key(&config).unwrap_or_default();
     let id = crate::util::new_id();
+    engine.reserve(&key, &id, "pod sandbox")?;
     let dir = engine.sandbox_dir(&id);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| internal(format!("creating {}: {e}", dir.display())))?;
-    match set_up(engine, &id, &dir, &config) {
+    let made = std::fs::create_dir_all(&dir)
+        .map_err(|e| internal(format!("creating {}: {e}", dir.display())))
+        .and_then(|()| set_up(engine, &id, &dir, &config));
+    match made {
         Ok(record) => {
             let sandbox = Arc::new(Sandbox {
                 id: id.clone(),
                 config,
                 dir,
                 record: Mutex::new(record),
-                op: tokio::sync::Mutex::new(()),
+                op: Default::default(),
             });
             lock(&engine.sandboxes).insert(id.clone(), sandbox);
             Ok(id)
         }
         Err(e) => {
             release_dir(engine, &id, &dir);
+            engine.release_name(&key, &id);
             Err(e)
         }
     }
@@ -150,7 +164,7 @@ fn set_up(
             .map_err(|e| Failure::Precondition(format!("pod network is not ready: {e}")))?;
         // Recorded before ADD so a failed ADD is undone by DEL.
         record.network = Some(network.name.clone());
-        write_cni_state(dir, &network.name, None)?;
+        write_cni_state(dir, &network, None)?;
         let result = engine
             .settings
             .cni
@@ -158,7 +172,7 @@ fn set_up(
             .map_err(|e| internal(e.to_string()))?;
         record.ips = cni::ips(&result);
         record.cni_result = Some(result.clone());
-        write_cni_state(dir, &network.name, Some(&result))?;
+        write_cni_state(dir, &network, Some(&result))?;
     }
 
     let mut hosts = if host_network {
@@ -194,7 +208,8 @@ fn set_up(
 fn loopback(engine: &Engine, id: &str, netns: &Path) -> Result<()> {
     let network = cni::Network {
         name: "cni-loopback".into(),
-        cni_version: "1.0.0".into(),
+        // The version every loopback plugin (also pre-1.0 ones) accepts, as containerd.
+        cni_version: "0.3.1".into(),
         plugins: vec![serde_json::json!({"type": "loopback"})],
     };
     let at = Attachment {
@@ -226,9 +241,31 @@ fn attachment<'a>(config: &'a PodSandboxConfig, id: &'a str, netns: &'a Path) ->
 }
 
 /// The network name and ADD result, where an interrupted runtime finds them.
-fn write_cni_state(dir: &Path, network: &str, result: Option<&serde_json::Value>) -> Result<()> {
-    let state = serde_json::json!({"network": network, "result": result});
+fn write_cni_state(
+    dir: &Path,
+    network: &cni::Network,
+    result: Option<&serde_json::Value>,
+) -> Result<()> {
+    let state = serde_json::json!({
+        "network": network.name, "cniVersion": network.cni_version,
+        "plugins": network.plugins, "result": result,
+    });
     crate::util::write_atomic(&dir.join("cni.json"), state.to_string().as_bytes()).map_err(internal)
+}
+
+/// The network a sandbox joined, as it was configured then (libcni's cached config: DEL
+/// must run the plugins ADD ran, whatever the config directory holds now), and the ADD
+/// result.
+fn joined_network(dir: &Path) -> Option<(cni::Network, Option<serde_json::Value>)> {
+    let bytes = std::fs::read(dir.join("cni.json")).ok()?;
+    let state: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let network = cni::Network {
+        name: state["network"].as_str()?.to_string(),
+        cni_version: state["cniVersion"].as_str()?.to_string(),
+        plugins: state["plugins"].as_array()?.clone(),
+    };
+    let result = Some(state["result"].clone()).filter(|r| !r.is_null());
+    Some((network, result))
 }
 
 /// resolv.conf from the CRI's DNS config, or the node's when there is none.
@@ -256,31 +293,22 @@ fn resolv_conf(config: &PodSandboxConfig) -> String {
 /// Stops the sandbox's containers, then releases its network and namespaces.
 pub fn stop(engine: &Engine, sandbox: &Sandbox) -> Result<()> {
     for container in engine.containers_of(&sandbox.id) {
+        let _op = container.op.blocking_lock();
         crate::container::kill_now(engine, &container)?;
     }
-    let record = lock(&sandbox.record).clone();
-    if let Some(network_name) = &record.network {
+    if let Some((network, result)) = joined_network(&sandbox.dir) {
         let netns = sandbox.dir.join("ns/net");
-        // The network in use now, if it is still the one the pod joined.
-        match engine.settings.cni.network() {
-            Ok(network) if &network.name == network_name => {
-                engine
-                    .settings
-                    .cni
-                    .del(
-                        &network,
-                        &attachment(&sandbox.config, &sandbox.id, &netns),
-                        record.cni_result.as_ref(),
-                    )
-                    .map_err(|e| internal(e.to_string()))?;
-                let _ = std::fs::remove_file(sandbox.dir.join("cni.json"));
-            }
-            _ => tracing::warn!(
-                sandbox = %sandbox.id,
-                network = %network_name,
-                "the pod's CNI network configuration is gone; its addresses are not released"
-            ),
-        }
+        // A failed DEL is the kubelet's to retry: the addresses must not leak.
+        engine
+            .settings
+            .cni
+            .del(
+                &network,
+                &attachment(&sandbox.config, &sandbox.id, &netns),
+                result.as_ref(),
+            )
+            .map_err(|e| internal(e.to_string()))?;
+        let _ = std::fs::remove_file(sandbox.dir.join("cni.json"));
     }
     ns::remove(&sandbox.dir.join("ns"));
     let _ = crate::layers::unmount(&sandbox.dir.join("shm"));
@@ -298,6 +326,7 @@ pub fn stop(engine: &Engine, sandbox: &Sandbox) -> Result<()> {
 pub fn remove(engine: &Engine, sandbox: &Sandbox) -> Result<()> {
     stop(engine, sandbox)?;
     for container in engine.containers_of(&sandbox.id) {
+        let _op = container.op.blocking_lock();
         crate::container::remove(engine, &container)?;
     }
     let record = lock(&sandbox.record).clone();
@@ -305,6 +334,9 @@ pub fn remove(engine: &Engine, sandbox: &Sandbox) -> Result<()> {
         engine.cgroups.remove(&record.cgroup_parent);
     }
     release_dir(engine, &sandbox.id, &sandbox.dir);
+    if let Some(key) = name_key(&sandbox.config) {
+        engine.release_name(&key, &sandbox.id);
+    }
     lock(&engine.sandboxes).remove(&sandbox.id);
     Ok(())
 }
@@ -313,27 +345,18 @@ pub fn remove(engine: &Engine, sandbox: &Sandbox) -> Result<()> {
 /// or did not finish. If CNI ADD ran (cni.json names the network), DEL releases what
 /// it may have taken.
 pub fn release_dir(engine: &Engine, id: &str, dir: &Path) {
-    let state: Option<serde_json::Value> = std::fs::read(dir.join("cni.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
     let config: Option<PodSandboxConfig> = std::fs::read(dir.join(CONFIG))
         .ok()
         .and_then(|b| PodSandboxConfig::decode(b.as_slice()).ok());
-    if let (Some(state), Some(config)) = (state, config) {
+    if let (Some((network, result)), Some(config)) = (joined_network(dir), config) {
         let netns = dir.join("ns/net");
-        match engine.settings.cni.network() {
-            Ok(network) if state["network"] == network.name.as_str() => {
-                let previous = Some(&state["result"]).filter(|r| !r.is_null());
-                if let Err(e) =
-                    engine
-                        .settings
-                        .cni
-                        .del(&network, &attachment(&config, id, &netns), previous)
-                {
-                    tracing::warn!(sandbox = %id, error = %e, "releasing the network of a failed sandbox");
-                }
-            }
-            _ => {}
+        if let Err(e) =
+            engine
+                .settings
+                .cni
+                .del(&network, &attachment(&config, id, &netns), result.as_ref())
+        {
+            tracing::warn!(sandbox = %id, error = %e, "releasing the network of a failed sandbox");
         }
     }
     ns::remove(&dir.join("ns"));

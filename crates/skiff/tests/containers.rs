@@ -390,6 +390,24 @@ async fn pods_and_containers_run_through_the_cri() {
         .collect();
     assert_eq!(lines, ["b", "dir", "h1", "h2", "--", "y", "2"], "{log}");
 
+    // drop ALL + add one leaves exactly that one (containerd's order).
+    let mut caps = container_config("caps", busybox, "grep CapEff /proc/self/status");
+    if let Some(security) = caps
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+    {
+        security.capabilities = Some(Capability {
+            add_capabilities: vec!["NET_BIND_SERVICE".into()],
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        });
+    }
+    let caps = run(&mut client, &sandbox, &pod, caps).await;
+    assert_eq!(wait_exited(&mut client, &caps).await.exit_code, 0);
+    let log = std::fs::read_to_string(logs.join("caps.log")).expect("log");
+    assert!(log.contains("CapEff:\t0000000000000400"), "{log}");
+
     // Exec, with exit codes, a timeout and a command that does not exist.
     let sleeper = run(
         &mut client,

@@ -2,6 +2,7 @@
 //! docs/benchmarks.md. Performance targets live here, never in timed tests.
 
 mod api;
+mod cri;
 mod scheduler;
 mod stats;
 mod store;
@@ -17,6 +18,8 @@ pub enum Bench {
     Api(api::ApiBench),
     /// Scheduling throughput with fake nodes.
     Scheduler(scheduler::SchedulerBench),
+    /// The CRI pod cycle against container runtimes (skiff's, containerd).
+    Cri(cri::CriBench),
 }
 
 impl Bench {
@@ -25,6 +28,7 @@ impl Bench {
             Bench::Store(bench) => bench.run().await,
             Bench::Api(bench) => bench.run().await,
             Bench::Scheduler(bench) => bench.run().await,
+            Bench::Cri(bench) => bench.run().await,
         }
     }
 }
