@@ -5,7 +5,7 @@
 //! OCI bundles on an overlayfs root, run by an OCI runtime (runc by default) under a
 //! monitor process each, so they outlive the runtime.
 //!
-//! - `images.rs`, `reference.rs`: the image store and image names.
+//! - `images.rs`, `reference.rs`, `export.rs`: the image store, image names, export.
 //! - `layers.rs`: unpacked layers and overlay root filesystems.
 //! - `engine.rs`: sandboxes and containers, their records on disk, reload at start.
 //! - `sandbox.rs`, `ns.rs`, `cni.rs`: pod sandboxes, their namespaces and network.
@@ -18,6 +18,7 @@ mod cni;
 mod container;
 mod cri;
 mod engine;
+pub mod export;
 pub mod images;
 mod layers;
 pub mod monitor;

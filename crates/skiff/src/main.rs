@@ -38,7 +38,7 @@ enum Command {
     /// A container's monitor (started by the runtime, one per container).
     #[command(hide = true)]
     RuntimeMonitor { dir: std::path::PathBuf },
-    /// Import, list and remove images of the runtime.
+    /// Import, export, list and remove images of the runtime.
     #[command(subcommand)]
     Images(runtime::Images),
     /// Measure a component's performance.

@@ -62,6 +62,15 @@ pub enum Images {
         #[arg(long, default_value = DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Write an image as an OCI image layout tarball (`-` for standard output).
+    Export {
+        image: String,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The runtime's data directory.
+        #[arg(long, default_value = DATA_DIR)]
+        data_dir: PathBuf,
+    },
     /// List images, through the CRI.
     Ls {
         #[arg(long, default_value = SOCKET)]
@@ -95,6 +104,33 @@ impl Images {
                     };
                     println!("imported {names} {}", image.id);
                 }
+                Ok(())
+            }
+            Images::Export {
+                image,
+                output,
+                data_dir,
+            } => {
+                let store = skiff_runtime::ImageStore::open(&data_dir.join("images"))?;
+                if output.as_os_str() == "-" {
+                    let stdout = std::io::stdout().lock();
+                    skiff_runtime::export::export(&store, &image, std::io::BufWriter::new(stdout))
+                        .with_context(|| format!("exporting {image}"))?;
+                    return Ok(());
+                }
+                // Written aside and renamed: a failed export leaves no partial file.
+                let tmp = output.with_extension("partial");
+                let file = std::fs::File::create(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?;
+                let written =
+                    skiff_runtime::export::export(&store, &image, std::io::BufWriter::new(file));
+                if let Err(e) = written {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e).with_context(|| format!("exporting {image}"));
+                }
+                std::fs::rename(&tmp, &output)
+                    .with_context(|| format!("writing {}", output.display()))?;
+                println!("exported {image} to {}", output.display());
                 Ok(())
             }
             Images::Ls { endpoint } => {

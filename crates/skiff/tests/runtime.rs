@@ -61,6 +61,46 @@ async fn images_are_imported_verified_listed_and_removed_through_the_cri() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let tool_id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+
+    // Exported (a docker archive has no manifest: one is written) and imported into
+    // another store, it is the same image under the same names.
+    let exported = rt.dir.path().join("exported.tar");
+    let data = rt.data();
+    let out = rt.skiff(
+        &["images", "export", "mirror.local/tool:2", "--output"],
+        &[&exported, Path::new("--data-dir"), &data],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let elsewhere = rt.dir.path().join("elsewhere");
+    let out = rt.skiff(
+        &["images", "import"],
+        &[&exported, Path::new("--data-dir"), &elsewhere],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains(&tool_id), "{printed}");
+    assert!(
+        printed.contains("docker.io/example/tool:1") && printed.contains("mirror.local/tool:2"),
+        "{printed}"
+    );
+    let missing = rt.skiff(
+        &["images", "export", "no/such:image", "--output"],
+        &[&exported, Path::new("--data-dir"), &data],
+    );
+    assert!(!missing.status.success());
 
     let listed = images
         .list_images(ListImagesRequest::default())
