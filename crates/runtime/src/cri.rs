@@ -148,18 +148,39 @@ impl ImageService for Cri {
         }))
     }
 
+    /// From the registry; an image already here (imported, or pulled before) is the
+    /// answer when the registry cannot be reached, so clusters without one keep working
+    /// with `imagePullPolicy: Always`.
     async fn pull_image(&self, request: Request<PullImageRequest>) -> Reply<PullImageResponse> {
-        let name = named(request.get_ref().image.as_ref())?.to_string();
-        // Imported images are "pulled" already.
+        let request = request.into_inner();
+        let name = named(request.image.as_ref())?.to_string();
+        let credentials = request
+            .auth
+            .map(|a| crate::pull::Credentials {
+                username: a.username,
+                password: a.password,
+                auth: a.auth,
+                registry_token: a.registry_token,
+                identity_token: a.identity_token,
+            })
+            .unwrap_or_default();
         let lookup = name.clone();
-        if let Some(record) = blocking(&self.images, move |s| s.find(&lookup)).await? {
-            return Ok(Response::new(PullImageResponse {
-                image_ref: record.id,
-            }));
+        let local = blocking(&self.images, move |s| s.find(&lookup)).await?;
+        match crate::pull::pull(self.images.clone(), &name, &credentials).await {
+            Ok(id) => Ok(Response::new(PullImageResponse { image_ref: id })),
+            Err(e) => match local {
+                Some(record) => {
+                    tracing::warn!(image = %name, error = %e, "pull failed; using the image already here");
+                    Ok(Response::new(PullImageResponse {
+                        image_ref: record.id,
+                    }))
+                }
+                None => Err(match e {
+                    ImageError::Reference(e) => Status::invalid_argument(e.to_string()),
+                    other => Status::unknown(format!("pulling image {name}: {other}")),
+                }),
+            },
         }
-        Err(Status::unimplemented(format!(
-            "pulling {name} from a registry is not implemented yet; import it with `skiff images import`"
-        )))
     }
 
     async fn remove_image(

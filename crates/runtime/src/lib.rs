@@ -5,7 +5,8 @@
 //! OCI bundles on an overlayfs root, run by an OCI runtime (runc by default) under a
 //! monitor process each, so they outlive the runtime.
 //!
-//! - `images.rs`, `reference.rs`, `export.rs`: the image store, image names, export.
+//! - `images.rs`, `reference.rs`, `export.rs`, `pull.rs`: the image store, image names,
+//!   export, registry pulls.
 //! - `layers.rs`: unpacked layers and overlay root filesystems.
 //! - `engine.rs`: sandboxes and containers, their records on disk, reload at start.
 //! - `sandbox.rs`, `ns.rs`, `cni.rs`: pod sandboxes, their namespaces and network.
@@ -24,6 +25,7 @@ mod layers;
 pub mod monitor;
 mod ns;
 mod oci;
+pub mod pull;
 pub mod reference;
 mod runtime_service;
 mod sandbox;
@@ -87,7 +89,10 @@ pub enum Error {
 
 /// Serves CRI on `config.listen` until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    // Registry pulls use rustls with the ring provider (the one the whole binary uses).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let store = ImageStore::open(&config.data_dir.join("images"))?;
+    pull::clean_staging(store.root());
     let collected = store.collect_garbage()?;
     if collected > 0 {
         tracing::info!(files = collected, "removed what interrupted imports left");

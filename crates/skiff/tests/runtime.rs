@@ -229,3 +229,145 @@ async fn images_are_imported_verified_listed_and_removed_through_the_cri() {
     assert!(err.contains("another runtime is serving on"), "{err}");
     assert!(socket.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_pulled_from_a_registry_on_loopback() {
+    let registry = Registry::start();
+    let layer = busybox_layer();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &layer).expect("gzip");
+    let layer_gz = gz.finish().expect("gzip");
+    let config = config(&sha(&layer), "pulled");
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha(&layer_gz), "size": layer_gz.len()}],
+    }))
+    .expect("manifest");
+    let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+    registry
+        .push(
+            "test/busybox",
+            "1",
+            &[config.clone(), layer_gz.clone()],
+            &manifest,
+            manifest_type,
+        )
+        .await;
+    // A multi-platform index whose arm64 image has another config (so another id):
+    // the pull must pick linux/amd64.
+    let arm_config = config_for(&sha(&layer), "arm64");
+    let arm_manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&arm_config), "size": arm_config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha(&layer_gz), "size": layer_gz.len()}],
+    }))
+    .expect("manifest");
+    registry
+        .push(
+            "test/multi",
+            "arm",
+            &[arm_config.clone(), layer_gz.clone()],
+            &arm_manifest,
+            manifest_type,
+        )
+        .await;
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": manifest_type, "digest": sha(&arm_manifest), "size": arm_manifest.len(),
+             "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": manifest_type, "digest": sha(&manifest), "size": manifest.len(),
+             "platform": {"architecture": "amd64", "os": "linux"}},
+        ],
+    }))
+    .expect("index");
+    registry
+        .push(
+            "test/multi",
+            "2",
+            &[config.clone(), layer_gz.clone()],
+            &manifest,
+            manifest_type,
+        )
+        .await;
+    registry
+        .push(
+            "test/multi",
+            "2",
+            &[],
+            &index,
+            "application/vnd.oci.image.index.v1+json",
+        )
+        .await;
+
+    let rt = Runtime::start();
+    let channel = channel(&rt.socket()).await;
+    let mut images = ImageServiceClient::new(channel);
+    let puller = images.clone();
+    let pull = |name: String| {
+        let mut images = puller.clone();
+        async move {
+            images
+                .pull_image(PullImageRequest {
+                    image: spec(&name),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().image_ref)
+        }
+    };
+    let address = &registry.address;
+    let id = pull(format!("{address}/test/busybox:1"))
+        .await
+        .expect("PullImage");
+    assert_eq!(id, sha(&config));
+    let status = images
+        .image_status(ImageStatusRequest {
+            image: spec(&format!("{address}/test/busybox:1")),
+            verbose: false,
+        })
+        .await
+        .expect("ImageStatus")
+        .into_inner()
+        .image
+        .expect("the pulled image");
+    assert_eq!(status.repo_tags, [format!("{address}/test/busybox:1")]);
+    assert_eq!(
+        status.repo_digests,
+        [format!("{address}/test/busybox@{}", sha(&manifest))]
+    );
+    // The index resolves to linux/amd64 (the same image); its digest is the repo digest.
+    let multi = pull(format!("{address}/test/multi:2"))
+        .await
+        .expect("PullImage index");
+    assert_eq!(multi, id);
+    let by_digest = pull(format!("{address}/test/busybox@{}", sha(&manifest)))
+        .await
+        .expect("PullImage by digest");
+    assert_eq!(by_digest, id);
+    // What the registry does not have is a clear error, and nothing is left staged.
+    let missing = pull(format!("{address}/test/busybox:absent"))
+        .await
+        .expect_err("no such tag");
+    assert!(
+        missing.message().contains("test/busybox:absent"),
+        "{missing:?}"
+    );
+    let staged: Vec<_> = std::fs::read_dir(rt.data().join("images"))
+        .expect("images dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".pull-"))
+        .collect();
+    assert!(staged.is_empty());
+    let listed = images
+        .list_images(ListImagesRequest::default())
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 1, "only the amd64 image: {listed:?}");
+}

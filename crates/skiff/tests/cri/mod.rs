@@ -70,6 +70,16 @@ pub fn busybox_layer() -> Vec<u8> {
     tar.into_inner().expect("layer")
 }
 
+/// An image config for `architecture` over one layer.
+pub fn config_for(diff_id: &str, architecture: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "architecture": architecture, "os": "linux",
+        "config": {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .expect("config")
+}
+
 /// An image config over one layer; `variant` makes configs (and so image ids) differ.
 pub fn config(diff_id: &str, variant: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
@@ -519,4 +529,89 @@ pub fn cgroup_dir(controller: &str, cgroup: &str) -> PathBuf {
         .find(|(options, _)| options.split(',').any(|o| o == controller))
         .expect("controller mounted");
     mount.join(cgroup.trim_start_matches('/'))
+}
+
+/// Debian's docker-registry (distribution 2.8) on a free 127.0.0.1 port, storing in a
+/// temporary directory; images are pushed to it with oci-client.
+pub struct Registry {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub address: String,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).expect("config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).expect("log"))
+            .spawn()
+            .expect("docker-registry (Debian's docker-registry package) is installed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(Instant::now() < deadline, "the registry never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Registry {
+            child,
+            dir,
+            address,
+        }
+    }
+
+    fn client() -> oci_client::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
+        })
+    }
+
+    /// Pushes `blobs` to `repository`, then `manifest` (of `media_type`) as `tag`.
+    pub async fn push(
+        &self,
+        repository: &str,
+        tag: &str,
+        blobs: &[Vec<u8>],
+        manifest: &[u8],
+        media_type: &str,
+    ) {
+        let client = Registry::client();
+        let reference: oci_client::Reference = format!("{}/{repository}:{tag}", self.address)
+            .parse()
+            .expect("reference");
+        let auth = oci_client::secrets::RegistryAuth::Anonymous;
+        client
+            .store_auth_if_needed(reference.resolve_registry(), &auth)
+            .await;
+        for blob in blobs {
+            client
+                .push_blob(&reference, blob.clone(), &sha(blob))
+                .await
+                .expect("push blob");
+        }
+        let content_type = http::HeaderValue::from_str(media_type).expect("media type");
+        client
+            .push_manifest_raw(&reference, manifest.to_vec(), content_type)
+            .await
+            .expect("push manifest");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
