@@ -100,6 +100,7 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
             min_oom_score_adj: engine.min_oom_score_adj,
             swap_accounting: engine.swap_accounting,
             target_pid: target_pid(engine, &config),
+            pod_pid_namespace: crate::sandbox::pid_namespace(&sandbox_record),
         })
         .map_err(|e| Failure::Invalid(e.0))?;
         let bytes = serde_json::to_vec_pretty(&spec).map_err(internal)?;
@@ -114,7 +115,7 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
         };
         engine::write_record(&dir, monitor::PLAN, &plan)?;
         let (monitor_pid, pid) = spawn_monitor(engine, &dir)?;
-        let monitor_start = start_time(monitor_pid).unwrap_or(0);
+        let monitor_start = crate::util::start_time(monitor_pid).unwrap_or(0);
         let record = ContainerRecord {
             sandbox_id: sandbox.id.clone(),
             image_id: image.id.clone(),
@@ -222,18 +223,10 @@ fn read_exit(dir: &Path) -> Option<Exit> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command (field 2) may hold spaces; fields after it follow its ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Whether the monitor recorded for a container is still that process.
 fn monitor_alive(record: &ContainerRecord) -> bool {
     record.monitor_pid > 0
-        && start_time(record.monitor_pid)
+        && crate::util::start_time(record.monitor_pid)
             .is_some_and(|t| record.monitor_start == 0 || t == record.monitor_start)
 }
 

@@ -17,10 +17,14 @@ type Reply<T> = Result<Response<T>, Status>;
 pub const RUNTIME_NAME: &str = "skiff";
 
 /// Both services over one engine, ready to serve.
-pub(crate) fn router(engine: Arc<Engine>) -> tonic::transport::server::Router {
+pub(crate) fn router(
+    engine: Arc<Engine>,
+    streams: Arc<crate::streaming::Streams>,
+) -> tonic::transport::server::Router {
     let cri = Cri {
         images: engine.images.clone(),
         engine,
+        streams,
     };
     tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()))
@@ -31,6 +35,7 @@ pub(crate) fn router(engine: Arc<Engine>) -> tonic::transport::server::Router {
 pub(crate) struct Cri {
     pub(crate) images: Arc<ImageStore>,
     pub(crate) engine: Arc<Engine>,
+    pub(crate) streams: Arc<crate::streaming::Streams>,
 }
 
 /// Runs a store operation off the async workers: the store does file I/O and may wait

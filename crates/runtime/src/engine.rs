@@ -52,11 +52,13 @@ pub struct Settings {
     pub cni: Cni,
     pub cgroup_parent: String,
     pub monitor: Vec<OsString>,
+    /// The command of the process that holds a shared PID namespace.
+    pub pause: Vec<OsString>,
 }
 
 /// A sandbox's record.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct SandboxRecord {
     pub created_at: i64,
     pub ready: bool,
@@ -69,6 +71,10 @@ pub struct SandboxRecord {
     /// The CNI network's name and its ADD result, for DEL.
     pub network: Option<String>,
     pub cni_result: Option<serde_json::Value>,
+    /// The process holding the pod's PID namespace when its containers share one
+    /// (PID 1 there), and its start time.
+    pub pause_pid: i32,
+    pub pause_start: u64,
 }
 
 pub struct Sandbox {

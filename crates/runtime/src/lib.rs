@@ -12,7 +12,8 @@
 //! - `sandbox.rs`, `ns.rs`, `cni.rs`: pod sandboxes, their namespaces and network.
 //! - `container.rs`, `oci.rs`, `monitor.rs`: containers, their OCI spec, their monitor.
 //! - `cgroups.rs`, `stats.rs`: where the cgroup hierarchies are; statistics from them.
-//! - `cri.rs`, `runtime_service.rs`: the gRPC services.
+//! - `cri.rs`, `runtime_service.rs`: the gRPC services; `streaming.rs`: the HTTP server
+//!   behind Exec (WebSocket channel protocol).
 
 mod cgroups;
 mod cni;
@@ -30,6 +31,7 @@ pub mod reference;
 mod runtime_service;
 mod sandbox;
 mod stats;
+mod streaming;
 mod util;
 
 use std::ffi::OsString;
@@ -54,6 +56,10 @@ pub struct Config {
     /// The command that runs a container's monitor ([`monitor::main`]); the container
     /// directory is appended.
     pub monitor: Vec<OsString>,
+    /// The command that runs [`monitor::pause`], PID 1 of a pod's shared PID namespace.
+    pub pause: Vec<OsString>,
+    /// Where the streaming server (Exec URLs) listens; port 0 picks a free one.
+    pub streaming_address: std::net::SocketAddr,
 }
 
 impl Default for Config {
@@ -66,6 +72,8 @@ impl Default for Config {
             cni_bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
             cgroup_parent: "/skiff".into(),
             monitor: Vec::new(),
+            pause: Vec::new(),
+            streaming_address: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -85,10 +93,15 @@ pub enum Error {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Image(#[from] images::ImageError),
+    #[error("starting the streaming server on {0}: {1}")]
+    Streaming(std::net::SocketAddr, #[source] std::io::Error),
 }
 
 /// Serves CRI on `config.listen` until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     // Registry pulls use rustls with the ring provider (the one the whole binary uses).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let store = ImageStore::open(&config.data_dir.join("images"))?;
@@ -106,6 +119,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         cgroup_parent: config.cgroup_parent.clone(),
         monitor: config.monitor.clone(),
+        pause: config.pause.clone(),
     };
     let engine =
         tokio::task::spawn_blocking(move || engine::Engine::open(settings, Arc::new(store)))
@@ -138,8 +152,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::net::UnixListener::bind(&config.listen).map_err(io("binding", &config.listen))?;
     tracing::info!(socket = %config.listen.display(), "CRI runtime listening");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let result = cri::router(Arc::new(engine))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+    let engine = Arc::new(engine);
+    // One shutdown signal for both servers.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let streams = streaming::start(
+        engine.clone(),
+        config.streaming_address,
+        wait(stopped.clone()),
+    )
+    .await
+    .map_err(|e| Error::Streaming(config.streaming_address, e))?;
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let result = cri::router(engine, streams)
+        .serve_with_incoming_shutdown(incoming, wait(stopped))
         .await;
     let _ = std::fs::remove_file(&config.listen);
     Ok(result?)

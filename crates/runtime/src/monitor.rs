@@ -312,3 +312,17 @@ fn open_log(path: &Path) -> std::io::Result<File> {
     }
     OpenOptions::new().create(true).append(true).open(path)
 }
+
+/// PID 1 of a pod's shared PID namespace: holds it while the pod lives and reaps the
+/// orphans its containers leave, as the pause container does. Killed (SIGKILL) when the
+/// sandbox stops, which ends every process in the namespace.
+pub fn pause() -> ! {
+    use nix::sys::wait::waitpid;
+    loop {
+        match waitpid(None, None) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            // No children now: orphans may come later.
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
+}

@@ -89,3 +89,28 @@ pub fn remove(dir: &Path) {
     }
     let _ = std::fs::remove_dir(dir);
 }
+
+/// Starts `command` as PID 1 of a new PID namespace: a short-lived thread unshares its
+/// children's PID namespace (which changes only that thread) and spawns it.
+pub fn spawn_in_new_pid_namespace(
+    command: &[std::ffi::OsString],
+) -> std::io::Result<std::process::Child> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(std::io::Error::other("no pause command configured"));
+    };
+    let program = program.clone();
+    let args = args.to_vec();
+    std::thread::Builder::new()
+        .name("sandbox-pid-ns".into())
+        .spawn(move || -> std::io::Result<std::process::Child> {
+            nix::sched::unshare(CloneFlags::CLONE_NEWPID)?;
+            std::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("the PID namespace thread panicked"))?
+}

@@ -123,6 +123,8 @@ pub struct Input<'a> {
     pub swap_accounting: bool,
     /// The process of the container whose PID namespace a TARGET mode joins.
     pub target_pid: Option<i32>,
+    /// The pod's shared PID namespace (POD mode), when the sandbox has one.
+    pub pod_pid_namespace: Option<PathBuf>,
 }
 
 /// The uid, gid and additional groups a container runs as.
@@ -557,9 +559,12 @@ pub fn spec(input: &Input) -> Result<Value, Invalid> {
             ns.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
         }
         _ => {
-            return Err(Invalid(
-                "linux.security_context.namespace_options.pid: sharing the pod's process namespace (POD) is not supported by the skiff runtime yet; use CONTAINER or NODE".into(),
-            ));
+            let path = input.pod_pid_namespace.as_ref().ok_or_else(|| {
+                Invalid(
+                    "linux.security_context.namespace_options.pid: POD, but the pod sandbox has no shared PID namespace (its config asked for CONTAINER or NODE)".into(),
+                )
+            })?;
+            ns.push(json!({"type": "pid", "path": path}));
         }
     }
     if !input.host_network {

@@ -489,8 +489,41 @@ impl RuntimeService for Cri {
         }))
     }
 
-    async fn exec(&self, _: Request<ExecRequest>) -> Reply<ExecResponse> {
-        Err(not_yet("Exec (streaming)"))
+    /// A one-time URL on the streaming server (WebSocket channel protocol).
+    async fn exec(&self, request: Request<ExecRequest>) -> Reply<ExecResponse> {
+        let request = request.into_inner();
+        if request.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd must not be empty"));
+        }
+        if request.tty {
+            return Err(Status::invalid_argument(
+                "tty: exec with a terminal is not supported by the skiff runtime yet",
+            ));
+        }
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout and stderr must be requested",
+            ));
+        }
+        let container = self.engine.container(&request.container_id)?;
+        let id = container.id.clone();
+        let running = blocking(&self.engine, move |_| {
+            Ok(container::phase(&container) == Phase::Running)
+        })
+        .await?;
+        if !running {
+            return Err(Status::failed_precondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        let url = self.streams.exec_url(crate::streaming::PendingExec {
+            container_id: id,
+            cmd: request.cmd,
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+        });
+        Ok(Response::new(ExecResponse { url }))
     }
     async fn attach(&self, _: Request<AttachRequest>) -> Reply<AttachResponse> {
         Err(not_yet("Attach"))

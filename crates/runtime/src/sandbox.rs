@@ -154,6 +154,21 @@ fn set_up(
         host_network,
         ..Default::default()
     };
+    if namespace_mode(config, |n| n.pid) == NamespaceMode::Pod as i32 {
+        // Containers share one PID namespace: a pause process holds it as its PID 1.
+        let mut pause = ns::spawn_in_new_pid_namespace(&engine.settings.pause)
+            .map_err(|e| internal(format!("starting the pod's PID namespace: {e}")))?;
+        record.pause_pid = i32::try_from(pause.id()).unwrap_or(0);
+        record.pause_start = crate::util::start_time(record.pause_pid).unwrap_or(0);
+        let _ = std::thread::Builder::new()
+            .name("pause-reaper".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let _ = pause.wait();
+            });
+        // Recorded now, so a later failure of this creation stops it.
+        write_pause(dir, &record);
+    }
     if !host_network {
         let netns = dir.join("ns/net");
         loopback(engine, id, &netns)?;
@@ -313,7 +328,9 @@ pub fn stop(engine: &Engine, sandbox: &Sandbox) -> Result<()> {
     ns::remove(&sandbox.dir.join("ns"));
     let _ = crate::layers::unmount(&sandbox.dir.join("shm"));
     let mut record = lock(&sandbox.record);
-    if record.ready || record.network.is_some() {
+    stop_pause(&record);
+    if record.ready || record.network.is_some() || record.pause_pid != 0 {
+        record.pause_pid = 0;
         record.ready = false;
         record.network = None;
         record.cni_result = None;
@@ -345,6 +362,12 @@ pub fn remove(engine: &Engine, sandbox: &Sandbox) -> Result<()> {
 /// or did not finish. If CNI ADD ran (cni.json names the network), DEL releases what
 /// it may have taken.
 pub fn release_dir(engine: &Engine, id: &str, dir: &Path) {
+    if let Some(pause) = std::fs::read(dir.join("pause.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<SandboxRecord>(&b).ok())
+    {
+        stop_pause(&pause);
+    }
     let config: Option<PodSandboxConfig> = std::fs::read(dir.join(CONFIG))
         .ok()
         .and_then(|b| PodSandboxConfig::decode(b.as_slice()).ok());
@@ -362,4 +385,35 @@ pub fn release_dir(engine: &Engine, id: &str, dir: &Path) {
     ns::remove(&dir.join("ns"));
     let _ = crate::layers::unmount(&dir.join("shm"));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Notes the pause process where a failed creation's cleanup finds it.
+fn write_pause(dir: &Path, record: &SandboxRecord) {
+    if let Ok(bytes) = serde_json::to_vec(record) {
+        let _ = std::fs::write(dir.join("pause.json"), bytes);
+    }
+}
+
+/// Kills the process holding the pod's PID namespace (which ends every process in it).
+fn stop_pause(record: &SandboxRecord) {
+    if crate::util::same_process(record.pause_pid, record.pause_start) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(record.pause_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        // Gone (or only waiting to be reaped) before the sandbox is reported stopped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while crate::util::same_process(record.pause_pid, record.pause_start)
+            && !crate::util::is_zombie(record.pause_pid)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
+/// The pod's shared PID namespace, if it has a live one.
+pub fn pid_namespace(record: &SandboxRecord) -> Option<std::path::PathBuf> {
+    crate::util::same_process(record.pause_pid, record.pause_start)
+        .then(|| format!("/proc/{}/ns/pid", record.pause_pid).into())
 }

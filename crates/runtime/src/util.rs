@@ -47,6 +47,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (field 2) may hold spaces; fields after it follow its ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is still the process that started at `start` (0: unknown, any).
+pub fn same_process(pid: i32, start: u64) -> bool {
+    pid > 0 && start_time(pid).is_some_and(|t| start == 0 || t == start)
+}
+
+/// Whether `pid` has exited and waits for its parent to reap it.
+pub fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.get(stat.rfind(')')? + 1..)?;
+            after.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -38,6 +38,9 @@ enum Command {
     /// A container's monitor (started by the runtime, one per container).
     #[command(hide = true)]
     RuntimeMonitor { dir: std::path::PathBuf },
+    /// PID 1 of a pod's shared PID namespace (started by the runtime).
+    #[command(hide = true)]
+    RuntimePause,
     /// Import, export, list and remove images of the runtime.
     #[command(subcommand)]
     Images(runtime::Images),
@@ -61,6 +64,9 @@ fn main() -> Result<()> {
     if let Command::RuntimeMonitor { dir } = &cli.command {
         std::process::exit(skiff_runtime::monitor::main(dir));
     }
+    if let Command::RuntimePause = &cli.command {
+        skiff_runtime::monitor::pause();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -71,7 +77,7 @@ fn main() -> Result<()> {
         Command::ControllerManager(args) => runtime.block_on(controller_manager::run(args)),
         Command::Runtime(args) => runtime.block_on(runtime::run(args)),
         Command::Images(images) => runtime.block_on(images.run()),
-        Command::RuntimeMonitor { .. } => Ok(()),
+        Command::RuntimeMonitor { .. } | Command::RuntimePause => Ok(()),
         Command::Bench(bench) => runtime.block_on(bench.run()),
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));

@@ -32,6 +32,9 @@ pub struct RuntimeArgs {
     /// The cgroup pods go under when the kubelet names none.
     #[arg(long, default_value = "/skiff")]
     cgroup_parent: String,
+    /// Where the streaming server (Exec URLs) listens; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    streaming_address: std::net::SocketAddr,
 }
 
 pub async fn run(args: RuntimeArgs) -> Result<()> {
@@ -43,7 +46,9 @@ pub async fn run(args: RuntimeArgs) -> Result<()> {
         cni_conf_dir: args.cni_conf_dir,
         cni_bin_dirs: args.cni_bin_dir,
         cgroup_parent: args.cgroup_parent,
-        monitor: vec![exe.into_os_string(), "runtime-monitor".into()],
+        monitor: vec![exe.clone().into_os_string(), "runtime-monitor".into()],
+        pause: vec![exe.into_os_string(), "runtime-pause".into()],
+        streaming_address: args.streaming_address,
     };
     skiff_runtime::run(config, crate::server::shutdown_signal_quiet())
         .await

@@ -209,6 +209,21 @@ async fn exec(
         .map(|r| r.into_inner())
 }
 
+/// Host pids of processes whose command line contains `name`.
+fn processes_named(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(name)
+                .then_some(pid)
+        })
+        .collect()
+}
+
 /// Mount points under `dir`, processes whose command line names it.
 fn leftovers(dir: &Path) -> (Vec<String>, Vec<String>) {
     let dir = dir.display().to_string();
@@ -231,6 +246,89 @@ fn leftovers(dir: &Path) -> (Vec<String>, Vec<String>) {
         }
     }
     (mounts, processes)
+}
+
+/// Exec through the streaming server, as the kubelet proxies kubectl's: a WebSocket
+/// speaking v5.channel.k8s.io, stdin in, stdout and stderr out, the exit code in the
+/// final status; the URL works once.
+async fn streaming_exec(client: &mut Client, container: &str) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let url = client
+        .exec(ExecRequest {
+            container_id: container.into(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat; echo done >&2; exit 4".into(),
+            ],
+            tty: false,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    let mut request = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v5.channel.k8s.io".parse().expect("header"),
+    );
+    let (mut ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket upgrade");
+    assert_eq!(
+        response
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("v5.channel.k8s.io")
+    );
+    ws.send(Message::Binary(b"\x00hello\n".to_vec().into()))
+        .await
+        .expect("stdin");
+    ws.send(Message::Binary(vec![255, 0].into()))
+        .await
+        .expect("close stdin");
+    let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), String::new());
+    while let Some(Ok(message)) = ws.next().await {
+        match message {
+            Message::Binary(data) if !data.is_empty() => match data[0] {
+                1 => stdout.extend_from_slice(&data[1..]),
+                2 => stderr.extend_from_slice(&data[1..]),
+                3 => status = String::from_utf8_lossy(&data[1..]).to_string(),
+                _ => {}
+            },
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        (stdout.as_slice(), stderr.as_slice()),
+        (b"hello\n".as_slice(), b"done\n".as_slice())
+    );
+    let status: serde_json::Value = serde_json::from_str(&status).expect("a Status");
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "4", "{status}");
+    let mut again = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .expect("request");
+    again.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v5.channel.k8s.io".parse().expect("header"),
+    );
+    assert!(
+        tokio_tungstenite::connect_async(again).await.is_err(),
+        "the URL is single-use"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,6 +506,43 @@ async fn pods_and_containers_run_through_the_cri() {
     let log = std::fs::read_to_string(logs.join("caps.log")).expect("log");
     assert!(log.contains("CapEff:\t0000000000000400"), "{log}");
 
+    // The sandbox asked for no PID mode, so POD: containers that ask for POD share one
+    // PID namespace, whose PID 1 is the pod's pause process.
+    let mut shared = container_config("shared", busybox, "sleep 1001");
+    let mut peek = container_config("peek", busybox, "ps -o pid,args");
+    for config in [&mut shared, &mut peek] {
+        if let Some(security) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+        {
+            security.namespace_options = None;
+        }
+    }
+    let shared = run(&mut client, &sandbox, &pod, shared).await;
+    let peek = run(&mut client, &sandbox, &pod, peek).await;
+    assert_eq!(wait_exited(&mut client, &peek).await.exit_code, 0);
+    let log = std::fs::read_to_string(logs.join("peek.log")).expect("log");
+    assert!(
+        log.contains("sleep 1001"),
+        "the other container's process: {log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("runtime-pause") && l.split_whitespace().nth(3) == Some("1")),
+        "PID 1 is the pause process: {log}"
+    );
+    let pauses = processes_named("runtime-pause");
+    assert!(!pauses.is_empty());
+    for id in [&shared, &peek] {
+        client
+            .remove_container(RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .expect("RemoveContainer");
+    }
+
     // Exec, with exit codes, a timeout and a command that does not exist.
     let sleeper = run(
         &mut client,
@@ -451,6 +586,7 @@ async fn pods_and_containers_run_through_the_cri() {
         .await
         .expect_err("no binary");
     assert!(missing.message().contains("/no/such/binary"), "{missing:?}");
+    streaming_exec(&mut client, &sleeper).await;
     // The timed-out sleep was killed: only the container's own sleep is left.
     let out = exec(&mut client, &sleeper, &["ps", "-o", "args"], 10)
         .await
@@ -737,6 +873,24 @@ async fn pods_and_containers_run_through_the_cri() {
         .containers;
     assert!(remaining.is_empty(), "{remaining:?}");
     let (mounts, processes) = leftovers(&rt.data());
+    // Killed; a zombie for a moment at most, until its parent reaps it.
+    let pauses_left: Vec<&u32> = pauses
+        .iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        })
+        .collect();
+    assert!(
+        pauses_left.is_empty(),
+        "pause processes left: {pauses_left:?}"
+    );
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
     assert!(processes.is_empty(), "processes left: {processes:?}");
     for dir in cgroup_dirs(&parent) {
