@@ -595,7 +595,7 @@ pub fn update_resources(
 
 /// Kills the process whose pid the file holds, and removes the file, when dropped
 /// armed (an ExecSync that timed out or whose request went away).
-struct KillOnDrop(Option<PathBuf>);
+pub struct KillOnDrop(pub Option<PathBuf>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -54,6 +54,8 @@ pub struct Settings {
     pub monitor: Vec<OsString>,
     /// The command of the process that holds a shared PID namespace.
     pub pause: Vec<OsString>,
+    /// The command that waits for a detached exec (see monitor::exec_wait).
+    pub exec_wait: Vec<OsString>,
 }
 
 /// A sandbox's record.

@@ -58,6 +58,8 @@ pub struct Config {
     pub monitor: Vec<OsString>,
     /// The command that runs [`monitor::pause`], PID 1 of a pod's shared PID namespace.
     pub pause: Vec<OsString>,
+    /// The command that runs [`monitor::exec_wait`] (execs with a terminal).
+    pub exec_wait: Vec<OsString>,
     /// Where the streaming server (Exec URLs) listens; port 0 picks a free one.
     pub streaming_address: std::net::SocketAddr,
 }
@@ -73,6 +75,7 @@ impl Default for Config {
             cgroup_parent: "/skiff".into(),
             monitor: Vec::new(),
             pause: Vec::new(),
+            exec_wait: Vec::new(),
             streaming_address: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
@@ -120,6 +123,7 @@ pub async fn run(
         cgroup_parent: config.cgroup_parent.clone(),
         monitor: config.monitor.clone(),
         pause: config.pause.clone(),
+        exec_wait: config.exec_wait.clone(),
     };
     let engine =
         tokio::task::spawn_blocking(move || engine::Engine::open(settings, Arc::new(store)))

@@ -326,3 +326,40 @@ pub fn pause() -> ! {
         }
     }
 }
+
+/// Waits for a detached exec (`runc exec -d`): runs `command`, then, as the child
+/// subreaper the detached process is reparented to, waits for the pid `pid_file` names.
+/// Prints one JSON line: `{"exitCode":N}`, or `{"error":"..."}` when the command failed.
+pub fn exec_wait(pid_file: &Path, command: &[String]) -> i32 {
+    let say = |value: serde_json::Value| {
+        println!("{value}");
+        0
+    };
+    if nix::sys::prctl::set_child_subreaper(true).is_err() {
+        return say(serde_json::json!({"error": "cannot become a subreaper"}));
+    }
+    let Some((program, args)) = command.split_first() else {
+        return say(serde_json::json!({"error": "no command"}));
+    };
+    let output = match Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) => return say(serde_json::json!({"error": format!("running {program}: {e}")})),
+    };
+    if !output.status.success() {
+        let message = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        return say(serde_json::json!({"error": message}));
+    }
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return say(serde_json::json!({"error": "the OCI runtime wrote no pid file"}));
+    };
+    say(serde_json::json!({"exitCode": wait_for(pid)}))
+}

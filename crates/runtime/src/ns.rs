@@ -94,12 +94,15 @@ pub fn remove(dir: &Path) {
 /// children's PID namespace (which changes only that thread) and spawns it.
 pub fn spawn_in_new_pid_namespace(
     command: &[std::ffi::OsString],
+    sandbox_dir: &Path,
 ) -> std::io::Result<std::process::Child> {
     let Some((program, args)) = command.split_first() else {
         return Err(std::io::Error::other("no pause command configured"));
     };
     let program = program.clone();
-    let args = args.to_vec();
+    let mut args = args.to_vec();
+    // Named after its sandbox, so it can be told apart (and found if left behind).
+    args.push(sandbox_dir.as_os_str().to_owned());
     std::thread::Builder::new()
         .name("sandbox-pid-ns".into())
         .spawn(move || -> std::io::Result<std::process::Child> {

@@ -495,9 +495,9 @@ impl RuntimeService for Cri {
         if request.cmd.is_empty() {
             return Err(Status::invalid_argument("cmd must not be empty"));
         }
-        if request.tty {
+        if request.tty && request.stderr {
             return Err(Status::invalid_argument(
-                "tty: exec with a terminal is not supported by the skiff runtime yet",
+                "tty and stderr cannot both be requested: a terminal has one output",
             ));
         }
         if !(request.stdin || request.stdout || request.stderr) {
@@ -522,6 +522,7 @@ impl RuntimeService for Cri {
             stdin: request.stdin,
             stdout: request.stdout,
             stderr: request.stderr,
+            tty: request.tty,
         });
         Ok(Response::new(ExecResponse { url }))
     }

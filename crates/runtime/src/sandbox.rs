@@ -156,7 +156,7 @@ fn set_up(
     };
     if namespace_mode(config, |n| n.pid) == NamespaceMode::Pod as i32 {
         // Containers share one PID namespace: a pause process holds it as its PID 1.
-        let mut pause = ns::spawn_in_new_pid_namespace(&engine.settings.pause)
+        let mut pause = ns::spawn_in_new_pid_namespace(&engine.settings.pause, dir)
             .map_err(|e| internal(format!("starting the pod's PID namespace: {e}")))?;
         record.pause_pid = i32::try_from(pause.id()).unwrap_or(0);
         record.pause_start = crate::util::start_time(record.pause_pid).unwrap_or(0);

@@ -5,7 +5,8 @@
 //! starts with a channel byte, 0 stdin, 1 stdout, 2 stderr, 3 the final status (v4+, a
 //! `Status` object with the exit code), 255 close (v5: `[255, 0]` ends stdin). The
 //! command runs through `runc exec` with the container's environment, user and
-//! namespaces.
+//! namespaces; with a TTY (`runc exec -t`), channel 1 carries the terminal's output and
+//! channel 4 resizes it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 /// An Exec the RPC accepted, waiting for its client.
@@ -40,6 +42,7 @@ pub struct PendingExec {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+    pub tty: bool,
 }
 
 pub struct Streams {
@@ -117,6 +120,15 @@ async fn exec(
         })
 }
 
+/// A final status for a failure before the command ran.
+fn failure(message: &str) -> Vec<u8> {
+    let mut bytes = vec![ERROR];
+    let status = json!({"metadata": {}, "status": "Failure", "message": message,
+                        "reason": "InternalError"});
+    bytes.extend(status.to_string().into_bytes());
+    bytes
+}
+
 /// The final status message (v4+): success, or the exit code as upstream reports it.
 fn status(code: Option<i32>, cmd: &[String]) -> Vec<u8> {
     let status = match code {
@@ -145,6 +157,9 @@ async fn run_exec(
         .and_then(|p| p.to_str().ok())
         .unwrap_or("")
         .to_string();
+    if exec.tty {
+        return run_tty_exec(engine, exec, socket, protocol).await;
+    }
     let (mut sink, mut source) = socket.split();
     let mut child = tokio::process::Command::new(&engine.settings.oci_runtime)
         .arg("--root")
@@ -245,4 +260,217 @@ async fn run_exec(
     }
     let _ = sink.send(Message::Close(None)).await;
     Ok(())
+}
+
+/// Receives the terminal's master end the OCI runtime sends over its console socket.
+fn receive_terminal(
+    stream: &std::os::unix::net::UnixStream,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut buf = [0u8; 4096];
+    recvmsg(
+        stream,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::empty(),
+    )?;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message
+            && let Some(fd) = fds.next()
+        {
+            return Ok(fd);
+        }
+    }
+    Err(std::io::Error::other("the OCI runtime sent no terminal"))
+}
+
+/// Exec with a terminal: `runc exec -t` hands the terminal's master end over a console
+/// socket; stdin writes to it, its output (stdout and stderr together) is channel 1,
+/// and channel 4 messages (`{"Width":..,"Height":..}`) resize it.
+async fn run_tty_exec(
+    engine: Arc<Engine>,
+    exec: PendingExec,
+    socket: WebSocket,
+    protocol: String,
+) -> Result<(), Failure> {
+    let internal = |e: std::io::Error| Failure::Internal(e.to_string());
+    let (mut sink, mut source) = socket.split();
+    // A short path: Unix socket paths stop at 108 bytes.
+    let consoles = engine.settings.data_dir.join("console");
+    let socket_path = consoles.join(format!("{}.sock", &crate::util::new_id()[..12]));
+    let listener = match std::fs::create_dir_all(&consoles)
+        .and_then(|()| tokio::net::UnixListener::bind(&socket_path))
+    {
+        Ok(listener) => listener,
+        Err(e) => {
+            let message = format!("creating the console socket {}: {e}", socket_path.display());
+            let _ = sink.send(Message::Binary(failure(&message).into())).await;
+            return Err(Failure::Internal(message));
+        }
+    };
+    let _cleanup = RemoveOnDrop(socket_path.clone());
+    let pid_file = socket_path.with_extension("pid");
+    let _pid_cleanup = RemoveOnDrop(pid_file.clone());
+    // `runc exec -t` hands the terminal over only when it detaches; a small helper
+    // (a subreaper) then waits for the detached process and reports its exit code.
+    let Some((program, args)) = engine.settings.exec_wait.split_first() else {
+        return Err(Failure::Internal("no exec helper configured".into()));
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("--")
+        .arg(&engine.settings.oci_runtime)
+        .arg("--root")
+        .arg(engine.oci_root())
+        .args(["exec", "-d", "-t", "--console-socket"])
+        .arg(&socket_path)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&exec.container_id)
+        .args(&exec.cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Failure::Internal(format!("running the exec helper: {e}")))?;
+    let mut report = child.stdout.take();
+    // Kills the exec'd process if the client goes away first.
+    let mut process = crate::container::KillOnDrop(Some(pid_file.clone()));
+    let accepted = tokio::select! {
+        accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept()) => accepted,
+        _ = child.wait() => {
+            let outcome = read_report(report.as_mut()).await;
+            let message = outcome["error"].as_str().unwrap_or("the exec failed").to_string();
+            let _ = sink.send(Message::Binary(failure(&message).into())).await;
+            return Ok(());
+        }
+    };
+    let (stream, _) = accepted
+        .map_err(|_| Failure::Timeout("the OCI runtime sent no terminal".into()))?
+        .map_err(internal)?;
+    let stream = stream.into_std().map_err(internal)?;
+    stream.set_nonblocking(false).map_err(internal)?;
+    let master = tokio::task::spawn_blocking(move || receive_terminal(&stream))
+        .await
+        .map_err(|e| Failure::Internal(e.to_string()))?
+        .map_err(internal)?;
+    let master = std::fs::File::from(master);
+    let resizer = master.try_clone().map_err(internal)?;
+    let mut writer = tokio::fs::File::from_std(master.try_clone().map_err(internal)?);
+    let mut reader = tokio::fs::File::from_std(master);
+    let (tx, mut output) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        // EIO once the last process holding the terminal is gone.
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut exited = None;
+    loop {
+        tokio::select! {
+            data = output.recv() => {
+                let Some(data) = data else { break };
+                let mut frame = Vec::with_capacity(data.len() + 1);
+                frame.push(STDOUT);
+                frame.extend_from_slice(&data);
+                if sink.send(Message::Binary(frame.into())).await.is_err() {
+                    let _ = child.kill().await;
+                    return Ok(());
+                }
+            }
+            _ = child.wait(), if exited.is_none() => {
+                let outcome = read_report(report.as_mut()).await;
+                exited = Some(outcome["exitCode"].as_i64().and_then(|c| i32::try_from(c).ok()));
+                // What the terminal still holds follows shortly; then stop waiting.
+                let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                    while let Some(data) = output.recv().await {
+                        let mut frame = vec![STDOUT];
+                        frame.extend_from_slice(&data);
+                        let _ = sink.send(Message::Binary(frame.into())).await;
+                    }
+                })
+                .await;
+                break;
+            }
+            message = source.next() => {
+                match message {
+                    Some(Ok(Message::Binary(data))) if !data.is_empty() => match data[0] {
+                        STDIN => {
+                            let _ = writer.write_all(&data[1..]).await;
+                            let _ = writer.flush().await;
+                        }
+                        RESIZE => resize(&resizer, &data[1..]),
+                        _ => {}
+                    },
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        let _ = child.kill().await;
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let code = match exited {
+        Some(code) => code,
+        None => {
+            let _ = child.wait().await;
+            read_report(report.as_mut()).await["exitCode"]
+                .as_i64()
+                .and_then(|c| i32::try_from(c).ok())
+        }
+    };
+    // It ended by itself: nothing to kill.
+    process.0 = None;
+    if protocol != "channel.k8s.io" {
+        let _ = sink
+            .send(Message::Binary(status(code, &exec.cmd).into()))
+            .await;
+    }
+    let _ = sink.send(Message::Close(None)).await;
+    Ok(())
+}
+
+/// A resize message (`{"Width":80,"Height":24}`) applied to the terminal.
+fn resize(terminal: &std::fs::File, message: &[u8]) {
+    let Ok(size) = serde_json::from_slice::<serde_json::Value>(message) else {
+        return;
+    };
+    let dimension = |key: &str| size[key].as_u64().and_then(|v| u16::try_from(v).ok());
+    if let (Some(width), Some(height)) = (dimension("Width"), dimension("Height")) {
+        let _ = rustix::termios::tcsetwinsize(
+            terminal,
+            rustix::termios::Winsize {
+                ws_row: height,
+                ws_col: width,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            },
+        );
+    }
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The exec helper's one-line report.
+async fn read_report(report: Option<&mut tokio::process::ChildStdout>) -> serde_json::Value {
+    let mut text = String::new();
+    if let Some(report) = report {
+        let _ = report.read_to_string(&mut text).await;
+    }
+    serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::Null)
 }

@@ -40,7 +40,18 @@ enum Command {
     RuntimeMonitor { dir: std::path::PathBuf },
     /// PID 1 of a pod's shared PID namespace (started by the runtime).
     #[command(hide = true)]
-    RuntimePause,
+    RuntimePause {
+        /// The sandbox it belongs to (for people reading process lists).
+        sandbox: Option<std::path::PathBuf>,
+    },
+    /// Waits for a detached exec's process (started by the runtime).
+    #[command(hide = true)]
+    RuntimeExecWait {
+        #[arg(long)]
+        pid_file: std::path::PathBuf,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Import, export, list and remove images of the runtime.
     #[command(subcommand)]
     Images(runtime::Images),
@@ -64,8 +75,11 @@ fn main() -> Result<()> {
     if let Command::RuntimeMonitor { dir } = &cli.command {
         std::process::exit(skiff_runtime::monitor::main(dir));
     }
-    if let Command::RuntimePause = &cli.command {
+    if let Command::RuntimePause { .. } = &cli.command {
         skiff_runtime::monitor::pause();
+    }
+    if let Command::RuntimeExecWait { pid_file, command } = &cli.command {
+        std::process::exit(skiff_runtime::monitor::exec_wait(pid_file, command));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -77,7 +91,9 @@ fn main() -> Result<()> {
         Command::ControllerManager(args) => runtime.block_on(controller_manager::run(args)),
         Command::Runtime(args) => runtime.block_on(runtime::run(args)),
         Command::Images(images) => runtime.block_on(images.run()),
-        Command::RuntimeMonitor { .. } | Command::RuntimePause => Ok(()),
+        Command::RuntimeMonitor { .. }
+        | Command::RuntimePause { .. }
+        | Command::RuntimeExecWait { .. } => Ok(()),
         Command::Bench(bench) => runtime.block_on(bench.run()),
         Command::Version => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));

@@ -47,7 +47,8 @@ pub async fn run(args: RuntimeArgs) -> Result<()> {
         cni_bin_dirs: args.cni_bin_dir,
         cgroup_parent: args.cgroup_parent,
         monitor: vec![exe.clone().into_os_string(), "runtime-monitor".into()],
-        pause: vec![exe.into_os_string(), "runtime-pause".into()],
+        pause: vec![exe.clone().into_os_string(), "runtime-pause".into()],
+        exec_wait: vec![exe.into_os_string(), "runtime-exec-wait".into()],
         streaming_address: args.streaming_address,
     };
     skiff_runtime::run(config, crate::server::shutdown_signal_quiet())

@@ -329,6 +329,64 @@ async fn streaming_exec(client: &mut Client, container: &str) {
         tokio_tungstenite::connect_async(again).await.is_err(),
         "the URL is single-use"
     );
+    // With a terminal: a resize (channel 4) reaches it, input is echoed, one output.
+    let url = client
+        .exec(ExecRequest {
+            container_id: container.into(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "read line; stty size; tty; exit 0".into(),
+            ],
+            tty: true,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .expect("Exec with a TTY")
+        .into_inner()
+        .url;
+    let mut request = url
+        .replace("http://", "ws://")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    let mut resize = vec![4u8];
+    resize.extend_from_slice(br#"{"Width":100,"Height":40}"#);
+    ws.send(Message::Binary(resize.into()))
+        .await
+        .expect("resize");
+    ws.send(Message::Binary(b"\x00go\n".to_vec().into()))
+        .await
+        .expect("stdin");
+    let (mut terminal, mut status) = (String::new(), String::new());
+    while let Some(Ok(message)) = ws.next().await {
+        match message {
+            Message::Binary(data) if !data.is_empty() => match data[0] {
+                1 => terminal.push_str(&String::from_utf8_lossy(&data[1..])),
+                3 => status = String::from_utf8_lossy(&data[1..]).to_string(),
+                _ => {}
+            },
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(
+        terminal.contains("40 100") && terminal.contains("/dev/pts/"),
+        "{terminal:?} {status}"
+    );
+    assert!(
+        terminal.contains("go\r\n"),
+        "input echoed by the terminal: {terminal:?}"
+    );
+    assert!(status.contains("Success"), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

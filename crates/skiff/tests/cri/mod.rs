@@ -286,6 +286,17 @@ impl Drop for Runtime {
             }
         }
         let dir = self.dir.path().display().to_string();
+        // Pause processes (named after their sandbox directory) a failed test left.
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("runtime-pause") && cmdline.contains(&dir) {
+                let _ = Command::new("kill")
+                    .arg("-9")
+                    .arg(entry.file_name())
+                    .output();
+            }
+        }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for line in mounts.lines().rev() {
             if let Some(point) = line.split(' ').nth(4).filter(|p| p.starts_with(&dir)) {
