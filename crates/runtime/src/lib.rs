@@ -10,7 +10,8 @@
 //! - `layers.rs`: unpacked layers and overlay root filesystems.
 //! - `engine.rs`: sandboxes and containers, their records on disk, reload at start.
 //! - `sandbox.rs`, `ns.rs`, `cni.rs`: pod sandboxes, their namespaces and network.
-//! - `container.rs`, `oci.rs`, `monitor.rs`: containers, their OCI spec, their monitor.
+//! - `container.rs`, `oci.rs`, `seccomp.rs`, `monitor.rs`: containers, their OCI spec
+//!   and seccomp profile, their monitor.
 //! - `cgroups.rs`, `stats.rs`: where the cgroup hierarchies are; statistics from them.
 //! - `cri.rs`, `runtime_service.rs`: the gRPC services; `streaming.rs`: the HTTP server
 //!   behind Exec (WebSocket channel protocol).
@@ -30,6 +31,7 @@ pub mod pull;
 pub mod reference;
 mod runtime_service;
 mod sandbox;
+mod seccomp;
 mod stats;
 mod streaming;
 mod util;

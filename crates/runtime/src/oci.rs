@@ -665,6 +665,11 @@ pub fn spec(input: &Input) -> Result<Value, Invalid> {
     if let Some(hostname) = hostname.filter(|h| !h.is_empty()) {
         spec["hostname"] = json!(hostname);
     }
+    let seccomp =
+        crate::seccomp::profile(security.seccomp.as_ref(), privileged, &caps).map_err(Invalid)?;
+    if let Some(seccomp) = seccomp {
+        spec["linux"]["seccomp"] = seccomp;
+    }
     if let Some(propagation) = rootfs_propagation {
         spec["linux"]["rootfsPropagation"] = json!(propagation);
     }

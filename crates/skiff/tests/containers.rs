@@ -601,6 +601,37 @@ async fn pods_and_containers_run_through_the_cri() {
             .expect("RemoveContainer");
     }
 
+    // RuntimeDefault installs a seccomp filter that refuses what Docker's profile
+    // refuses (unshare without CAP_SYS_ADMIN is refused by the kernel anyway; keyctl
+    // and the like by the filter); Unconfined installs none.
+    for (name, profile) in [
+        (
+            "confined",
+            k8s_cri::v1::security_profile::ProfileType::RuntimeDefault,
+        ),
+        (
+            "unconfined",
+            k8s_cri::v1::security_profile::ProfileType::Unconfined,
+        ),
+    ] {
+        let mut config = container_config(name, busybox, "grep Seccomp: /proc/self/status");
+        if let Some(security) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+        {
+            security.seccomp = Some(SecurityProfile {
+                profile_type: profile as i32,
+                ..Default::default()
+            });
+        }
+        let id = run(&mut client, &sandbox, &pod, config).await;
+        assert_eq!(wait_exited(&mut client, &id).await.exit_code, 0);
+        let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).expect("log");
+        let mode = if name == "confined" { "2" } else { "0" };
+        assert!(log.contains(&format!("Seccomp:\t{mode}")), "{name}: {log}");
+    }
+
     // Exec, with exit codes, a timeout and a command that does not exist.
     let sleeper = run(
         &mut client,
