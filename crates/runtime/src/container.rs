@@ -44,7 +44,7 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
         return Err(Failure::Invalid("config.metadata.name is required".into()));
     }
     let sandbox_record = lock(&sandbox.record).clone();
-    if !sandbox_record.ready {
+    if !crate::sandbox::is_ready(&sandbox_record) {
         return Err(Failure::Precondition(format!(
             "pod sandbox {} is not ready",
             sandbox.id
@@ -100,7 +100,7 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
             min_oom_score_adj: engine.min_oom_score_adj,
             swap_accounting: engine.swap_accounting,
             target_pid: target_pid(engine, &config),
-            pod_pid_namespace: crate::sandbox::pid_namespace(&sandbox_record),
+            pod_pid_namespace: crate::sandbox::pid_namespace(&sandbox.dir, &sandbox_record),
         })
         .map_err(|e| Failure::Invalid(e.0))?;
         let bytes = serde_json::to_vec_pretty(&spec).map_err(internal)?;

@@ -171,20 +171,24 @@ impl ImageService for Cri {
             .unwrap_or_default();
         let lookup = name.clone();
         let local = blocking(&self.images, move |s| s.find(&lookup)).await?;
+        use crate::pull::PullError;
         match crate::pull::pull(self.images.clone(), &name, &credentials).await {
             Ok(id) => Ok(Response::new(PullImageResponse { image_ref: id })),
-            Err(e) => match local {
-                Some(record) => {
-                    tracing::warn!(image = %name, error = %e, "pull failed; using the image already here");
-                    Ok(Response::new(PullImageResponse {
-                        image_ref: record.id,
-                    }))
-                }
-                None => Err(match e {
-                    ImageError::Reference(e) => Status::invalid_argument(e.to_string()),
-                    other => Status::unknown(format!("pulling image {name}: {other}")),
-                }),
-            },
+            // Only an unreachable registry falls back: a refusal or a missing image
+            // must not be papered over with what is here.
+            Err(PullError::Unreachable(e)) if local.is_some() => {
+                tracing::warn!(image = %name, error = %e, "registry unreachable; using the image already here");
+                Ok(Response::new(PullImageResponse {
+                    image_ref: local.map(|r| r.id).unwrap_or_default(),
+                }))
+            }
+            Err(PullError::Unreachable(e)) => Err(Status::unavailable(e)),
+            Err(PullError::Denied(e)) => Err(Status::permission_denied(e)),
+            Err(PullError::NotFound(e)) => Err(Status::not_found(e)),
+            Err(PullError::Image(ImageError::Reference(e))) => {
+                Err(Status::invalid_argument(e.to_string()))
+            }
+            Err(PullError::Image(e)) => Err(Status::unknown(format!("pulling image {name}: {e}"))),
         }
     }
 

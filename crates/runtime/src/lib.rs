@@ -107,6 +107,22 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // One runtime per data directory, decided before anything is cleaned up: a second
+    // one must not undo the first one's creations in flight.
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
+        what: "creating",
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let lock_path = config.data_dir.join("runtime.lock");
+    let _lock = std::fs::File::create(&lock_path).map_err(|source| Error::Io {
+        what: "creating",
+        path: lock_path.clone(),
+        source,
+    })?;
+    if _lock.try_lock().is_err() {
+        return Err(Error::InUse(config.listen.clone()));
+    }
     // Registry pulls use rustls with the ring provider (the one the whole binary uses).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let store = ImageStore::open(&config.data_dir.join("images"))?;

@@ -78,10 +78,27 @@ pub fn create(dir: &Path, kinds: &[Kind], hostname: &str) -> std::io::Result<()>
     made
 }
 
+/// Keeps the namespace at `source` (a /proc/PID/ns file) alive by a bind mount at
+/// `target`.
+pub fn bind(source: &str, target: &Path) -> std::io::Result<()> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::File::create(target)?;
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    Ok(())
+}
+
 /// Unmounts and removes whatever namespace files `dir` holds (idempotent).
 pub fn remove(dir: &Path) {
-    for kind in ALL {
-        let file = dir.join(kind.name());
+    for name in ALL.iter().map(|k| k.name()).chain(["pid"]) {
+        let file = dir.join(name);
         if file.exists() {
             let _ = nix::mount::umount2(&file, MntFlags::MNT_DETACH);
             let _ = std::fs::remove_file(&file);

@@ -64,6 +64,67 @@ fn failed(what: &str, e: impl std::fmt::Display) -> ImageError {
     ImageError::Format(format!("{what}: {e}"))
 }
 
+/// Why a pull failed, as far as the caller must tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The registry could not be reached or failed (connection, timeout, 5xx).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The registry refused the credentials (401/403).
+    #[error("{0}")]
+    Denied(String),
+    /// The registry has no such image.
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+fn classify(what: &str, e: oci_client::errors::OciDistributionError) -> PullError {
+    use oci_client::errors::OciDistributionError as E;
+    let message = format!("{what}: {e}");
+    match &e {
+        E::RequestError(_) => PullError::Unreachable(message),
+        E::ServerError { code, .. } if *code >= 500 => PullError::Unreachable(message),
+        E::ServerError {
+            code: 401 | 403, ..
+        }
+        | E::AuthenticationFailure(_)
+        | E::UnauthorizedError { .. } => PullError::Denied(message),
+        E::ServerError { code: 404, .. } | E::ImageManifestNotFoundError(_) => {
+            PullError::NotFound(message)
+        }
+        E::RegistryError { envelope, .. } => {
+            let codes = format!("{envelope:?}");
+            if codes.contains("Unknown") || codes.contains("NotFound") {
+                PullError::NotFound(message)
+            } else if codes.contains("Unauthorized") || codes.contains("Denied") {
+                PullError::Denied(message)
+            } else {
+                PullError::Image(ImageError::Format(message))
+            }
+        }
+        _ => PullError::Image(ImageError::Format(message)),
+    }
+}
+
+/// A descriptor's digest, refused unless it is `sha256:` and 64 hex digits (it names
+/// files).
+fn valid_digest(digest: &str) -> Result<&str, ImageError> {
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(digest)
+    } else {
+        Err(ImageError::Format(format!(
+            "the registry named a blob {digest:?}: not a sha256 digest"
+        )))
+    }
+}
+
 /// Whether a registry host is a loopback address (plain HTTP allowed).
 fn loopback(registry: &str) -> bool {
     let host = registry
@@ -86,8 +147,8 @@ pub async fn pull(
     store: Arc<ImageStore>,
     name: &str,
     credentials: &Credentials,
-) -> Result<String, ImageError> {
-    let wanted = Reference::parse(name)?;
+) -> Result<String, PullError> {
+    let wanted = Reference::parse(name).map_err(ImageError::from)?;
     let text = wanted
         .digested()
         .or_else(|| wanted.tagged())
@@ -104,13 +165,16 @@ pub async fn pull(
     let client = oci_client::Client::new(ClientConfig {
         protocol,
         platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+        // A stalled registry must not hold a pull (and the kubelet's queue) forever.
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
         ..Default::default()
     });
     let auth = credentials.registry_auth();
     let pulled = |what: String| {
         let text = text.clone();
         move |e: oci_client::errors::OciDistributionError| {
-            failed(&format!("pulling {what} of {text}"), e)
+            classify(&format!("pulling {what} of {text}"), e)
         }
     };
 
@@ -120,6 +184,7 @@ pub async fn pull(
             .pull_manifest_raw(&reference, &auth, ACCEPTED)
             .await
             .map_err(pulled("the manifest".into()))?;
+        valid_digest(&top_digest)?;
         check_digest(&top, &top_digest, "the manifest")?;
         let top_json: Value =
             serde_json::from_slice(&top).map_err(|e| failed("the manifest", e))?;
@@ -133,7 +198,7 @@ pub async fn pull(
                 .flatten()
                 .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
                 .ok_or_else(|| ImageError::Format(format!("{text} has no linux/amd64 image")))?;
-            let digest = chosen["digest"].as_str().unwrap_or_default().to_string();
+            let digest = valid_digest(chosen["digest"].as_str().unwrap_or_default())?.to_string();
             let by_digest = reference.clone_with_digest(digest.clone());
             let (manifest, _) = client
                 .pull_manifest_raw(&by_digest, &auth, ACCEPTED)
@@ -147,8 +212,12 @@ pub async fn pull(
         };
         let descriptors = std::iter::once(&manifest_json["config"])
             .chain(manifest_json["layers"].as_array().into_iter().flatten());
+        let mut seen = std::collections::HashSet::new();
         for descriptor in descriptors {
-            let digest = descriptor["digest"].as_str().unwrap_or_default().to_string();
+            let digest = valid_digest(descriptor["digest"].as_str().unwrap_or_default())?.to_string();
+            if !seen.insert(digest.clone()) {
+                continue;
+            }
             let oci = OciDescriptor {
                 media_type: descriptor["mediaType"].as_str().unwrap_or_default().to_string(),
                 digest: digest.clone(),
@@ -156,7 +225,10 @@ pub async fn pull(
                 ..Default::default()
             };
             let path = staging.0.join(digest.trim_start_matches("sha256:"));
-            let file = tokio::fs::File::create(&path)
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
                 .await
                 .map_err(|e| failed("staging a blob", e))?;
             // pull_blob checks the content against the digest as it arrives.
@@ -180,7 +252,7 @@ pub async fn pull(
             .into_iter()
             .next()
             .map(|i| i.id)
-            .ok_or_else(|| ImageError::Format(format!("{text}: nothing imported")))
+            .ok_or_else(|| PullError::Image(ImageError::Format(format!("{text}: nothing imported"))))
     }
     .await;
     drop(staging);

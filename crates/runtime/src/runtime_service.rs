@@ -61,7 +61,7 @@ async fn locked<T: Send + 'static>(
 }
 
 fn sandbox_state(sandbox: &Sandbox) -> PodSandboxState {
-    if lock(&sandbox.record).ready {
+    if sandbox::is_ready(&lock(&sandbox.record)) {
         PodSandboxState::SandboxReady
     } else {
         PodSandboxState::SandboxNotready
@@ -529,8 +529,33 @@ impl RuntimeService for Cri {
     async fn attach(&self, _: Request<AttachRequest>) -> Reply<AttachResponse> {
         Err(not_yet("Attach"))
     }
-    async fn port_forward(&self, _: Request<PortForwardRequest>) -> Reply<PortForwardResponse> {
-        Err(not_yet("PortForward"))
+    /// A one-time URL on the streaming server; connections go to the pod's loopback.
+    async fn port_forward(
+        &self,
+        request: Request<PortForwardRequest>,
+    ) -> Reply<PortForwardResponse> {
+        let request = request.into_inner();
+        let sandbox = self.engine.sandbox(&request.pod_sandbox_id)?;
+        let record = lock(&sandbox.record).clone();
+        if !record.ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        let ports = request
+            .port
+            .iter()
+            .map(|p| {
+                u16::try_from(*p)
+                    .map_err(|_| Status::invalid_argument(format!("port {p} is out of range")))
+            })
+            .collect::<Result<Vec<u16>, Status>>()?;
+        let netns = (!record.host_network).then(|| sandbox.dir.join("ns/net"));
+        let url = self
+            .streams
+            .forward_url(crate::streaming::PendingForward { netns, ports });
+        Ok(Response::new(PortForwardResponse { url }))
     }
     async fn container_stats(
         &self,

@@ -71,6 +71,7 @@ pub fn forget_namespaces(dir: &Path, record: &mut SandboxRecord) {
     record.network = None;
     record.cni_result = None;
     record.ips.clear();
+    record.pause_pid = 0;
 }
 
 pub fn run(engine: &Engine, config: PodSandboxConfig) -> Result<String> {
@@ -168,6 +169,13 @@ fn set_up(
             });
         // Recorded now, so a later failure of this creation stops it.
         write_pause(dir, &record);
+        // Containers join the namespace by this file, never by a pid that could be
+        // reused once the pause process is gone.
+        ns::bind(
+            &format!("/proc/{}/ns/pid", record.pause_pid),
+            &dir.join("ns/pid"),
+        )
+        .map_err(|e| internal(format!("holding the pod's PID namespace: {e}")))?;
     }
     if !host_network {
         let netns = dir.join("ns/net");
@@ -413,7 +421,14 @@ fn stop_pause(record: &SandboxRecord) {
 }
 
 /// The pod's shared PID namespace, if it has a live one.
-pub fn pid_namespace(record: &SandboxRecord) -> Option<std::path::PathBuf> {
-    crate::util::same_process(record.pause_pid, record.pause_start)
-        .then(|| format!("/proc/{}/ns/pid", record.pause_pid).into())
+pub fn pid_namespace(dir: &Path, record: &SandboxRecord) -> Option<std::path::PathBuf> {
+    crate::util::same_process(record.pause_pid, record.pause_start).then(|| dir.join("ns/pid"))
+}
+
+/// Ready, and (for a shared PID namespace) its PID 1 still alive: without it the
+/// namespace takes no new process, so the kubelet must make the sandbox again.
+pub fn is_ready(record: &SandboxRecord) -> bool {
+    record.ready
+        && (record.pause_pid == 0
+            || crate::util::same_process(record.pause_pid, record.pause_start))
 }

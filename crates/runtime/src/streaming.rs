@@ -45,9 +45,17 @@ pub struct PendingExec {
     pub tty: bool,
 }
 
+/// A PortForward the RPC accepted: the sandbox's network namespace (none: the node's).
+#[derive(Clone, Debug)]
+pub struct PendingForward {
+    pub netns: Option<std::path::PathBuf>,
+    pub ports: Vec<u16>,
+}
+
 pub struct Streams {
     address: SocketAddr,
     pending: Mutex<HashMap<String, (Instant, PendingExec)>>,
+    forwards: Mutex<HashMap<String, (Instant, PendingForward)>>,
 }
 
 impl Streams {
@@ -58,6 +66,20 @@ impl Streams {
         pending.retain(|_, (at, _)| at.elapsed() < TOKEN_TTL);
         pending.insert(token.clone(), (Instant::now(), exec));
         format!("http://{}/exec/{token}", self.address)
+    }
+
+    /// Registers a port forward; the URL its client connects to.
+    pub fn forward_url(&self, forward: PendingForward) -> String {
+        let token = crate::util::new_id()[..32].to_string();
+        let mut forwards = lock(&self.forwards);
+        forwards.retain(|_, (at, _)| at.elapsed() < TOKEN_TTL);
+        forwards.insert(token.clone(), (Instant::now(), forward));
+        format!("http://{}/portforward/{token}", self.address)
+    }
+
+    fn take_forward(&self, token: &str) -> Option<PendingForward> {
+        let (at, forward) = lock(&self.forwards).remove(token)?;
+        (at.elapsed() < TOKEN_TTL).then_some(forward)
     }
 
     fn take(&self, token: &str) -> Option<PendingExec> {
@@ -76,10 +98,12 @@ pub async fn start(
     let streams = Arc::new(Streams {
         address: listener.local_addr()?,
         pending: Mutex::new(HashMap::new()),
+        forwards: Mutex::new(HashMap::new()),
     });
     tracing::info!(address = %streams.address, "streaming server listening");
     let app = axum::Router::new()
         .route("/exec/{token}", axum::routing::get(exec))
+        .route("/portforward/{token}", axum::routing::get(port_forward))
         .with_state((engine, streams.clone()));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
@@ -95,6 +119,7 @@ pub async fn start(
 async fn exec(
     State((engine, streams)): State<(Arc<Engine>, Arc<Streams>)>,
     Path(token): Path<String>,
+    headers: axum::http::HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
@@ -104,6 +129,13 @@ async fn exec(
         )
             .into_response();
     };
+    if !offers(&upgrade_protocols(&headers), &PROTOCOLS) {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "no supported protocol offered (v5.channel.k8s.io, v4.channel.k8s.io, channel.k8s.io)",
+        )
+            .into_response();
+    }
     let Some(pending) = streams.take(&token) else {
         return (
             axum::http::StatusCode::NOT_FOUND,
@@ -161,10 +193,18 @@ async fn run_exec(
         return run_tty_exec(engine, exec, socket, protocol).await;
     }
     let (mut sink, mut source) = socket.split();
+    let pid_file = engine
+        .settings
+        .data_dir
+        .join("console")
+        .join(format!("{}.pid", &crate::util::new_id()[..12]));
+    let _ = std::fs::create_dir_all(pid_file.parent().unwrap_or(std::path::Path::new("/")));
     let mut child = tokio::process::Command::new(&engine.settings.oci_runtime)
         .arg("--root")
         .arg(engine.oci_root())
         .arg("exec")
+        .arg("--pid-file")
+        .arg(&pid_file)
         .arg(&exec.container_id)
         .args(&exec.cmd)
         .stdin(if exec.stdin {
@@ -177,7 +217,22 @@ async fn run_exec(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Failure::Internal(format!("running the OCI runtime: {e}")))?;
-    let mut stdin = child.stdin.take();
+    // If the client goes away, the command inside the container goes too (killing
+    // `runc exec` alone would orphan it).
+    let mut process = crate::container::KillOnDrop(Some(pid_file));
+    // Stdin gets a writer of its own, so a full pipe never stops output from draining.
+    let stdin = child.stdin.take().map(|mut pipe| {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+        tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                if pipe.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tx
+    });
+    let mut stdin = stdin;
     // Both output streams into one queue; it closes when both have ended.
     let (tx, mut output) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
     for (channel, stream) in [
@@ -208,27 +263,36 @@ async fn run_exec(
         });
     }
     drop(tx);
+    let mut exited = None;
     loop {
         tokio::select! {
             item = output.recv() => {
                 let Some((channel, data)) = item else { break };
                 let wanted = if channel == STDOUT { exec.stdout } else { exec.stderr };
-                if wanted {
-                    let mut frame = Vec::with_capacity(data.len() + 1);
-                    frame.push(channel);
-                    frame.extend_from_slice(&data);
-                    if sink.send(Message::Binary(frame.into())).await.is_err() {
-                        let _ = child.kill().await;
-                        return Ok(());
-                    }
+                if wanted && sink.send(frame(channel, &data)).await.is_err() {
+                    return Ok(());
                 }
+            }
+            status = child.wait(), if exited.is_none() => {
+                exited = Some(status.map_err(|e| Failure::Internal(e.to_string()))?.code());
+                // A background process may hold the pipes: drain briefly, then finish.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Some((channel, data)) = output.recv().await {
+                        let wanted = if channel == STDOUT { exec.stdout } else { exec.stderr };
+                        if wanted {
+                            let _ = sink.send(frame(channel, &data)).await;
+                        }
+                    }
+                })
+                .await;
+                break;
             }
             message = source.next() => {
                 match message {
                     Some(Ok(Message::Binary(data))) if !data.is_empty() => match data[0] {
                         STDIN => {
-                            if let Some(input) = stdin.as_mut()
-                                && input.write_all(&data[1..]).await.is_err()
+                            if let Some(input) = stdin.as_ref()
+                                && input.send(data[1..].to_vec()).await.is_err()
                             {
                                 stdin = None;
                             }
@@ -237,29 +301,45 @@ async fn run_exec(
                         CLOSE if data.get(1) == Some(&STDIN) => stdin = None,
                         _ => {}
                     },
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        // The client went away: the command goes too.
-                        let _ = child.kill().await;
-                        return Ok(());
-                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
                     _ => {}
                 }
             }
         }
     }
     drop(stdin);
-    let code = child
-        .wait()
-        .await
-        .map_err(|e| Failure::Internal(e.to_string()))?
-        .code();
+    let code = match exited {
+        Some(code) => code,
+        None => child
+            .wait()
+            .await
+            .map_err(|e| Failure::Internal(e.to_string()))?
+            .code(),
+    };
+    process.0 = None;
     if protocol != "channel.k8s.io" {
         let _ = sink
             .send(Message::Binary(status(code, &exec.cmd).into()))
             .await;
     }
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.send(normal_close()).await;
     Ok(())
+}
+
+/// One message on `channel`.
+fn frame(channel: u8, data: &[u8]) -> Message {
+    let mut frame = Vec::with_capacity(data.len() + 1);
+    frame.push(channel);
+    frame.extend_from_slice(data);
+    Message::Binary(frame.into())
+}
+
+/// A close with code 1000: client-go reads any other (or none) as an error.
+fn normal_close() -> Message {
+    Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }))
 }
 
 /// Receives the terminal's master end the OCI runtime sends over its console socket.
@@ -342,6 +422,7 @@ async fn run_tty_exec(
     // Kills the exec'd process if the client goes away first.
     let mut process = crate::container::KillOnDrop(Some(pid_file.clone()));
     let accepted = tokio::select! {
+        biased;
         accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept()) => accepted,
         _ = child.wait() => {
             let outcome = read_report(report.as_mut()).await;
@@ -435,7 +516,7 @@ async fn run_tty_exec(
             .send(Message::Binary(status(code, &exec.cmd).into()))
             .await;
     }
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.send(normal_close()).await;
     Ok(())
 }
 
@@ -473,4 +554,162 @@ async fn read_report(report: Option<&mut tokio::process::ChildStdout>) -> serde_
         let _ = report.read_to_string(&mut text).await;
     }
     serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::Null)
+}
+
+/// The channel protocol versions a port forward speaks (binary frames).
+const FORWARD_PROTOCOLS: [&str; 2] = ["v4.channel.k8s.io", "portforward.k8s.io"];
+
+async fn port_forward(
+    State((_, streams)): State<(Arc<Engine>, Arc<Streams>)>,
+    Path(token): Path<String>,
+    headers: axum::http::HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "port forwarding needs a WebSocket upgrade (v4.channel.k8s.io)",
+        )
+            .into_response();
+    };
+    if !offers(&upgrade_protocols(&headers), &FORWARD_PROTOCOLS) {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "no supported protocol offered (v4.channel.k8s.io)",
+        )
+            .into_response();
+    }
+    let Some(mut forward) = streams.take_forward(&token) else {
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            "unknown or expired port-forward token",
+        )
+            .into_response();
+    };
+    // The ports the client asks for (`?port=80&port=443`), else the RPC's.
+    let asked: Vec<u16> = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("port="))
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if !asked.is_empty() {
+        forward.ports = asked;
+    }
+    if forward.ports.is_empty() {
+        return (axum::http::StatusCode::BAD_REQUEST, "no port to forward").into_response();
+    }
+    upgrade
+        .protocols(FORWARD_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            run_forward(forward, socket).await;
+        })
+}
+
+/// Connects to `port` on the loopback address of `netns` (a thread enters the
+/// namespace, connects, and ends; the socket stays in the namespace it was made in).
+async fn connect_in(
+    netns: Option<std::path::PathBuf>,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpStream> {
+        std::thread::spawn(move || -> std::io::Result<std::net::TcpStream> {
+            if let Some(netns) = netns {
+                let file = std::fs::File::open(netns)?;
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            }
+            std::net::TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(5),
+            )
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("the connecting thread panicked"))?
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    stream.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(stream)
+}
+
+/// Kubernetes' WebSocket port forwarding: port i has data channel 2i and error
+/// channel 2i+1; each channel's first message is its port (u16, little endian); one
+/// connection per port, opened when the stream starts.
+async fn run_forward(forward: PendingForward, socket: WebSocket) {
+    let (mut sink, mut source) = socket.split();
+    let (tx, mut from_ports) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
+    let mut writers = Vec::new();
+    for (i, port) in forward.ports.iter().enumerate() {
+        let data = u8::try_from(2 * i).unwrap_or(u8::MAX);
+        for channel in [data, data.saturating_add(1)] {
+            let mut first = vec![channel];
+            first.extend_from_slice(&port.to_le_bytes());
+            if sink.send(Message::Binary(first.into())).await.is_err() {
+                return;
+            }
+        }
+        match connect_in(forward.netns.clone(), *port).await {
+            Ok(stream) => {
+                let (mut reader, writer) = stream.into_split();
+                writers.push(Some(writer));
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    while let Ok(n) = reader.read(&mut buf).await {
+                        if n == 0 || tx.send((data, buf[..n].to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                writers.push(None);
+                let mut error = vec![data.saturating_add(1)];
+                error.extend(format!("forwarding port {port}: {e}").into_bytes());
+                let _ = sink.send(Message::Binary(error.into())).await;
+            }
+        }
+    }
+    drop(tx);
+    loop {
+        tokio::select! {
+            item = from_ports.recv() => {
+                let Some((channel, data)) = item else { break };
+                let mut frame = vec![channel];
+                frame.extend_from_slice(&data);
+                if sink.send(Message::Binary(frame.into())).await.is_err() {
+                    break;
+                }
+            }
+            message = source.next() => match message {
+                Some(Ok(Message::Binary(data))) if !data.is_empty() && data[0] % 2 == 0 => {
+                    let index = usize::from(data[0] / 2);
+                    if let Some(Some(writer)) = writers.get_mut(index)
+                        && writer.write_all(&data[1..]).await.is_err()
+                    {
+                        writers[index] = None;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                _ => {}
+            }
+        }
+    }
+    let _ = sink.send(normal_close()).await;
+}
+
+/// The subprotocols a WebSocket client offers.
+fn upgrade_protocols(headers: &axum::http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .collect()
+}
+
+fn offers(offered: &[String], supported: &[&str]) -> bool {
+    offered.iter().any(|p| supported.contains(&p.as_str()))
 }

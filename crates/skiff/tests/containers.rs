@@ -389,6 +389,82 @@ async fn streaming_exec(client: &mut Client, container: &str) {
     assert!(status.contains("Success"), "{status}");
 }
 
+/// PortForward through the streaming server: a WebSocket (v4.channel.k8s.io) whose
+/// channel 0 reaches port 8080 on the pod's loopback, where busybox httpd answers.
+async fn port_forward(client: &mut Client, sandbox: &str, web: &str) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    // Serving once wget from inside the pod gets an answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !exec(
+        client,
+        web,
+        &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
+        5,
+    )
+    .await
+    .is_ok_and(|o| o.exit_code == 0)
+    {
+        assert!(Instant::now() < deadline, "httpd never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = client
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: sandbox.into(),
+            port: vec![8080],
+        })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url;
+    let mut request = format!("{}?port=8080", url.replace("http://", "ws://"))
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    let mut announced = Vec::new();
+    while announced.len() < 2 {
+        if let Some(Ok(Message::Binary(data))) = ws.next().await {
+            announced.push(data.to_vec());
+        }
+    }
+    assert_eq!(
+        announced,
+        [vec![0, 0x90, 0x1f], vec![1, 0x90, 0x1f]],
+        "each channel names port 8080"
+    );
+    let mut get = vec![0u8];
+    get.extend_from_slice(b"GET / HTTP/1.0\r\n\r\n");
+    ws.send(Message::Binary(get.into())).await.expect("request");
+    let mut response = String::new();
+    while let Some(Ok(message)) = ws.next().await {
+        match message {
+            Message::Binary(data) if data.first() == Some(&0) => {
+                response.push_str(&String::from_utf8_lossy(&data[1..]));
+            }
+            Message::Binary(data) if data.first() == Some(&1) => {
+                panic!(
+                    "port-forward error: {}",
+                    String::from_utf8_lossy(&data[1..])
+                );
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(
+        response.starts_with("HTTP/1.") && response.contains("hello-from-pod"),
+        "{response}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_and_containers_run_through_the_cri() {
     let pid = std::process::id();
@@ -676,6 +752,18 @@ async fn pods_and_containers_run_through_the_cri() {
         .expect_err("no binary");
     assert!(missing.message().contains("/no/such/binary"), "{missing:?}");
     streaming_exec(&mut client, &sleeper).await;
+    let web = run(
+        &mut client,
+        &sandbox,
+        &pod,
+        container_config(
+            "web",
+            busybox,
+            "mkdir -p /www && echo hello-from-pod > /www/index.html && exec httpd -f -p 8080 -h /www",
+        ),
+    )
+    .await;
+    port_forward(&mut client, &sandbox, &web).await;
     // The timed-out sleep was killed: only the container's own sleep is left.
     let out = exec(&mut client, &sleeper, &["ps", "-o", "args"], 10)
         .await

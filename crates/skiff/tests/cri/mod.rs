@@ -29,7 +29,8 @@ pub fn sha(bytes: &[u8]) -> String {
 /// The busybox applets the images link (tests run them by name).
 pub const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "ls", "id", "hostname", "head", "dd", "ip", "true", "false",
-    "kill", "ps", "wc", "grep", "env", "stat", "seq", "touch", "mkdir", "date",
+    "kill", "ps", "wc", "grep", "env", "stat", "seq", "touch", "mkdir", "date", "httpd", "wget",
+    "stty", "tty",
 ];
 
 /// One layer: /bin/busybox, its applets as symlinks, and /etc/passwd and /etc/group
