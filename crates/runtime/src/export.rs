@@ -14,7 +14,13 @@ fn tar_error(e: std::io::Error) -> ImageError {
     ImageError::Tar(e)
 }
 
-fn add(tar: &mut tar::Builder<impl Write>, path: &str, bytes: &[u8]) -> Result<(), ImageError> {
+/// Appends a file of `bytes` at `path`, owned by root, mode 0644, mtime 0 (so equal
+/// content makes equal tarballs).
+pub(crate) fn add(
+    tar: &mut tar::Builder<impl Write>,
+    path: &str,
+    bytes: &[u8],
+) -> Result<(), ImageError> {
     let mut header = tar::Header::new_gnu();
     header.set_size(bytes.len() as u64);
     header.set_mode(0o644);

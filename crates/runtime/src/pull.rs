@@ -299,18 +299,9 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> Result<PathBuf, ImageError> {
 fn write_layout(path: &Path, index: &Value, blobs: &[(String, PathBuf)]) -> Result<(), ImageError> {
     let file = std::fs::File::create(path).map_err(|e| failed("staging the image", e))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
-    let mut add = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_cksum();
-        tar.append_data(&mut header, name, bytes)
-    };
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(ImageError::Tar)?;
-    add("index.json", index.to_string().as_bytes()).map_err(ImageError::Tar)?;
+    use crate::export::add;
+    add(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add(&mut tar, "index.json", index.to_string().as_bytes())?;
     for (digest, file) in blobs {
         let name = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
         tar.append_path_with_name(file, name)

@@ -122,20 +122,10 @@ async fn exec(
     headers: axum::http::HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let Ok(upgrade) = upgrade else {
-        return (
-            axum::http::StatusCode::BAD_REQUEST,
-            "exec needs a WebSocket upgrade (v5.channel.k8s.io, v4.channel.k8s.io)",
-        )
-            .into_response();
+    let upgrade = match checked_upgrade(upgrade, &headers, &PROTOCOLS) {
+        Ok(upgrade) => upgrade,
+        Err(refusal) => return refusal,
     };
-    if !offers(&upgrade_protocols(&headers), &PROTOCOLS) {
-        return (
-            axum::http::StatusCode::BAD_REQUEST,
-            "no supported protocol offered (v5.channel.k8s.io, v4.channel.k8s.io, channel.k8s.io)",
-        )
-            .into_response();
-    }
     let Some(pending) = streams.take(&token) else {
         return (
             axum::http::StatusCode::NOT_FOUND,
@@ -566,20 +556,10 @@ async fn port_forward(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let Ok(upgrade) = upgrade else {
-        return (
-            axum::http::StatusCode::BAD_REQUEST,
-            "port forwarding needs a WebSocket upgrade (v4.channel.k8s.io)",
-        )
-            .into_response();
+    let upgrade = match checked_upgrade(upgrade, &headers, &FORWARD_PROTOCOLS) {
+        Ok(upgrade) => upgrade,
+        Err(refusal) => return refusal,
     };
-    if !offers(&upgrade_protocols(&headers), &FORWARD_PROTOCOLS) {
-        return (
-            axum::http::StatusCode::BAD_REQUEST,
-            "no supported protocol offered (v4.channel.k8s.io)",
-        )
-            .into_response();
-    }
     let Some(mut forward) = streams.take_forward(&token) else {
         return (
             axum::http::StatusCode::NOT_FOUND,
@@ -712,4 +692,25 @@ fn upgrade_protocols(headers: &axum::http::HeaderMap) -> Vec<String> {
 
 fn offers(offered: &[String], supported: &[&str]) -> bool {
     offered.iter().any(|p| supported.contains(&p.as_str()))
+}
+
+/// The upgrade, if the request is a WebSocket upgrade offering one of `supported`; a
+/// 400 naming them otherwise (as the kubelet's wsstream refuses).
+#[allow(clippy::result_large_err)]
+fn checked_upgrade(
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    headers: &axum::http::HeaderMap,
+    supported: &[&str],
+) -> Result<WebSocketUpgrade, Response> {
+    let refuse = |what: &str| {
+        let message = format!("{what} ({})", supported.join(", "));
+        (axum::http::StatusCode::BAD_REQUEST, message).into_response()
+    };
+    let Ok(upgrade) = upgrade else {
+        return Err(refuse("a WebSocket upgrade is needed"));
+    };
+    if !offers(&upgrade_protocols(headers), supported) {
+        return Err(refuse("no supported protocol offered"));
+    }
+    Ok(upgrade)
 }

@@ -7,11 +7,8 @@
 mod cri;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use cri::*;
-
-type Client = RuntimeServiceClient<tonic::transport::Channel>;
 
 /// A bridge and its CNI configuration, removed at the end.
 struct Network {
@@ -94,52 +91,6 @@ fn container(name: &str, script: &str) -> ContainerConfig {
     }
 }
 
-async fn create_and_start(
-    client: &mut Client,
-    sandbox: &str,
-    pod: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> String {
-    let id = client
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.into(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    client
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .expect("StartContainer");
-    id
-}
-
-async fn wait_exited(client: &mut Client, id: &str) -> ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = client
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .expect("ContainerStatus")
-            .into_inner()
-            .status
-            .expect("status");
-        if status.state == ContainerState::ContainerExited as i32 {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "container {id} never exited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The lifecycle both runtimes must get through the same way; `who` names the runtime
 /// in failures.
 async fn lifecycle(who: &str, socket: &Path, subnet_prefix: &str, logs: &Path, cgroup: &str) {
@@ -184,7 +135,7 @@ async fn lifecycle(who: &str, socket: &Path, subnet_prefix: &str, logs: &Path, c
     let ip = status.network.expect("network").ip;
     assert!(ip.starts_with(subnet_prefix), "{who}: pod IP {ip}");
 
-    let hello = create_and_start(
+    let hello = run(
         &mut client,
         &sandbox,
         &pod,
@@ -212,7 +163,7 @@ async fn lifecycle(who: &str, socket: &Path, subnet_prefix: &str, logs: &Path, c
         "{who}: timestamp {stamp}"
     );
 
-    let sleeper = create_and_start(
+    let sleeper = run(
         &mut client,
         &sandbox,
         &pod,
@@ -262,7 +213,7 @@ async fn lifecycle(who: &str, socket: &Path, subnet_prefix: &str, logs: &Path, c
             ..Default::default()
         });
     }
-    let hog = create_and_start(&mut client, &sandbox, &pod, hog).await;
+    let hog = run(&mut client, &sandbox, &pod, hog).await;
     let oom = wait_exited(&mut client, &hog).await;
     assert_eq!(
         (oom.exit_code, oom.reason.as_str()),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod streams;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -626,4 +628,75 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A CRI runtime client.
+pub type Client = RuntimeServiceClient<tonic::transport::Channel>;
+
+/// Creates and starts a container; its id.
+pub async fn run(
+    client: &mut Client,
+    sandbox: &str,
+    config: &PodSandboxConfig,
+    container: ContainerConfig,
+) -> String {
+    let id = client
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(container),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    client
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    id
+}
+
+pub async fn status(client: &mut Client, id: &str) -> ContainerStatus {
+    client
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("status")
+}
+
+pub async fn wait_exited(client: &mut Client, id: &str) -> ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = status(client, id).await;
+        if status.state == ContainerState::ContainerExited as i32 {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "container {id} never exited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// ExecSync of `cmd` in `id`.
+pub async fn exec(
+    client: &mut Client,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<ExecSyncResponse, tonic::Status> {
+    client
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        })
+        .await
+        .map(|r| r.into_inner())
 }
