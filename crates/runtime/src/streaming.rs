@@ -307,13 +307,21 @@ async fn run_exec(
             .code(),
     };
     process.0 = None;
+    finish(&mut sink, &protocol, code, &exec.cmd).await;
+    Ok(())
+}
+
+/// The end of an exec stream: the final status (v4 and later), then a normal close.
+async fn finish(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    protocol: &str,
+    code: Option<i32>,
+    cmd: &[String],
+) {
     if protocol != "channel.k8s.io" {
-        let _ = sink
-            .send(Message::Binary(status(code, &exec.cmd).into()))
-            .await;
+        let _ = sink.send(Message::Binary(status(code, cmd).into())).await;
     }
     let _ = sink.send(normal_close()).await;
-    Ok(())
 }
 
 /// One message on `channel`.
@@ -449,10 +457,7 @@ async fn run_tty_exec(
         tokio::select! {
             data = output.recv() => {
                 let Some(data) = data else { break };
-                let mut frame = Vec::with_capacity(data.len() + 1);
-                frame.push(STDOUT);
-                frame.extend_from_slice(&data);
-                if sink.send(Message::Binary(frame.into())).await.is_err() {
+                if sink.send(frame(STDOUT, &data)).await.is_err() {
                     let _ = child.kill().await;
                     return Ok(());
                 }
@@ -463,9 +468,7 @@ async fn run_tty_exec(
                 // What the terminal still holds follows shortly; then stop waiting.
                 let _ = tokio::time::timeout(Duration::from_millis(200), async {
                     while let Some(data) = output.recv().await {
-                        let mut frame = vec![STDOUT];
-                        frame.extend_from_slice(&data);
-                        let _ = sink.send(Message::Binary(frame.into())).await;
+                        let _ = sink.send(frame(STDOUT, &data)).await;
                     }
                 })
                 .await;
@@ -501,12 +504,7 @@ async fn run_tty_exec(
     };
     // It ended by itself: nothing to kill.
     process.0 = None;
-    if protocol != "channel.k8s.io" {
-        let _ = sink
-            .send(Message::Binary(status(code, &exec.cmd).into()))
-            .await;
-    }
-    let _ = sink.send(normal_close()).await;
+    finish(&mut sink, &protocol, code, &exec.cmd).await;
     Ok(())
 }
 
@@ -656,9 +654,7 @@ async fn run_forward(forward: PendingForward, socket: WebSocket) {
         tokio::select! {
             item = from_ports.recv() => {
                 let Some((channel, data)) = item else { break };
-                let mut frame = vec![channel];
-                frame.extend_from_slice(&data);
-                if sink.send(Message::Binary(frame.into())).await.is_err() {
+                if sink.send(frame(channel, &data)).await.is_err() {
                     break;
                 }
             }

@@ -14,17 +14,13 @@ use std::time::{Duration, Instant};
 
 use cri::*;
 
-/// What the test made outside its temporary directory, removed however it ends.
+/// The cgroups the test made outside its temporary directory, removed however it ends.
 struct HostState {
-    bridge: String,
     cgroups: Vec<String>,
 }
 
 impl Drop for HostState {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
         for cgroup in &self.cgroups {
             for dir in cgroup_dirs(cgroup) {
                 remove_tree(&dir);
@@ -187,24 +183,14 @@ async fn pods_and_containers_run_through_the_cri() {
     let parent = format!("/skiff-test-{pid}");
     let limited = format!("/skiff-test-{pid}-limited");
     let _host = HostState {
-        bridge: bridge.clone(),
         cgroups: vec![parent.clone(), limited.clone()],
     };
     let scratch = tempfile::tempdir().expect("tempdir");
-    let net_d = scratch.path().join("net.d");
-    std::fs::create_dir_all(&net_d).expect("net.d");
     let subnet = format!("10.231.{}.0/24", 10 + pid % 200);
-    let conflist = json!({
-        "cniVersion": "1.0.0", "name": format!("skiff-test-{pid}"),
-        "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-                     "hairpinMode": true,
-                     "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                              "dataDir": scratch.path().join("ipam")}}],
-    });
-    std::fs::write(net_d.join("10-test.conflist"), conflist.to_string()).expect("conflist");
+    let network = Network::new(&bridge, &subnet);
     let logs = scratch.path().join("logs");
 
-    let net_dir = net_d.display().to_string();
+    let net_dir = network.conf_dir().display().to_string();
     let mut rt = Runtime::start_with(&["--cni-conf-dir", &net_dir, "--cgroup-parent", &parent]);
     let channel = channel(&rt.socket()).await;
     let mut client = RuntimeServiceClient::new(channel.clone());

@@ -10,46 +10,6 @@ use std::path::Path;
 
 use cri::*;
 
-/// A bridge and its CNI configuration, removed at the end.
-struct Network {
-    bridge: String,
-    dir: tempfile::TempDir,
-}
-
-impl Network {
-    fn new(bridge: &str, subnet: &str) -> Network {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conflist = json!({
-            "cniVersion": "1.0.0", "name": format!("{bridge}-net"),
-            "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-                         "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
-                                  "dataDir": dir.path().join("ipam")}}],
-        });
-        std::fs::create_dir_all(dir.path().join("net.d")).expect("net.d");
-        std::fs::write(
-            dir.path().join("net.d/10-net.conflist"),
-            conflist.to_string(),
-        )
-        .expect("conflist");
-        Network {
-            bridge: bridge.into(),
-            dir,
-        }
-    }
-
-    fn conf_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("net.d")
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .output();
-    }
-}
-
 fn images() -> Vec<(&'static str, Vec<u8>)> {
     let process = json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]});
     let pause = json!({"Entrypoint": ["/bin/sleep", "2000000000"], "Env": ["PATH=/bin"]});

@@ -700,3 +700,44 @@ pub async fn exec(
         .await
         .map(|r| r.into_inner())
 }
+
+/// A bridge and its CNI configuration, removed at the end.
+pub struct Network {
+    pub bridge: String,
+    dir: tempfile::TempDir,
+}
+
+impl Network {
+    pub fn new(bridge: &str, subnet: &str) -> Network {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conflist = json!({
+            "cniVersion": "1.0.0", "name": format!("{bridge}-net"),
+            "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                         "hairpinMode": true,
+                         "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                                  "dataDir": dir.path().join("ipam")}}],
+        });
+        std::fs::create_dir_all(dir.path().join("net.d")).expect("net.d");
+        std::fs::write(
+            dir.path().join("net.d/10-net.conflist"),
+            conflist.to_string(),
+        )
+        .expect("conflist");
+        Network {
+            bridge: bridge.into(),
+            dir,
+        }
+    }
+
+    pub fn conf_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("net.d")
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
