@@ -112,6 +112,9 @@ pub fn create(engine: &Engine, sandbox: &Sandbox, config: ContainerConfig) -> Re
             id: id.clone(),
             log_path: log_path.clone(),
             memory_cgroup: engine.cgroups.v1_dir("memory", &cgroups_path),
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            tty: config.tty,
         };
         engine::write_record(&dir, monitor::PLAN, &plan)?;
         let (monitor_pid, pid) = spawn_monitor(engine, &dir)?;

@@ -16,8 +16,10 @@
 //! - `cri.rs`, `runtime_service.rs`: the gRPC services; `streaming.rs`: the HTTP server
 //!   behind Exec (WebSocket channel protocol).
 
+mod attach;
 mod cgroups;
 mod cni;
+mod console;
 mod container;
 mod cri;
 mod engine;

@@ -5,15 +5,21 @@
 //! container exits records the exit code, the time and whether the kernel's OOM killer
 //! ended it in `exit.json`. The runtime starts it with the container directory as its
 //! only argument and reads one line from its stdout: `{"pid":N}` or `{"error":"..."}`.
-//! `reopen` written to the `ctl` FIFO reopens the log file (ReopenContainerLog).
+//! `reopen` written to the `ctl` FIFO reopens the log file (ReopenContainerLog). The
+//! container's stdin (when it has one) and its terminal (when it has one) stay with the
+//! monitor, which serves them and the output to Attach clients on `attach.sock`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+use crate::attach;
 
 /// What the runtime tells a monitor (`monitor.json` in the container directory).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,6 +32,15 @@ pub struct Plan {
     pub log_path: Option<PathBuf>,
     /// The container's memory cgroup directory (cgroup v1), for OOM kills.
     pub memory_cgroup: Option<PathBuf>,
+    /// A stdin the monitor holds open for Attach (`stdin_once`: closed when the first
+    /// attached client's input ends).
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// A terminal (its master end sent by the OCI runtime over `console.sock`).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// How a container ended (`exit.json`).
@@ -50,6 +65,8 @@ pub const PLAN: &str = "monitor.json";
 pub const EXIT: &str = "exit.json";
 pub const CTL: &str = "ctl";
 pub const PID: &str = "pid";
+/// Where the OCI runtime sends a terminal's master end (relative to the directory).
+const CONSOLE: &str = "console.sock";
 /// A CRI log line's content is cut into partial (`P`) lines past this many bytes.
 const MAX_LINE: usize = 16 * 1024;
 
@@ -84,11 +101,28 @@ fn run(dir: &Path) -> Result<(), String> {
     let _ = nix::unistd::setsid();
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("subreaper: {e}"))?;
 
+    // Sockets are bound by relative paths: Unix socket paths stop at 108 bytes.
+    let dir = &std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::env::set_current_dir(dir).map_err(|e| format!("entering {}: {e}", dir.display()))?;
+
     let log = Arc::new(Mutex::new(LogFile::open(plan.log_path.clone())?));
     let (out_read, out_write) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_read, err_write) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (stdin_read, stdin_write) = if plan.stdin && !plan.tty {
+        let (read, write) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+        (Stdio::from(read), Some(File::from(OwnedFd::from(write))))
+    } else {
+        (Stdio::null(), None)
+    };
+    let console = if plan.tty {
+        let _ = std::fs::remove_file(CONSOLE);
+        Some(UnixListener::bind(CONSOLE).map_err(|e| format!("binding {CONSOLE}: {e}"))?)
+    } else {
+        None
+    };
     let runc_log = dir.join("oci-runtime.log");
-    let status = Command::new(&plan.oci_runtime)
+    let mut create = Command::new(&plan.oci_runtime);
+    create
         .arg("--root")
         .arg(&plan.oci_root)
         .arg("--log")
@@ -99,13 +133,20 @@ fn run(dir: &Path) -> Result<(), String> {
         .arg("--bundle")
         .arg(dir)
         .arg("--pid-file")
-        .arg(dir.join(PID))
+        .arg(dir.join(PID));
+    if console.is_some() {
+        create.arg("--console-socket").arg(CONSOLE);
+    }
+    let status = create
         .arg(&plan.id)
-        .stdin(Stdio::null())
+        .stdin(stdin_read)
         .stdout(out_write)
         .stderr(err_write)
         .status()
-        .map_err(|e| format!("running {}: {e}", plan.oci_runtime.display()))?;
+        .map_err(|e| format!("running {}: {e}", plan.oci_runtime.display()));
+    // Our copies of the container's ends of its pipes go with the command.
+    drop(create);
+    let status = status?;
     if !status.success() {
         return Err(oci_error(&runc_log).unwrap_or_else(|| {
             let mut text = String::new();
@@ -117,6 +158,23 @@ fn run(dir: &Path) -> Result<(), String> {
             )
         }));
     }
+    // The terminal's master end came over the console socket during `create`.
+    let terminal = match console {
+        Some(listener) => {
+            let _ = std::fs::remove_file(CONSOLE);
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| format!("console socket: {e}"))?;
+            let (stream, _) = listener
+                .accept()
+                .map_err(|e| format!("the OCI runtime sent no terminal: {e}"))?;
+            let _ = stream.set_nonblocking(false);
+            let master = crate::console::receive_terminal(&stream)
+                .map_err(|e| format!("receiving the terminal: {e}"))?;
+            Some(File::from(master))
+        }
+        None => None,
+    };
     let pid: i32 = std::fs::read_to_string(dir.join(PID))
         .ok()
         .and_then(|p| p.trim().parse().ok())
@@ -134,10 +192,33 @@ fn run(dir: &Path) -> Result<(), String> {
         let _ = nix::unistd::dup2_stdout(&null);
     }
 
-    let pumps = [
-        spawn_pump(out_read, "stdout", log.clone()),
-        spawn_pump(err_read, "stderr", log.clone()),
+    // With a terminal, its output is the container's stdout and its input is stdin.
+    let clone = |file: &File| file.try_clone().map_err(|e| format!("terminal: {e}"));
+    let (input, output) = match &terminal {
+        Some(master) => (
+            plan.stdin.then(|| clone(master)).transpose()?,
+            Some(clone(master)?),
+        ),
+        None => (stdin_write, None),
+    };
+    let hub = attach::Hub::new(input, terminal, plan.stdin_once);
+    let _ = std::fs::remove_file(attach::SOCKET);
+    match UnixListener::bind(attach::SOCKET) {
+        Ok(listener) => hub.serve(listener),
+        Err(e) => eprintln!("monitor: binding {}: {e}", attach::SOCKET),
+    }
+    let mut pumps = vec![
+        spawn_pump(Box::new(out_read), attach::STDOUT, log.clone(), hub.clone()),
+        spawn_pump(Box::new(err_read), attach::STDERR, log.clone(), hub.clone()),
     ];
+    if let Some(output) = output {
+        pumps.push(spawn_pump(
+            Box::new(output),
+            attach::STDOUT,
+            log.clone(),
+            hub.clone(),
+        ));
+    }
     {
         let log = log.clone();
         std::thread::spawn(move || control(&ctl, &log));
@@ -152,6 +233,7 @@ fn run(dir: &Path) -> Result<(), String> {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
+    hub.close(std::time::Duration::from_secs(2));
     let oom = plan.memory_cgroup.as_deref().is_some_and(oom_killed);
     let exit = Exit {
         exit_code: code,
@@ -225,15 +307,22 @@ fn control(ctl: &Path, log: &Mutex<LogFile>) {
 }
 
 fn spawn_pump(
-    pipe: std::io::PipeReader,
-    stream: &'static str,
+    pipe: Box<dyn Read + Send>,
+    stream: u8,
     log: Arc<Mutex<LogFile>>,
+    hub: Arc<attach::Hub>,
 ) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || pump(pipe, stream, &log))
+    std::thread::spawn(move || pump(pipe, stream, &log, &hub))
 }
 
-/// Copies one stream into the log, a CRI log line per output line.
-fn pump(mut pipe: impl Read, stream: &str, log: &Mutex<LogFile>) {
+/// Copies one stream into the log, a CRI log line per output line, and to whoever is
+/// attached.
+fn pump(mut pipe: impl Read, stream: u8, log: &Mutex<LogFile>, hub: &attach::Hub) {
+    let name = if stream == attach::STDERR {
+        "stderr"
+    } else {
+        "stdout"
+    };
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -241,22 +330,24 @@ fn pump(mut pipe: impl Read, stream: &str, log: &Mutex<LogFile>) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // EIO from a terminal once no process holds it any more.
             Err(_) => break,
         };
+        hub.output(stream, &buf[..n]);
         pending.extend_from_slice(&buf[..n]);
         let mut start = 0;
         while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
-            write_line(log, stream, 'F', &pending[start..start + end]);
+            write_line(log, name, 'F', &pending[start..start + end]);
             start += end + 1;
         }
         pending.drain(..start);
         while pending.len() >= MAX_LINE {
-            write_line(log, stream, 'P', &pending[..MAX_LINE]);
+            write_line(log, name, 'P', &pending[..MAX_LINE]);
             pending.drain(..MAX_LINE);
         }
     }
     if !pending.is_empty() {
-        write_line(log, stream, 'F', &pending);
+        write_line(log, name, 'F', &pending);
     }
 }
 

@@ -187,6 +187,10 @@ fn environment(config: &ContainerConfig, image: &Value, hostname: Option<&str>) 
     if let Some(hostname) = hostname.filter(|h| !h.is_empty()) {
         set("HOSTNAME", hostname);
     }
+    // As containerd: a terminal is an xterm, unless the request says otherwise.
+    if config.tty {
+        set("TERM", "xterm");
+    }
     for kv in &config.envs {
         set(&kv.key, &kv.value);
     }
@@ -438,11 +442,6 @@ pub fn spec(input: &Input) -> Result<Value, Invalid> {
     let privileged = security.privileged;
     let user = user(config, input.image, input.rootfs)?;
     let args = argv(config, input.image)?;
-    if config.tty {
-        return Err(Invalid(
-            "tty: containers with a terminal are not supported by the skiff runtime yet".into(),
-        ));
-    }
     let cwd = Some(config.working_dir.as_str())
         .filter(|w| !w.is_empty())
         .or(input.image["WorkingDir"].as_str().filter(|w| !w.is_empty()))
@@ -640,7 +639,7 @@ pub fn spec(input: &Input) -> Result<Value, Invalid> {
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": config.tty,
             "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
             "args": args,
             "env": environment(config, input.image, hostname.as_deref()),

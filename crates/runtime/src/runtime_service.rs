@@ -526,8 +526,46 @@ impl RuntimeService for Cri {
         });
         Ok(Response::new(ExecResponse { url }))
     }
-    async fn attach(&self, _: Request<AttachRequest>) -> Reply<AttachResponse> {
-        Err(not_yet("Attach"))
+    /// A one-time URL on the streaming server, to the container's own streams.
+    async fn attach(&self, request: Request<AttachRequest>) -> Reply<AttachResponse> {
+        let request = request.into_inner();
+        if request.tty && request.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be requested: a terminal has one output",
+            ));
+        }
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout and stderr must be requested",
+            ));
+        }
+        let container = self.engine.container(&request.container_id)?;
+        if request.stdin && !container.config.stdin {
+            return Err(Status::invalid_argument(format!(
+                "container {} was not created with stdin",
+                container.id
+            )));
+        }
+        let pending = crate::streaming::PendingAttach {
+            dir: container.dir.clone(),
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+            // The container's terminal decides, whatever the client thought.
+            tty: container.config.tty,
+        };
+        let id = container.id.clone();
+        let running = blocking(&self.engine, move |_| {
+            Ok(container::phase(&container) == Phase::Running)
+        })
+        .await?;
+        if !running {
+            return Err(Status::failed_precondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        let url = self.streams.attach_url(pending);
+        Ok(Response::new(AttachResponse { url }))
     }
     /// A one-time URL on the streaming server; connections go to the pod's loopback.
     async fn port_forward(

@@ -452,7 +452,26 @@ async fn pods_and_containers_run_through_the_cri() {
         .await
         .expect_err("no binary");
     assert!(missing.message().contains("/no/such/binary"), "{missing:?}");
-    streams::streaming_exec(&mut client, &sleeper).await;
+    streams::streaming_exec(&mut client, &sleeper, "v5.channel.k8s.io").await;
+    streams::attach(
+        &mut client,
+        &sandbox,
+        &pod,
+        container_config("attach", busybox, ""),
+        "v5.channel.k8s.io",
+    )
+    .await;
+    // Stdin for a container created without one is refused (containerd drops it).
+    let refused = client
+        .attach(AttachRequest {
+            container_id: sleeper.clone(),
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("no stdin");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     let web = run(
         &mut client,
         &sandbox,

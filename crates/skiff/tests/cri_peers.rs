@@ -2,7 +2,8 @@
 //! Debian's containerd 1.6 (CRI plugin, runc, `restrict_oom_score_adj`), each on a CNI
 //! bridge network of its own, so the answers skiff gives are checked against what a
 //! real peer gives for the same requests: sandbox and container states, exit codes and
-//! reasons, OOM kills, the CRI log format, ExecSync, idempotent stop and remove.
+//! reasons, OOM kills, the CRI log format, ExecSync, streamed exec and attach,
+//! idempotent stop and remove.
 
 mod cri;
 
@@ -108,9 +109,10 @@ async fn lifecycle(who: &str, socket: &Path, subnet_prefix: &str, logs: &Path, c
         (3, "Error"),
         "{who}"
     );
+    // containerd 1.6 may record a quick container's start after its end.
     assert!(
-        done.started_at > 0 && done.finished_at >= done.started_at,
-        "{who}"
+        done.started_at > 0 && (who != "skiff" || done.finished_at >= done.started_at),
+        "{who}: {done:?}"
     );
     let log = std::fs::read_to_string(logs.join("hello.log")).expect("log");
     for expected in ["stdout F hello", "stderr F oops", "stdout F peer-0"] {
@@ -148,6 +150,18 @@ async fn lifecycle(who: &str, socket: &Path, subnet_prefix: &str, logs: &Path, c
         (7, b"hi\n".as_slice(), b"there\n".as_slice()),
         "{who}"
     );
+    // The streaming server, as the kubelet proxies kubectl's exec and attach
+    // (containerd 1.6 predates v5.channel.k8s.io).
+    let protocol = "v4.channel.k8s.io";
+    streams::streaming_exec(&mut client, &sleeper, protocol).await;
+    streams::attach(
+        &mut client,
+        &sandbox,
+        &pod,
+        container("attach", ""),
+        protocol,
+    )
+    .await;
     client
         .stop_container(StopContainerRequest {
             container_id: sleeper.clone(),
