@@ -25,6 +25,10 @@ impl From<Failure> for Status {
             Failure::Invalid(m) => Status::invalid_argument(m),
             Failure::Precondition(m) => Status::failed_precondition(m),
             Failure::Timeout(m) => Status::deadline_exceeded(m),
+            // ENOSPC, as std and the OCI runtime (Go) spell it: a full disk.
+            Failure::Internal(m) if m.to_lowercase().contains("no space left on device") => {
+                Status::resource_exhausted(m)
+            }
             Failure::Internal(m) => Status::unknown(m),
         }
     }

@@ -371,3 +371,174 @@ async fn images_are_pulled_from_a_registry_on_loopback() {
         .images;
     assert_eq!(listed.len(), 1, "only the amd64 image: {listed:?}");
 }
+
+/// Fills `path`'s filesystem: writes until there is no space left.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("filler");
+    let chunk = vec![0x5au8; 64 << 10];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+}
+
+/// A layer of `size` bytes nothing compresses (xorshift noise).
+fn noise_layer(size: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut tar = tar::Builder::new(Vec::new());
+    add(&mut tar, "noise", &noise);
+    tar.into_inner().expect("layer")
+}
+
+/// A full disk: what cannot be written is refused with a clear error and nothing is
+/// left half-made: no blob of the refused image, no container (record, directory,
+/// mount or OCI runtime state); once there is room again the same requests work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_refused_and_leaves_nothing_behind() {
+    let rt = Runtime::start_on_tmpfs(24);
+    let channel = channel(&rt.socket()).await;
+    let mut client = RuntimeServiceClient::new(channel);
+    let process = json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]});
+    let busybox = oci_image("example.com/busybox:1", &[busybox_layer()], process.clone());
+    let out = rt.import(&rt.file("busybox.tar", &busybox), &[]);
+    assert!(out.status.success(), "{out:?}");
+    let logs = rt.dir.path().join("logs");
+    let cgroup = format!("skiff-test-full-{}", std::process::id());
+    // On the node's network: no CNI needed.
+    let pod = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "full".into(),
+            uid: "uid-full".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{cgroup}"),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sandbox = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+
+    let filler = rt.data().join("filler");
+    fill(&filler);
+    let blobs = rt.blobs();
+    let other = oci_image("example.com/noise:1", &[noise_layer(4 << 20)], process);
+    let out = rt.import(&rt.file("noise.tar", &other), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        !out.status.success() && stderr.contains("no space left on device"),
+        "{out:?}"
+    );
+    assert_eq!(rt.blobs(), blobs, "nothing of the refused image is kept");
+
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: "hello".into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: "example.com/busybox:1".into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), "echo hello".into()],
+        log_path: "hello.log".into(),
+        ..Default::default()
+    };
+    let create = CreateContainerRequest {
+        pod_sandbox_id: sandbox.clone(),
+        config: Some(config.clone()),
+        sandbox_config: Some(pod.clone()),
+    };
+    let refused = client
+        .create_container(create.clone())
+        .await
+        .expect_err("no room to unpack the image");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .to_lowercase()
+            .contains("no space left on device"),
+        "{refused:?}"
+    );
+    let listed = client
+        .list_containers(ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+    let dirs: Vec<_> = std::fs::read_dir(rt.data().join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(dirs.is_empty(), "{dirs:?}");
+    let data = rt.data().display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&format!("{data}/containers")),
+        "a root filesystem is still mounted"
+    );
+
+    // Room again: the same container runs, under the same name.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let id = client
+        .create_container(create)
+        .await
+        .expect("CreateContainer with room")
+        .into_inner()
+        .container_id;
+    client
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    assert_eq!(wait_exited(&mut client, &id).await.exit_code, 0);
+    client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    client
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox,
+        })
+        .await
+        .expect("RemovePodSandbox");
+    // The pod cgroup is the kubelet's to remove; nothing of the runtime's is left in it.
+    for dir in cgroup_dirs(&cgroup).iter().filter(|d| d.exists()) {
+        std::fs::remove_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    }
+}

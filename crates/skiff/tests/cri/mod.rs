@@ -181,6 +181,27 @@ impl Runtime {
         runtime
     }
 
+    /// On a data directory that is a tmpfs of `megabytes` (a disk that can fill up);
+    /// unmounted when dropped, like every mount under the directory.
+    pub fn start_on_tmpfs(megabytes: u32) -> Runtime {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&data)
+            .status()
+            .expect("mount");
+        assert!(mounted.success(), "mounting a tmpfs");
+        let mut runtime = Runtime {
+            child: None,
+            dir,
+            extra: Vec::new(),
+        };
+        runtime.launch();
+        runtime
+    }
+
     fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
