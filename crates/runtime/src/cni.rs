@@ -3,8 +3,10 @@
 //! plugins are executables found in the bin directories, called with the `CNI_*`
 //! environment and the plugin's configuration on stdin. ADD runs the chain in order,
 //! each plugin getting the previous one's result; DEL runs it in reverse with the ADD
-//! result as prevResult. Plugins that declare the `portMappings` capability get the
-//! sandbox's host ports in `runtimeConfig`.
+//! result as prevResult; CHECK (spec 0.4.0 and later, unless the list sets
+//! `disableCheck`) runs it in order with the ADD result, when a restarted runtime
+//! verifies the networks it finds. Plugins that declare the `portMappings` capability
+//! get the sandbox's host ports in `runtimeConfig`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,8 @@ pub struct Network {
     pub name: String,
     pub cni_version: String,
     pub plugins: Vec<Value>,
+    /// The list's `disableCheck`: the runtime must not call CHECK.
+    pub disable_check: bool,
 }
 
 /// A plugin's failure: the spec's error object, or why it could not run.
@@ -104,6 +108,23 @@ impl Cni {
             previous = Some(result);
         }
         Ok(previous.unwrap_or_else(|| json!({"cniVersion": network.cni_version})))
+    }
+
+    /// Runs CHECK through the chain in order, every plugin given ADD's final result;
+    /// nothing to run where the spec version has no CHECK or the list disables it.
+    pub fn check(
+        &self,
+        network: &Network,
+        at: &Attachment,
+        result: Option<&Value>,
+    ) -> Result<(), CniError> {
+        if network.disable_check || !has_check(&network.cni_version) {
+            return Ok(());
+        }
+        for plugin in &network.plugins {
+            self.exec(network, plugin, "CHECK", at, result)?;
+        }
+        Ok(())
     }
 
     /// Runs DEL through the chain in reverse; missing resources are not errors.
@@ -231,14 +252,19 @@ fn load(file: &Path) -> Result<Network, String> {
     if plugins.is_empty() || plugins.iter().any(|p| !p["type"].is_string()) {
         return Err("a plugin without a type".into());
     }
-    if config["disableCheck"] == json!(true) {
-        tracing::debug!(file = %file.display(), "CNI CHECK disabled");
-    }
     Ok(Network {
         name,
         cni_version,
         plugins,
+        disable_check: config["disableCheck"] == json!(true),
     })
+}
+
+/// Whether a spec version has CHECK (0.4.0 and later).
+fn has_check(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    major >= 1 || minor >= 4
 }
 
 /// The pod's IP addresses in a result (spec 1.0 `ips`; 0.x had a version per address).

@@ -236,6 +236,14 @@ impl Engine {
                         tracing::info!(sandbox = %id, "namespaces gone (reboot?): not ready");
                         crate::sandbox::forget_namespaces(&dir, &mut record);
                         let _ = write_record(&dir, SANDBOX_RECORD, &record);
+                    } else if record.ready
+                        && let Err(e) = crate::sandbox::check_network(self, &id, &dir, &config)
+                    {
+                        // The kubelet makes the pod a new sandbox; stopping this one
+                        // still releases its network.
+                        tracing::warn!(sandbox = %id, error = %e, "network check failed: not ready");
+                        record.ready = false;
+                        let _ = write_record(&dir, SANDBOX_RECORD, &record);
                     }
                     if let Some(key) = crate::sandbox::name_key(&config) {
                         lock(&self.names).insert(key, id.clone());

@@ -62,6 +62,24 @@ pub fn namespaces_intact(dir: &Path, record: &SandboxRecord) -> bool {
         .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
+/// CNI CHECK of the network a sandbox joined: whether it is still as ADD left it.
+pub fn check_network(
+    engine: &Engine,
+    id: &str,
+    dir: &Path,
+    config: &PodSandboxConfig,
+) -> Result<()> {
+    let Some((network, result)) = joined_network(dir) else {
+        return Ok(());
+    };
+    let netns = dir.join("ns/net");
+    engine
+        .settings
+        .cni
+        .check(&network, &attachment(config, id, &netns), result.as_ref())
+        .map_err(|e| Failure::Precondition(e.to_string()))
+}
+
 /// After a reboot: nothing is left to release; the sandbox is not ready.
 pub fn forget_namespaces(dir: &Path, record: &mut SandboxRecord) {
     ns::remove(&dir.join("ns"));
@@ -234,6 +252,7 @@ fn loopback(engine: &Engine, id: &str, netns: &Path) -> Result<()> {
         // The version every loopback plugin (also pre-1.0 ones) accepts, as containerd.
         cni_version: "0.3.1".into(),
         plugins: vec![serde_json::json!({"type": "loopback"})],
+        disable_check: true,
     };
     let at = Attachment {
         container_id: id,
@@ -271,7 +290,7 @@ fn write_cni_state(
 ) -> Result<()> {
     let state = serde_json::json!({
         "network": network.name, "cniVersion": network.cni_version,
-        "plugins": network.plugins, "result": result,
+        "plugins": network.plugins, "disableCheck": network.disable_check, "result": result,
     });
     crate::util::write_atomic(&dir.join("cni.json"), state.to_string().as_bytes()).map_err(internal)
 }
@@ -286,6 +305,7 @@ fn joined_network(dir: &Path) -> Option<(cni::Network, Option<serde_json::Value>
         name: state["network"].as_str()?.to_string(),
         cni_version: state["cniVersion"].as_str()?.to_string(),
         plugins: state["plugins"].as_array()?.clone(),
+        disable_check: state["disableCheck"] == serde_json::json!(true),
     };
     let result = Some(state["result"].clone()).filter(|r| !r.is_null());
     Some((network, result))

@@ -4,13 +4,10 @@
 //! (Debian's containernetworking-plugins) on a bridge and subnet this test owns and
 //! removes. It checks what a kubelet relies on: logs in the CRI format, exit codes,
 //! OOM kills, pids limits, stop grace periods, exec, a container outliving a runtime
-//! restart, log reopening, layer whiteouts and hard links, clear errors for bad
+//! restart (and CNI CHECK after it), log reopening, layer whiteouts and hard links, clear errors for bad
 //! requests, and that removal leaves no mount, process, cgroup or veth behind.
 
 mod cri;
-
-use std::path::Path;
-use std::time::{Duration, Instant};
 
 use cri::*;
 
@@ -63,117 +60,6 @@ fn layers_with_whiteouts() -> Vec<Vec<u8>> {
         lower.into_inner().expect("lower"),
         upper.into_inner().expect("upper"),
     ]
-}
-
-fn sandbox_config(name: &str, logs: &Path, cgroup_parent: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.display().to_string(),
-        dns_config: Some(DnsConfig {
-            servers: vec!["10.96.0.10".into()],
-            searches: vec!["default.svc.cluster.local".into()],
-            options: vec!["ndots:5".into()],
-        }),
-        labels: [("app".to_string(), name.to_string())].into(),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: cgroup_parent.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, image: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        envs: vec![KeyValue {
-            key: "GREETING".into(),
-            value: "hello".into(),
-        }],
-        log_path: format!("{name}.log"),
-        labels: [("container".to_string(), name.to_string())].into(),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    pid: NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Waits until `path` contains `text`; the content.
-async fn wait_for_text(path: &Path, text: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let content = std::fs::read_to_string(path).unwrap_or_default();
-        if content.contains(text) {
-            return content;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never contained {text:?}: {content}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Host pids of processes whose command line contains `name`.
-fn processes_named(name: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .expect("proc")
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(name)
-                .then_some(pid)
-        })
-        .collect()
-}
-
-/// Mount points under `dir`, processes whose command line names it.
-fn leftovers(dir: &Path) -> (Vec<String>, Vec<String>) {
-    let dir = dir.display().to_string();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(&dir))
-        .map(String::from)
-        .collect();
-    let mut processes = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.parse::<u32>().is_err() || name == std::process::id().to_string() {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&dir) && !cmdline.contains("skiff runtime --data-dir") {
-            processes.push(format!("{name}: {cmdline}"));
-        }
-    }
-    (mounts, processes)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,9 +557,44 @@ async fn pods_and_containers_run_through_the_cri() {
     )
     .await;
     wait_for_text(&logs.join("ticker.log"), "tick").await;
+    // A sandbox whose network breaks meanwhile (its eth0 deleted): the restarted
+    // runtime's CNI CHECK finds it, so it is not ready; the intact one is.
+    let broken_pod = sandbox_config("broken-0", &logs, &limited);
+    let broken = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(broken_pod),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("RunPodSandbox")
+        .into_inner()
+        .pod_sandbox_id;
+    let netns = rt.data().join("sandboxes").join(&broken).join("ns/net");
+    let deleted = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "link", "del", "eth0"])
+        .output()
+        .expect("nsenter");
+    assert!(deleted.status.success(), "{deleted:?}");
     rt.restart();
     let channel = cri::channel(&rt.socket()).await;
     let mut client = RuntimeServiceClient::new(channel.clone());
+    for (id, state) in [
+        (&sandbox, PodSandboxState::SandboxReady),
+        (&broken, PodSandboxState::SandboxNotready),
+    ] {
+        let status = client
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .expect("status");
+        assert_eq!(status.state, state as i32, "{id}: {}", rt.log());
+    }
     let listed = client
         .list_containers(ListContainersRequest {
             filter: Some(ContainerFilter {
@@ -748,7 +669,7 @@ async fn pods_and_containers_run_through_the_cri() {
     );
 
     // Removing everything leaves nothing behind.
-    for id in [&sandbox, &small_id] {
+    for id in [&sandbox, &small_id, &broken] {
         client
             .stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: id.to_string(),

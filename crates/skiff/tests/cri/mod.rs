@@ -3,7 +3,11 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod pods;
 pub mod streams;
+
+#[allow(unused_imports)] // not every test binary uses them
+pub use pods::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
