@@ -7,3 +7,12 @@ pub mod cron;
 pub mod quantity;
 pub mod selector;
 pub mod taints;
+
+/// The Kubernetes release whose API Skiff serves (major, minor).
+pub const KUBERNETES_VERSION: (&str, &str) = ("1", "33");
+
+/// The version string components report (`gitVersion`, a Node's `kubeletVersion`).
+pub fn git_version() -> String {
+    let (major, minor) = KUBERNETES_VERSION;
+    format!("v{major}.{minor}.0+skiff-{}", env!("CARGO_PKG_VERSION"))
+}

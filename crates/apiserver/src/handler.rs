@@ -109,7 +109,7 @@ async fn version() -> Json<Value> {
     Json(json!({
         "major": major,
         "minor": minor,
-        "gitVersion": format!("v{major}.{minor}.0+skiff-{}", env!("CARGO_PKG_VERSION")),
+        "gitVersion": skiff_api::git_version(),
         "gitCommit": "",
         "gitTreeState": "clean",
         "buildDate": "",

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use skiff_storage::Store;
 
 /// The Kubernetes version whose API this server speaks.
-pub const KUBERNETES_VERSION: (&str, &str) = ("1", "33");
+pub use skiff_api::KUBERNETES_VERSION;
 
 #[derive(Clone, Debug)]
 pub struct Config {

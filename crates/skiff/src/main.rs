@@ -3,6 +3,7 @@
 
 mod bench;
 mod controller_manager;
+mod kubelet;
 mod runtime;
 mod scheduler;
 mod server;
@@ -33,6 +34,8 @@ enum Command {
     Scheduler(scheduler::SchedulerArgs),
     /// Run the controller manager against an API server.
     ControllerManager(controller_manager::ControllerManagerArgs),
+    /// Run the node agent: registers the Node and runs its pods through a CRI runtime.
+    Kubelet(kubelet::KubeletArgs),
     /// Run the container runtime: a CRI v1 server on a Unix socket.
     Runtime(runtime::RuntimeArgs),
     /// A container's monitor (started by the runtime, one per container).
@@ -89,6 +92,7 @@ fn main() -> Result<()> {
         Command::Apiserver(args) => runtime.block_on(server::run(args, "apiserver")),
         Command::Scheduler(args) => runtime.block_on(scheduler::run(args)),
         Command::ControllerManager(args) => runtime.block_on(controller_manager::run(args)),
+        Command::Kubelet(args) => runtime.block_on(kubelet::run(args)),
         Command::Runtime(args) => runtime.block_on(runtime::run(args)),
         Command::Images(images) => runtime.block_on(images.run()),
         Command::RuntimeMonitor { .. }

@@ -268,6 +268,8 @@ async fn skiff_and_containerd_answer_the_same_lifecycle_alike() {
     );
 
     let skiff_conf = skiff_net.conf_dir().display().to_string();
+    // Declared first, dropped last: after the runtimes and their containers are gone.
+    let _cgroups = CgroupGuard(format!("/skiff-peer-{pid}"));
     let rt = Runtime::start_with(&[
         "--cni-conf-dir",
         &skiff_conf,
@@ -311,7 +313,4 @@ async fn skiff_and_containerd_answer_the_same_lifecycle_alike() {
         &format!("/skiff-peer-{pid}/containerd"),
     )
     .await;
-    for dir in cgroup_dirs(&format!("/skiff-peer-{pid}")) {
-        remove_tree(&dir);
-    }
 }

@@ -116,3 +116,15 @@ pub fn leftovers(dir: &Path) -> (Vec<String>, Vec<String>) {
     }
     (mounts, processes)
 }
+
+/// A cgroup a test made outside its temporary directory (in every hierarchy), removed
+/// however the test ends.
+pub struct CgroupGuard(pub String);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        for dir in cgroup_dirs(&self.0) {
+            remove_tree(&dir);
+        }
+    }
+}

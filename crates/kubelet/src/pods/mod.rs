@@ -1,0 +1,608 @@
+//! The pod workers. A watch on the pods bound to this node feeds one worker per pod
+//! (by uid); each worker is a loop over a small state machine, woken by changes to its
+//! pod and by a resync tick:
+//!
+//! - running: a ready sandbox (a new one, attempt + 1, when it is gone or not ready),
+//!   init containers one at a time in order (sidecars, `restartPolicy: Always`, started
+//!   and left running), then the containers; exited ones restart as the pod's
+//!   restartPolicy says, after upstream's back-off (10 s doubling to 5 min, reset after
+//!   10 min of running), waiting as `CrashLoopBackOff` meanwhile; status patched when it
+//!   changed;
+//! - finished (Succeeded or Failed): the sandbox stops, containers stay for their logs;
+//! - terminating (`deletionTimestamp` set): every container stopped with the grace
+//!   period, the sandbox stopped, the final status posted, then the pod deleted with
+//!   grace 0 (uid precondition) and its sandboxes removed;
+//! - gone from the API: everything of it removed.
+//!
+//! At start, once the first list is in, sandboxes of pods the API no longer has are
+//! removed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::cri::Runtime;
+use crate::spec::{self, CONTAINER_NAME, POD_UID};
+use crate::{Config, Error};
+use start::{restart_container, start_container};
+
+mod start;
+
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long starts its back-off afresh.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+struct Ctx {
+    client: kube::Client,
+    config: Config,
+    runtime: Runtime,
+    host_ip: String,
+    runtime_name: String,
+}
+
+pub struct Manager {
+    ctx: Arc<Ctx>,
+}
+
+impl Manager {
+    pub fn new(
+        client: kube::Client,
+        config: Config,
+        runtime: Runtime,
+        host_ip: std::net::IpAddr,
+        runtime_name: String,
+    ) -> Manager {
+        Manager {
+            ctx: Arc::new(Ctx {
+                client,
+                config,
+                runtime,
+                host_ip: host_ip.to_string(),
+                runtime_name,
+            }),
+        }
+    }
+
+    pub async fn run(self) -> Result<(), Error> {
+        let pods: Api<Pod> = Api::all(self.ctx.client.clone());
+        let selector = format!("spec.nodeName={}", self.ctx.config.node_name);
+        let mut events =
+            std::pin::pin!(watcher(pods, watcher::Config::default().fields(&selector)));
+        let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+        let mut listed: HashSet<String> = HashSet::new();
+        let mut cleaned = false;
+        loop {
+            let event = match events.try_next().await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Err(Error::Config("the pod watch ended".into())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching pods; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match event {
+                watcher::Event::Init => listed.clear(),
+                watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                    let Some(uid) = pod.metadata.uid.clone() else {
+                        continue;
+                    };
+                    listed.insert(uid.clone());
+                    workers.retain(|_, tx| !tx.is_closed());
+                    match workers.get(&uid) {
+                        Some(tx) => {
+                            let _ = tx.send(Some(pod));
+                        }
+                        None => {
+                            let (tx, rx) = watch::channel(Some(pod));
+                            tokio::spawn(worker(self.ctx.clone(), uid.clone(), rx));
+                            workers.insert(uid, tx);
+                        }
+                    }
+                }
+                watcher::Event::Delete(pod) => {
+                    if let Some(tx) = pod.metadata.uid.and_then(|uid| workers.remove(&uid)) {
+                        let _ = tx.send(None);
+                    }
+                }
+                watcher::Event::InitDone => {
+                    // Pods that went while the watch was down.
+                    workers.retain(|uid, tx| {
+                        let keep = listed.contains(uid);
+                        if !keep {
+                            let _ = tx.send(None);
+                        }
+                        keep
+                    });
+                    if !cleaned {
+                        cleaned = true;
+                        let ctx = self.ctx.clone();
+                        let wanted = listed.clone();
+                        tokio::spawn(async move { remove_orphans(&ctx, &wanted).await });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Removes the sandboxes (and so the containers) of pods the API does not have.
+async fn remove_orphans(ctx: &Ctx, wanted: &HashSet<String>) {
+    let Ok(sandboxes) = ctx.runtime.all_sandboxes().await else {
+        return;
+    };
+    for sandbox in sandboxes {
+        let Some(uid) = sandbox.labels.get(POD_UID) else {
+            continue;
+        };
+        if !wanted.contains(uid) {
+            tracing::info!(sandbox = %sandbox.id, pod_uid = %uid, "removing the sandbox of a pod the API does not have");
+            let _ = ctx.runtime.stop_sandbox(&sandbox.id).await;
+            let _ = ctx.runtime.remove_sandbox(&sandbox.id).await;
+        }
+    }
+}
+
+/// A container's restart back-off (flowcontrol.Backoff).
+struct Backoff {
+    delay: Duration,
+    updated: Instant,
+}
+
+#[derive(Default)]
+struct Worker {
+    backoff: HashMap<String, Backoff>,
+    /// Image pulls that failed: when, and how long to wait.
+    pulls: HashMap<String, Backoff>,
+    waiting: HashMap<String, (String, String)>,
+    posted: Option<Value>,
+    deleted: bool,
+}
+
+async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Pod>>) {
+    let mut state = Worker::default();
+    loop {
+        let pod = rx.borrow_and_update().clone();
+        let Some(pod) = pod else {
+            teardown(&ctx, &uid).await;
+            return;
+        };
+        let result = if pod.metadata.deletion_timestamp.is_some() {
+            terminate(&ctx, &mut state, &pod).await
+        } else {
+            sync(&ctx, &mut state, &pod).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(pod = %name(&pod), error = %e, "pod sync failed; retrying");
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() {
+                teardown(&ctx, &uid).await;
+                return;
+            },
+            () = tokio::time::sleep(ctx.config.pod_resync) => {}
+        }
+    }
+}
+
+fn name(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+type Failure = String;
+
+/// The pod's sandboxes, newest first.
+async fn sandboxes(ctx: &Ctx, uid: &str) -> Result<Vec<cri::PodSandbox>, Failure> {
+    let mut sandboxes = ctx
+        .runtime
+        .sandboxes_of(uid)
+        .await
+        .map_err(|e| format!("listing sandboxes: {}", e.message()))?;
+    sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+    Ok(sandboxes)
+}
+
+/// The runtime containers of a sandbox by container name, newest first.
+async fn containers(
+    ctx: &Ctx,
+    sandbox: &str,
+) -> Result<HashMap<String, Vec<cri::ContainerStatus>>, Failure> {
+    let mut by_name: HashMap<String, Vec<cri::ContainerStatus>> = HashMap::new();
+    for status in ctx
+        .runtime
+        .containers_of(sandbox)
+        .await
+        .map_err(|e| format!("listing containers: {}", e.message()))?
+    {
+        let name = status
+            .labels
+            .get(CONTAINER_NAME)
+            .cloned()
+            .or_else(|| status.metadata.as_ref().map(|m| m.name.clone()))
+            .unwrap_or_default();
+        by_name.entry(name).or_default().push(status);
+    }
+    for list in by_name.values_mut() {
+        list.sort_by_key(|s| {
+            std::cmp::Reverse((s.metadata.as_ref().map_or(0, |m| m.attempt), s.created_at))
+        });
+    }
+    Ok(by_name)
+}
+
+fn is_running(status: &cri::ContainerStatus) -> bool {
+    status.state == cri::ContainerState::ContainerRunning as i32
+        || status.state == cri::ContainerState::ContainerCreated as i32
+}
+
+fn exited(status: &cri::ContainerStatus) -> bool {
+    status.state == cri::ContainerState::ContainerExited as i32
+}
+
+async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let api_phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
+    let finished = api_phase == "Succeeded" || api_phase == "Failed";
+    let sandboxes = sandboxes(ctx, &uid).await?;
+    let ready = sandboxes
+        .first()
+        .filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+        .cloned();
+    let sandbox = match (ready, finished) {
+        (Some(sandbox), false) => Some(sandbox),
+        (_, true) => {
+            // Nothing runs again: stop what is left, keep the containers' logs.
+            for sandbox in &sandboxes {
+                if sandbox.state == cri::PodSandboxState::SandboxReady as i32 {
+                    stop_all(ctx, &sandbox.id, 0).await;
+                    let _ = ctx.runtime.stop_sandbox(&sandbox.id).await;
+                }
+            }
+            return post_status(ctx, state, pod, sandboxes.first(), false).await;
+        }
+        (None, false) => {
+            // A new sandbox: whatever ran in the old ones is stopped first.
+            for old in &sandboxes {
+                stop_all(ctx, &old.id, 0).await;
+                let _ = ctx.runtime.stop_sandbox(&old.id).await;
+            }
+            let attempt = sandboxes
+                .first()
+                .and_then(|s| s.metadata.as_ref())
+                .map_or(0, |m| m.attempt + 1);
+            let config = sandbox_config(ctx, pod, attempt);
+            if let Err(e) = std::fs::create_dir_all(&config.log_directory) {
+                return Err(format!("creating {}: {e}", config.log_directory));
+            }
+            match ctx.runtime.run_sandbox(config).await {
+                Ok(id) => {
+                    tracing::info!(pod = %name(pod), sandbox = %id, attempt, "sandbox running");
+                    for old in &sandboxes {
+                        let _ = ctx.runtime.remove_sandbox(&old.id).await;
+                    }
+                    sandboxes_of_new(ctx, &uid, &id).await
+                }
+                Err(e) => {
+                    post_status(ctx, state, pod, None, false).await?;
+                    return Err(format!("creating the pod sandbox: {}", e.message()));
+                }
+            }
+        }
+    };
+    let Some(sandbox) = sandbox else {
+        return post_status(ctx, state, pod, None, false).await;
+    };
+    let sandbox_config =
+        sandbox_config(ctx, pod, sandbox.metadata.as_ref().map_or(0, |m| m.attempt));
+    let pod_ip = ctx
+        .runtime
+        .sandbox_status(&sandbox.id)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    let running = containers(ctx, &sandbox.id).await?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    let policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
+    let mut proceed = true;
+    for init in spec.init_containers.iter().flatten() {
+        let sidecar = init.restart_policy.as_deref() == Some("Always");
+        let history = running
+            .get(&init.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        match history.first() {
+            Some(newest) if is_running(newest) => {
+                if !sidecar {
+                    proceed = false;
+                    break;
+                }
+            }
+            Some(newest) if exited(newest) && newest.exit_code == 0 && !sidecar => {}
+            Some(newest) if exited(newest) => {
+                let restart = sidecar || policy != "Never";
+                if restart {
+                    restart_container(
+                        ctx,
+                        state,
+                        pod,
+                        &sandbox.id,
+                        &sandbox_config,
+                        init,
+                        newest,
+                        &pod_ip,
+                    )
+                    .await;
+                }
+                if !sidecar {
+                    proceed = false;
+                    break;
+                }
+            }
+            _ => {
+                start_container(
+                    ctx,
+                    state,
+                    pod,
+                    &sandbox.id,
+                    &sandbox_config,
+                    init,
+                    0,
+                    &pod_ip,
+                )
+                .await;
+                if !sidecar {
+                    proceed = false;
+                    break;
+                }
+            }
+        }
+    }
+    if proceed {
+        for container in &spec.containers {
+            let history = running
+                .get(&container.name)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            match history.first() {
+                None => {
+                    start_container(
+                        ctx,
+                        state,
+                        pod,
+                        &sandbox.id,
+                        &sandbox_config,
+                        container,
+                        0,
+                        &pod_ip,
+                    )
+                    .await;
+                }
+                Some(newest) if exited(newest) => {
+                    let restart = match policy.as_str() {
+                        "Never" => false,
+                        "OnFailure" => newest.exit_code != 0,
+                        _ => true,
+                    };
+                    if restart {
+                        restart_container(
+                            ctx,
+                            state,
+                            pod,
+                            &sandbox.id,
+                            &sandbox_config,
+                            container,
+                            newest,
+                            &pod_ip,
+                        )
+                        .await;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    // Older dead containers: the newest two of each name are all status needs.
+    for history in running.values() {
+        for old in history.iter().skip(2).filter(|s| exited(s)) {
+            let _ = ctx.runtime.remove_container(&old.id).await;
+        }
+    }
+    post_status(ctx, state, pod, Some(&sandbox), false).await
+}
+
+/// The sandbox just made, as the list reports it.
+async fn sandboxes_of_new(ctx: &Ctx, uid: &str, id: &str) -> Option<cri::PodSandbox> {
+    sandboxes(ctx, uid)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|s| s.id == id)
+}
+
+fn sandbox_config(ctx: &Ctx, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
+    spec::sandbox(
+        pod,
+        attempt,
+        &ctx.config.pod_log_dir,
+        &ctx.config.cluster_dns,
+        &ctx.config.cluster_domain,
+    )
+}
+
+/// Stops every running container of a sandbox, `grace` seconds each, all at once.
+async fn stop_all(ctx: &Ctx, sandbox: &str, grace: i64) {
+    let Ok(statuses) = ctx.runtime.containers_of(sandbox).await else {
+        return;
+    };
+    let stops = statuses
+        .iter()
+        .filter(|s| is_running(s))
+        .map(|s| ctx.runtime.stop_container(&s.id, grace));
+    for result in futures::future::join_all(stops).await {
+        if let Err(e) = result {
+            tracing::warn!(error = %e.message(), "stopping a container");
+        }
+    }
+}
+
+/// Graceful termination: stop everything within the grace period, post the final
+/// status, delete the pod for good, remove its sandboxes.
+async fn terminate(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
+    if state.deleted {
+        return Ok(());
+    }
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let grace = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or(pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30)
+        .max(0);
+    let sandboxes = sandboxes(ctx, &uid).await?;
+    for sandbox in &sandboxes {
+        stop_all(ctx, &sandbox.id, grace).await;
+    }
+    // The final status, from the stopped containers.
+    post_status(ctx, state, pod, sandboxes.first(), true).await?;
+    for sandbox in &sandboxes {
+        let _ = ctx.runtime.stop_sandbox(&sandbox.id).await;
+    }
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.clone()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match pods
+        .delete(pod.metadata.name.as_deref().unwrap_or_default(), &params)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+        Err(e) => return Err(format!("deleting the pod: {e}")),
+    }
+    state.deleted = true;
+    tracing::info!(pod = %name(pod), "pod terminated and deleted");
+    for sandbox in &sandboxes {
+        let _ = ctx.runtime.remove_sandbox(&sandbox.id).await;
+    }
+    Ok(())
+}
+
+/// The pod is gone from the API: nothing of it may stay.
+async fn teardown(ctx: &Ctx, uid: &str) {
+    let Ok(sandboxes) = sandboxes(ctx, uid).await else {
+        return;
+    };
+    for sandbox in sandboxes {
+        stop_all(ctx, &sandbox.id, 0).await;
+        let _ = ctx.runtime.stop_sandbox(&sandbox.id).await;
+        let _ = ctx.runtime.remove_sandbox(&sandbox.id).await;
+    }
+}
+
+/// Computes the status and patches it when it changed.
+async fn post_status(
+    ctx: &Ctx,
+    state: &mut Worker,
+    pod: &Pod,
+    sandbox: Option<&cri::PodSandbox>,
+    terminal: bool,
+) -> Result<(), Failure> {
+    let (containers, sandbox_ready, pod_ip) = match sandbox {
+        Some(sandbox) => {
+            let ready = sandbox.state == cri::PodSandboxState::SandboxReady as i32;
+            let ip = if ready {
+                ctx.runtime
+                    .sandbox_status(&sandbox.id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.network)
+                    .map(|n| n.ip)
+            } else {
+                None
+            };
+            (containers(ctx, &sandbox.id).await?, ready, ip)
+        }
+        None => (HashMap::new(), false, None),
+    };
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let pod_ip = if host_network {
+        Some(ctx.host_ip.clone())
+    } else {
+        pod_ip
+    };
+    let previous = serde_json::to_value(&pod.status).unwrap_or(Value::Null);
+    let now = k8s_openapi::jiff::Timestamp::from_second(crate::status_now_nanos() / 1_000_000_000)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    // Running containers clear what they waited for.
+    state.waiting.retain(|name, _| {
+        containers
+            .get(name)
+            .and_then(|h| h.first())
+            .is_none_or(|s| s.state != cri::ContainerState::ContainerRunning as i32)
+    });
+    let observed = crate::status::Observed {
+        sandbox_ready,
+        pod_ip,
+        host_ip: &ctx.host_ip,
+        containers: &containers,
+        waiting: &state.waiting,
+        terminal,
+        runtime_name: &ctx.runtime_name,
+        now: &now,
+    };
+    let status = crate::status::pod_status(pod, &previous, &observed);
+    if state.posted.as_ref() == Some(&status) && same_as_api(&previous, &status) {
+        return Ok(());
+    }
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    pods.patch_status(
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await
+    .map_err(|e| format!("updating the pod status: {e}"))?;
+    state.posted = Some(status);
+    Ok(())
+}
+
+/// Whether the API already shows what we would post (its phase and container states).
+fn same_as_api(api: &Value, ours: &Value) -> bool {
+    api["phase"] == ours["phase"] && api["containerStatuses"] == ours["containerStatuses"]
+}

@@ -1,0 +1,330 @@
+//! Starting containers: the image as the pull policy says (with the pod's pull
+//! secrets and a back-off for failed pulls), the environment with the ConfigMaps and
+//! Secrets it names read at start, CreateContainer and StartContainer; restarts wait out
+//! upstream's crash back-off. What goes wrong becomes the container's waiting reason.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use kube::Api;
+use serde_json::Value;
+
+use super::{BACKOFF_MAX, BACKOFF_RESET, BACKOFF_START, Backoff, Ctx, Worker, name};
+use crate::spec;
+
+/// Go's `time.Duration` text for whole seconds (10s, 1m20s, 5m0s).
+fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 60 {
+        format!("{secs}s")
+    } else {
+        format!("{}m{}s", secs / 60, secs % 60)
+    }
+}
+
+/// Restarts an exited container unless its back-off says wait.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn restart_container(
+    ctx: &Ctx,
+    state: &mut Worker,
+    pod: &Pod,
+    sandbox: &str,
+    sandbox_config: &cri::PodSandboxConfig,
+    container: &Container,
+    newest: &cri::ContainerStatus,
+    pod_ip: &str,
+) {
+    let finished_ago = Duration::from_nanos(
+        u64::try_from(crate::status_now_nanos().saturating_sub(newest.finished_at)).unwrap_or(0),
+    );
+    let now = Instant::now();
+    let entry = state.backoff.get(&container.name);
+    if let Some(entry) = entry
+        && finished_ago < entry.delay
+    {
+        let message = format!(
+            "back-off {} restarting failed container={} pod={}_{}({})",
+            go_duration(entry.delay),
+            container.name,
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+        );
+        state
+            .waiting
+            .insert(container.name.clone(), ("CrashLoopBackOff".into(), message));
+        return;
+    }
+    let ran = Duration::from_nanos(
+        u64::try_from(newest.finished_at.saturating_sub(newest.started_at)).unwrap_or(0),
+    );
+    let delay = match entry {
+        Some(entry)
+            if ran < BACKOFF_RESET && now.duration_since(entry.updated) < BACKOFF_MAX * 2 =>
+        {
+            (entry.delay * 2).min(BACKOFF_MAX)
+        }
+        _ => BACKOFF_START,
+    };
+    state.backoff.insert(
+        container.name.clone(),
+        Backoff {
+            delay,
+            updated: now,
+        },
+    );
+    let attempt = newest.metadata.as_ref().map_or(0, |m| m.attempt + 1);
+    start_container(
+        ctx,
+        state,
+        pod,
+        sandbox,
+        sandbox_config,
+        container,
+        attempt,
+        pod_ip,
+    )
+    .await;
+}
+
+/// Pulls the image as the policy says, then creates and starts the container; what went
+/// wrong becomes the container's waiting reason.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn start_container(
+    ctx: &Ctx,
+    state: &mut Worker,
+    pod: &Pod,
+    sandbox: &str,
+    sandbox_config: &cri::PodSandboxConfig,
+    container: &Container,
+    attempt: u32,
+    pod_ip: &str,
+) {
+    state.waiting.remove(&container.name);
+    if let Err((reason, message)) = ensure_image(ctx, state, pod, container).await {
+        state
+            .waiting
+            .insert(container.name.clone(), (reason, message));
+        return;
+    }
+    let env = match environment(ctx, pod, container, pod_ip).await {
+        Ok(env) => env,
+        Err(message) => {
+            state.waiting.insert(
+                container.name.clone(),
+                ("CreateContainerConfigError".into(), message),
+            );
+            return;
+        }
+    };
+    let config = spec::container(pod, container, attempt, &env);
+    let id = match ctx
+        .runtime
+        .create_container(sandbox, config, sandbox_config.clone())
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            state.waiting.insert(
+                container.name.clone(),
+                ("CreateContainerError".into(), e.message().to_string()),
+            );
+            return;
+        }
+    };
+    if let Err(e) = ctx.runtime.start_container(&id).await {
+        state.waiting.insert(
+            container.name.clone(),
+            ("RunContainerError".into(), e.message().to_string()),
+        );
+        return;
+    }
+    tracing::info!(pod = %name(pod), container = %container.name, attempt, "container started");
+}
+
+/// The image, pulled when the policy asks for it.
+async fn ensure_image(
+    ctx: &Ctx,
+    state: &mut Worker,
+    pod: &Pod,
+    container: &Container,
+) -> Result<(), (String, String)> {
+    let image = container.image.clone().unwrap_or_default();
+    if image.is_empty() {
+        return Err(("InvalidImageName".into(), "no image".into()));
+    }
+    let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
+        let tag = image.rsplit('/').next().unwrap_or("");
+        if image.contains('@') || (tag.contains(':') && !tag.ends_with(":latest")) {
+            "IfNotPresent".into()
+        } else {
+            "Always".into()
+        }
+    });
+    let present = ctx
+        .runtime
+        .image_present(&image)
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    match policy.as_str() {
+        "Never" if !present => {
+            return Err((
+                "ErrImageNeverPull".into(),
+                format!("Container image \"{image}\" is not present with pull policy of Never"),
+            ));
+        }
+        "Never" => return Ok(()),
+        "IfNotPresent" if present => return Ok(()),
+        _ => {}
+    }
+    if let Some(backoff) = state.pulls.get(&image)
+        && backoff.updated.elapsed() < backoff.delay
+    {
+        return Err((
+            "ImagePullBackOff".into(),
+            format!("Back-off pulling image \"{image}\""),
+        ));
+    }
+    let auth = pull_auth(ctx, pod, &image).await;
+    match ctx.runtime.pull_image(&image, auth).await {
+        Ok(_) => {
+            state.pulls.remove(&image);
+            Ok(())
+        }
+        Err(e) => {
+            let delay = state
+                .pulls
+                .get(&image)
+                .map_or(BACKOFF_START, |b| (b.delay * 2).min(BACKOFF_MAX));
+            state.pulls.insert(
+                image.clone(),
+                Backoff {
+                    delay,
+                    updated: Instant::now(),
+                },
+            );
+            Err(("ErrImagePull".into(), e.message().to_string()))
+        }
+    }
+}
+
+/// Credentials for the image's registry from the pod's imagePullSecrets
+/// (`kubernetes.io/dockerconfigjson` and `kubernetes.io/dockercfg`).
+async fn pull_auth(ctx: &Ctx, pod: &Pod, image: &str) -> Option<cri::AuthConfig> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let first = image.split('/').next().unwrap_or_default();
+    let registry = if image.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+    {
+        first.to_string()
+    } else {
+        "docker.io".to_string()
+    };
+    for reference in pod.spec.as_ref()?.image_pull_secrets.iter().flatten() {
+        let Ok(secret) = secrets.get(&reference.name).await else {
+            continue;
+        };
+        let data = secret.data.unwrap_or_default();
+        let config: Value = data
+            .get(".dockerconfigjson")
+            .or_else(|| data.get(".dockercfg"))
+            .and_then(|b| serde_json::from_slice(&b.0).ok())?;
+        let auths = if config["auths"].is_object() {
+            &config["auths"]
+        } else {
+            &config
+        };
+        for (host, entry) in auths.as_object()? {
+            let host = host
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            let matches = host == registry
+                || (registry == "docker.io"
+                    && (host == "index.docker.io" || host == "registry-1.docker.io"));
+            if matches {
+                return Some(cri::AuthConfig {
+                    username: entry["username"].as_str().unwrap_or_default().into(),
+                    password: entry["password"].as_str().unwrap_or_default().into(),
+                    auth: entry["auth"].as_str().unwrap_or_default().into(),
+                    server_address: host.into(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The container's environment, with the ConfigMaps and Secrets it names read now.
+async fn environment(
+    ctx: &Ctx,
+    pod: &Pod,
+    container: &Container,
+    pod_ip: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let mut config_map_names = HashSet::new();
+    let mut secret_names = HashSet::new();
+    for source in container.env_from.iter().flatten() {
+        if let Some(r) = &source.config_map_ref {
+            config_map_names.insert(r.name.clone());
+        }
+        if let Some(r) = &source.secret_ref {
+            secret_names.insert(r.name.clone());
+        }
+    }
+    for var in container.env.iter().flatten() {
+        if let Some(from) = &var.value_from {
+            if let Some(r) = &from.config_map_key_ref {
+                config_map_names.insert(r.name.clone());
+            }
+            if let Some(r) = &from.secret_key_ref {
+                secret_names.insert(r.name.clone());
+            }
+        }
+    }
+    let config_maps_api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut config_maps: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    for name in config_map_names {
+        match config_maps_api.get_opt(&name).await {
+            Ok(Some(cm)) => {
+                config_maps.insert(name, cm.data.unwrap_or_default());
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("reading configmap {name}: {e}")),
+        }
+    }
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut secrets: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    for name in secret_names {
+        match secrets_api.get_opt(&name).await {
+            Ok(Some(secret)) => {
+                let data = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect();
+                secrets.insert(name, data);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("reading secret {name}: {e}")),
+        }
+    }
+    let context = spec::Context {
+        node_name: &ctx.config.node_name,
+        host_ip: &ctx.host_ip,
+        pod_ip,
+        config_maps: &config_maps,
+        secrets: &secrets,
+    };
+    spec::environment(pod, container, &context).map_err(|e| e.to_string())
+}

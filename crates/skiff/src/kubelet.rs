@@ -1,0 +1,71 @@
+//! `skiff kubelet`: the node agent against any API server, driving a CRI runtime over
+//! its socket (skiff's own `skiff runtime`, or containerd).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+#[derive(clap::Args, Clone)]
+pub struct KubeletArgs {
+    /// The kubeconfig to reach the API server with.
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// The Node's name (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The CRI runtime's socket.
+    #[arg(long, default_value = "/run/skiff/cri.sock")]
+    pub cri_socket: PathBuf,
+    /// Where container logs go (`<ns>_<pod>_<uid>/<container>/<n>.log`).
+    #[arg(long, default_value = "/var/log/pods")]
+    pub pod_log_dir: PathBuf,
+    /// The node's InternalIP (default: the address of the default route's interface).
+    #[arg(long)]
+    pub node_ip: Option<std::net::IpAddr>,
+    /// Pods the node accepts.
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// Cluster DNS server addresses for ClusterFirst pods (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns: Vec<String>,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Extra node labels, `key=value,...`.
+    #[arg(long, value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+}
+
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+pub fn config(args: &KubeletArgs) -> Result<skiff_kubelet::Config> {
+    let mut node_labels = std::collections::BTreeMap::new();
+    for label in &args.node_labels {
+        let (key, value) = label
+            .split_once('=')
+            .with_context(|| format!("node label {label:?} is not key=value"))?;
+        node_labels.insert(key.to_string(), value.to_string());
+    }
+    Ok(skiff_kubelet::Config {
+        node_name: args.node_name.clone().unwrap_or_else(host_name),
+        cri_socket: args.cri_socket.clone(),
+        pod_log_dir: args.pod_log_dir.clone(),
+        node_ip: args.node_ip,
+        max_pods: args.max_pods,
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        node_labels,
+        ..Default::default()
+    })
+}
+
+pub async fn run(args: KubeletArgs) -> Result<()> {
+    let client = crate::scheduler::client(&args.kubeconfig).await?;
+    let config = config(&args)?;
+    skiff_kubelet::run(client, config, crate::server::shutdown_signal_quiet())
+        .await
+        .context("kubelet")
+}
