@@ -249,6 +249,25 @@ impl Runtime {
         Ok(())
     }
 
+    /// Runs a command in a container and waits for it (`timeout` seconds at most).
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<ExecSyncResponse> {
+        Ok(self
+            .runtime
+            .clone()
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd,
+                timeout,
+            })
+            .await?
+            .into_inner())
+    }
+
     /// The image's id (`imageRef`) if the runtime has it.
     pub async fn image_present(&self, image: &str) -> Result<Option<String>> {
         let reply = self

@@ -7,6 +7,7 @@
 //!
 //! - `cri.rs`: the CRI client over the runtime's Unix socket.
 //! - `node.rs`: registration, node status and the Lease.
+//! - `network.rs`: the default pod network when the node has none.
 //! - `spec.rs`: a Pod's sandbox and container configs for CRI.
 //! - `status.rs`: pod status from what the runtime reports (phase, conditions, container
 //!   statuses).
@@ -14,6 +15,7 @@
 //!   back-off, graceful termination and the final delete.
 
 mod cri;
+mod network;
 mod node;
 mod pods;
 mod spec;
@@ -22,6 +24,8 @@ mod status;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use network::DefaultCni;
 
 /// How this node's kubelet runs.
 #[derive(Clone, Debug)]
@@ -47,6 +51,8 @@ pub struct Config {
     pub node_lease_duration_seconds: i32,
     /// How often each pod worker looks at its pod's containers without being told to.
     pub pod_resync: Duration,
+    /// Write a default pod network when the CNI directory has none.
+    pub default_cni: Option<DefaultCni>,
 }
 
 impl Default for Config {
@@ -63,6 +69,7 @@ impl Default for Config {
             node_status_update_frequency: Duration::from_secs(10),
             node_lease_duration_seconds: 40,
             pod_resync: Duration::from_secs(1),
+            default_cni: None,
         }
     }
 }
@@ -96,6 +103,13 @@ pub async fn run(
     let info_name = info.name.clone();
     let node = node::Agent::new(client.clone(), config.clone(), runtime.clone(), info);
     let node_uid = node.register().await?;
+    if let Some(cni) = config.default_cni.clone() {
+        tokio::spawn(network::ensure(
+            client.clone(),
+            config.node_name.clone(),
+            cni,
+        ));
+    }
     let mut tasks = tokio::task::JoinSet::new();
     {
         let node = node.clone();

@@ -18,6 +18,8 @@ pub struct Observed<'a> {
     pub host_ip: &'a str,
     /// Runtime containers of each container name, newest first.
     pub containers: &'a HashMap<String, Vec<cri::ContainerStatus>>,
+    /// (started, ready) from the probes, for containers that have probes.
+    pub probed: &'a HashMap<String, (bool, bool)>,
     /// Why a container waits, when the worker knows better than "ContainerCreating".
     pub waiting: &'a HashMap<String, (String, String)>,
     /// The pod is being (or has been) terminated: nothing will run again.
@@ -97,11 +99,17 @@ fn container_status(
     entry["containerID"] = json!(format!("{}://{}", observed.runtime_name, newest.id));
     entry["restartCount"] = json!(newest.metadata.as_ref().map_or(0, |m| m.attempt));
     let running = is_running(newest);
-    entry["started"] = json!(running);
-    entry["ready"] = json!(if init {
+    let (started, ready) = observed
+        .probed
+        .get(&container.name)
+        .copied()
+        .unwrap_or((true, true));
+    entry["started"] = json!(running && started);
+    let sidecar = container.restart_policy.as_deref() == Some("Always");
+    entry["ready"] = json!(if init && !sidecar {
         exited(newest) && newest.exit_code == 0
     } else {
-        running
+        running && started && ready
     });
     match observed.waiting.get(&container.name) {
         Some((reason, message)) if !running => {
@@ -450,6 +458,7 @@ mod tests {
         terminal: bool,
     ) -> Value {
         let observed = Observed {
+            probed: &HashMap::new(),
             sandbox_ready: true,
             pod_ip: Some("10.1.0.5".into()),
             host_ip: "192.168.1.2",

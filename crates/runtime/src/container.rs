@@ -308,8 +308,10 @@ pub fn start(engine: &Engine, container: &Container) -> Result<()> {
             container.id
         )));
     }
-    let result = engine.oci(&["start", &container.id]);
+    // Taken before: a quick container may exit (and its monitor record the end) before
+    // `runc start` returns, and it must not seem to have ended before it started.
     let started = crate::util::now_nanos();
+    let result = engine.oci(&["start", &container.id]);
     if result.is_err() {
         // What runc created must not linger: the process waiting to start, its monitor.
         let _ = engine.oci(&["delete", "--force", &container.id]);

@@ -1,6 +1,7 @@
 //! `skiff`: the one binary. Subcommands select what runs; this crate only parses flags and
 //! wires the library crates together.
 
+mod agent;
 mod bench;
 mod controller_manager;
 mod kubelet;
@@ -26,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the all-in-one control plane.
+    /// Run the all-in-one cluster: the control plane and this node's agent.
     Server(server::ServerArgs),
     /// Run the API server alone (the only component that touches the datastore).
     Apiserver(server::ServerArgs),
@@ -34,7 +35,9 @@ enum Command {
     Scheduler(scheduler::SchedulerArgs),
     /// Run the controller manager against an API server.
     ControllerManager(controller_manager::ControllerManagerArgs),
-    /// Run the node agent: registers the Node and runs its pods through a CRI runtime.
+    /// Run a node: skiff's container runtime and the kubelet, against a server.
+    Agent(agent::AgentArgs),
+    /// Run the kubelet alone: registers the Node and runs its pods through a CRI runtime.
     Kubelet(kubelet::KubeletArgs),
     /// Run the container runtime: a CRI v1 server on a Unix socket.
     Runtime(runtime::RuntimeArgs),
@@ -92,6 +95,7 @@ fn main() -> Result<()> {
         Command::Apiserver(args) => runtime.block_on(server::run(args, "apiserver")),
         Command::Scheduler(args) => runtime.block_on(scheduler::run(args)),
         Command::ControllerManager(args) => runtime.block_on(controller_manager::run(args)),
+        Command::Agent(args) => runtime.block_on(agent::run(args)),
         Command::Kubelet(args) => runtime.block_on(kubelet::run(args)),
         Command::Runtime(args) => runtime.block_on(runtime::run(args)),
         Command::Images(images) => runtime.block_on(images.run()),

@@ -1,8 +1,8 @@
-//! `skiff server`: the all-in-one control plane (and `skiff apiserver`, the API server
-//! alone). Opens the datastore (embedded by
-//! default, etcd with `--etcd-endpoints`) and runs the API server on it until SIGINT or
-//! SIGTERM, then closes the datastore cleanly. Controllers and the node agent are added
-//! here as they land (docs/status.md).
+//! `skiff server`: the all-in-one cluster (and `skiff apiserver`, the API server
+//! alone). Opens the datastore (embedded by default, etcd with `--etcd-endpoints`), runs
+//! the API server on it, the scheduler and the controller manager as its clients, and
+//! this machine's node agent (runtime and kubelet; `--disable-agent` leaves it out),
+//! until SIGINT or SIGTERM, then closes the datastore cleanly.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -48,6 +48,12 @@ pub struct ServerArgs {
     /// Node lifecycle (all in one only).
     #[command(flatten)]
     nodes: crate::controller_manager::NodeArgs,
+    /// Run the control plane only: no runtime or kubelet on this machine.
+    #[arg(long)]
+    disable_agent: bool,
+    /// This node's agent (all in one only).
+    #[command(flatten)]
+    agent: crate::agent::NodeAgentArgs,
 }
 
 /// Runs the control plane as `role` (`server`: all in one, the API server, the scheduler
@@ -91,6 +97,11 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
     if role == "server" {
         let args_kubeconfig = args.data_dir.join("admin.kubeconfig");
         let node_args = args.nodes.clone();
+        let (disable_agent, agent, data_dir) = (
+            args.disable_agent,
+            args.agent.clone(),
+            args.data_dir.clone(),
+        );
         let args = crate::scheduler::SchedulerArgs {
             kubeconfig: args_kubeconfig.clone(),
             scheduler_name: "default-scheduler".into(),
@@ -115,6 +126,14 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             components_stopped.clone(),
             move |stop| crate::controller_manager::run_until(args, stop),
         ));
+        if !disable_agent {
+            let data_dir = data_dir.clone();
+            components.push(crate::scheduler::spawn_in_process(
+                "node agent",
+                components_stopped.clone(),
+                move |stop| crate::agent::run_until(args_kubeconfig, data_dir, agent, stop),
+            ));
+        }
     }
     tokio::select! {
         result = shutdown_signal() => {

@@ -109,53 +109,89 @@ fn condition(pod: &serde_json::Value, kind: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// A node for a test: `skiff runtime` on a CNI bridge network of the test's own with
+/// the busybox image imported, and a control plane; the kubelet is started apart.
+/// Fields drop in order: the control plane, the runtime, the network, the cgroups.
+struct TestNode {
+    c: Cluster,
+    rt: Runtime,
+    _network: Network,
+    _cgroups: CgroupGuard,
+    name: String,
+    subnet: String,
+    logs: std::path::PathBuf,
+}
+
+impl TestNode {
+    async fn start(tag: u32) -> TestNode {
+        let pid = std::process::id() + tag;
+        let parent = format!("/skiff-kubelet-test-{pid}");
+        let cgroups = CgroupGuard(parent.clone());
+        let subnet = format!("10.234.{}.0/24", 10 + pid % 200);
+        let network = Network::new(&format!("skk{}", pid % 100_000), &subnet);
+        let net_dir = network.conf_dir().display().to_string();
+        let rt = Runtime::start_with(&["--cni-conf-dir", &net_dir, "--cgroup-parent", &parent]);
+        let image = oci_image(
+            "example.com/busybox:1",
+            &[busybox_layer()],
+            json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
+        );
+        let imported = rt.import(&rt.file("busybox.tar", &image), &[]);
+        assert!(imported.status.success(), "{imported:?}");
+        let c = Cluster::start(Backend::Embedded).await;
+        let logs = rt.dir.path().join("pod-logs");
+        TestNode {
+            c,
+            rt,
+            _network: network,
+            _cgroups: cgroups,
+            name: format!("node-{pid}"),
+            subnet,
+            logs,
+        }
+    }
+
+    fn kubelet(&self) -> common::Component {
+        let socket = self.rt.socket().display().to_string();
+        let logs = self.logs.display().to_string();
+        self.c.spawn_component(&[
+            "kubelet",
+            "--node-name",
+            &self.name,
+            "--cri-socket",
+            &socket,
+            "--pod-log-dir",
+            &logs,
+            "--node-ip",
+            "127.0.0.1",
+        ])
+    }
+
+    fn wait_ready(&self) {
+        wait_for("the node to be Ready", || {
+            text(
+                &self.c,
+                &[
+                    "get",
+                    "node",
+                    &self.name,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ],
+            ) == "True"
+        });
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubelet_runs_the_pods_bound_to_its_node() {
-    let pid = std::process::id();
-    let parent = format!("/skiff-kubelet-test-{pid}");
-    let _cgroups = CgroupGuard(parent.clone());
-    let subnet = format!("10.234.{}.0/24", 10 + pid % 200);
-    let network = Network::new(&format!("skk{}", pid % 100_000), &subnet);
-    let net_dir = network.conf_dir().display().to_string();
-    let rt = Runtime::start_with(&["--cni-conf-dir", &net_dir, "--cgroup-parent", &parent]);
-    let image = oci_image(
-        "example.com/busybox:1",
-        &[busybox_layer()],
-        json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
-    );
-    let imported = rt.import(&rt.file("busybox.tar", &image), &[]);
-    assert!(imported.status.success(), "{imported:?}");
-    let c = Cluster::start(Backend::Embedded).await;
-    let logs = rt.dir.path().join("pod-logs");
-    let node = format!("node-{pid}");
-    let kubelet_args = [
-        "kubelet".to_string(),
-        "--node-name".into(),
-        node.clone(),
-        "--cri-socket".into(),
-        rt.socket().display().to_string(),
-        "--pod-log-dir".into(),
-        logs.display().to_string(),
-        "--node-ip".into(),
-        "127.0.0.1".into(),
-    ];
-    let args: Vec<&str> = kubelet_args.iter().map(String::as_str).collect();
-    let mut kubelet = c.spawn_component(&args);
+    let n = TestNode::start(0).await;
+    let (c, rt, node, logs, subnet) = (&n.c, &n.rt, &n.name, &n.logs, &n.subnet);
+    let mut kubelet = n.kubelet();
 
     // The node registers, holds its Lease and is Ready.
-    wait_for("the node to be Ready", || {
-        text(
-            &c,
-            &[
-                "get",
-                "node",
-                &node,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-        ) == "True"
-    });
-    let registered = c.json(&["get", "node", &node]);
+    n.wait_ready();
+    let registered = c.json(&["get", "node", node]);
     let labels = &registered["metadata"]["labels"];
     assert_eq!(labels["kubernetes.io/hostname"], node.as_str());
     assert_eq!(labels["kubernetes.io/os"], "linux");
@@ -191,14 +227,14 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
         condition(&registered, "Ready")["message"],
         "kubelet is posting ready status"
     );
-    let lease = c.json(&["get", "lease", &node, "-n", "kube-node-lease"]);
+    let lease = c.json(&["get", "lease", node, "-n", "kube-node-lease"]);
     assert_eq!(lease["spec"]["holderIdentity"], node.as_str());
     assert_eq!(lease["metadata"]["ownerReferences"][0]["kind"], "Node");
     let nodes = c.ok(&["get", "nodes"]);
     assert!(
         nodes
             .lines()
-            .any(|l| l.starts_with(&node) && l.contains(" Ready ")),
+            .any(|l| l.starts_with(node.as_str()) && l.contains(" Ready ")),
         "{nodes}"
     );
 
@@ -251,19 +287,19 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
     assert!(line.contains(" stdout F hello from web"), "{line}");
     let wide = c.ok(&["get", "pod", "web", "-o", "wide"]);
     assert!(
-        wide.contains("Running") && wide.contains(&ip) && wide.contains(&node),
+        wide.contains("Running") && wide.contains(&ip) && wide.contains(node.as_str()),
         "{wide}"
     );
 
-    wait_for("init to succeed", || phase(&c, "init") == "Succeeded");
-    let prep = container(&c, "init", true);
+    wait_for("init to succeed", || phase(c, "init") == "Succeeded");
+    let prep = container(c, "init", true);
     assert_eq!(prep["state"]["terminated"]["reason"], "Completed", "{prep}");
     assert_eq!(
         condition(&c.json(&["get", "pod", "init"]), "Initialized")["status"],
         "True"
     );
-    wait_for("fails to fail", || phase(&c, "fails") == "Failed");
-    let failed = container(&c, "fails", false);
+    wait_for("fails to fail", || phase(c, "fails") == "Failed");
+    let failed = container(c, "fails", false);
     assert_eq!(
         (
             failed["state"]["terminated"]["exitCode"].clone(),
@@ -273,9 +309,9 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
         "{failed}"
     );
     wait_for("crash to loop", || {
-        container(&c, "crash", false)["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        container(c, "crash", false)["state"]["waiting"]["reason"] == "CrashLoopBackOff"
     });
-    let crash = container(&c, "crash", false);
+    let crash = container(c, "crash", false);
     assert!(
         crash["restartCount"].as_i64().is_some_and(|n| n >= 1),
         "{crash}"
@@ -288,29 +324,29 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
                 .starts_with("back-off 10s restarting failed container=main pod=crash_default(")),
         "{crash}"
     );
-    assert_eq!(phase(&c, "crash"), "Running");
+    assert_eq!(phase(c, "crash"), "Running");
     wait_for("a configuration error", || {
-        container(&c, "unconfigured", false)["state"]["waiting"]["reason"]
+        container(c, "unconfigured", false)["state"]["waiting"]["reason"]
             == "CreateContainerConfigError"
     });
     assert_eq!(
-        container(&c, "unconfigured", false)["state"]["waiting"]["message"],
+        container(c, "unconfigured", false)["state"]["waiting"]["message"],
         "configmap \"nope\" not found"
     );
     wait_for("an image that must not be pulled", || {
-        container(&c, "absent", false)["state"]["waiting"]["reason"] == "ErrImageNeverPull"
+        container(c, "absent", false)["state"]["waiting"]["reason"] == "ErrImageNeverPull"
     });
-    assert_eq!(phase(&c, "absent"), "Pending");
+    assert_eq!(phase(c, "absent"), "Pending");
 
     // A restarted kubelet leaves running containers alone.
     kubelet.kill();
-    let mut kubelet = c.spawn_component(&args);
+    let mut kubelet = n.kubelet();
     wait_for("the kubelet to register again", || {
         kubelet.log().contains("node registered")
     });
     // It has the pod again within its resync; watch it for a while.
     for _ in 0..10 {
-        let app = container(&c, "web", false);
+        let app = container(c, "web", false);
         assert_eq!(
             app["containerID"],
             container_id.as_str(),
@@ -339,4 +375,224 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
         .items;
     assert!(left.is_empty(), "{left:?}\n{}", kubelet.log());
     kubelet.kill();
+}
+
+/// The flags that keep an all-in-one server's node agent inside the test's directories.
+fn agent_flags(pid: u32, dir: &std::path::Path, cni_conf_dir: &std::path::Path) -> Vec<String> {
+    [
+        ("--node-name", format!("aio-{pid}")),
+        ("--node-ip", "127.0.0.1".to_string()),
+        ("--cri-socket", dir.join("cri.sock").display().to_string()),
+        (
+            "--runtime-data-dir",
+            dir.join("runtime").display().to_string(),
+        ),
+        ("--pod-log-dir", dir.join("logs").display().to_string()),
+        ("--cni-conf-dir", cni_conf_dir.display().to_string()),
+        ("--cgroup-parent", format!("/skiff-aio-test-{pid}")),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value])
+    .collect()
+}
+
+/// `skiff server` is a whole one-node cluster: its agent runs the runtime and the
+/// kubelet in process, the node becomes Ready, a pod runs and is deleted cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skiff_server_runs_a_one_node_cluster() {
+    let pid = std::process::id();
+    let _cgroups = CgroupGuard(format!("/skiff-aio-test-{pid}"));
+    let network = Network::new(
+        &format!("ska{}", pid % 100_000),
+        &format!("10.235.{}.0/24", 10 + pid % 200),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Images go into the runtime's store before it starts, as `skiff images import`
+    // does on a node without a registry.
+    let image = oci_image(
+        "example.com/busybox:1",
+        &[busybox_layer()],
+        json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
+    );
+    let tarball = dir.path().join("busybox.tar");
+    std::fs::write(&tarball, image).expect("tarball");
+    let imported = std::process::Command::new(SKIFF)
+        .args(["images", "import"])
+        .arg(&tarball)
+        .arg("--data-dir")
+        .arg(dir.path().join("runtime"))
+        .output()
+        .expect("skiff images import");
+    assert!(imported.status.success(), "{imported:?}");
+    let flags = agent_flags(pid, dir.path(), &network.conf_dir());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let c = Cluster::start_all_in_one(Backend::Embedded, &flags).await;
+    let node = format!("aio-{pid}");
+    wait_for("the server's own node to be Ready", || {
+        text(
+            &c,
+            &[
+                "get",
+                "node",
+                &node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        ) == "True"
+    });
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: hello}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: example.com/busybox:1, command: [sh, -c, 'echo hi']}\n";
+    let created = c.kubectl_with(&["apply", "-f", "-"], &[], Some(pod));
+    assert!(created.status.success(), "{created:?}");
+    wait_for("hello to succeed", || phase(&c, "hello") == "Succeeded");
+    let hello = container(&c, "hello", false);
+    assert_eq!(
+        hello["state"]["terminated"]["reason"], "Completed",
+        "{hello}"
+    );
+    c.ok(&["delete", "pod", "hello", "--timeout=60s"]);
+    let channel = channel(&dir.path().join("cri.sock")).await;
+    let mut runtime = RuntimeServiceClient::new(channel);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = runtime
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod's sandbox was never removed: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node whose CNI directory holds no network gets the default one over the pod CIDR
+/// the controller manager gave it, and becomes Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_network_gets_the_default_one() {
+    let pid = std::process::id() + 1;
+    let _cgroups = CgroupGuard(format!("/skiff-aio-test-{pid}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cni = dir.path().join("net.d");
+    let flags = agent_flags(pid, dir.path(), &cni);
+    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    flags.extend(["--cluster-cidr", "10.236.0.0/16"]);
+    let c = Cluster::start_all_in_one(Backend::Embedded, &flags).await;
+    let node = format!("aio-{pid}");
+    wait_for("the node to be Ready", || {
+        text(
+            &c,
+            &[
+                "get",
+                "node",
+                &node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        ) == "True"
+    });
+    let cidr = text(
+        &c,
+        &["get", "node", &node, "-o", "jsonpath={.spec.podCIDR}"],
+    );
+    assert!(cidr.starts_with("10.236."), "{cidr}");
+    let written: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cni.join("10-skiff.conflist")).expect("the default network"),
+    )
+    .expect("JSON");
+    assert_eq!(written["plugins"][0]["type"], "bridge");
+    assert_eq!(
+        written["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+        cidr.as_str()
+    );
+}
+
+const PROBED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: example.com/busybox:1
+    command: [sh, -c, "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+  - name: gate
+    image: example.com/busybox:1
+    command: [sh, -c, "mkdir -p /tmp; while true; do sleep 0.2; done"]
+    readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1}
+    livenessProbe: {exec: {command: [sh, -c, "test ! -f /tmp/dead"]}, periodSeconds: 1, failureThreshold: 1}
+"#;
+
+/// Probes: readiness (httpGet to a named port, exec) decides container and pod
+/// readiness, liveness (tcpSocket, exec) kills a container that fails it, and the
+/// restart policy brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_decide_readiness_and_restart_unhealthy_containers() {
+    let n = TestNode::start(2).await;
+    let c = &n.c;
+    let _kubelet = n.kubelet();
+    n.wait_ready();
+    let applied = c.kubectl_with(&["apply", "-f", "-"], &[], Some(PROBED));
+    assert!(applied.status.success(), "{applied:?}");
+    let status_of = |name: &str| {
+        let pod = c.json(&["get", "pod", "probed"]);
+        pod["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|list| list.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    wait_for("web to pass its HTTP readiness probe", || {
+        status_of("web")["ready"] == true
+    });
+    let pod = c.json(&["get", "pod", "probed"]);
+    assert_eq!(pod["status"]["phase"], "Running");
+    let ready = condition(&pod, "Ready");
+    assert_eq!(
+        (ready["status"].clone(), ready["message"].clone()),
+        (
+            json!("False"),
+            json!("containers with unready status: [gate]")
+        ),
+        "{pod}"
+    );
+    let gate = status_of("gate");
+    assert_eq!(gate["started"], true, "{gate}");
+    let id = gate["containerID"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("skiff://"))
+        .expect("a container id")
+        .to_string();
+    let channel = channel(&n.rt.socket()).await;
+    let mut runtime = RuntimeServiceClient::new(channel);
+    let touched = exec(&mut runtime, &id, &["touch", "/tmp/ready"], 5)
+        .await
+        .expect("touch");
+    assert_eq!(touched.exit_code, 0, "{touched:?}");
+    wait_for("the pod to be Ready", || {
+        condition(&c.json(&["get", "pod", "probed"]), "Ready")["status"] == "True"
+    });
+    // Failing its liveness probe gets the container killed and restarted afresh (its
+    // readiness file gone with the old container).
+    let touched = exec(&mut runtime, &id, &["touch", "/tmp/dead"], 5)
+        .await
+        .expect("touch");
+    assert_eq!(touched.exit_code, 0, "{touched:?}");
+    wait_for("gate to be restarted", || {
+        let gate = status_of("gate");
+        gate["restartCount"] == 1 && gate["state"]["running"].is_object()
+    });
+    let gate = status_of("gate");
+    assert_eq!(gate["lastState"]["terminated"]["exitCode"], 137, "{gate}");
+    assert_eq!(gate["ready"], false, "{gate}");
+    assert_eq!(status_of("web")["restartCount"], 0);
+    c.ok(&["delete", "pod", "probed", "--timeout=60s"]);
 }

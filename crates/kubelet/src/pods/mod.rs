@@ -35,6 +35,7 @@ use crate::spec::{self, CONTAINER_NAME, POD_UID};
 use crate::{Config, Error};
 use start::{restart_container, start_container};
 
+mod probe;
 mod start;
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
@@ -165,6 +166,7 @@ struct Worker {
     /// Image pulls that failed: when, and how long to wait.
     pulls: HashMap<String, Backoff>,
     waiting: HashMap<String, (String, String)>,
+    prober: probe::Prober,
     posted: Option<Value>,
     deleted: bool,
 }
@@ -425,6 +427,37 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
             }
         }
     }
+    // Probes of what was running when this round began.
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+    let all = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers);
+    for container in all {
+        let Some(newest) = running.get(&container.name).and_then(|h| h.first()) else {
+            state.prober.forget(&container.name);
+            continue;
+        };
+        if newest.state != cri::ContainerState::ContainerRunning as i32 {
+            continue;
+        }
+        if let probe::Verdict::Kill(message) = state
+            .prober
+            .probe(&ctx.runtime, container, newest, &pod_ip)
+            .await
+        {
+            tracing::info!(pod = %name(pod), container = %container.name, %message, "killing the container");
+            let grace = [&container.liveness_probe, &container.startup_probe]
+                .into_iter()
+                .flatten()
+                .find_map(|p| p.termination_grace_period_seconds)
+                .unwrap_or(grace);
+            if let Err(e) = ctx.runtime.stop_container(&newest.id, grace).await {
+                tracing::warn!(error = %e.message(), "stopping a container that failed its probe");
+            }
+        }
+    }
     // Older dead containers: the newest two of each name are all status needs.
     for history in running.values() {
         for old in history.iter().skip(2).filter(|s| exited(s)) {
@@ -575,7 +608,15 @@ async fn post_status(
             .and_then(|h| h.first())
             .is_none_or(|s| s.state != cri::ContainerState::ContainerRunning as i32)
     });
+    let probed: HashMap<String, (bool, bool)> = containers
+        .iter()
+        .filter_map(|(name, history)| {
+            let newest = history.first()?;
+            Some((name.clone(), state.prober.get(name, &newest.id)?))
+        })
+        .collect();
     let observed = crate::status::Observed {
+        probed: &probed,
         sandbox_ready,
         pod_ip,
         host_ip: &ctx.host_ip,

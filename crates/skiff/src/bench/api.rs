@@ -62,7 +62,8 @@ pub(super) fn spawn_role(role: &str) -> Result<Spawned> {
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args([role, "--secure-port", "0", "--data-dir"])
+        // The control plane only: the bench measures the API server.
+        .args([role, "--disable-agent", "--secure-port", "0", "--data-dir"])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::piped())

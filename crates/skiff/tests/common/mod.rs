@@ -55,8 +55,16 @@ impl Cluster {
         Self::start_with(backend, &[]).await
     }
 
-    /// Starts a cluster whose server gets `extra` flags.
+    /// Starts a control plane (`--disable-agent`) whose server gets `extra` flags.
     pub async fn start_with(backend: Backend, extra: &[&str]) -> Cluster {
+        let mut flags = vec!["--disable-agent"];
+        flags.extend_from_slice(extra);
+        Self::start_all_in_one(backend, &flags).await
+    }
+
+    /// Starts `skiff server` with exactly `extra` (its node agent runs unless they say
+    /// `--disable-agent`).
+    pub async fn start_all_in_one(backend: Backend, extra: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("skiff-e2e-")
             .tempdir()
