@@ -34,6 +34,7 @@ const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "
 #[derive(Clone)]
 pub(crate) struct State {
     pub(crate) registry: Registry,
+    pub(crate) kubelets: crate::kubelet::Client,
 }
 
 impl State {
@@ -41,6 +42,7 @@ impl State {
         store: Arc<dyn Store>,
         config: &crate::Config,
         addr: std::net::SocketAddr,
+        kubelets: crate::kubelet::Client,
     ) -> Result<Self, Error> {
         let registry = Registry::new(store, config.service_cidr);
         let fail = |e: ApiError| Error::Bootstrap(e.message);
@@ -52,7 +54,7 @@ impl State {
             .ensure_kubernetes_service(addr, config.service_cidr.nth(1))
             .await
             .map_err(fail)?;
-        Ok(State { registry })
+        Ok(State { registry, kubelets })
     }
 }
 
@@ -203,6 +205,11 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             Part::Status
         }
         Some("finalize") if r.plural == "namespaces" && info.verb == Verb::Update => Part::Finalize,
+        Some("log") if r.plural == "pods" && info.verb == Verb::Get => {
+            let ns = info.namespace.as_deref().unwrap_or_default();
+            let name = info.name.as_deref().unwrap_or_default();
+            return crate::kubelet::pod_log(state, ns, name, &query).await;
+        }
         Some("scale" | "binding" | "eviction") => {
             return subresource(state, r, &info, &parts.headers, body, &query).await;
         }

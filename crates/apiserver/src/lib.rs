@@ -12,6 +12,7 @@
 mod discovery;
 mod handler;
 pub mod kubeconfig;
+mod kubelet;
 mod metrics;
 mod openapi;
 pub mod pki;
@@ -122,7 +123,8 @@ pub async fn run(
     let server_url = format!("https://{}", client_addr(addr));
     kubeconfig::write_admin(&kubeconfig, &server_url, &pki)?;
     let tls = serve::tls_config(&pki)?;
-    let state = handler::State::new(store, &config, addr).await?;
+    let kubelets = kubelet::Client::new(&pki)?;
+    let state = handler::State::new(store, &config, addr, kubelets).await?;
     if let Err(e) = state.registry.expire_events(config.event_ttl).await {
         tracing::warn!(error = %e.message, "expiring events");
     }

@@ -28,6 +28,10 @@ pub struct Pki {
     pub serving_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The API server's client certificate for kubelets (upstream's
+    /// `apiserver-kubelet-client`).
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
 }
 
 /// What a serving certificate must name.
@@ -64,7 +68,15 @@ impl Pki {
             &issuer,
             client_params("admin", &["system:masters"]),
         )?;
+        let (kubelet_client_cert_pem, kubelet_client_key_pem) = leaf(
+            &dir,
+            "apiserver-kubelet-client",
+            &issuer,
+            client_params("kube-apiserver-kubelet-client", &["system:masters"]),
+        )?;
         Ok(Pki {
+            kubelet_client_cert_pem,
+            kubelet_client_key_pem,
             dir,
             ca_cert_pem,
             serving_cert_pem,

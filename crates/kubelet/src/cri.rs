@@ -199,6 +199,19 @@ impl Runtime {
         Ok(statuses)
     }
 
+    pub async fn container_status(&self, id: &str) -> Result<ContainerStatus> {
+        self.runtime
+            .clone()
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .ok_or_else(|| tonic::Status::not_found(format!("container {id}")))
+    }
+
     pub async fn create_container(
         &self,
         sandbox: &str,

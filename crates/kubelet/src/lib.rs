@@ -11,13 +11,15 @@
 //! - `spec.rs`: a Pod's sandbox and container configs for CRI.
 //! - `status.rs`: pod status from what the runtime reports (phase, conditions, container
 //!   statuses).
-//! - `pods.rs`: the pod workers: sandbox, init containers, containers, restarts with
+//! - `server.rs`: the kubelet API the API server proxies to (container logs).
+//! - `pods/`: the pod workers: sandbox, init containers, containers, restarts with
 //!   back-off, graceful termination and the final delete.
 
 mod cri;
 mod network;
 mod node;
 mod pods;
+mod server;
 mod spec;
 mod status;
 
@@ -26,6 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use network::DefaultCni;
+pub use server::ApiConfig;
 
 /// How this node's kubelet runs.
 #[derive(Clone, Debug)]
@@ -53,6 +56,8 @@ pub struct Config {
     pub pod_resync: Duration,
     /// Write a default pod network when the CNI directory has none.
     pub default_cni: Option<DefaultCni>,
+    /// Serve the kubelet API (none: not served).
+    pub api: Option<ApiConfig>,
 }
 
 impl Default for Config {
@@ -70,6 +75,7 @@ impl Default for Config {
             node_lease_duration_seconds: 40,
             pod_resync: Duration::from_secs(1),
             default_cni: None,
+            api: None,
         }
     }
 }
@@ -88,11 +94,18 @@ pub enum Error {
 /// containers belong to the runtime); a restarted kubelet picks them up again.
 pub async fn run(
     client: kube::Client,
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     if config.node_name.is_empty() {
         return Err(Error::Config("the node needs a name".into()));
+    }
+    // The API's port is known before the Node reports it.
+    let mut listener = None;
+    if let Some(api) = config.api.as_mut() {
+        let (bound, address) = server::bind(api).await?;
+        api.address = address;
+        listener = Some(bound);
     }
     let runtime = cri::Runtime::connect(&config.cri_socket).await?;
     let info = runtime.version().await.map_err(|e| Error::Runtime {
@@ -111,6 +124,10 @@ pub async fn run(
         ));
     }
     let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(api), Some(listener)) = (config.api.clone(), listener) {
+        let (node, runtime) = (config.node_name.clone(), runtime.clone());
+        tasks.spawn(async move { server::serve(listener, api, node, runtime).await });
+    }
     {
         let node = node.clone();
         tasks.spawn(async move { node.keep_status().await });

@@ -305,6 +305,7 @@ impl Agent {
                 "architecture": arch(),
             },
             "conditions": conditions,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.config.api.as_ref().map_or(0, |a| a.address.port())}},
         })
     }
 

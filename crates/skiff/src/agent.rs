@@ -45,6 +45,9 @@ pub struct NodeAgentArgs {
     /// Pods the node accepts.
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
+    /// The kubelet API's port (0: a free one, reported in the Node's status).
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
 }
 
 #[derive(clap::Args)]
@@ -118,6 +121,17 @@ pub async fn run_until(
         node_ip: node.node_ip,
         max_pods: node.max_pods,
         cluster_dns: node.cluster_dns.clone(),
+        // Only the API server (its kubelet client certificate) gets in; without the
+        // cluster CA here (a joined node: issue 8) the API is not served.
+        api: Some(data_dir.join("pki/ca.crt"))
+            .filter(|ca| ca.exists())
+            .map(|client_ca| skiff_kubelet::ApiConfig {
+                address: std::net::SocketAddr::new(
+                    std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    node.kubelet_port,
+                ),
+                client_ca,
+            }),
         default_cni: Some(skiff_kubelet::DefaultCni {
             conf_dir: node.cni_conf_dir.clone(),
             bin_dirs: node.cni_bin_dir.clone(),

@@ -33,6 +33,13 @@ pub struct KubeletArgs {
     /// Extra node labels, `key=value,...`.
     #[arg(long, value_delimiter = ',')]
     pub node_labels: Vec<String>,
+    /// The kubelet API's port (0: a free one, reported in the Node's status).
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// PEM CA bundle the API's clients must present a certificate from (the cluster
+    /// CA); without it the kubelet API is not served.
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 pub fn host_name() -> String {
@@ -58,6 +65,16 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_kubelet::Config> {
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
         node_labels,
+        api: args
+            .client_ca_file
+            .clone()
+            .map(|client_ca| skiff_kubelet::ApiConfig {
+                address: std::net::SocketAddr::new(
+                    std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    args.kubelet_port,
+                ),
+                client_ca,
+            }),
         ..Default::default()
     })
 }

@@ -58,7 +58,15 @@ metadata: {name: crash}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
-  - {name: main, image: example.com/busybox:1, command: [sh, -c, "exit 1"]}
+  - {name: main, image: example.com/busybox:1, command: [sh, -c, "echo crashing; exit 1"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: counter}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: main, image: example.com/busybox:1, command: [sh, -c, "for i in 1 2 3; do echo line $i; sleep 0.3; done"]}
 ---
 apiVersion: v1
 kind: Pod
@@ -154,8 +162,13 @@ impl TestNode {
     fn kubelet(&self) -> common::Component {
         let socket = self.rt.socket().display().to_string();
         let logs = self.logs.display().to_string();
+        let ca = self.c.data_dir().join("pki/ca.crt").display().to_string();
         self.c.spawn_component(&[
             "kubelet",
+            "--client-ca-file",
+            &ca,
+            "--kubelet-port",
+            "0",
             "--node-name",
             &self.name,
             "--cri-socket",
@@ -291,6 +304,22 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
         "{wide}"
     );
 
+    // Logs through the API server and the kubelet API, as kubectl asks for them.
+    assert_eq!(c.ok(&["logs", "web"]), "hello from web\n");
+    let stamped = c.ok(&["logs", "web", "--timestamps"]);
+    assert!(
+        stamped.starts_with("20") && stamped.ends_with(" hello from web\n"),
+        "{stamped}"
+    );
+    let err = c.fails(&["logs", "web", "-c", "nope"]);
+    assert!(
+        err.contains("container nope is not valid for pod web"),
+        "{err}"
+    );
+    wait_for("counter to start", || phase(c, "counter") != "Pending");
+    let followed = c.ok(&["logs", "-f", "counter"]);
+    assert_eq!(followed, "line 1\nline 2\nline 3\n");
+    assert_eq!(c.ok(&["logs", "counter", "--tail=1"]), "line 3\n");
     wait_for("init to succeed", || phase(c, "init") == "Succeeded");
     let prep = container(c, "init", true);
     assert_eq!(prep["state"]["terminated"]["reason"], "Completed", "{prep}");
@@ -325,6 +354,8 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
         "{crash}"
     );
     assert_eq!(phase(c, "crash"), "Running");
+    let previous = c.ok(&["logs", "crash", "--previous"]);
+    assert_eq!(previous, "crashing\n");
     wait_for("a configuration error", || {
         container(c, "unconfigured", false)["state"]["waiting"]["reason"]
             == "CreateContainerConfigError"
@@ -390,6 +421,7 @@ fn agent_flags(pid: u32, dir: &std::path::Path, cni_conf_dir: &std::path::Path) 
         ("--pod-log-dir", dir.join("logs").display().to_string()),
         ("--cni-conf-dir", cni_conf_dir.display().to_string()),
         ("--cgroup-parent", format!("/skiff-aio-test-{pid}")),
+        ("--kubelet-port", "0".to_string()),
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])

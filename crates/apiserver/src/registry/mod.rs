@@ -166,6 +166,11 @@ impl Resource {
                     kind: ("policy", "v1", "Eviction"),
                     verbs: &["create"],
                 });
+                out.push(Subresource {
+                    name: "log",
+                    kind: ("", "v1", "Pod"),
+                    verbs: &["get"],
+                });
             }
             "namespaces" if self.group.is_empty() => out.push(Subresource {
                 name: "finalize",

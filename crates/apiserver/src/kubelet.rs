@@ -1,0 +1,253 @@
+//! What the kubelet serves, proxied: `pods/log`. The API server finds the pod's node,
+//! reaches its kubelet API over HTTPS at the address and port the Node reports
+//! (InternalIP, `daemonEndpoints.kubeletEndpoint.Port`), authenticating with its kubelet
+//! client certificate from the cluster CA, and streams the answer back. The kubelet's
+//! own certificate is not verified (upstream's default without
+//! `--kubelet-certificate-authority`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use serde_json::Value;
+
+use crate::Error;
+use crate::handler::State;
+use crate::registry as reg;
+use crate::status::ApiError;
+
+/// The log options `kubectl logs` sends, passed on as they came.
+const LOG_OPTIONS: [&str; 7] = [
+    "follow",
+    "previous",
+    "timestamps",
+    "tailLines",
+    "sinceSeconds",
+    "sinceTime",
+    "limitBytes",
+];
+
+#[derive(Clone)]
+pub(crate) struct Client {
+    tls: tokio_rustls::TlsConnector,
+}
+
+/// Accepts the kubelet's self-signed serving certificate; signatures are still checked.
+#[derive(Debug)]
+struct AnyKubelet(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyKubelet {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl Client {
+    pub(crate) fn new(pki: &crate::pki::Pki) -> Result<Client, Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let pem_err =
+            |e: rustls::pki_types::pem::Error| Error::Tls(rustls::Error::General(e.to_string()));
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(pki.kubelet_client_cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(pem_err)?;
+        let key = PrivateKeyDer::from_pem_slice(pki.kubelet_client_key_pem.as_bytes())
+            .map_err(pem_err)?;
+        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(Error::Tls)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyKubelet(provider)))
+            .with_client_auth_cert(certs, key)
+            .map_err(Error::Tls)?;
+        Ok(Client {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// GET `path` on a kubelet; the response, its body still streaming.
+    async fn get(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        let url = format!("https://{host}:{port}{path}");
+        let fail = |e: &dyn std::fmt::Display| format!("Get \"{url}\": {e}");
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        .map_err(|_| fail(&"dial timeout"))?
+        .map_err(|e| fail(&e))?;
+        let name = ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?;
+        let tls = self.tls.connect(name, tcp).await.map_err(|e| fail(&e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| fail(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = hyper::Request::get(path)
+            .header(header::HOST, format!("{host}:{port}"))
+            .body(Body::empty())
+            .map_err(|e| fail(&e))?;
+        sender.send_request(request).await.map_err(|e| fail(&e))
+    }
+}
+
+/// Where a node's kubelet API is: its InternalIP (else first address) and port.
+fn kubelet_address(node: &Value) -> Option<(String, u16)> {
+    let addresses = node["status"]["addresses"].as_array()?;
+    let address = addresses
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .or_else(|| addresses.first())?["address"]
+        .as_str()?
+        .to_string();
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)?;
+    Some((address, port))
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// GET pods/{name}/log.
+pub(crate) async fn pod_log(
+    state: &State,
+    ns: &str,
+    name: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let pods = reg::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
+    let pod = state.registry.get(pods, Some(ns), name).await?;
+    let containers = names(&pod["spec"]["containers"]);
+    let mut all = containers.clone();
+    all.extend(names(&pod["spec"]["initContainers"]));
+    let container = match query.get("container").filter(|c| !c.is_empty()) {
+        Some(c) if all.contains(c) => c.clone(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )));
+        }
+    };
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let nodes = reg::find("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
+    let node = state.registry.get(nodes, None, node_name).await?;
+    let (host, port) = kubelet_address(&node).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "node {node_name} does not report a kubelet endpoint"
+        ))
+    })?;
+    let mut path = format!("/containerLogs/{ns}/{name}/{container}");
+    let passed: Vec<String> = LOG_OPTIONS
+        .iter()
+        .filter_map(|key| query.get(*key).map(|v| format!("{key}={}", encode(v))))
+        .collect();
+    if !passed.is_empty() {
+        path.push('?');
+        path.push_str(&passed.join("&"));
+    }
+    let response = state
+        .kubelets
+        .get(&host, port, &path)
+        .await
+        .map_err(ApiError::internal)?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = axum::body::to_bytes(Body::new(response.into_body()), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let message = String::from_utf8_lossy(&body).trim().to_string();
+        return Err(if status.is_client_error() {
+            ApiError::bad_request(message)
+        } else {
+            ApiError::internal(message)
+        });
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::new(response.into_body()))
+        .map_err(ApiError::internal)
+}
+
+/// Percent-encodes what a query value may not carry as it is.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,325 @@
+//! The kubelet API (HTTPS, port 10250 by default): what the API server proxies to the
+//! node. Only clients with a certificate from the cluster CA get in (the API server's
+//! kubelet client certificate); without a CA to check against, the API is not served.
+//! The serving certificate is self-signed for the node's name and address (upstream's
+//! default without a serving certificate; the API server does not verify it).
+//!
+//! - `/healthz`
+//! - `/containerLogs/{namespace}/{pod}/{container}`: the container's log as plain text,
+//!   from the CRI log file (`follow`, `previous`, `timestamps`, `tailLines`,
+//!   `sinceSeconds`, `sinceTime`, `limitBytes`, as `kubectl logs` sends them).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_cri::v1 as cri;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::cri::Runtime;
+use crate::spec::{CONTAINER_NAME, POD_NAME, POD_NAMESPACE};
+
+/// Where the API listens and whom it lets in.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub address: SocketAddr,
+    /// PEM CA bundle client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+#[derive(Clone)]
+struct Ctx {
+    runtime: Runtime,
+}
+
+fn tls(config: &ApiConfig, node: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = std::fs::read(&config.client_ca)
+        .map_err(|e| format!("reading {}: {e}", config.client_ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| e.to_string())?;
+    let mut names = vec![node.to_string(), "localhost".to_string()];
+    names.push(config.address.ip().to_string());
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(|e| e.to_string())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{node}@kubelet"));
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert.der().clone()], key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Binds the API's address (port 0: a free one); the listener and where it listens.
+pub async fn bind(
+    config: &ApiConfig,
+) -> Result<(tokio::net::TcpListener, SocketAddr), crate::Error> {
+    let listener = tokio::net::TcpListener::bind(config.address)
+        .await
+        .map_err(|e| crate::Error::Config(format!("binding {}: {e}", config.address)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| crate::Error::Config(e.to_string()))?;
+    Ok((listener, address))
+}
+
+/// Serves the kubelet API on `listener` until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: ApiConfig,
+    node: String,
+    runtime: Runtime,
+) -> Result<(), crate::Error> {
+    let tls = tls(&config, &node).map_err(crate::Error::Config)?;
+    tracing::info!(address = %config.address, "kubelet API listening");
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            axum::routing::get(container_logs),
+        )
+        .with_state(Ctx { runtime });
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                tracing::debug!(%peer, "kubelet API: TLS handshake refused");
+                return;
+            };
+            let service = hyper::service::service_fn(move |request| {
+                let app = app.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        tower::ServiceExt::oneshot(app, request)
+                            .await
+                            .unwrap_or_else(|e| match e {}),
+                    )
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn refuse(code: StatusCode, message: String) -> Response {
+    (code, message).into_response()
+}
+
+/// The container a log request means: the newest of that name in the pod's newest
+/// sandbox, or the one before it (`previous`).
+async fn find(
+    runtime: &Runtime,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+    previous: bool,
+) -> Result<cri::ContainerStatus, Response> {
+    let internal =
+        |e: tonic::Status| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string());
+    let mut sandboxes: Vec<cri::PodSandbox> = runtime
+        .all_sandboxes()
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|s| {
+            s.labels.get(POD_NAME).map(String::as_str) == Some(pod)
+                && s.labels.get(POD_NAMESPACE).map(String::as_str) == Some(namespace)
+        })
+        .collect();
+    sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+    let mut history = Vec::new();
+    for sandbox in &sandboxes {
+        let mut of_sandbox: Vec<cri::ContainerStatus> = runtime
+            .containers_of(&sandbox.id)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|c| c.labels.get(CONTAINER_NAME).map(String::as_str) == Some(container))
+            .collect();
+        of_sandbox.sort_by_key(|c| {
+            std::cmp::Reverse((c.metadata.as_ref().map_or(0, |m| m.attempt), c.created_at))
+        });
+        history.extend(of_sandbox);
+    }
+    let wanted = usize::from(previous);
+    history.into_iter().nth(wanted).ok_or_else(|| {
+        let what = if previous {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        } else {
+            format!(
+                "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
+            )
+        };
+        refuse(StatusCode::BAD_REQUEST, what)
+    })
+}
+
+/// An RFC 3339 time in nanoseconds since the epoch.
+fn nanos_of(text: &str) -> Option<i64> {
+    let time: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    i64::try_from(time.as_nanosecond()).ok()
+}
+
+/// One CRI log line: (timestamp text, nanoseconds, full line?, content).
+fn parse(line: &[u8]) -> Option<(String, i64, bool, &[u8])> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let stamp = std::str::from_utf8(parts.next()?).ok()?;
+    let _stream = parts.next()?;
+    let tag = parts.next()?;
+    let content = parts.next().unwrap_or_default();
+    let nanos = nanos_of(stamp)?;
+    Some((stamp.to_string(), nanos, tag != b"P", content))
+}
+
+/// What a log request asks for.
+struct Options {
+    timestamps: bool,
+    since: Option<i64>,
+    tail: Option<usize>,
+    limit: Option<usize>,
+}
+
+/// Plain text from CRI log content (partial lines joined, `since` applied).
+fn render(content: &[u8], options: &Options, pending: &mut Vec<u8>) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    for line in content.split_inclusive(|b| *b == b'\n') {
+        if !line.ends_with(b"\n") {
+            break;
+        }
+        let Some((stamp, nanos, full, text)) = parse(&line[..line.len() - 1]) else {
+            continue;
+        };
+        if options.since.is_some_and(|since| nanos < since) {
+            continue;
+        }
+        if pending.is_empty() && options.timestamps {
+            pending.extend_from_slice(stamp.as_bytes());
+            pending.push(b' ');
+        }
+        pending.extend_from_slice(text);
+        if full {
+            pending.push(b'\n');
+            lines.push(std::mem::take(pending));
+        }
+    }
+    lines
+}
+
+async fn container_logs(
+    State(ctx): State<Ctx>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let flag = |key: &str| query.get(key).is_some_and(|v| v == "true" || v == "1");
+    let previous = flag("previous");
+    let found = match find(&ctx.runtime, &namespace, &pod, &container, previous).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal,
+    };
+    let now = crate::status_now_nanos();
+    let since = query
+        .get("sinceSeconds")
+        .and_then(|s| s.parse::<i64>().ok())
+        .map(|s| now - s * 1_000_000_000)
+        .or_else(|| query.get("sinceTime").and_then(|t| nanos_of(t)));
+    let options = Options {
+        timestamps: flag("timestamps"),
+        since,
+        tail: query.get("tailLines").and_then(|t| t.parse().ok()),
+        limit: query.get("limitBytes").and_then(|t| t.parse().ok()),
+    };
+    let follow = flag("follow") && !previous;
+    let path = PathBuf::from(&found.log_path);
+    let id = found.id.clone();
+    let runtime = ctx.runtime.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut offset = 0usize;
+        let mut pending = Vec::new();
+        let mut sent = 0usize;
+        let mut first = true;
+        loop {
+            let content = tokio::fs::read(&path).await.unwrap_or_default();
+            // Only whole lines: a line being written is read next time.
+            let end = content
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            if end > offset {
+                let mut lines = render(&content[offset..end], &options, &mut pending);
+                offset = end;
+                if first && let Some(tail) = options.tail {
+                    let skip = lines.len().saturating_sub(tail);
+                    lines.drain(..skip);
+                }
+                for line in lines {
+                    let mut line = line;
+                    if let Some(limit) = options.limit {
+                        if sent >= limit {
+                            return;
+                        }
+                        line.truncate(limit - sent);
+                    }
+                    sent += line.len();
+                    if tx.send(Ok(line)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            first = false;
+            if !follow {
+                return;
+            }
+            // Following: until the container has exited and its log is drained.
+            let running = runtime
+                .container_status(&id)
+                .await
+                .is_ok_and(|s| s.state == cri::ContainerState::ContainerRunning as i32);
+            if !running {
+                let content = tokio::fs::read(&path).await.unwrap_or_default();
+                if content.len() <= offset {
+                    return;
+                }
+                continue;
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
