@@ -342,6 +342,18 @@ impl Agent {
     }
 }
 
+/// The node's allocatable CPU (millicores) and memory (bytes), as the Node reports them.
+pub fn allocatable() -> (i64, i64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = meminfo("MemTotal:")
+        .unwrap_or(0)
+        .saturating_sub(EVICTION_MEMORY);
+    (
+        i64::try_from(cpus * 1000).unwrap_or(i64::MAX),
+        i64::try_from(memory).unwrap_or(i64::MAX),
+    )
+}
+
 fn arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",

@@ -23,6 +23,9 @@ pub struct Context<'a> {
     pub pod_ip: &'a str,
     pub config_maps: &'a HashMap<String, BTreeMap<String, String>>,
     pub secrets: &'a HashMap<String, BTreeMap<String, String>>,
+    /// The node's allocatable CPU (millicores) and memory (bytes): what an unset limit
+    /// reads as.
+    pub allocatable: (i64, i64),
 }
 
 /// A config error, as the kubelet reports it (`CreateContainerConfigError`).
@@ -98,7 +101,11 @@ pub fn sandbox(
             .map(|h| h.trim().to_string())
             .unwrap_or_default()
     } else {
-        spec.hostname.clone().unwrap_or_else(|| name.to_string())
+        // At most 63 characters, not ending in '-' or '.' (upstream's
+        // truncatePodHostnameIfNeeded).
+        let mut hostname = spec.hostname.clone().unwrap_or_else(|| name.to_string());
+        hostname.truncate(63);
+        hostname.trim_end_matches(['-', '.']).to_string()
     };
     let port_mappings = spec
         .containers
@@ -208,26 +215,40 @@ fn dns(pod: &Pod, cluster_dns: &[String], domain: &str) -> Option<cri::DnsConfig
     Some(config)
 }
 
+/// The node's resolv.conf with `dnsConfig`'s additions (none: the runtime uses the
+/// node's file as it is).
 fn dns_config_only(
     extra: Option<&k8s_openapi::api::core::v1::PodDNSConfig>,
 ) -> Option<cri::DnsConfig> {
     let extra = extra?;
-    Some(cri::DnsConfig {
-        servers: extra.nameservers.clone().unwrap_or_default(),
-        searches: extra.searches.clone().unwrap_or_default(),
-        options: extra
-            .options
-            .iter()
-            .flatten()
-            .filter_map(|o| {
-                let name = o.name.as_deref()?;
-                Some(match &o.value {
-                    Some(v) => format!("{name}:{v}"),
-                    None => name.to_string(),
-                })
-            })
-            .collect(),
-    })
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut config = cri::DnsConfig::default();
+    for line in host.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => config.servers.extend(words.next().map(String::from)),
+            Some("search" | "domain") => config.searches = words.map(String::from).collect(),
+            Some("options") => config.options.extend(words.map(String::from)),
+            _ => {}
+        }
+    }
+    config
+        .servers
+        .extend(extra.nameservers.iter().flatten().cloned());
+    config
+        .searches
+        .extend(extra.searches.iter().flatten().cloned());
+    for option in extra.options.iter().flatten() {
+        let Some(name) = option.name.as_deref() else {
+            continue;
+        };
+        config.options.retain(|o| o.split(':').next() != Some(name));
+        config.options.push(match &option.value {
+            Some(v) => format!("{name}:{v}"),
+            None => name.to_string(),
+        });
+    }
+    Some(config)
 }
 
 /// The environment, in order, with `$(VAR)` references to earlier entries expanded.
@@ -339,6 +360,7 @@ fn value_of(
             target,
             &resource.resource,
             resource.divisor.as_ref(),
+            context.allocatable,
         )?));
     }
     let lookup = |data: Option<&BTreeMap<String, String>>,
@@ -381,32 +403,32 @@ fn resource_value(
     container: &Container,
     resource: &str,
     divisor: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    allocatable: (i64, i64),
 ) -> Result<String, ConfigError> {
     let resources = container.resources.clone().unwrap_or_default();
-    let (map, key) = match resource.split_once('.') {
-        Some(("limits", key)) => (resources.limits, key),
-        Some(("requests", key)) => (resources.requests, key),
+    let (map, key, limit) = match resource.split_once('.') {
+        Some(("limits", key)) => (resources.limits, key, true),
+        Some(("requests", key)) => (resources.requests, key, false),
         _ => return Err(ConfigError(format!("unsupported resource {resource:?}"))),
     };
     let quantity = map.as_ref().and_then(|m| m.get(key)).map(|q| q.0.clone());
     let cpu = key == "cpu";
-    let Some(quantity) = quantity else {
-        // Unset limits read as the node's allocatable; report the request-less default.
-        return Ok(if cpu { "1".into() } else { "0".into() });
+    // Unset: a limit reads as the node's allocatable, a request as zero (upstream).
+    let value = match (&quantity, cpu) {
+        (Some(q), true) => skiff_api::quantity::milli_value(q).unwrap_or(0),
+        (Some(q), false) => skiff_api::quantity::value(q).unwrap_or(0),
+        (None, true) if limit => allocatable.0,
+        (None, false) if limit => allocatable.1,
+        (None, _) => 0,
     };
-    let (value, divisor) = if cpu {
-        let divisor = divisor
+    let divisor = if cpu {
+        divisor
             .and_then(|d| skiff_api::quantity::milli_value(&d.0))
-            .unwrap_or(1000);
-        (
-            skiff_api::quantity::milli_value(&quantity).unwrap_or(0),
-            divisor,
-        )
+            .unwrap_or(1000)
     } else {
-        let divisor = divisor
+        divisor
             .and_then(|d| skiff_api::quantity::value(&d.0))
-            .unwrap_or(1);
-        (skiff_api::quantity::value(&quantity).unwrap_or(0), divisor)
+            .unwrap_or(1)
     };
     let divisor = divisor.max(1);
     Ok(((value + divisor - 1) / divisor).to_string())
@@ -605,6 +627,7 @@ mod tests {
         )]
         .into();
         let context = Context {
+            allocatable: (2000, 1 << 30),
             node_name: "n",
             host_ip: "10.0.0.1",
             pod_ip: "",

@@ -46,10 +46,17 @@ fn state(status: &cri::ContainerStatus, runtime: &str) -> Value {
             let mut terminated = json!({
                 "exitCode": status.exit_code,
                 "reason": status.reason,
-                "startedAt": time(status.started_at),
-                "finishedAt": time(status.finished_at),
                 "containerID": format!("{runtime}://{}", status.id),
             });
+            // A container that never started has no start (and the API drops nulls).
+            for (key, nanos) in [
+                ("startedAt", status.started_at),
+                ("finishedAt", status.finished_at),
+            ] {
+                if let Some(time) = time(nanos) {
+                    terminated[key] = json!(time);
+                }
+            }
             if !status.message.is_empty() {
                 terminated["message"] = json!(status.message);
             }
@@ -99,11 +106,12 @@ fn container_status(
     entry["containerID"] = json!(format!("{}://{}", observed.runtime_name, newest.id));
     entry["restartCount"] = json!(newest.metadata.as_ref().map_or(0, |m| m.attempt));
     let running = is_running(newest);
-    let (started, ready) = observed
-        .probed
-        .get(&container.name)
-        .copied()
-        .unwrap_or((true, true));
+    // Before its first probe round a container is as its probes start it: not started
+    // with a startup probe, not ready with a readiness probe.
+    let (started, ready) = observed.probed.get(&container.name).copied().unwrap_or((
+        container.startup_probe.is_none(),
+        container.readiness_probe.is_none(),
+    ));
     entry["started"] = json!(running && started);
     let sidecar = container.restart_policy.as_deref() == Some("Always");
     entry["ready"] = json!(if init && !sidecar {
@@ -225,7 +233,15 @@ pub fn pod_status(pod: &Pod, previous: &Value, observed: &Observed) -> Value {
         )
     };
     conditions.push(("ContainersReady", ready.0, ready.1, ready.2.clone()));
-    conditions.push(("Ready", ready.0, ready.1, ready.2));
+    match gates_not_ready(&spec, previous).filter(|_| ready.0) {
+        Some(message) => conditions.push((
+            "Ready",
+            false,
+            Some("ReadinessGatesNotReady"),
+            Some(message),
+        )),
+        None => conditions.push(("Ready", ready.0, ready.1, ready.2)),
+    }
     let previous_conditions = previous["conditions"]
         .as_array()
         .cloned()
@@ -284,6 +300,33 @@ pub fn pod_status(pod: &Pod, previous: &Value, observed: &Observed) -> Value {
         }
     }
     status
+}
+
+/// Why the pod's readiness gates hold it back (upstream's messages), if they do.
+fn gates_not_ready(spec: &k8s_openapi::api::core::v1::PodSpec, previous: &Value) -> Option<String> {
+    let conditions = previous["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let problems: Vec<String> = spec
+        .readiness_gates
+        .iter()
+        .flatten()
+        .filter_map(|gate| {
+            let kind = &gate.condition_type;
+            match conditions.iter().find(|c| c["type"] == kind.as_str()) {
+                None => Some(format!(
+                    "corresponding condition of pod readiness gate \"{kind}\" does not exist."
+                )),
+                Some(c) if c["status"] != "True" => Some(format!(
+                    "the status of pod readiness gate \"{kind}\" is not \"True\", but {}",
+                    c["status"].as_str().unwrap_or("Unknown")
+                )),
+                Some(_) => None,
+            }
+        })
+        .collect();
+    (!problems.is_empty()).then(|| problems.join(", "))
 }
 
 /// `getPhase`.
@@ -586,5 +629,39 @@ mod tests {
         assert_eq!(a["lastState"]["terminated"]["exitCode"], 2);
         assert_eq!(a["restartCount"], 3);
         assert_eq!(status["phase"], "Running");
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_back_and_unstarted_containers_have_no_start() {
+        let mut pod = pod("Always");
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.containers.truncate(1);
+            spec.readiness_gates = Some(vec![k8s_openapi::api::core::v1::PodReadinessGate {
+                condition_type: "example.com/lb".into(),
+            }]);
+        }
+        let containers: HashMap<_, _> = [(
+            "a".to_string(),
+            vec![container("a", cri::ContainerState::ContainerRunning, 0, 0)],
+        )]
+        .into();
+        let status = status_of(&pod, &containers, &HashMap::new(), false);
+        let ready = status["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .expect("Ready")
+            .clone();
+        assert_eq!(ready["reason"], "ReadinessGatesNotReady");
+        assert_eq!(
+            ready["message"],
+            "corresponding condition of pod readiness gate \"example.com/lb\" does not exist."
+        );
+        let mut never_started = container("a", cri::ContainerState::ContainerExited, 128, 0);
+        never_started.started_at = 0;
+        let state = state(&never_started, "skiff");
+        assert!(state["terminated"].get("startedAt").is_none(), "{state}");
+        assert!(state["terminated"]["finishedAt"].is_string(), "{state}");
     }
 }

@@ -369,8 +369,14 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
     });
     assert_eq!(phase(c, "absent"), "Pending");
 
-    // A restarted kubelet leaves running containers alone.
-    kubelet.kill();
+    // A kubelet that stops (SIGTERM, so it shuts down in order) and starts again
+    // leaves running containers alone.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &kubelet.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let _ = kubelet.child.wait();
     let mut kubelet = n.kubelet();
     wait_for("the kubelet to register again", || {
         kubelet.log().contains("node registered")

@@ -169,10 +169,13 @@ struct Worker {
     prober: probe::Prober,
     posted: Option<Value>,
     deleted: bool,
+    /// A finished pod's sandbox has been stopped.
+    stopped: bool,
 }
 
 async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Pod>>) {
     let mut state = Worker::default();
+    let mut errors = 0u32;
     loop {
         let pod = rx.borrow_and_update().clone();
         let Some(pod) = pod else {
@@ -184,15 +187,25 @@ async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Pod>>
         } else {
             sync(&ctx, &mut state, &pod).await
         };
+        // Errors back off (doubling to 10 s); finished pods are looked at rarely.
+        let mut pause = ctx.config.pod_resync;
         if let Err(e) = result {
             tracing::warn!(pod = %name(&pod), error = %e, "pod sync failed; retrying");
+            errors = (errors + 1).min(4);
+            pause = (pause * 2u32.pow(errors)).min(Duration::from_secs(10));
+        } else {
+            errors = 0;
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) && state.stopped {
+            pause = Duration::from_secs(60);
         }
         tokio::select! {
+            // Closed: the kubelet is stopping; the pod keeps running.
             changed = rx.changed() => if changed.is_err() {
-                teardown(&ctx, &uid).await;
                 return;
             },
-            () = tokio::time::sleep(ctx.config.pod_resync) => {}
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }
@@ -278,13 +291,35 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
                     let _ = ctx.runtime.stop_sandbox(&sandbox.id).await;
                 }
             }
+            state.stopped = true;
             return post_status(ctx, state, pod, sandboxes.first(), false).await;
         }
         (None, false) => {
-            // A new sandbox: whatever ran in the old ones is stopped first.
+            // A new sandbox: whatever ran in the old ones is stopped first, with the
+            // pod's grace period.
+            let grace = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0);
+            let mut ran = false;
             for old in &sandboxes {
-                stop_all(ctx, &old.id, 0).await;
+                ran |= ctx
+                    .runtime
+                    .containers_of(&old.id)
+                    .await
+                    .is_ok_and(|c| !c.is_empty());
+                stop_all(ctx, &old.id, grace).await;
                 let _ = ctx.runtime.stop_sandbox(&old.id).await;
+            }
+            // A pod that must not restart, whose containers already ran, ends with
+            // what they did instead of running again (upstream's rule).
+            let never =
+                pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Never");
+            if never && ran {
+                state.stopped = true;
+                return post_status(ctx, state, pod, sandboxes.first(), true).await;
             }
             let attempt = sandboxes
                 .first()
@@ -323,8 +358,34 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
         .and_then(|s| s.network)
         .map(|n| n.ip)
         .unwrap_or_default();
-    let running = containers(ctx, &sandbox.id).await?;
     let spec = pod.spec.clone().unwrap_or_default();
+    // A pod on the node's network has the node's address.
+    let pod_ip = if spec.host_network == Some(true) {
+        ctx.host_ip.clone()
+    } else {
+        pod_ip
+    };
+    let mut running = containers(ctx, &sandbox.id).await?;
+    // Created but never started (an interrupted start), or unknown: removed, and the
+    // next attempt starts in its place.
+    let mut next_attempt: HashMap<String, u32> = HashMap::new();
+    for (name, history) in running.iter_mut() {
+        let Some(newest) = history.first() else {
+            continue;
+        };
+        let stuck = newest.state == cri::ContainerState::ContainerCreated as i32
+            || newest.state == cri::ContainerState::ContainerUnknown as i32;
+        if stuck {
+            let _ = ctx.runtime.stop_container(&newest.id, 0).await;
+            if ctx.runtime.remove_container(&newest.id).await.is_ok() {
+                next_attempt.insert(
+                    name.clone(),
+                    newest.metadata.as_ref().map_or(0, |m| m.attempt + 1),
+                );
+                history.remove(0);
+            }
+        }
+    }
     let policy = spec
         .restart_policy
         .clone()
@@ -337,7 +398,7 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
             .map(Vec::as_slice)
             .unwrap_or_default();
         match history.first() {
-            Some(newest) if is_running(newest) => {
+            Some(newest) if newest.state == cri::ContainerState::ContainerRunning as i32 => {
                 if !sidecar {
                     proceed = false;
                     break;
@@ -372,7 +433,7 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
                     &sandbox.id,
                     &sandbox_config,
                     init,
-                    0,
+                    next_attempt.get(&init.name).copied().unwrap_or(0),
                     &pod_ip,
                 )
                 .await;
@@ -398,7 +459,7 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
                         &sandbox.id,
                         &sandbox_config,
                         container,
-                        0,
+                        next_attempt.get(&container.name).copied().unwrap_or(0),
                         &pod_ip,
                     )
                     .await;

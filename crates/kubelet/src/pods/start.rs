@@ -57,9 +57,14 @@ pub(super) async fn restart_container(
             .insert(container.name.clone(), ("CrashLoopBackOff".into(), message));
         return;
     }
-    let ran = Duration::from_nanos(
-        u64::try_from(newest.finished_at.saturating_sub(newest.started_at)).unwrap_or(0),
-    );
+    // A container that never started (StartError) ran for no time at all.
+    let ran = if newest.started_at > 0 {
+        Duration::from_nanos(
+            u64::try_from(newest.finished_at.saturating_sub(newest.started_at)).unwrap_or(0),
+        )
+    } else {
+        Duration::ZERO
+    };
     let delay = match entry {
         Some(entry)
             if ran < BACKOFF_RESET && now.duration_since(entry.updated) < BACKOFF_MAX * 2 =>
@@ -230,16 +235,23 @@ async fn pull_auth(ctx: &Ctx, pod: &Pod, image: &str) -> Option<cri::AuthConfig>
             continue;
         };
         let data = secret.data.unwrap_or_default();
-        let config: Value = data
+        // A secret that is no registry config does not stop the search.
+        let Some(config) = data
             .get(".dockerconfigjson")
             .or_else(|| data.get(".dockercfg"))
-            .and_then(|b| serde_json::from_slice(&b.0).ok())?;
+            .and_then(|b| serde_json::from_slice::<Value>(&b.0).ok())
+        else {
+            continue;
+        };
         let auths = if config["auths"].is_object() {
             &config["auths"]
         } else {
             &config
         };
-        for (host, entry) in auths.as_object()? {
+        let Some(auths) = auths.as_object() else {
+            continue;
+        };
+        for (host, entry) in auths {
             let host = host
                 .trim_start_matches("https://")
                 .trim_start_matches("http://")
@@ -320,6 +332,7 @@ async fn environment(
         }
     }
     let context = spec::Context {
+        allocatable: crate::node::allocatable(),
         node_name: &ctx.config.node_name,
         host_ip: &ctx.host_ip,
         pod_ip,
