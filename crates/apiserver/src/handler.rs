@@ -205,6 +205,15 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             Part::Status
         }
         Some("finalize") if r.plural == "namespaces" && info.verb == Verb::Update => Part::Finalize,
+        Some(kind @ ("exec" | "attach"))
+            if r.plural == "pods" && matches!(info.verb, Verb::Get | Verb::Create) =>
+        {
+            let kind = kind.to_string();
+            let ns = info.namespace.clone().unwrap_or_default();
+            let name = info.name.clone().unwrap_or_default();
+            let request = Request::from_parts(parts, body);
+            return crate::kubelet::pod_stream(state, &ns, &name, &kind, request).await;
+        }
         Some("log") if r.plural == "pods" && info.verb == Verb::Get => {
             let ns = info.namespace.as_deref().unwrap_or_default();
             let name = info.name.as_deref().unwrap_or_default();

@@ -1,4 +1,4 @@
-//! What the kubelet serves, proxied: `pods/log`. The API server finds the pod's node,
+//! What the kubelet serves, proxied: `pods/log`, `pods/exec` and `pods/attach`. The API server finds the pod's node,
 //! reaches its kubelet API over HTTPS at the address and port the Node reports
 //! (InternalIP, `daemonEndpoints.kubeletEndpoint.Port`), authenticating with its kubelet
 //! client certificate from the cluster CA, and streams the answer back. The kubelet's
@@ -142,6 +142,70 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Forwards an upgrade request to a kubelet and splices the two upgraded
+    /// connections; a refusal comes back as the kubelet's error.
+    async fn upgrade(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        mut request: axum::extract::Request,
+    ) -> Result<Response, ApiError> {
+        const UPGRADE_HEADERS: [&str; 6] = [
+            "connection",
+            "upgrade",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-protocol",
+            "sec-websocket-extensions",
+        ];
+        let url = format!("https://{host}:{port}{path}");
+        let fail = |e: &dyn std::fmt::Display| ApiError::internal(format!("Get \"{url}\": {e}"));
+        let client_upgrade = hyper::upgrade::on(&mut request);
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        .map_err(|_| fail(&"dial timeout"))?
+        .map_err(|e| fail(&e))?;
+        let name = ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?;
+        let tls = self.tls.connect(name, tcp).await.map_err(|e| fail(&e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| fail(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let mut forward = hyper::Request::get(path).header(header::HOST, format!("{host}:{port}"));
+        for name in UPGRADE_HEADERS {
+            for value in request.headers().get_all(name) {
+                forward = forward.header(name, value);
+            }
+        }
+        let forward = forward.body(Body::empty()).map_err(|e| fail(&e))?;
+        let mut response = sender.send_request(forward).await.map_err(|e| fail(&e))?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(refusal(response).await);
+        }
+        let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+        for (name, value) in response.headers() {
+            answer = answer.header(name, value);
+        }
+        let server_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) else {
+                return;
+            };
+            let _ =
+                tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(server))
+                    .await;
+        });
+        answer.body(Body::empty()).map_err(|e| fail(&e))
+    }
+}
+
 /// Where a node's kubelet API is: its InternalIP (else first address) and port.
 fn kubelet_address(node: &Value) -> Option<(String, u16)> {
     let addresses = node["status"]["addresses"].as_array()?;
@@ -166,20 +230,21 @@ fn names(list: &Value) -> Vec<String> {
         .collect()
 }
 
-/// GET pods/{name}/log.
-pub(crate) async fn pod_log(
+/// The pod's container (`container`, or its only one) and where its node's kubelet
+/// API is, with upstream's errors when there is no such thing.
+async fn locate(
     state: &State,
     ns: &str,
     name: &str,
-    query: &HashMap<String, String>,
-) -> Result<Response, ApiError> {
+    container: Option<&str>,
+) -> Result<(String, String, u16), ApiError> {
     let pods = reg::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
     let pod = state.registry.get(pods, Some(ns), name).await?;
     let containers = names(&pod["spec"]["containers"]);
     let mut all = containers.clone();
     all.extend(names(&pod["spec"]["initContainers"]));
-    let container = match query.get("container").filter(|c| !c.is_empty()) {
-        Some(c) if all.contains(c) => c.clone(),
+    let container = match container.filter(|c| !c.is_empty()) {
+        Some(c) if all.iter().any(|n| n == c) => c.to_string(),
         Some(c) => {
             return Err(ApiError::bad_request(format!(
                 "container {c} is not valid for pod {name}"
@@ -206,6 +271,32 @@ pub(crate) async fn pod_log(
             "node {node_name} does not report a kubelet endpoint"
         ))
     })?;
+    Ok((container, host, port))
+}
+
+/// A kubelet's refusal as the API server reports it.
+async fn refusal(response: hyper::Response<hyper::body::Incoming>) -> ApiError {
+    let status = response.status();
+    let body = axum::body::to_bytes(Body::new(response.into_body()), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&body).trim().to_string();
+    if status.is_client_error() {
+        ApiError::bad_request(message)
+    } else {
+        ApiError::internal(message)
+    }
+}
+
+/// GET pods/{name}/log.
+pub(crate) async fn pod_log(
+    state: &State,
+    ns: &str,
+    name: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let (container, host, port) =
+        locate(state, ns, name, query.get("container").map(String::as_str)).await?;
     let mut path = format!("/containerLogs/{ns}/{name}/{container}");
     let passed: Vec<String> = LOG_OPTIONS
         .iter()
@@ -221,22 +312,94 @@ pub(crate) async fn pod_log(
         .await
         .map_err(ApiError::internal)?;
     if !response.status().is_success() {
-        let status = response.status();
-        let body = axum::body::to_bytes(Body::new(response.into_body()), 64 * 1024)
-            .await
-            .unwrap_or_default();
-        let message = String::from_utf8_lossy(&body).trim().to_string();
-        return Err(if status.is_client_error() {
-            ApiError::bad_request(message)
-        } else {
-            ApiError::internal(message)
-        });
+        return Err(refusal(response).await);
     }
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Body::new(response.into_body()))
         .map_err(ApiError::internal)
+}
+
+/// Query pairs, percent-decoded, repeated keys kept (`command=sh&command=-c`).
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    let decode = |text: &str| -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                    match u8::from_str_radix(hex, 16) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(key), decode(value))
+        })
+        .collect()
+}
+
+/// pods/{name}/exec and pods/{name}/attach: the client's connection upgrade (kubectl's
+/// WebSocket) goes through to the kubelet, which takes it on to the runtime.
+pub(crate) async fn pod_stream(
+    state: &State,
+    ns: &str,
+    name: &str,
+    kind: &str,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(request.uri().query().unwrap_or_default());
+    let container = pairs
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.as_str());
+    let (container, host, port) = locate(state, ns, name, container).await?;
+    let on = |key: &str| {
+        pairs
+            .iter()
+            .any(|(k, v)| k == key && (v == "true" || v == "1"))
+    };
+    let mut params: Vec<String> = Vec::new();
+    if kind == "exec" {
+        let commands: Vec<&str> = pairs
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        if commands.is_empty() {
+            return Err(ApiError::bad_request("you must specify at least 1 command"));
+        }
+        params.extend(commands.iter().map(|c| format!("command={}", encode(c))));
+    }
+    for (theirs, kubelets) in [
+        ("stdin", "input"),
+        ("stdout", "output"),
+        ("stderr", "error"),
+        ("tty", "tty"),
+    ] {
+        if on(theirs) {
+            params.push(format!("{kubelets}=1"));
+        }
+    }
+    let path = format!("/{kind}/{ns}/{name}/{container}?{}", params.join("&"));
+    state.kubelets.upgrade(&host, port, &path, request).await
 }
 
 /// Percent-encodes what a query value may not carry as it is.

@@ -281,6 +281,48 @@ impl Runtime {
             .into_inner())
     }
 
+    /// A streaming URL for a command in a container.
+    pub async fn exec(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        streams: (bool, bool, bool, bool),
+    ) -> Result<String> {
+        let (stdin, stdout, stderr, tty) = streams;
+        Ok(self
+            .runtime
+            .clone()
+            .exec(ExecRequest {
+                container_id: id.into(),
+                cmd,
+                tty,
+                stdin,
+                stdout,
+                stderr,
+            })
+            .await?
+            .into_inner()
+            .url)
+    }
+
+    /// A streaming URL for a container's own streams.
+    pub async fn attach(&self, id: &str, streams: (bool, bool, bool, bool)) -> Result<String> {
+        let (stdin, stdout, stderr, tty) = streams;
+        Ok(self
+            .runtime
+            .clone()
+            .attach(AttachRequest {
+                container_id: id.into(),
+                stdin,
+                tty,
+                stdout,
+                stderr,
+            })
+            .await?
+            .into_inner()
+            .url)
+    }
+
     /// The image's id (`imageRef`) if the runtime has it.
     pub async fn image_present(&self, image: &str) -> Result<Option<String>> {
         let reply = self

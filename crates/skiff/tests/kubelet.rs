@@ -62,6 +62,14 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: talker}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: main, image: example.com/busybox:1, command: [cat], stdin: true, stdinOnce: true}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: counter}
 spec:
   restartPolicy: Never
@@ -316,6 +324,28 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
         err.contains("container nope is not valid for pod web"),
         "{err}"
     );
+    // Exec and attach: kubectl's WebSocket goes through the API server and the kubelet
+    // to the runtime.
+    let out = c.kubectl(&["exec", "web", "--", "sh", "-c", "echo $POD_NAME; exit 3"]);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(3), "web\n"),
+        "{out:?}"
+    );
+    let out = c.kubectl_with(&["exec", "-i", "web", "--", "cat"], &[], Some("piped\n"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\n", "{out:?}");
+    wait_for("talker to run", || phase(c, "talker") == "Running");
+    let out = c.kubectl_with(&["attach", "-i", "talker"], &[], Some("hello\n"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello\n"),
+        "{out:?}"
+    );
+    wait_for("talker to end with its input", || {
+        phase(c, "talker") == "Succeeded"
+    });
     wait_for("counter to start", || phase(c, "counter") != "Pending");
     let followed = c.ok(&["logs", "-f", "counter"]);
     assert_eq!(followed, "line 1\nline 2\nline 3\n");

@@ -171,6 +171,13 @@ impl Resource {
                     kind: ("", "v1", "Pod"),
                     verbs: &["get"],
                 });
+                for (name, kind) in [("exec", "PodExecOptions"), ("attach", "PodAttachOptions")] {
+                    out.push(Subresource {
+                        name,
+                        kind: ("", "v1", kind),
+                        verbs: &["create", "get"],
+                    });
+                }
             }
             "namespaces" if self.group.is_empty() => out.push(Subresource {
                 name: "finalize",

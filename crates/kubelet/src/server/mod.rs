@@ -8,6 +8,11 @@
 //! - `/containerLogs/{namespace}/{pod}/{container}`: the container's log as plain text,
 //!   from the CRI log file (`follow`, `previous`, `timestamps`, `tailLines`,
 //!   `sinceSeconds`, `sinceTime`, `limitBytes`, as `kubectl logs` sends them).
+//! - `/exec/{namespace}/{pod}/{container}?command=..&input&output&error&tty` and
+//!   `/attach/...`: upgraded connections proxied to the runtime's streaming server
+//!   (`stream.rs`).
+
+mod stream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -102,6 +107,14 @@ pub async fn serve(
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             axum::routing::get(container_logs),
+        )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            axum::routing::any(stream::exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            axum::routing::any(stream::attach),
         )
         .with_state(Ctx { runtime });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);

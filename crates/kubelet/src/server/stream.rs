@@ -1,0 +1,181 @@
+//! Exec and attach on the kubelet API: the kubelet asks the runtime for a streaming URL
+//! (CRI Exec/Attach) and proxies the client's connection upgrade to it, so the
+//! WebSocket the client (the API server, for kubectl) opened is the runtime's, end to
+//! end: the handshake headers pass through untouched and the bytes are spliced.
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+
+use super::Ctx;
+
+/// The headers a connection upgrade (WebSocket, SPDY) needs on the way through.
+pub const UPGRADE_HEADERS: [&str; 6] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+];
+
+/// Query pairs, percent-decoded, repeated keys kept (`command=sh&command=-c`).
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(key), decode(value))
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn flag(pairs: &[(String, String)], keys: &[&str]) -> bool {
+    pairs
+        .iter()
+        .any(|(k, v)| keys.contains(&k.as_str()) && (v == "1" || v == "true"))
+}
+
+pub(super) async fn exec(
+    State(ctx): State<Ctx>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    request: Request,
+) -> Response {
+    stream(ctx, namespace, pod, container, true, request).await
+}
+
+pub(super) async fn attach(
+    State(ctx): State<Ctx>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    request: Request,
+) -> Response {
+    stream(ctx, namespace, pod, container, false, request).await
+}
+
+async fn stream(
+    ctx: Ctx,
+    namespace: String,
+    pod: String,
+    container: String,
+    exec: bool,
+    request: Request,
+) -> Response {
+    let pairs = query_pairs(request.uri().query().unwrap_or_default());
+    let streams = (
+        flag(&pairs, &["input", "stdin"]),
+        flag(&pairs, &["output", "stdout"]),
+        flag(&pairs, &["error", "stderr"]),
+        flag(&pairs, &["tty"]),
+    );
+    let found = match super::find(&ctx.runtime, &namespace, &pod, &container, false).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal,
+    };
+    let url = if exec {
+        let command: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.clone())
+            .collect();
+        ctx.runtime.exec(&found.id, command, streams).await
+    } else {
+        ctx.runtime.attach(&found.id, streams).await
+    };
+    match url {
+        Ok(url) => proxy(request, &url).await,
+        Err(e) => (StatusCode::BAD_REQUEST, e.message().to_string()).into_response(),
+    }
+}
+
+/// Forwards an upgrade request to `url` (plain HTTP, the runtime's loopback streaming
+/// server) and splices the two upgraded connections.
+pub async fn proxy(mut request: Request, url: &str) -> Response {
+    let fail = |e: &dyn std::fmt::Display| {
+        (
+            StatusCode::BAD_GATEWAY,
+            format!("streaming to the runtime: {e}"),
+        )
+            .into_response()
+    };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return fail(&format!("unsupported streaming URL {url}"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let client_upgrade = hyper::upgrade::on(&mut request);
+    let tcp = match tokio::net::TcpStream::connect(authority).await {
+        Ok(tcp) => tcp,
+        Err(e) => return fail(&e),
+    };
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
+            Ok(pair) => pair,
+            Err(e) => return fail(&e),
+        };
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let mut forward = hyper::Request::get(path).header(header::HOST, authority);
+    for name in UPGRADE_HEADERS {
+        for value in request.headers().get_all(name) {
+            forward = forward.header(name, value);
+        }
+    }
+    let forward = match forward.body(Body::empty()) {
+        Ok(forward) => forward,
+        Err(e) => return fail(&e),
+    };
+    let mut response = match sender.send_request(forward).await {
+        Ok(response) => response,
+        Err(e) => return fail(&e),
+    };
+    let status = response.status();
+    let mut answer = Response::builder().status(status);
+    for (name, value) in response.headers() {
+        answer = answer.header(name, value);
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let body = axum::body::to_bytes(Body::new(response.into_body()), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        return answer.body(Body::from(body)).unwrap_or_else(|e| fail(&e));
+    }
+    let server_upgrade = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) else {
+            return;
+        };
+        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(server))
+            .await;
+    });
+    answer.body(Body::empty()).unwrap_or_else(|e| fail(&e))
+}
