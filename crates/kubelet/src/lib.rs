@@ -9,6 +9,7 @@
 //! - `node.rs`: registration, node status and the Lease.
 //! - `network.rs`: the default pod network when the node has none.
 //! - `spec.rs`: a Pod's sandbox and container configs for CRI.
+//! - `volumes.rs`: pod volumes on the node and their mounts.
 //! - `status.rs`: pod status from what the runtime reports (phase, conditions, container
 //!   statuses).
 //! - `server.rs`: the kubelet API the API server proxies to (container logs).
@@ -22,6 +23,7 @@ mod pods;
 mod server;
 mod spec;
 mod status;
+mod volumes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,6 +60,8 @@ pub struct Config {
     pub default_cni: Option<DefaultCni>,
     /// Serve the kubelet API (none: not served).
     pub api: Option<ApiConfig>,
+    /// Where pods' volumes live (`<root>/pods/<uid>/volumes`).
+    pub root_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             pod_resync: Duration::from_secs(1),
             default_cni: None,
             api: None,
+            root_dir: PathBuf::from("/var/lib/skiff/kubelet"),
         }
     }
 }

@@ -472,6 +472,7 @@ pub fn container(
     container: &Container,
     attempt: u32,
     env: &[(String, String)],
+    mounts: Vec<cri::Mount>,
 ) -> cri::ContainerConfig {
     let mut labels = pod_labels(pod);
     labels.retain(|k, _| k.starts_with("io.kubernetes."));
@@ -535,6 +536,7 @@ pub fn container(
         labels,
         annotations,
         log_path: format!("{}/{attempt}.log", container.name),
+        mounts,
         stdin: container.stdin == Some(true),
         stdin_once: container.stdin_once == Some(true),
         tty: container.tty == Some(true),
@@ -647,7 +649,7 @@ mod tests {
         assert_eq!(get("GREETING"), Some("hi p"));
         assert_eq!(get("MEM"), Some("64"));
         assert_eq!(get("KEY"), Some("v"));
-        let config = super::container(&pod, container, 2, &env);
+        let config = super::container(&pod, container, 2, &env, Vec::new());
         let resources = config.linux.and_then(|l| l.resources).expect("resources");
         assert_eq!(
             (

@@ -132,6 +132,7 @@ pub async fn run_until(
                 ),
                 client_ca,
             }),
+        root_dir: data_dir.join("kubelet"),
         default_cni: Some(skiff_kubelet::DefaultCni {
             conf_dir: node.cni_conf_dir.clone(),
             bin_dirs: node.cni_bin_dir.clone(),

@@ -33,6 +33,9 @@ pub struct KubeletArgs {
     /// Extra node labels, `key=value,...`.
     #[arg(long, value_delimiter = ',')]
     pub node_labels: Vec<String>,
+    /// Where pods' volumes live.
+    #[arg(long, default_value = "/var/lib/skiff/kubelet")]
+    pub root_dir: PathBuf,
     /// The kubelet API's port (0: a free one, reported in the Node's status).
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
@@ -65,6 +68,7 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_kubelet::Config> {
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
         node_labels,
+        root_dir: args.root_dir.clone(),
         api: args
             .client_ca_file
             .clone()

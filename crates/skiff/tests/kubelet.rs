@@ -171,8 +171,11 @@ impl TestNode {
         let socket = self.rt.socket().display().to_string();
         let logs = self.logs.display().to_string();
         let ca = self.c.data_dir().join("pki/ca.crt").display().to_string();
+        let root = self.rt.dir.path().join("kubelet").display().to_string();
         self.c.spawn_component(&[
             "kubelet",
+            "--root-dir",
+            &root,
             "--client-ca-file",
             &ca,
             "--kubelet-port",
@@ -201,6 +204,29 @@ impl TestNode {
                 ],
             ) == "True"
         });
+    }
+}
+
+/// Waits until the runtime at `socket` has no sandbox left (30 s at most).
+async fn no_sandboxes_left(socket: &std::path::Path, log: impl Fn() -> String) {
+    let mut runtime = RuntimeServiceClient::new(channel(socket).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = runtime
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items;
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandboxes left: {left:?}\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -432,15 +458,8 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
         "SIGTERM reached the container: {out}"
     );
     c.ok(&["delete", "pods", "--all", "--timeout=60s"]);
-    let channel = channel(&rt.socket()).await;
-    let mut runtime = RuntimeServiceClient::new(channel);
-    let left = runtime
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
-    assert!(left.is_empty(), "{left:?}\n{}", kubelet.log());
+    // The pods are gone from the API; their sandboxes go right after.
+    no_sandboxes_left(&rt.socket(), || kubelet.log()).await;
     kubelet.kill();
 }
 
@@ -518,25 +537,7 @@ async fn skiff_server_runs_a_one_node_cluster() {
         "{hello}"
     );
     c.ok(&["delete", "pod", "hello", "--timeout=60s"]);
-    let channel = channel(&dir.path().join("cri.sock")).await;
-    let mut runtime = RuntimeServiceClient::new(channel);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = runtime
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .expect("ListPodSandbox")
-            .into_inner()
-            .items;
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pod's sandbox was never removed: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    no_sandboxes_left(&dir.path().join("cri.sock"), || c.log()).await;
 }
 
 /// A node whose CNI directory holds no network gets the default one over the pod CIDR
@@ -663,4 +664,117 @@ async fn probes_decide_readiness_and_restart_unhealthy_containers() {
     assert_eq!(gate["ready"], false, "{gate}");
     assert_eq!(status_of("web")["restartCount"], 0);
     c.ok(&["delete", "pod", "probed", "--timeout=60s"]);
+}
+
+const VOLUMES: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {mode: fast, app.conf: "level=1"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: volumes, labels: {app: vol}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: writer
+    image: example.com/busybox:1
+    command: [sh, -c, "echo shared > /data/note; while true; do sleep 0.2; done"]
+    volumeMounts: [{name: scratch, mountPath: /data}]
+  - name: reader
+    image: example.com/busybox:1
+    command: [sh, -c, "while true; do sleep 0.2; done"]
+    volumeMounts:
+    - {name: scratch, mountPath: /shared, readOnly: true}
+    - {name: scratch, mountPath: /sub, subPath: nested}
+    - {name: settings, mountPath: /etc/settings}
+    - {name: creds, mountPath: /etc/creds}
+    - {name: info, mountPath: /etc/info}
+    - {name: host, mountPath: /host}
+    - {name: memory, mountPath: /cache}
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: memory, emptyDir: {medium: Memory, sizeLimit: 16Mi}}
+  - {name: settings, configMap: {name: settings, items: [{key: mode, path: mode.txt}]}}
+  - {name: creds, secret: {secretName: creds, defaultMode: 0400}}
+  - name: info
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: name, fieldRef: {fieldPath: metadata.name}}
+  - {name: host, hostPath: {path: HOSTDIR, type: DirectoryOrCreate}}
+"#;
+
+/// Volumes: an emptyDir shared by two containers (read-only in one, with a subPath), a
+/// memory-backed emptyDir with its size limit, ConfigMap (chosen items, updates reach
+/// the running container), Secret (mode), downward API and hostPath volumes; all of
+/// the pod's volumes go with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_set_up_mounted_refreshed_and_removed() {
+    let n = TestNode::start(4).await;
+    let c = &n.c;
+    let _kubelet = n.kubelet();
+    n.wait_ready();
+    let host_dir = n.rt.dir.path().join("host-volume");
+    let manifest = VOLUMES.replace("HOSTDIR", &host_dir.display().to_string());
+    let applied = c.kubectl_with(&["apply", "-f", "-"], &[], Some(&manifest));
+    assert!(applied.status.success(), "{applied:?}");
+    wait_for("the pod to run", || phase(c, "volumes") == "Running");
+    let sh = |script: &str| {
+        let out = c.kubectl(&["exec", "volumes", "-c", "reader", "--", "sh", "-c", script]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+    wait_for("the writer's file in the shared emptyDir", || {
+        sh("cat /shared/note").1 == "shared"
+    });
+    assert_eq!(sh("cat /etc/settings/mode.txt"), (Some(0), "fast".into()));
+    assert_eq!(sh("ls /etc/settings"), (Some(0), "mode.txt".into()));
+    assert_eq!(sh("cat /etc/creds/password"), (Some(0), "s3cret".into()));
+    assert_eq!(
+        sh("stat -L -c %a /etc/creds/password"),
+        (Some(0), "400".into())
+    );
+    assert_eq!(sh("cat /etc/info/labels"), (Some(0), "app=\"vol\"".into()));
+    assert_eq!(sh("cat /etc/info/name"), (Some(0), "volumes".into()));
+    assert_eq!(sh("touch /host/from-pod").0, Some(0));
+    assert!(host_dir.join("from-pod").exists());
+    let (_, mounts) = sh("grep ' /cache ' /proc/mounts");
+    assert!(
+        mounts.contains("tmpfs") && mounts.contains("size=16384k"),
+        "{mounts}"
+    );
+    assert_ne!(sh("touch /shared/x").0, Some(0), "the mount is read-only");
+    assert_eq!(sh("touch /sub/y && ls /shared/nested").1, "y");
+    c.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-p",
+        r#"{"data":{"mode":"slow"}}"#,
+    ]);
+    wait_for("the ConfigMap update to reach the container", || {
+        sh("cat /etc/settings/mode.txt").1 == "slow"
+    });
+    let uid = text(
+        c,
+        &["get", "pod", "volumes", "-o", "jsonpath={.metadata.uid}"],
+    );
+    let pod_dir = n.rt.dir.path().join("kubelet/pods").join(&uid);
+    assert!(pod_dir.exists(), "{}", pod_dir.display());
+    c.ok(&["delete", "pod", "volumes", "--timeout=60s"]);
+    wait_for("the pod's volumes to go", || !pod_dir.exists());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(
+        !mountinfo.contains(&pod_dir.display().to_string()),
+        "the tmpfs is unmounted"
+    );
 }

@@ -42,6 +42,8 @@ const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long starts its back-off afresh.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How often ConfigMap, Secret and downward API volumes are rewritten.
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
 struct Ctx {
     client: kube::Client,
@@ -139,6 +141,7 @@ impl Manager {
 
 /// Removes the sandboxes (and so the containers) of pods the API does not have.
 async fn remove_orphans(ctx: &Ctx, wanted: &HashSet<String>) {
+    crate::volumes::remove_orphans(&ctx.config.root_dir, wanted);
     let Ok(sandboxes) = ctx.runtime.all_sandboxes().await else {
         return;
     };
@@ -171,6 +174,9 @@ struct Worker {
     deleted: bool,
     /// A finished pod's sandbox has been stopped.
     stopped: bool,
+    /// The pod's volumes on the node, and when they were last set up or refreshed.
+    prepared: crate::volumes::Prepared,
+    volumes_at: Option<Instant>,
 }
 
 async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Pod>>) {
@@ -390,6 +396,27 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
         .restart_policy
         .clone()
         .unwrap_or_else(|| "Always".into());
+    // Volumes first (refreshed every 10 s: ConfigMap and Secret updates reach running
+    // containers); nothing starts before they are there.
+    if state
+        .volumes_at
+        .is_none_or(|at| at.elapsed() >= VOLUME_REFRESH)
+    {
+        match crate::volumes::prepare(&ctx.client, &ctx.config.root_dir, pod).await {
+            Ok(prepared) => {
+                state.prepared = prepared;
+                state.volumes_at = Some(Instant::now());
+            }
+            Err(message) if state.volumes_at.is_none() => {
+                post_status(ctx, state, pod, Some(&sandbox), false).await?;
+                return Err(message);
+            }
+            Err(message) => {
+                tracing::warn!(pod = %name(pod), %message, "refreshing volumes");
+                state.volumes_at = Some(Instant::now());
+            }
+        }
+    }
     let mut proceed = true;
     for init in spec.init_containers.iter().flatten() {
         let sidecar = init.restart_policy.as_deref() == Some("Always");
@@ -611,7 +638,17 @@ async fn terminate(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failu
     for sandbox in &sandboxes {
         let _ = ctx.runtime.remove_sandbox(&sandbox.id).await;
     }
+    crate::volumes::remove(&ctx.config.root_dir, &uid);
     Ok(())
+}
+
+/// Removes a pod's volumes when dropped.
+struct RemoveVolumes<'a>(&'a std::path::Path, &'a str);
+
+impl Drop for RemoveVolumes<'_> {
+    fn drop(&mut self) {
+        crate::volumes::remove(self.0, self.1);
+    }
 }
 
 /// The pod is gone from the API: nothing of it may stay.
@@ -619,6 +656,8 @@ async fn teardown(ctx: &Ctx, uid: &str) {
     let Ok(sandboxes) = sandboxes(ctx, uid).await else {
         return;
     };
+    // After the sandboxes (below): no container may still use a volume.
+    let _volumes = RemoveVolumes(&ctx.config.root_dir, uid);
     for sandbox in sandboxes {
         stop_all(ctx, &sandbox.id, 0).await;
         let _ = ctx.runtime.stop_sandbox(&sandbox.id).await;

@@ -124,7 +124,17 @@ pub(super) async fn start_container(
             return;
         }
     };
-    let config = spec::container(pod, container, attempt, &env);
+    let mounts = match crate::volumes::mounts(container, &state.prepared) {
+        Ok(mounts) => mounts,
+        Err(message) => {
+            state.waiting.insert(
+                container.name.clone(),
+                ("CreateContainerConfigError".into(), message),
+            );
+            return;
+        }
+    };
+    let config = spec::container(pod, container, attempt, &env, mounts);
     let id = match ctx
         .runtime
         .create_container(sandbox, config, sandbox_config.clone())
