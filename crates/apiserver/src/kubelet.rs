@@ -110,12 +110,14 @@ impl Client {
         })
     }
 
-    /// GET `path` on a kubelet; the response, its body still streaming.
-    async fn get(
+    /// GET `path` on a kubelet; the response, its body still streaming. Upgrade
+    /// requests carry their headers through and may switch protocols.
+    async fn send(
         &self,
         host: &str,
         port: u16,
         path: &str,
+        upgrade: Option<&axum::http::HeaderMap>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
         let url = format!("https://{host}:{port}{path}");
         let fail = |e: &dyn std::fmt::Display| format!("Get \"{url}\": {e}");
@@ -132,12 +134,17 @@ impl Client {
             .await
             .map_err(|e| fail(&e))?;
         tokio::spawn(async move {
-            let _ = connection.await;
+            let _ = connection.with_upgrades().await;
         });
-        let request = hyper::Request::get(path)
-            .header(header::HOST, format!("{host}:{port}"))
-            .body(Body::empty())
-            .map_err(|e| fail(&e))?;
+        let mut request = hyper::Request::get(path).header(header::HOST, format!("{host}:{port}"));
+        if let Some(headers) = upgrade {
+            for name in skiff_api::query::UPGRADE_HEADERS {
+                for value in headers.get_all(name) {
+                    request = request.header(name, value);
+                }
+            }
+        }
+        let request = request.body(Body::empty()).map_err(|e| fail(&e))?;
         sender.send_request(request).await.map_err(|e| fail(&e))
     }
 }
@@ -152,40 +159,12 @@ impl Client {
         path: &str,
         mut request: axum::extract::Request,
     ) -> Result<Response, ApiError> {
-        const UPGRADE_HEADERS: [&str; 6] = [
-            "connection",
-            "upgrade",
-            "sec-websocket-key",
-            "sec-websocket-version",
-            "sec-websocket-protocol",
-            "sec-websocket-extensions",
-        ];
-        let url = format!("https://{host}:{port}{path}");
-        let fail = |e: &dyn std::fmt::Display| ApiError::internal(format!("Get \"{url}\": {e}"));
+        let fail = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
         let client_upgrade = hyper::upgrade::on(&mut request);
-        let tcp = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::net::TcpStream::connect((host, port)),
-        )
-        .await
-        .map_err(|_| fail(&"dial timeout"))?
-        .map_err(|e| fail(&e))?;
-        let name = ServerName::try_from(host.to_string()).map_err(|e| fail(&e))?;
-        let tls = self.tls.connect(name, tcp).await.map_err(|e| fail(&e))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        let mut response = self
+            .send(host, port, path, Some(request.headers()))
             .await
             .map_err(|e| fail(&e))?;
-        tokio::spawn(async move {
-            let _ = connection.with_upgrades().await;
-        });
-        let mut forward = hyper::Request::get(path).header(header::HOST, format!("{host}:{port}"));
-        for name in UPGRADE_HEADERS {
-            for value in request.headers().get_all(name) {
-                forward = forward.header(name, value);
-            }
-        }
-        let forward = forward.body(Body::empty()).map_err(|e| fail(&e))?;
-        let mut response = sender.send_request(forward).await.map_err(|e| fail(&e))?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Err(refusal(response).await);
         }
@@ -308,7 +287,7 @@ pub(crate) async fn pod_log(
     }
     let response = state
         .kubelets
-        .get(&host, port, &path)
+        .send(&host, port, &path, None)
         .await
         .map_err(ApiError::internal)?;
     if !response.status().is_success() {
@@ -321,41 +300,6 @@ pub(crate) async fn pod_log(
         .map_err(ApiError::internal)
 }
 
-/// Query pairs, percent-decoded, repeated keys kept (`command=sh&command=-c`).
-fn query_pairs(query: &str) -> Vec<(String, String)> {
-    let decode = |text: &str| -> String {
-        let bytes = text.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                    match u8::from_str_radix(hex, 16) {
-                        Ok(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        Err(_) => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(key), decode(value))
-        })
-        .collect()
-}
-
 /// pods/{name}/exec and pods/{name}/attach: the client's connection upgrade (kubectl's
 /// WebSocket) goes through to the kubelet, which takes it on to the runtime.
 pub(crate) async fn pod_stream(
@@ -365,7 +309,7 @@ pub(crate) async fn pod_stream(
     kind: &str,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let pairs = query_pairs(request.uri().query().unwrap_or_default());
+    let pairs = skiff_api::query::pairs(request.uri().query().unwrap_or_default());
     let container = pairs
         .iter()
         .find(|(k, _)| k == "container")

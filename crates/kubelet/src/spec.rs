@@ -26,6 +26,8 @@ pub struct Context<'a> {
     /// The node's allocatable CPU (millicores) and memory (bytes): what an unset limit
     /// reads as.
     pub allocatable: (i64, i64),
+    /// Services' variables (`{NAME}_SERVICE_HOST`, ...), first in the environment.
+    pub services: &'a [(String, String)],
 }
 
 /// A config error, as the kubelet reports it (`CreateContainerConfigError`).
@@ -257,7 +259,7 @@ pub fn environment(
     container: &Container,
     context: &Context,
 ) -> Result<Vec<(String, String)>, ConfigError> {
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = context.services.to_vec();
     let set = |env: &mut Vec<(String, String)>, key: String, value: String| {
         if let Some(slot) = env.iter_mut().find(|(k, _)| *k == key) {
             slot.1 = value;
@@ -325,27 +327,12 @@ fn value_of(
             "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
             "status.hostIP" | "status.hostIPs" => context.host_ip.to_string(),
             "status.podIP" | "status.podIPs" => context.pod_ip.to_string(),
-            other => {
-                let labelled = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
-                    other
-                        .strip_prefix(prefix)
-                        .and_then(|k| k.strip_prefix("['").and_then(|k| k.strip_suffix("']")))
-                        .map(|k| {
-                            map.as_ref()
-                                .and_then(|m| m.get(k))
-                                .cloned()
-                                .unwrap_or_default()
-                        })
-                };
-                labelled("metadata.labels", &pod.metadata.labels)
-                    .or_else(|| labelled("metadata.annotations", &pod.metadata.annotations))
-                    .ok_or_else(|| {
-                        ConfigError(format!(
-                            "unsupported fieldPath {other:?} in env {:?}",
-                            var.name
-                        ))
-                    })?
-            }
+            other => metadata_key(pod, other).ok_or_else(|| {
+                ConfigError(format!(
+                    "unsupported fieldPath {other:?} in env {:?}",
+                    var.name
+                ))
+            })?,
         };
         return Ok(Some(value));
     }
@@ -396,6 +383,75 @@ fn value_of(
         );
     }
     Ok(Some(String::new()))
+}
+
+/// The Docker-links style variables of one Service (upstream's `envvars.FromServices`);
+/// none for a headless Service or one without an address.
+pub fn service_env(service: &k8s_openapi::api::core::v1::Service) -> Vec<(String, String)> {
+    let Some(spec) = &service.spec else {
+        return Vec::new();
+    };
+    let ip = spec.cluster_ip.clone().unwrap_or_default();
+    if ip.is_empty() || ip == "None" {
+        return Vec::new();
+    }
+    let name = service
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_default()
+        .to_uppercase()
+        .replace('-', "_");
+    let ports = spec.ports.clone().unwrap_or_default();
+    let mut env = vec![(format!("{name}_SERVICE_HOST"), ip.clone())];
+    if let Some(first) = ports.first() {
+        env.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+    }
+    for port in &ports {
+        if let Some(port_name) = port.name.as_deref().filter(|n| !n.is_empty()) {
+            env.push((
+                format!(
+                    "{name}_SERVICE_PORT_{}",
+                    port_name.to_uppercase().replace('-', "_")
+                ),
+                port.port.to_string(),
+            ));
+        }
+    }
+    if let Some(first) = ports.first() {
+        let protocol = first.protocol.as_deref().unwrap_or("TCP").to_lowercase();
+        env.push((
+            format!("{name}_PORT"),
+            format!("{protocol}://{ip}:{}", first.port),
+        ));
+    }
+    for port in &ports {
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
+        let lower = protocol.to_lowercase();
+        let prefix = format!("{name}_PORT_{}_{}", port.port, protocol.to_uppercase());
+        env.push((prefix.clone(), format!("{lower}://{ip}:{}", port.port)));
+        env.push((format!("{prefix}_PROTO"), lower));
+        env.push((format!("{prefix}_PORT"), port.port.to_string()));
+        env.push((format!("{prefix}_ADDR"), ip.clone()));
+    }
+    env
+}
+
+/// `metadata.labels['key']` and `metadata.annotations['key']` (empty when unset);
+/// `None` for any other path.
+pub fn metadata_key(pod: &Pod, path: &str) -> Option<String> {
+    let lookup = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
+        path.strip_prefix(prefix)
+            .and_then(|k| k.strip_prefix("['").and_then(|k| k.strip_suffix("']")))
+            .map(|k| {
+                map.as_ref()
+                    .and_then(|m| m.get(k))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+    };
+    lookup("metadata.labels", &pod.metadata.labels)
+        .or_else(|| lookup("metadata.annotations", &pod.metadata.annotations))
 }
 
 /// `limits.cpu` and friends, in units of `divisor` (rounded up, as upstream).
@@ -629,6 +685,7 @@ mod tests {
         )]
         .into();
         let context = Context {
+            services: &[],
             allocatable: (2000, 1 << 30),
             node_name: "n",
             host_ip: "10.0.0.1",
@@ -666,5 +723,34 @@ mod tests {
         };
         let err = environment(&pod, container, &missing).expect_err("no configmap");
         assert_eq!(err.to_string(), "configmap \"cm\" not found");
+    }
+
+    #[test]
+    fn services_become_docker_link_variables() {
+        let service: k8s_openapi::api::core::v1::Service =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "my-svc"},
+                "spec": {"clusterIP": "10.0.0.11", "ports": [
+                    {"name": "http", "port": 80, "protocol": "TCP"},
+                    {"port": 53, "protocol": "UDP"}]},
+            }))
+            .expect("service");
+        let env = service_env(&service);
+        let get = |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("MY_SVC_SERVICE_HOST"), Some("10.0.0.11"));
+        assert_eq!(get("MY_SVC_SERVICE_PORT"), Some("80"));
+        assert_eq!(get("MY_SVC_SERVICE_PORT_HTTP"), Some("80"));
+        assert_eq!(get("MY_SVC_PORT"), Some("tcp://10.0.0.11:80"));
+        assert_eq!(get("MY_SVC_PORT_53_UDP_PROTO"), Some("udp"));
+        assert_eq!(get("MY_SVC_PORT_53_UDP_ADDR"), Some("10.0.0.11"));
+        let mut headless = service.clone();
+        if let Some(spec) = headless.spec.as_mut() {
+            spec.cluster_ip = Some("None".into());
+        }
+        assert!(service_env(&headless).is_empty());
     }
 }

@@ -351,22 +351,8 @@ fn downward(
             "metadata.uid" => meta.uid.clone().unwrap_or_default(),
             "metadata.labels" => map_text(&meta.labels),
             "metadata.annotations" => map_text(&meta.annotations),
-            other => {
-                let lookup = |prefix: &str, map: &Option<BTreeMap<String, String>>| {
-                    other
-                        .strip_prefix(prefix)
-                        .and_then(|k| k.strip_prefix("['").and_then(|k| k.strip_suffix("']")))
-                        .map(|k| {
-                            map.as_ref()
-                                .and_then(|m| m.get(k))
-                                .cloned()
-                                .unwrap_or_default()
-                        })
-                };
-                lookup("metadata.labels", &meta.labels)
-                    .or_else(|| lookup("metadata.annotations", &meta.annotations))
-                    .ok_or_else(|| format!("unsupported fieldPath {other:?}"))?
-            }
+            other => crate::spec::metadata_key(pod, other)
+                .ok_or_else(|| format!("unsupported fieldPath {other:?}"))?,
         };
         let mode = u32::try_from(item.mode.or(default_mode).unwrap_or(0o644)).unwrap_or(0o644);
         files.insert(item.path.clone(), (text.into_bytes(), mode));

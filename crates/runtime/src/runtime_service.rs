@@ -38,6 +38,21 @@ fn not_yet(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by the skiff runtime yet"))
 }
 
+/// The streams an Exec or Attach asks for must make sense.
+fn check_streams(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(), Status> {
+    if tty && stderr {
+        return Err(Status::invalid_argument(
+            "tty and stderr cannot both be requested: a terminal has one output",
+        ));
+    }
+    if !(stdin || stdout || stderr) {
+        return Err(Status::invalid_argument(
+            "one of stdin, stdout and stderr must be requested",
+        ));
+    }
+    Ok(())
+}
+
 /// Runs blocking engine work off the async workers.
 async fn blocking<T: Send + 'static>(
     engine: &Arc<Engine>,
@@ -499,16 +514,7 @@ impl RuntimeService for Cri {
         if request.cmd.is_empty() {
             return Err(Status::invalid_argument("cmd must not be empty"));
         }
-        if request.tty && request.stderr {
-            return Err(Status::invalid_argument(
-                "tty and stderr cannot both be requested: a terminal has one output",
-            ));
-        }
-        if !(request.stdin || request.stdout || request.stderr) {
-            return Err(Status::invalid_argument(
-                "one of stdin, stdout and stderr must be requested",
-            ));
-        }
+        check_streams(request.tty, request.stdin, request.stdout, request.stderr)?;
         let container = self.engine.container(&request.container_id)?;
         let id = container.id.clone();
         let running = blocking(&self.engine, move |_| {
@@ -533,16 +539,7 @@ impl RuntimeService for Cri {
     /// A one-time URL on the streaming server, to the container's own streams.
     async fn attach(&self, request: Request<AttachRequest>) -> Reply<AttachResponse> {
         let request = request.into_inner();
-        if request.tty && request.stderr {
-            return Err(Status::invalid_argument(
-                "tty and stderr cannot both be requested: a terminal has one output",
-            ));
-        }
-        if !(request.stdin || request.stdout || request.stderr) {
-            return Err(Status::invalid_argument(
-                "one of stdin, stdout and stderr must be requested",
-            ));
-        }
+        check_streams(request.tty, request.stdin, request.stdout, request.stderr)?;
         let container = self.engine.container(&request.container_id)?;
         if request.stdin && !container.config.stdin {
             return Err(Status::invalid_argument(format!(

@@ -102,6 +102,22 @@ fn text(c: &Cluster, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Waits for a Node's Ready condition to be True.
+fn wait_node_ready(c: &Cluster, node: &str) {
+    wait_for(&format!("node {node} to be Ready"), || {
+        text(
+            c,
+            &[
+                "get",
+                "node",
+                node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        ) == "True"
+    });
+}
+
 fn phase(c: &Cluster, pod: &str) -> String {
     text(c, &["get", "pod", pod, "-o", "jsonpath={.status.phase}"])
 }
@@ -192,18 +208,7 @@ impl TestNode {
     }
 
     fn wait_ready(&self) {
-        wait_for("the node to be Ready", || {
-            text(
-                &self.c,
-                &[
-                    "get",
-                    "node",
-                    &self.name,
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-                ],
-            ) == "True"
-        });
+        wait_node_ready(&self.c, &self.name);
     }
 }
 
@@ -361,6 +366,26 @@ async fn the_kubelet_runs_the_pods_bound_to_its_node() {
         (Some(3), "web\n"),
         "{out:?}"
     );
+    // The API server's Service as variables, as in-cluster clients look for it.
+    let service = c.ok(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT $KUBERNETES_PORT",
+    ]);
+    let ip = text(
+        c,
+        &[
+            "get",
+            "service",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
+    assert_eq!(service, format!("{ip}:443 tcp://{ip}:443\n"));
     let out = c.kubectl_with(&["exec", "-i", "web", "--", "cat"], &[], Some("piped\n"));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\n", "{out:?}");
     wait_for("talker to run", || phase(c, "talker") == "Running");
@@ -515,18 +540,7 @@ async fn skiff_server_runs_a_one_node_cluster() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let c = Cluster::start_all_in_one(Backend::Embedded, &flags).await;
     let node = format!("aio-{pid}");
-    wait_for("the server's own node to be Ready", || {
-        text(
-            &c,
-            &[
-                "get",
-                "node",
-                &node,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-        ) == "True"
-    });
+    wait_node_ready(&c, &node);
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: hello}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: example.com/busybox:1, command: [sh, -c, 'echo hi']}\n";
     let created = c.kubectl_with(&["apply", "-f", "-"], &[], Some(pod));
     assert!(created.status.success(), "{created:?}");
@@ -553,18 +567,7 @@ async fn a_node_without_a_network_gets_the_default_one() {
     flags.extend(["--cluster-cidr", "10.236.0.0/16"]);
     let c = Cluster::start_all_in_one(Backend::Embedded, &flags).await;
     let node = format!("aio-{pid}");
-    wait_for("the node to be Ready", || {
-        text(
-            &c,
-            &[
-                "get",
-                "node",
-                &node,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-        ) == "True"
-    });
+    wait_node_ready(&c, &node);
     let cidr = text(
         &c,
         &["get", "node", &node, "-o", "jsonpath={.spec.podCIDR}"],

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::Api;
 use serde_json::Value;
 
@@ -341,7 +341,32 @@ async fn environment(
             Err(e) => return Err(format!("reading secret {name}: {e}")),
         }
     }
+    // Services as variables: the pod's namespace's (unless enableServiceLinks is
+    // false) and the API server's (`kubernetes` in default), as upstream.
+    let mut services = Vec::new();
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let services_api: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    if links {
+        let listed = services_api
+            .list(&Default::default())
+            .await
+            .map_err(|e| format!("listing services: {e}"))?;
+        for service in &listed.items {
+            services.extend(spec::service_env(service));
+        }
+    }
+    if namespace != "default" || !links {
+        let default: Api<Service> = Api::namespaced(ctx.client.clone(), "default");
+        if let Ok(Some(kubernetes)) = default.get_opt("kubernetes").await {
+            services.extend(spec::service_env(&kubernetes));
+        }
+    }
     let context = spec::Context {
+        services: &services,
         allocatable: crate::node::allocatable(),
         node_name: &ctx.config.node_name,
         host_ip: &ctx.host_ip,

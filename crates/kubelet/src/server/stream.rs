@@ -11,52 +11,6 @@ use hyper_util::rt::TokioIo;
 
 use super::Ctx;
 
-/// The headers a connection upgrade (WebSocket, SPDY) needs on the way through.
-pub const UPGRADE_HEADERS: [&str; 6] = [
-    "connection",
-    "upgrade",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-protocol",
-    "sec-websocket-extensions",
-];
-
-/// Query pairs, percent-decoded, repeated keys kept (`command=sh&command=-c`).
-pub fn query_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(key), decode(value))
-        })
-        .collect()
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn flag(pairs: &[(String, String)], keys: &[&str]) -> bool {
     pairs
         .iter()
@@ -87,7 +41,7 @@ async fn stream(
     exec: bool,
     request: Request,
 ) -> Response {
-    let pairs = query_pairs(request.uri().query().unwrap_or_default());
+    let pairs = skiff_api::query::pairs(request.uri().query().unwrap_or_default());
     let streams = (
         flag(&pairs, &["input", "stdin"]),
         flag(&pairs, &["output", "stdout"]),
@@ -145,7 +99,7 @@ pub async fn proxy(mut request: Request, url: &str) -> Response {
         let _ = connection.with_upgrades().await;
     });
     let mut forward = hyper::Request::get(path).header(header::HOST, authority);
-    for name in UPGRADE_HEADERS {
+    for name in skiff_api::query::UPGRADE_HEADERS {
         for value in request.headers().get_all(name) {
             forward = forward.header(name, value);
         }
