@@ -177,9 +177,7 @@ impl Client {
             let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) else {
                 return;
             };
-            let _ =
-                tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(server))
-                    .await;
+            splice(client, server).await;
         });
         answer.body(Body::empty()).map_err(|e| fail(&e))
     }
@@ -357,4 +355,15 @@ fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Copies both ways until either side ends, then closes both: a client that vanished
+/// does not hold the other side open.
+async fn splice(client: hyper::upgrade::Upgraded, server: hyper::upgrade::Upgraded) {
+    let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
+    let (mut server_read, mut server_write) = tokio::io::split(TokioIo::new(server));
+    tokio::select! {
+        _ = tokio::io::copy(&mut client_read, &mut server_write) => {}
+        _ = tokio::io::copy(&mut server_read, &mut client_write) => {}
+    }
 }

@@ -105,6 +105,11 @@ pub async fn run(
     if config.node_name.is_empty() {
         return Err(Error::Config("the node needs a name".into()));
     }
+    // Mount points are compared by path: the root's real one.
+    std::fs::create_dir_all(&config.root_dir)
+        .and_then(|()| config.root_dir.canonicalize())
+        .map(|root| config.root_dir = root)
+        .map_err(|e| Error::Config(format!("{}: {e}", config.root_dir.display())))?;
     // The API's port is known before the Node reports it.
     let mut listener = None;
     if let Some(api) = config.api.as_mut() {

@@ -16,8 +16,20 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::Api;
 
-/// Where a pod's volumes are on the node, by volume name.
-pub type Prepared = HashMap<String, PathBuf>;
+/// Where a pod's volumes are on the node, by volume name, and whether containers may
+/// only read them (the kubelet's own files: configMap, secret, downwardAPI, projected).
+pub type Prepared = HashMap<String, (PathBuf, bool)>;
+
+/// A volume name is a DNS-1123 label: it becomes a directory name.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
 
 pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
     root.join("pods").join(uid)
@@ -30,6 +42,12 @@ pub async fn prepare(client: &kube::Client, root: &Path, pod: &Pod) -> Result<Pr
     let base = pod_dir(root, &uid).join("volumes");
     let mut prepared = Prepared::new();
     for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        if !valid_name(&volume.name) {
+            return Err(format!(
+                "volume name {:?} must be a DNS-1123 label",
+                volume.name
+            ));
+        }
         let path = prepare_one(client, &base, &namespace, pod, volume)
             .await
             .map_err(|e| {
@@ -38,7 +56,10 @@ pub async fn prepare(client: &kube::Client, root: &Path, pod: &Pod) -> Result<Pr
                     volume.name
                 )
             })?;
-        prepared.insert(volume.name.clone(), path);
+        let files = volume.empty_dir.is_none()
+            && volume.host_path.is_none()
+            && volume.persistent_volume_claim.is_none();
+        prepared.insert(volume.name.clone(), (path, files));
     }
     Ok(prepared)
 }
@@ -99,6 +120,18 @@ async fn prepare_one(
             .get(&bound)
             .await
             .map_err(|e| format!("persistentvolume \"{bound}\": {e}"))?;
+        // The volume must be bound to this very claim.
+        let claim_uid = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| r.uid.clone());
+        if claim_uid.is_none() || claim_uid != pvc.metadata.uid {
+            return Err(format!(
+                "persistentvolume \"{bound}\" has a claimRef that does not match persistentvolumeclaim \"{}\"",
+                claim.claim_name
+            ));
+        }
         let spec = pv.spec.unwrap_or_default();
         let path = spec
             .host_path
@@ -185,6 +218,18 @@ async fn prepare_one(
     let dir = base
         .join(format!("kubernetes.io~{kind}"))
         .join(&volume.name);
+    // Secrets never touch the disk (upstream backs them with memory too).
+    if matches!(kind, "secret" | "projected") && !is_mount_point(&dir) {
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            &dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        )
+        .map_err(|e| format!("mounting a tmpfs on {}: {e}", dir.display()))?;
+    }
     write_atomically(&dir, &files)?;
     Ok(dir)
 }
@@ -208,23 +253,17 @@ fn check_host_path(path: &Path, kind: &str) -> Result<(), String> {
     let is = |check: &dyn Fn(&std::fs::Metadata) -> bool| meta.as_ref().is_ok_and(check);
     match kind {
         "" => Ok(()),
-        "DirectoryOrCreate" => {
-            if !path.exists() {
-                std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
-                set_mode(path, 0o755)?;
-            }
-            Ok(())
+        "DirectoryOrCreate" if !path.exists() => {
+            std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+            set_mode(path, 0o755)
         }
-        "FileOrCreate" => {
-            if !path.exists() {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-                }
-                std::fs::File::create(path).map_err(|e| e.to_string())?;
-                set_mode(path, 0o644)?;
-            }
-            Ok(())
+        "DirectoryOrCreate" if is(&|m| m.is_dir()) => Ok(()),
+        // As upstream: the file, not its directory.
+        "FileOrCreate" if !path.exists() => {
+            std::fs::File::create(path).map_err(|e| e.to_string())?;
+            set_mode(path, 0o644)
         }
+        "FileOrCreate" if is(&|m| m.is_file()) => Ok(()),
         "Directory" if is(&|m| m.is_dir()) => Ok(()),
         "File" if is(&|m| m.is_file()) => Ok(()),
         "Socket" if is(&|m| m.file_type().is_socket()) => Ok(()),
@@ -334,8 +373,9 @@ fn downward(
     let map_text = |map: &Option<BTreeMap<String, String>>| {
         map.iter()
             .flatten()
-            .map(|(k, v)| format!("{k}={v:?}\n"))
-            .collect::<String>()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     let mut files = BTreeMap::new();
     for item in items {
@@ -367,7 +407,14 @@ fn write_atomically(dir: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> Res
     let io = |e: std::io::Error| format!("writing {}: {e}", dir.display());
     std::fs::create_dir_all(dir).map_err(io)?;
     let data = dir.join("..data");
-    let current = std::fs::read_link(&data).ok().map(|t| dir.join(t));
+    // `..data` names a `..<stamp>` directory beside it; anything else is not ours.
+    let current = std::fs::read_link(&data)
+        .ok()
+        .filter(|t| {
+            let t = t.to_string_lossy();
+            t.starts_with("..") && !t.contains('/') && t != ".." && t != "..data"
+        })
+        .map(|t| dir.join(t));
     if let Some(current) = &current
         && files.iter().all(|(path, (bytes, _))| {
             std::fs::read(current.join(path)).is_ok_and(|old| old == *bytes)
@@ -421,7 +468,8 @@ fn count_files(dir: &Path) -> usize {
     let mut count = 0;
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
-        if path.is_dir() {
+        // Never through a link.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             count += count_files(&path);
         } else {
             count += 1;
@@ -437,7 +485,7 @@ pub fn mounts(
 ) -> Result<Vec<cri::Mount>, String> {
     let mut mounts = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
-        let base = prepared
+        let (base, read_only) = prepared
             .get(&mount.name)
             .ok_or_else(|| format!("volumeMount {:?}: no volume of that name", mount.name))?;
         let host = match mount.sub_path.as_deref().filter(|s| !s.is_empty()) {
@@ -447,9 +495,19 @@ pub fn mounts(
                 ));
             }
             Some(sub) => {
+                // The path, through whatever links the volume holds, must stay in it.
+                let root = base.canonicalize().map_err(|e| e.to_string())?;
                 let path = base.join(sub);
+                let inside = |p: &Path| p.canonicalize().is_ok_and(|c| c.starts_with(&root));
+                let existing = path.ancestors().find(|p| p.exists()).unwrap_or(base);
+                if !inside(existing) {
+                    return Err(format!("subPath {sub:?} leaves the volume"));
+                }
                 if !path.exists() {
                     std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
+                }
+                if !inside(&path) {
+                    return Err(format!("subPath {sub:?} leaves the volume"));
                 }
                 path
             }
@@ -458,7 +516,7 @@ pub fn mounts(
         mounts.push(cri::Mount {
             container_path: mount.mount_path.clone(),
             host_path: host.display().to_string(),
-            readonly: mount.read_only == Some(true),
+            readonly: *read_only || mount.read_only == Some(true),
             propagation: match mount.mount_propagation.as_deref() {
                 Some("HostToContainer") => cri::MountPropagation::PropagationHostToContainer as i32,
                 Some("Bidirectional") => cri::MountPropagation::PropagationBidirectional as i32,
@@ -486,16 +544,91 @@ pub fn remove(root: &Path, uid: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Pod directories of pods the kubelet no longer has.
-pub fn remove_orphans(root: &Path, wanted: &std::collections::HashSet<String>) {
+/// Pod directories of pods the kubelet no longer has (made before `listed_at`).
+pub fn remove_orphans(
+    root: &Path,
+    wanted: &std::collections::HashSet<String>,
+    listed_at: std::time::SystemTime,
+) {
     for entry in std::fs::read_dir(root.join("pods"))
         .into_iter()
         .flatten()
         .flatten()
     {
         let uid = entry.file_name().to_string_lossy().to_string();
-        if !wanted.contains(&uid) {
+        // Made before the pods were listed (a pod that came since is no orphan).
+        let older = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < listed_at);
+        if !wanted.contains(&uid) && older {
             remove(root, &uid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, (Vec<u8>, u32)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), (v.as_bytes().to_vec(), 0o644)))
+            .collect()
+    }
+
+    #[test]
+    fn names_must_be_labels() {
+        assert!(valid_name("cache-1"));
+        for bad in ["", "../../etc", "Upper", "-x", "a/b", &"x".repeat(64)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn atomic_writes_switch_data_and_never_follow_a_planted_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let volume = dir.path().join("vol");
+        write_atomically(&volume, &files(&[("a", "1"), ("b", "2")])).expect("write");
+        assert_eq!(std::fs::read_to_string(volume.join("a")).expect("a"), "1");
+        write_atomically(&volume, &files(&[("a", "3")])).expect("update");
+        assert_eq!(std::fs::read_to_string(volume.join("a")).expect("a"), "3");
+        assert!(!volume.join("b").exists(), "a key that went is gone");
+        // A container that can write the volume points ..data elsewhere: the kubelet
+        // must not remove what it points at.
+        let victim = dir.path().join("victim");
+        std::fs::create_dir_all(&victim).expect("victim");
+        std::fs::write(victim.join("keep"), "x").expect("keep");
+        std::fs::remove_file(volume.join("..data")).expect("unlink");
+        std::os::unix::fs::symlink("../victim", volume.join("..data")).expect("plant");
+        write_atomically(&volume, &files(&[("a", "4")])).expect("rewrite");
+        assert!(victim.join("keep").exists());
+        assert_eq!(std::fs::read_to_string(volume.join("a")).expect("a"), "4");
+    }
+
+    #[test]
+    fn sub_paths_stay_inside_their_volume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let volume = dir.path().join("vol");
+        std::fs::create_dir_all(&volume).expect("vol");
+        std::os::unix::fs::symlink("/", volume.join("escape")).expect("link");
+        let prepared: Prepared = [("v".to_string(), (volume.clone(), false))].into();
+        let container = |sub: &str| {
+            serde_json::from_value::<k8s_openapi::api::core::v1::Container>(serde_json::json!({
+                "name": "c",
+                "volumeMounts": [{"name": "v", "mountPath": "/m", "subPath": sub}],
+            }))
+            .expect("container")
+        };
+        let inside = mounts(&container("data/deep"), &prepared).expect("inside");
+        assert_eq!(
+            inside[0].host_path,
+            volume.join("data/deep").display().to_string()
+        );
+        for bad in ["escape", "escape/etc", "../x"] {
+            assert!(mounts(&container(bad), &prepared).is_err(), "{bad}");
+        }
+        assert!(!Path::new("/etc/deep-skiff-test").exists());
     }
 }

@@ -131,7 +131,8 @@ impl Manager {
                         cleaned = true;
                         let ctx = self.ctx.clone();
                         let wanted = listed.clone();
-                        tokio::spawn(async move { remove_orphans(&ctx, &wanted).await });
+                        let listed_at = std::time::SystemTime::now();
+                        tokio::spawn(async move { remove_orphans(&ctx, &wanted, listed_at).await });
                     }
                 }
             }
@@ -140,8 +141,7 @@ impl Manager {
 }
 
 /// Removes the sandboxes (and so the containers) of pods the API does not have.
-async fn remove_orphans(ctx: &Ctx, wanted: &HashSet<String>) {
-    crate::volumes::remove_orphans(&ctx.config.root_dir, wanted);
+async fn remove_orphans(ctx: &Ctx, wanted: &HashSet<String>, listed_at: std::time::SystemTime) {
     let Ok(sandboxes) = ctx.runtime.all_sandboxes().await else {
         return;
     };
@@ -155,6 +155,8 @@ async fn remove_orphans(ctx: &Ctx, wanted: &HashSet<String>) {
             let _ = ctx.runtime.remove_sandbox(&sandbox.id).await;
         }
     }
+    // Volumes after the sandboxes; a pod that came meanwhile is not an orphan.
+    crate::volumes::remove_orphans(&ctx.config.root_dir, wanted, listed_at);
 }
 
 /// A container's restart back-off (flowcontrol.Backoff).

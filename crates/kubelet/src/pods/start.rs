@@ -359,7 +359,9 @@ async fn environment(
             services.extend(spec::service_env(service));
         }
     }
-    if namespace != "default" || !links {
+    // The API server's Service, unless the namespace's own `kubernetes` took its names.
+    let shadowed = services.iter().any(|(k, _)| k == "KUBERNETES_SERVICE_HOST");
+    if !shadowed {
         let default: Api<Service> = Api::namespaced(ctx.client.clone(), "default");
         if let Ok(Some(kubernetes)) = default.get_opt("kubernetes").await {
             services.extend(spec::service_env(&kubernetes));

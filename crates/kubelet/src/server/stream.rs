@@ -128,8 +128,18 @@ pub async fn proxy(mut request: Request, url: &str) -> Response {
         let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) else {
             return;
         };
-        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(server))
-            .await;
+        splice(client, server).await;
     });
     answer.body(Body::empty()).unwrap_or_else(|e| fail(&e))
+}
+
+/// Copies both ways until either side ends, then closes both: a client that vanished
+/// does not hold the other side open.
+async fn splice(client: hyper::upgrade::Upgraded, server: hyper::upgrade::Upgraded) {
+    let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
+    let (mut server_read, mut server_write) = tokio::io::split(TokioIo::new(server));
+    tokio::select! {
+        _ = tokio::io::copy(&mut client_read, &mut server_write) => {}
+        _ = tokio::io::copy(&mut server_read, &mut client_write) => {}
+    }
 }
