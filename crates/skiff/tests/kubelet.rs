@@ -602,6 +602,9 @@ spec:
     command: [sh, -c, "mkdir -p /tmp; while true; do sleep 0.2; done"]
     readinessProbe: {exec: {command: [test, -f, /tmp/ready]}, periodSeconds: 1, failureThreshold: 1}
     livenessProbe: {exec: {command: [sh, -c, "test ! -f /tmp/dead"]}, periodSeconds: 1, failureThreshold: 1}
+    lifecycle:
+      postStart: {exec: {command: [sh, -c, "echo started > /poststart"]}}
+      preStop: {exec: {command: [sh, -c, "echo stopping > /proc/1/fd/1"]}}
 "#;
 
 /// Probes: readiness (httpGet to a named port, exec) decides container and pod
@@ -666,7 +669,18 @@ async fn probes_decide_readiness_and_restart_unhealthy_containers() {
     assert_eq!(gate["lastState"]["terminated"]["exitCode"], 137, "{gate}");
     assert_eq!(gate["ready"], false, "{gate}");
     assert_eq!(status_of("web")["restartCount"], 0);
+    // Lifecycle hooks: postStart ran in the new container, preStop runs before the
+    // stop (its output is the container's).
+    let poststart = c.ok(&["exec", "probed", "-c", "gate", "--", "cat", "/poststart"]);
+    assert_eq!(poststart, "started\n");
+    let uid = text(
+        c,
+        &["get", "pod", "probed", "-o", "jsonpath={.metadata.uid}"],
+    );
     c.ok(&["delete", "pod", "probed", "--timeout=60s"]);
+    let log = std::fs::read_to_string(n.logs.join(format!("default_probed_{uid}/gate/1.log")))
+        .unwrap_or_default();
+    assert!(log.contains(" stdout F stopping"), "preStop ran: {log}");
 }
 
 const VOLUMES: &str = r#"

@@ -592,6 +592,46 @@ async fn stop_all(ctx: &Ctx, sandbox: &str, grace: i64) {
     }
 }
 
+/// Every running container's preStop hook, all at once, each bounded by `grace`.
+async fn run_pre_stop(ctx: &Ctx, pod: &Pod, sandbox: &str, grace: i64) {
+    let Ok(running) = containers(ctx, sandbox).await else {
+        return;
+    };
+    let pod_ip = ctx
+        .runtime
+        .sandbox_status(sandbox)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    let timeout = Duration::from_secs(u64::try_from(grace.max(0)).unwrap_or(0));
+    let spec = pod.spec.clone().unwrap_or_default();
+    let hooks = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter_map(|container| {
+            let handler = container.lifecycle.as_ref()?.pre_stop.as_ref()?;
+            let newest = running.get(&container.name)?.first()?;
+            (newest.state == cri::ContainerState::ContainerRunning as i32)
+                .then(|| (container, handler, newest.id.clone()))
+        })
+        .map(|(container, handler, id)| {
+            let pod_ip = pod_ip.clone();
+            async move {
+                if let Err(message) =
+                    probe::hook(&ctx.runtime, container, &id, &pod_ip, handler, timeout).await
+                {
+                    tracing::warn!(pod = %name(pod), container = %container.name, %message, "preStop hook failed");
+                }
+            }
+        });
+    futures::future::join_all(hooks).await;
+}
+
 /// Graceful termination: stop everything within the grace period, post the final
 /// status, delete the pod for good, remove its sandboxes.
 async fn terminate(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
@@ -609,6 +649,13 @@ async fn terminate(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failu
         .unwrap_or(30)
         .max(0);
     let sandboxes = sandboxes(ctx, &uid).await?;
+    // preStop hooks first, within the grace period, which they use up as they run.
+    let started = Instant::now();
+    if let Some(sandbox) = sandboxes.first() {
+        run_pre_stop(ctx, pod, &sandbox.id, grace).await;
+    }
+    let left = grace - i64::try_from(started.elapsed().as_secs()).unwrap_or(0);
+    let grace = left.max(if grace > 0 { 2 } else { 0 });
     for sandbox in &sandboxes {
         stop_all(ctx, &sandbox.id, grace).await;
     }

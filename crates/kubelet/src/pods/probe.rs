@@ -154,6 +154,40 @@ struct Target<'a> {
     pod_ip: &'a str,
 }
 
+/// Runs a lifecycle hook (postStart, preStop) in or against a container, within
+/// `timeout`: exec, httpGet or sleep, as upstream's handler runner.
+pub async fn hook(
+    runtime: &Runtime,
+    container: &Container,
+    id: &str,
+    pod_ip: &str,
+    handler: &k8s_openapi::api::core::v1::LifecycleHandler,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(sleep) = &handler.sleep {
+        let wanted = Duration::from_secs(u64::try_from(sleep.seconds.max(0)).unwrap_or(0));
+        tokio::time::sleep(wanted.min(timeout)).await;
+        return Ok(());
+    }
+    let probe = Probe {
+        exec: handler.exec.clone(),
+        http_get: handler.http_get.clone(),
+        tcp_socket: handler.tcp_socket.clone(),
+        ..Default::default()
+    };
+    let target = Target {
+        runtime,
+        container,
+        id,
+        pod_ip,
+    };
+    let timeout = timeout.max(Duration::from_secs(1));
+    match tokio::time::timeout(timeout, run(&probe, &target, timeout)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("did not finish within {}s", timeout.as_secs())),
+    }
+}
+
 /// Runs `probe` if it is due; its result (and why it failed) then.
 async fn run_counted(
     counter: &mut Counter,

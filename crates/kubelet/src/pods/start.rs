@@ -157,6 +157,31 @@ pub(super) async fn start_container(
         return;
     }
     tracing::info!(pod = %name(pod), container = %container.name, attempt, "container started");
+    // postStart runs right after the start; if it fails the container is killed (the
+    // restart policy decides what follows).
+    if let Some(handler) = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+    {
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0);
+        let timeout = Duration::from_secs(u64::try_from(grace.max(1)).unwrap_or(30));
+        if let Err(message) =
+            super::probe::hook(&ctx.runtime, container, &id, pod_ip, handler, timeout).await
+        {
+            tracing::warn!(pod = %name(pod), container = %container.name, %message, "postStart hook failed: killing the container");
+            let _ = ctx.runtime.stop_container(&id, grace).await;
+            state.waiting.insert(
+                container.name.clone(),
+                ("PostStartHookError".into(), message),
+            );
+        }
+    }
 }
 
 /// The image, pulled when the policy asks for it.
