@@ -410,6 +410,18 @@ pub fn oci_image(name: &str, layers: &[Vec<u8>], process: serde_json::Value) -> 
 pub struct Containerd {
     child: Child,
     pub dir: tempfile::TempDir,
+    /// The network namespaces (containerd's fixed /var/run/netns) there were before.
+    netns_before: Vec<String>,
+}
+
+/// The names in /var/run/netns.
+fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect()
 }
 
 impl Containerd {
@@ -421,6 +433,7 @@ impl Containerd {
         {
             return None;
         }
+        let netns_before = netns_names();
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display();
         let config = format!(
@@ -456,7 +469,11 @@ state = "{d}/state"
             .stderr(log)
             .spawn()
             .expect("containerd");
-        let containerd = Containerd { child, dir };
+        let containerd = Containerd {
+            child,
+            dir,
+            netns_before,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(containerd.socket()).is_err() {
             assert!(Instant::now() < deadline, "containerd never listened");
@@ -505,6 +522,12 @@ impl Drop for Containerd {
                 let _ = Command::new("runc")
                     .args(["--root", root, "delete", "--force", id])
                     .output();
+            }
+        }
+        // Sandboxes a failed test left keep their network namespaces (and veths).
+        for name in netns_names() {
+            if name.starts_with("cni-") && !self.netns_before.contains(&name) {
+                let _ = Command::new("ip").args(["netns", "delete", &name]).output();
             }
         }
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
