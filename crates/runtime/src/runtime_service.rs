@@ -38,6 +38,22 @@ fn not_yet(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by the skiff runtime yet"))
 }
 
+/// Exec and Attach need a running container.
+async fn must_run(engine: &Arc<Engine>, container: Arc<Container>) -> Result<(), Status> {
+    let id = container.id.clone();
+    let running = blocking(engine, move |_| {
+        Ok(container::phase(&container) == Phase::Running)
+    })
+    .await?;
+    if running {
+        Ok(())
+    } else {
+        Err(Status::failed_precondition(format!(
+            "container {id} is not running"
+        )))
+    }
+}
+
 /// The streams an Exec or Attach asks for must make sense.
 fn check_streams(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(), Status> {
     if tty && stderr {
@@ -517,15 +533,7 @@ impl RuntimeService for Cri {
         check_streams(request.tty, request.stdin, request.stdout, request.stderr)?;
         let container = self.engine.container(&request.container_id)?;
         let id = container.id.clone();
-        let running = blocking(&self.engine, move |_| {
-            Ok(container::phase(&container) == Phase::Running)
-        })
-        .await?;
-        if !running {
-            return Err(Status::failed_precondition(format!(
-                "container {id} is not running"
-            )));
-        }
+        must_run(&self.engine, container).await?;
         let url = self.streams.exec_url(crate::streaming::PendingExec {
             container_id: id,
             cmd: request.cmd,
@@ -555,16 +563,7 @@ impl RuntimeService for Cri {
             // The container's terminal decides, whatever the client thought.
             tty: container.config.tty,
         };
-        let id = container.id.clone();
-        let running = blocking(&self.engine, move |_| {
-            Ok(container::phase(&container) == Phase::Running)
-        })
-        .await?;
-        if !running {
-            return Err(Status::failed_precondition(format!(
-                "container {id} is not running"
-            )));
-        }
+        must_run(&self.engine, container).await?;
         let url = self.streams.attach_url(pending);
         Ok(Response::new(AttachResponse { url }))
     }

@@ -159,6 +159,13 @@ async fn remove_orphans(ctx: &Ctx, wanted: &HashSet<String>, listed_at: std::tim
     crate::volumes::remove_orphans(&ctx.config.root_dir, wanted, listed_at);
 }
 
+/// Where a pod's containers go: its sandbox, the sandbox's config, its address.
+pub(super) struct Placement<'a> {
+    sandbox: &'a str,
+    config: &'a cri::PodSandboxConfig,
+    pod_ip: &'a str,
+}
+
 /// A container's restart back-off (flowcontrol.Backoff).
 struct Backoff {
     delay: Duration,
@@ -373,6 +380,11 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
     } else {
         pod_ip
     };
+    let at = Placement {
+        sandbox: &sandbox.id,
+        config: &sandbox_config,
+        pod_ip: &pod_ip,
+    };
     let mut running = containers(ctx, &sandbox.id).await?;
     // Created but never started (an interrupted start), or unknown: removed, and the
     // next attempt starts in its place.
@@ -437,17 +449,7 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
             Some(newest) if exited(newest) => {
                 let restart = sidecar || policy != "Never";
                 if restart {
-                    restart_container(
-                        ctx,
-                        state,
-                        pod,
-                        &sandbox.id,
-                        &sandbox_config,
-                        init,
-                        newest,
-                        &pod_ip,
-                    )
-                    .await;
+                    restart_container(ctx, state, pod, &at, init, newest).await;
                 }
                 if !sidecar {
                     proceed = false;
@@ -459,11 +461,9 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
                     ctx,
                     state,
                     pod,
-                    &sandbox.id,
-                    &sandbox_config,
+                    &at,
                     init,
                     next_attempt.get(&init.name).copied().unwrap_or(0),
-                    &pod_ip,
                 )
                 .await;
                 if !sidecar {
@@ -485,11 +485,9 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
                         ctx,
                         state,
                         pod,
-                        &sandbox.id,
-                        &sandbox_config,
+                        &at,
                         container,
                         next_attempt.get(&container.name).copied().unwrap_or(0),
-                        &pod_ip,
                     )
                     .await;
                 }
@@ -500,17 +498,7 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
                         _ => true,
                     };
                     if restart {
-                        restart_container(
-                            ctx,
-                            state,
-                            pod,
-                            &sandbox.id,
-                            &sandbox_config,
-                            container,
-                            newest,
-                            &pod_ip,
-                        )
-                        .await;
+                        restart_container(ctx, state, pod, &at, container, newest).await;
                     }
                 }
                 Some(_) => {}

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::Api;
 use serde_json::Value;
 
-use super::{BACKOFF_MAX, BACKOFF_RESET, BACKOFF_START, Backoff, Ctx, Worker, name};
+use super::{BACKOFF_MAX, BACKOFF_RESET, BACKOFF_START, Backoff, Ctx, Placement, Worker, name};
 use crate::spec;
 
 /// Go's `time.Duration` text for whole seconds (10s, 1m20s, 5m0s).
@@ -25,16 +25,13 @@ fn go_duration(d: Duration) -> String {
 }
 
 /// Restarts an exited container unless its back-off says wait.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn restart_container(
     ctx: &Ctx,
     state: &mut Worker,
     pod: &Pod,
-    sandbox: &str,
-    sandbox_config: &cri::PodSandboxConfig,
+    at: &Placement<'_>,
     container: &Container,
     newest: &cri::ContainerStatus,
-    pod_ip: &str,
 ) {
     let finished_ago = Duration::from_nanos(
         u64::try_from(crate::status_now_nanos().saturating_sub(newest.finished_at)).unwrap_or(0),
@@ -81,31 +78,18 @@ pub(super) async fn restart_container(
         },
     );
     let attempt = newest.metadata.as_ref().map_or(0, |m| m.attempt + 1);
-    start_container(
-        ctx,
-        state,
-        pod,
-        sandbox,
-        sandbox_config,
-        container,
-        attempt,
-        pod_ip,
-    )
-    .await;
+    start_container(ctx, state, pod, at, container, attempt).await;
 }
 
 /// Pulls the image as the policy says, then creates and starts the container; what went
 /// wrong becomes the container's waiting reason.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn start_container(
     ctx: &Ctx,
     state: &mut Worker,
     pod: &Pod,
-    sandbox: &str,
-    sandbox_config: &cri::PodSandboxConfig,
+    at: &Placement<'_>,
     container: &Container,
     attempt: u32,
-    pod_ip: &str,
 ) {
     state.waiting.remove(&container.name);
     if let Err((reason, message)) = ensure_image(ctx, state, pod, container).await {
@@ -114,7 +98,7 @@ pub(super) async fn start_container(
             .insert(container.name.clone(), (reason, message));
         return;
     }
-    let env = match environment(ctx, pod, container, pod_ip).await {
+    let env = match environment(ctx, pod, container, at.pod_ip).await {
         Ok(env) => env,
         Err(message) => {
             state.waiting.insert(
@@ -137,7 +121,7 @@ pub(super) async fn start_container(
     let config = spec::container(pod, container, attempt, &env, mounts);
     let id = match ctx
         .runtime
-        .create_container(sandbox, config, sandbox_config.clone())
+        .create_container(at.sandbox, config, at.config.clone())
         .await
     {
         Ok(id) => id,
@@ -172,7 +156,7 @@ pub(super) async fn start_container(
             .max(0);
         let timeout = Duration::from_secs(u64::try_from(grace.max(1)).unwrap_or(30));
         if let Err(message) =
-            super::probe::hook(&ctx.runtime, container, &id, pod_ip, handler, timeout).await
+            super::probe::hook(&ctx.runtime, container, &id, at.pod_ip, handler, timeout).await
         {
             tracing::warn!(pod = %name(pod), container = %container.name, %message, "postStart hook failed: killing the container");
             let _ = ctx.runtime.stop_container(&id, grace).await;
