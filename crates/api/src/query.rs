@@ -3,13 +3,14 @@
 
 /// The request headers a connection upgrade (WebSocket, SPDY) needs on its way
 /// through a proxy.
-pub const UPGRADE_HEADERS: [&str; 6] = [
+pub const UPGRADE_HEADERS: [&str; 7] = [
     "connection",
     "upgrade",
     "sec-websocket-key",
     "sec-websocket-version",
     "sec-websocket-protocol",
     "sec-websocket-extensions",
+    "x-stream-protocol-version",
 ];
 
 /// The (key, value) pairs of a query string.

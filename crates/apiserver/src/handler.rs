@@ -214,6 +214,14 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             let request = Request::from_parts(parts, body);
             return crate::kubelet::pod_stream(state, &ns, &name, &kind, request).await;
         }
+        Some("portforward")
+            if r.plural == "pods" && matches!(info.verb, Verb::Get | Verb::Create) =>
+        {
+            let ns = info.namespace.clone().unwrap_or_default();
+            let name = info.name.clone().unwrap_or_default();
+            let request = Request::from_parts(parts, body);
+            return crate::kubelet::pod_port_forward(state, &ns, &name, request).await;
+        }
         Some("log") if r.plural == "pods" && info.verb == Verb::Get => {
             let ns = info.namespace.as_deref().unwrap_or_default();
             let name = info.name.as_deref().unwrap_or_default();

@@ -1,4 +1,5 @@
-//! What the kubelet serves, proxied: `pods/log`, `pods/exec` and `pods/attach`. The API server finds the pod's node,
+//! What the kubelet serves, proxied: `pods/log`, `pods/exec`, `pods/attach` and
+//! `pods/portforward`. The API server finds the pod's node,
 //! reaches its kubelet API over HTTPS at the address and port the Node reports
 //! (InternalIP, `daemonEndpoints.kubeletEndpoint.Port`), authenticating with its kubelet
 //! client certificate from the cluster CA, and streams the answer back. The kubelet's
@@ -207,6 +208,27 @@ fn names(list: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The pod and where its node's kubelet API is, with upstream's errors when there is
+/// no such thing.
+async fn locate_pod(state: &State, ns: &str, name: &str) -> Result<(Value, String, u16), ApiError> {
+    let pods = reg::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
+    let pod = state.registry.get(pods, Some(ns), name).await?;
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let nodes = reg::find("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
+    let node = state.registry.get(nodes, None, node_name).await?;
+    let (host, port) = kubelet_address(&node).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "node {node_name} does not report a kubelet endpoint"
+        ))
+    })?;
+    Ok((pod, host, port))
+}
+
 /// The pod's container (`container`, or its only one) and where its node's kubelet
 /// API is, with upstream's errors when there is no such thing.
 async fn locate(
@@ -215,8 +237,7 @@ async fn locate(
     name: &str,
     container: Option<&str>,
 ) -> Result<(String, String, u16), ApiError> {
-    let pods = reg::find("", "v1", "pods").ok_or_else(ApiError::path_not_found)?;
-    let pod = state.registry.get(pods, Some(ns), name).await?;
+    let (pod, host, port) = locate_pod(state, ns, name).await?;
     let containers = names(&pod["spec"]["containers"]);
     let mut all = containers.clone();
     all.extend(names(&pod["spec"]["initContainers"]));
@@ -235,19 +256,6 @@ async fn locate(
             )));
         }
     };
-    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
-    if node_name.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "pod {name} does not have a host assigned"
-        )));
-    }
-    let nodes = reg::find("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
-    let node = state.registry.get(nodes, None, node_name).await?;
-    let (host, port) = kubelet_address(&node).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "node {node_name} does not report a kubelet endpoint"
-        ))
-    })?;
     Ok((container, host, port))
 }
 
@@ -342,6 +350,142 @@ pub(crate) async fn pod_stream(
     }
     let path = format!("/{kind}/{ns}/{name}/{container}?{}", params.join("&"));
     state.kubelets.upgrade(&host, port, &path, request).await
+}
+
+/// pods/{name}/portforward. kubectl tunnels SPDY through a WebSocket
+/// (`SPDY/3.1+portforward.k8s.io`): that WebSocket ends here and its messages become
+/// the byte stream of a SPDY upgrade to the kubelet. A plain SPDY upgrade, or a
+/// WebSocket speaking the channel protocol with `ports` in the query, goes through as
+/// it is.
+pub(crate) async fn pod_port_forward(
+    state: &State,
+    ns: &str,
+    name: &str,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let (_, host, port) = locate_pod(state, ns, name).await?;
+    let pairs = skiff_api::query::pairs(request.uri().query().unwrap_or_default());
+    let mut ports = Vec::new();
+    for value in pairs
+        .iter()
+        .filter(|(k, _)| k == "ports")
+        .flat_map(|(_, v)| v.split(','))
+    {
+        match value.trim().parse::<u16>() {
+            Ok(p) if p > 0 => ports.push(format!("port={p}")),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid port {value:?}: must be between 1 and 65535"
+                )));
+            }
+        }
+    }
+    let mut path = format!("/portForward/{ns}/{name}");
+    if !ports.is_empty() {
+        path.push('?');
+        path.push_str(&ports.join("&"));
+    }
+    let tunnelled = request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == TUNNEL_PROTOCOL);
+    if tunnelled {
+        state.kubelets.tunnel(&host, port, &path, request).await
+    } else {
+        state.kubelets.upgrade(&host, port, &path, request).await
+    }
+}
+
+/// The WebSocket subprotocol kubectl tunnels port-forward SPDY in.
+const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+
+impl Client {
+    /// Accepts the client's tunnelling WebSocket and carries its messages, as bytes,
+    /// over a SPDY upgrade to the kubelet.
+    async fn tunnel(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        request: axum::extract::Request,
+    ) -> Result<Response, ApiError> {
+        use axum::extract::FromRequestParts;
+        let (mut parts, _) = request.into_parts();
+        let websocket = axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let mut spdy = axum::http::HeaderMap::new();
+        spdy.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("Upgrade"),
+        );
+        spdy.insert(
+            header::UPGRADE,
+            header::HeaderValue::from_static("SPDY/3.1"),
+        );
+        spdy.insert(
+            "x-stream-protocol-version",
+            header::HeaderValue::from_static("portforward.k8s.io"),
+        );
+        let mut response = self
+            .send(host, port, path, Some(&spdy))
+            .await
+            .map_err(ApiError::internal)?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(refusal(response).await);
+        }
+        let kubelet = hyper::upgrade::on(&mut response);
+        Ok(websocket
+            .protocols([TUNNEL_PROTOCOL])
+            .on_upgrade(move |socket| async move {
+                if let Ok(kubelet) = kubelet.await {
+                    carry(socket, kubelet).await;
+                }
+            }))
+    }
+}
+
+/// Binary WebSocket messages one way, bytes the other, until either side ends.
+async fn carry(socket: axum::extract::ws::WebSocket, kubelet: hyper::upgrade::Upgraded) {
+    use axum::extract::ws::{CloseFrame, Message, close_code};
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sink, mut source) = socket.split();
+    let (mut read, mut write) = tokio::io::split(TokioIo::new(kubelet));
+    let to_kubelet = async move {
+        while let Some(Ok(message)) = source.next().await {
+            match message {
+                Message::Binary(bytes) if write.write_all(&bytes).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    };
+    let to_client = async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Ok(n) = read.read(&mut buf).await {
+            if n == 0
+                || sink
+                    .send(Message::Binary(buf[..n].to_vec().into()))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+        let close = CloseFrame {
+            code: close_code::NORMAL,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(close))).await;
+    };
+    tokio::select! {
+        _ = to_kubelet => {}
+        _ = to_client => {}
+    }
 }
 
 /// Percent-encodes what a query value may not carry as it is.

@@ -323,6 +323,20 @@ impl Runtime {
             .url)
     }
 
+    /// A streaming URL forwarding `ports` (none: the client names them) of a sandbox.
+    pub async fn port_forward(&self, sandbox: &str, ports: Vec<i32>) -> Result<String> {
+        Ok(self
+            .runtime
+            .clone()
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: sandbox.into(),
+                port: ports,
+            })
+            .await?
+            .into_inner()
+            .url)
+    }
+
     /// The image's id (`imageRef`) if the runtime has it.
     pub async fn image_present(&self, image: &str) -> Result<Option<String>> {
         let reply = self

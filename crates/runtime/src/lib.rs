@@ -36,6 +36,7 @@ mod sandbox;
 mod seccomp;
 mod stats;
 mod streaming;
+pub use streaming::spdy;
 mod util;
 
 use std::ffi::OsString;

@@ -9,11 +9,13 @@
 
 mod common;
 mod cri;
+mod node;
 
 use std::time::Duration;
 
 use common::{Backend, Cluster, wait_for};
 use cri::*;
+use node::*;
 
 const PODS: &str = r#"
 apiVersion: v1
@@ -96,144 +98,6 @@ spec:
   containers:
   - {name: main, image: example.com/absent:1, imagePullPolicy: Never}
 "#;
-
-fn text(c: &Cluster, args: &[&str]) -> String {
-    let out = c.kubectl(args);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Waits for a Node's Ready condition to be True.
-fn wait_node_ready(c: &Cluster, node: &str) {
-    wait_for(&format!("node {node} to be Ready"), || {
-        text(
-            c,
-            &[
-                "get",
-                "node",
-                node,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ],
-        ) == "True"
-    });
-}
-
-fn phase(c: &Cluster, pod: &str) -> String {
-    text(c, &["get", "pod", pod, "-o", "jsonpath={.status.phase}"])
-}
-
-/// The first container status of a pod (`initContainerStatuses` when `init`).
-fn container(c: &Cluster, pod: &str, init: bool) -> serde_json::Value {
-    let pod = c.json(&["get", "pod", pod]);
-    let key = if init {
-        "initContainerStatuses"
-    } else {
-        "containerStatuses"
-    };
-    pod["status"][key][0].clone()
-}
-
-fn condition(pod: &serde_json::Value, kind: &str) -> serde_json::Value {
-    pod["status"]["conditions"]
-        .as_array()
-        .and_then(|list| list.iter().find(|c| c["type"] == kind))
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// A node for a test: `skiff runtime` on a CNI bridge network of the test's own with
-/// the busybox image imported, and a control plane; the kubelet is started apart.
-/// Fields drop in order: the control plane, the runtime, the network, the cgroups.
-struct TestNode {
-    c: Cluster,
-    rt: Runtime,
-    _network: Network,
-    _cgroups: CgroupGuard,
-    name: String,
-    subnet: String,
-    logs: std::path::PathBuf,
-}
-
-impl TestNode {
-    async fn start(tag: u32) -> TestNode {
-        let pid = std::process::id() + tag;
-        let parent = format!("/skiff-kubelet-test-{pid}");
-        let cgroups = CgroupGuard(parent.clone());
-        let subnet = format!("10.234.{}.0/24", 10 + pid % 200);
-        let network = Network::new(&format!("skk{}", pid % 100_000), &subnet);
-        let net_dir = network.conf_dir().display().to_string();
-        let rt = Runtime::start_with(&["--cni-conf-dir", &net_dir, "--cgroup-parent", &parent]);
-        let image = oci_image(
-            "example.com/busybox:1",
-            &[busybox_layer()],
-            json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
-        );
-        let imported = rt.import(&rt.file("busybox.tar", &image), &[]);
-        assert!(imported.status.success(), "{imported:?}");
-        let c = Cluster::start(Backend::Embedded).await;
-        let logs = rt.dir.path().join("pod-logs");
-        TestNode {
-            c,
-            rt,
-            _network: network,
-            _cgroups: cgroups,
-            name: format!("node-{pid}"),
-            subnet,
-            logs,
-        }
-    }
-
-    fn kubelet(&self) -> common::Component {
-        let socket = self.rt.socket().display().to_string();
-        let logs = self.logs.display().to_string();
-        let ca = self.c.data_dir().join("pki/ca.crt").display().to_string();
-        let root = self.rt.dir.path().join("kubelet").display().to_string();
-        self.c.spawn_component(&[
-            "kubelet",
-            "--root-dir",
-            &root,
-            "--client-ca-file",
-            &ca,
-            "--kubelet-port",
-            "0",
-            "--node-name",
-            &self.name,
-            "--cri-socket",
-            &socket,
-            "--pod-log-dir",
-            &logs,
-            "--node-ip",
-            "127.0.0.1",
-        ])
-    }
-
-    fn wait_ready(&self) {
-        wait_node_ready(&self.c, &self.name);
-    }
-}
-
-/// Waits until the runtime at `socket` has no sandbox left (30 s at most).
-async fn no_sandboxes_left(socket: &std::path::Path, log: impl Fn() -> String) {
-    let mut runtime = RuntimeServiceClient::new(channel(socket).await);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = runtime
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .expect("ListPodSandbox")
-            .into_inner()
-            .items;
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sandboxes left: {left:?}\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubelet_runs_the_pods_bound_to_its_node() {

@@ -171,7 +171,11 @@ impl Resource {
                     kind: ("", "v1", "Pod"),
                     verbs: &["get"],
                 });
-                for (name, kind) in [("exec", "PodExecOptions"), ("attach", "PodAttachOptions")] {
+                for (name, kind) in [
+                    ("exec", "PodExecOptions"),
+                    ("attach", "PodAttachOptions"),
+                    ("portforward", "PodPortForwardOptions"),
+                ] {
                     out.push(Subresource {
                         name,
                         kind: ("", "v1", kind),

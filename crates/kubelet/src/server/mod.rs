@@ -11,6 +11,8 @@
 //! - `/exec/{namespace}/{pod}/{container}?command=..&input&output&error&tty` and
 //!   `/attach/...`: upgraded connections proxied to the runtime's streaming server
 //!   (`stream.rs`).
+//! - `/portForward/{namespace}/{pod}[/{uid}]`: the same for the pod's sandbox (SPDY
+//!   streams naming their ports, or a WebSocket with `?port=`).
 
 mod stream;
 
@@ -115,6 +117,14 @@ pub async fn serve(
         .route(
             "/attach/{namespace}/{pod}/{container}",
             axum::routing::any(stream::attach),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            axum::routing::any(stream::port_forward),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}/{uid}",
+            axum::routing::any(stream::port_forward),
         )
         .with_state(Ctx { runtime });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);

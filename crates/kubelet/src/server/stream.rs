@@ -1,5 +1,5 @@
-//! Exec and attach on the kubelet API: the kubelet asks the runtime for a streaming URL
-//! (CRI Exec/Attach) and proxies the client's connection upgrade to it, so the
+//! Exec, attach and port forwarding on the kubelet API: the kubelet asks the runtime
+//! for a streaming URL (CRI Exec/Attach/PortForward) and proxies the client's connection upgrade to it, so the
 //! WebSocket the client (the API server, for kubectl) opened is the runtime's, end to
 //! end: the handshake headers pass through untouched and the bytes are spliced.
 
@@ -9,7 +9,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 
+use k8s_cri::v1 as cri;
+
 use super::Ctx;
+use crate::spec::{POD_NAME, POD_NAMESPACE, POD_UID};
 
 fn flag(pairs: &[(String, String)], keys: &[&str]) -> bool {
     pairs
@@ -64,6 +67,47 @@ async fn stream(
     };
     match url {
         Ok(url) => proxy(request, &url).await,
+        Err(e) => (StatusCode::BAD_REQUEST, e.message().to_string()).into_response(),
+    }
+}
+
+pub(super) async fn port_forward(
+    State(ctx): State<Ctx>,
+    Path(params): Path<Vec<(String, String)>>,
+    request: Request,
+) -> Response {
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (namespace, pod, uid) = (param("namespace"), param("pod"), param("uid"));
+    let sandboxes = match ctx.runtime.all_sandboxes().await {
+        Ok(sandboxes) => sandboxes,
+        Err(e) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()).into_response();
+        }
+    };
+    let ready = sandboxes
+        .into_iter()
+        .filter(|s| {
+            s.labels.get(POD_NAME) == Some(&pod)
+                && s.labels.get(POD_NAMESPACE) == Some(&namespace)
+                && (uid.is_empty() || s.labels.get(POD_UID) == Some(&uid))
+                && s.state == cri::PodSandboxState::SandboxReady as i32
+        })
+        .max_by_key(|s| s.created_at);
+    let Some(sandbox) = ready else {
+        let message = format!("pod {namespace}/{pod} has no running sandbox on this node");
+        return (StatusCode::NOT_FOUND, message).into_response();
+    };
+    // WebSocket clients name the ports in the query (`port=80`); SPDY clients per stream.
+    let query = request.uri().query().unwrap_or_default().to_string();
+    match ctx.runtime.port_forward(&sandbox.id, Vec::new()).await {
+        Ok(url) if query.is_empty() => proxy(request, &url).await,
+        Ok(url) => proxy(request, &format!("{url}?{query}")).await,
         Err(e) => (StatusCode::BAD_REQUEST, e.message().to_string()).into_response(),
     }
 }

@@ -1,26 +1,56 @@
 //! PortForward: each forwarded port is a TCP connection to the pod's loopback address,
-//! made from inside its network namespace.
+//! made from inside its network namespace. Two wire protocols reach it:
+//!
+//! - SPDY/3.1 (`Upgrade: SPDY/3.1`, `X-Stream-Protocol-Version: portforward.k8s.io`),
+//!   what kubectl speaks (tunnelled through a WebSocket up to the API server, which
+//!   unwraps it): the client opens an error stream and a data stream per connection,
+//!   paired by their `requestID` header and naming the `port`.
+//! - WebSocket (`v4.channel.k8s.io`, `portforward.k8s.io`) with the ports in the query,
+//!   as other clients use it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
+use super::spdy::{self, Frame};
 use super::*;
 
 /// The channel protocol versions a port forward speaks (binary frames).
 const FORWARD_PROTOCOLS: [&str; 2] = ["v4.channel.k8s.io", "portforward.k8s.io"];
+/// The SPDY stream protocol of port forwarding.
+const SPDY_PROTOCOL: &str = "portforward.k8s.io";
+/// How long the first stream of a pair waits for the second (upstream's stream
+/// creation timeout).
+const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one direction of a finished connection may take to finish after the other
+/// (as containerd: a second).
+const LINGER: Duration = Duration::from_secs(1);
 
 pub(super) async fn port_forward(
-    State((_, streams)): State<(Arc<Engine>, Arc<Streams>)>,
+    State((engine, streams)): State<(Arc<Engine>, Arc<Streams>)>,
     Path(token): Path<String>,
-    headers: axum::http::HeaderMap,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    request: Request,
 ) -> Response {
+    let spdy = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
+    if spdy {
+        return spdy_upgrade(&streams, &token, request);
+    }
+    let (mut parts, _) = request.into_parts();
+    let query = parts.uri.query().map(String::from);
+    let headers = parts.headers.clone();
+    let upgrade =
+        WebSocketUpgrade::from_request_parts(&mut parts, &(engine, streams.clone())).await;
     let upgrade = match checked_upgrade(upgrade, &headers, &FORWARD_PROTOCOLS) {
         Ok(upgrade) => upgrade,
         Err(refusal) => return refusal,
@@ -39,13 +69,269 @@ pub(super) async fn port_forward(
         forward.ports = asked;
     }
     if forward.ports.is_empty() {
-        return (axum::http::StatusCode::BAD_REQUEST, "no port to forward").into_response();
+        return (StatusCode::BAD_REQUEST, "no port to forward").into_response();
     }
     upgrade
         .protocols(FORWARD_PROTOCOLS)
         .on_upgrade(move |socket| async move {
             run_forward(forward, socket).await;
         })
+}
+
+/// Accepts a SPDY upgrade (after the protocol negotiation upstream's handshake does)
+/// and serves the session once the connection has switched.
+fn spdy_upgrade(streams: &Streams, token: &str, mut request: Request) -> Response {
+    let offered: Vec<String> = request
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .collect();
+    if !offered.is_empty() && !offered.iter().any(|p| p == SPDY_PROTOCOL) {
+        let message = format!(
+            "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server supports [\"{SPDY_PROTOCOL}\"]"
+        );
+        return (StatusCode::FORBIDDEN, message).into_response();
+    }
+    let Some(forward) = streams.forwards.take(token) else {
+        return unknown_token("port-forward");
+    };
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(io) => serve_spdy(forward, hyper_util::rt::TokioIo::new(io)).await,
+            Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", SPDY_PROTOCOL)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+/// What the session's writer sends.
+enum Out {
+    Reply(u32),
+    Data(u32, Vec<u8>),
+    Fin(u32),
+    Reset(u32, u32),
+    Ping(u32),
+}
+
+/// The first stream of a pair, waiting for the second.
+struct Half {
+    stream: u32,
+    error: bool,
+    port: u16,
+    since: Instant,
+}
+
+/// One SPDY port-forward session: streams paired by request id, a connection into
+/// the pod per pair.
+async fn serve_spdy<T>(forward: PendingForward, io: T)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (reader, mut writer) = tokio::io::split(io);
+    let mut reader = tokio::io::BufReader::new(reader);
+    let (out, mut outgoing) = mpsc::channel::<Out>(64);
+    // The writer owns the compression context: header blocks go out in order.
+    let writing = tokio::spawn(async move {
+        let mut headers = spdy::Headers::new();
+        while let Some(item) = outgoing.recv().await {
+            let bytes = match item {
+                Out::Reply(id) => headers.syn_reply(id, 0, &[]),
+                Out::Data(id, data) => spdy::data(id, 0, &data),
+                Out::Fin(id) => spdy::data(id, spdy::FIN, &[]),
+                Out::Reset(id, status) => spdy::reset(id, status),
+                Out::Ping(id) => spdy::ping(id),
+            };
+            if writer.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let mut headers = spdy::Headers::new();
+    let mut halves: HashMap<String, Half> = HashMap::new();
+    // Data stream id -> the bytes for the pod's side (dropped at the client's FIN).
+    let mut inbound: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let frame = match spdy::read_frame(&mut reader).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "port-forward session ended");
+                break;
+            }
+        };
+        match frame {
+            Frame::Stream {
+                kind: spdy::SYN_STREAM,
+                stream,
+                block,
+                ..
+            } => {
+                let pairs = match headers.decode(&block) {
+                    Ok(pairs) => pairs,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "port-forward: bad header block");
+                        break;
+                    }
+                };
+                let get = |name: &str| {
+                    pairs
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| v.clone())
+                };
+                let port = get("port").and_then(|p| p.parse::<u16>().ok());
+                let error = match get("streamtype").as_deref() {
+                    Some("error") => true,
+                    Some("data") => false,
+                    _ => {
+                        let _ = out.send(Out::Reset(stream, spdy::PROTOCOL_ERROR)).await;
+                        continue;
+                    }
+                };
+                let (Some(port), Some(request)) = (port.filter(|p| *p > 0), get("requestid"))
+                else {
+                    let _ = out.send(Out::Reset(stream, spdy::PROTOCOL_ERROR)).await;
+                    continue;
+                };
+                if out.send(Out::Reply(stream)).await.is_err() {
+                    break;
+                }
+                // Pairs whose second stream never came are given up.
+                for (_, half) in halves.extract_if(|_, h| h.since.elapsed() > PAIR_TIMEOUT) {
+                    let _ = out
+                        .send(Out::Reset(half.stream, spdy::REFUSED_STREAM))
+                        .await;
+                }
+                inbound.retain(|_, tx| !tx.is_closed());
+                let Some(first) = halves.remove(&request) else {
+                    let since = Instant::now();
+                    halves.insert(
+                        request,
+                        Half {
+                            stream,
+                            error,
+                            port,
+                            since,
+                        },
+                    );
+                    continue;
+                };
+                if first.error == error {
+                    let _ = out.send(Out::Reset(stream, spdy::PROTOCOL_ERROR)).await;
+                    halves.insert(request, first);
+                    continue;
+                }
+                let (data, error, port) = if error {
+                    (first.stream, stream, first.port)
+                } else {
+                    (stream, first.stream, port)
+                };
+                let (tx, rx) = mpsc::channel(16);
+                inbound.insert(data, tx);
+                let netns = forward.netns.clone();
+                tasks.spawn(forward_pair(netns, port, data, error, rx, out.clone()));
+            }
+            Frame::Data {
+                stream,
+                flags,
+                data,
+            } => {
+                if !data.is_empty()
+                    && let Some(tx) = inbound.get(&stream)
+                    && tx.send(data).await.is_err()
+                {
+                    inbound.remove(&stream);
+                }
+                if flags & spdy::FIN != 0 {
+                    inbound.remove(&stream);
+                }
+            }
+            Frame::Reset { stream, .. } => {
+                inbound.remove(&stream);
+            }
+            Frame::Ping(id) => {
+                let _ = out.send(Out::Ping(id)).await;
+            }
+            Frame::GoAway => break,
+            Frame::Stream { .. } | Frame::Other(_) => {}
+        }
+    }
+    tasks.abort_all();
+    drop(out);
+    let _ = writing.await;
+}
+
+/// One forwarded connection: the pod's port joined to a data stream; a failure to
+/// connect is written on the error stream. Both streams end when the connection does.
+async fn forward_pair(
+    netns: Option<std::path::PathBuf>,
+    port: u16,
+    data: u32,
+    error: u32,
+    mut from_client: mpsc::Receiver<Vec<u8>>,
+    out: mpsc::Sender<Out>,
+) {
+    let tcp = match connect_in(netns, port).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            let message = format!("error forwarding port {port} to pod: {e}");
+            let _ = out.send(Out::Data(error, message.into_bytes())).await;
+            let _ = out.send(Out::Fin(data)).await;
+            let _ = out.send(Out::Fin(error)).await;
+            return;
+        }
+    };
+    let (mut pod_read, mut pod_write) = tcp.into_split();
+    let up = async move {
+        while let Some(bytes) = from_client.recv().await {
+            if pod_write.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = pod_write.shutdown().await;
+    };
+    let down_out = out.clone();
+    let down = async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Ok(n) = pod_read.read(&mut buf).await {
+            if n == 0
+                || down_out
+                    .send(Out::Data(data, buf[..n].to_vec()))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+        }
+    };
+    tokio::pin!(up, down);
+    let pod_done_first = tokio::select! {
+        _ = &mut up => {
+            let _ = tokio::time::timeout(LINGER, &mut down).await;
+            false
+        }
+        _ = &mut down => true,
+    };
+    // Both streams end as soon as the pod's side has: kubectl closes its local
+    // connection once the error stream has ended, and waiting for it would hold the
+    // client's connection open.
+    let _ = out.send(Out::Fin(data)).await;
+    let _ = out.send(Out::Fin(error)).await;
+    if pod_done_first {
+        let _ = tokio::time::timeout(LINGER, &mut up).await;
+    }
 }
 
 /// Connects to `port` on the loopback address of `netns` (a thread enters the

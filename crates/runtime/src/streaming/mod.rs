@@ -5,15 +5,17 @@
 //! `channel.k8s.io`): each binary message starts with a channel byte, 0 stdin, 1
 //! stdout, 2 stderr, 3 the final status (v4+, a `Status` object, with the exit code for
 //! exec), 4 terminal resize, 255 close (v5: `[255, 0]` ends stdin). Port forwarding
-//! speaks `v4.channel.k8s.io`'s port-forward flavour.
+//! speaks SPDY/3.1 (what kubectl uses) or `v4.channel.k8s.io`'s port-forward flavour.
 //!
 //! - `exec.rs`: Exec through `runc exec`, with or without a terminal.
 //! - `attach.rs`: Attach, through the container monitor's attach socket.
 //! - `forward.rs`: PortForward into the pod's network namespace.
+//! - `spdy.rs`: SPDY/3.1 frames and header compression.
 
 mod attach;
 mod exec;
 mod forward;
+pub mod spdy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

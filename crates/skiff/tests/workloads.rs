@@ -1,0 +1,204 @@
+//! What users do with running pods, end to end through the real kubelet and runtime:
+//! `kubectl port-forward` (kubectl tunnels SPDY through a WebSocket to the API server,
+//! which carries it to the kubelet and the runtime's streaming server), `kubectl cp`
+//! both ways (tar over exec).
+
+mod common;
+mod cri;
+mod node;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::wait_for;
+use node::*;
+
+const SERVER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: example.com/busybox:1
+    command: [sh, -c, "mkdir -p /www && echo hello from the pod > /www/index.html && seq 1 200000 > /www/big && exec httpd -f -p 8080 -h /www"]
+"#;
+
+/// `kubectl port-forward` running in the background; killed on drop.
+struct PortForward {
+    child: std::process::Child,
+    port: u16,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl PortForward {
+    /// Starts `kubectl port-forward pod/{pod} :{remote}` and waits for its local port.
+    fn start(c: &common::Cluster, pod: &str, remote: u16) -> PortForward {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .args(["port-forward", &format!("pod/{pod}"), &format!(":{remote}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl port-forward");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let errors = child.stderr.take().expect("stderr");
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(errors).lines().map_while(Result::ok) {
+                let mut all = collected.lock().unwrap_or_else(|e| e.into_inner());
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        // "Forwarding from 127.0.0.1:38213 -> 8080"
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line).expect("kubectl output");
+        let port = line
+            .split(" -> ")
+            .next()
+            .and_then(|from| from.rsplit(':').next())
+            .and_then(|p| p.trim().parse().ok());
+        let Some(port) = port.filter(|_| read > 0) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let errors = stderr.lock().map(|e| e.clone()).unwrap_or_default();
+            panic!("kubectl port-forward printed {line:?}; stderr: {errors}");
+        };
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stdout.read_to_string(&mut rest);
+        });
+        PortForward {
+            child,
+            port,
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// One HTTP/1.0 GET through the forward: the body.
+    fn get(&self, path: &str) -> String {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        write!(tcp, "GET {path} HTTP/1.0\r\nHost: pod\r\n\r\n").expect("request");
+        let mut response = Vec::new();
+        tcp.read_to_end(&mut response).expect("response");
+        let response = String::from_utf8_lossy(&response).into_owned();
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+                body.to_string()
+            }
+            _ => panic!("GET {path}: {response:?}\nkubectl: {}", self.stderr()),
+        }
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_and_cp_reach_into_a_pod() {
+    let n = TestNode::start(7).await;
+    let c = &n.c;
+    let _kubelet = n.kubelet();
+    n.wait_ready();
+    let applied = c.kubectl_with(&["apply", "-f", "-"], &[], Some(SERVER));
+    assert!(applied.status.success(), "{applied:?}");
+    wait_for("the server pod to run", || phase(c, "server") == "Running");
+    // httpd listens once the shell has written its files.
+    wait_for("httpd to listen", || {
+        c.kubectl(&[
+            "exec",
+            "server",
+            "--",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://127.0.0.1:8080/",
+        ])
+        .status
+        .success()
+    });
+
+    // port-forward: several connections, one after another and at once, small and big.
+    let forward = PortForward::start(c, "server", 8080);
+    for _ in 0..3 {
+        assert_eq!(forward.get("/index.html"), "hello from the pod\n");
+    }
+    let expected: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    let port = forward.port;
+    let parallel: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                write!(tcp, "GET /big HTTP/1.0\r\n\r\n").expect("request");
+                let mut response = Vec::new();
+                tcp.read_to_end(&mut response).expect("response");
+                response
+            })
+        })
+        .collect();
+    for handle in parallel {
+        let response = String::from_utf8(handle.join().expect("thread")).expect("text");
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b);
+        assert!(
+            body == Some(expected.as_str()),
+            "{} bytes back; kubectl: {}",
+            response.len(),
+            forward.stderr()
+        );
+    }
+    drop(forward);
+
+    // A port nothing listens on: the connection ends and kubectl says why.
+    let nothing = PortForward::start(c, "server", 9999);
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", nothing.port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let _ = write!(tcp, "GET / HTTP/1.0\r\n\r\n");
+    let mut response = Vec::new();
+    let _ = tcp.read_to_end(&mut response);
+    assert!(response.is_empty(), "{response:?}");
+    wait_for("kubectl to report the refused port", || {
+        nothing.stderr().contains("error forwarding port 9999")
+    });
+    drop(nothing);
+
+    // A pod that is not running cannot be forwarded to.
+    let out = c.kubectl(&["port-forward", "pod/absent", ":80"]);
+    assert!(!out.status.success());
+
+    // kubectl cp: into the pod and back out.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().join("notes.txt");
+    std::fs::write(&local, "copied in\n").expect("write");
+    let local_arg = local.display().to_string();
+    c.ok(&["cp", &local_arg, "server:/www/notes.txt"]);
+    let inside = c.ok(&["exec", "server", "--", "cat", "/www/notes.txt"]);
+    assert_eq!(inside, "copied in\n");
+    let back = dir.path().join("index.html");
+    c.ok(&["cp", "server:/www/index.html", &back.display().to_string()]);
+    assert_eq!(
+        std::fs::read_to_string(&back).expect("copied out"),
+        "hello from the pod\n"
+    );
+
+    c.ok(&["delete", "pod", "server", "--wait=false"]);
+    wait_for("the pod to go", || {
+        !c.kubectl(&["get", "pod", "server"]).status.success()
+    });
+}
