@@ -1,7 +1,7 @@
 //! What users do with running pods, end to end through the real kubelet and runtime:
 //! `kubectl port-forward` (kubectl tunnels SPDY through a WebSocket to the API server,
 //! which carries it to the kubelet and the runtime's streaming server), `kubectl cp`
-//! both ways (tar over exec).
+//! both ways (tar over exec), and the same things with containerd as the runtime.
 
 mod common;
 mod cri;
@@ -11,7 +11,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::wait_for;
+use common::{Backend, Cluster, wait_for};
+use cri::*;
 use node::*;
 
 const SERVER: &str = r#"
@@ -201,4 +202,93 @@ async fn kubectl_port_forward_and_cp_reach_into_a_pod() {
     wait_for("the pod to go", || {
         !c.kubectl(&["get", "pod", "server"]).status.success()
     });
+}
+
+/// The kubelet drives Debian's containerd 1.6 through the same CRI: a pod runs, its
+/// logs, exec and port-forward (containerd's own SPDY streaming server) work, and
+/// deleting it leaves containerd with nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelet_drives_containerd_too() {
+    let pid = std::process::id();
+    let network = Network::new(
+        &format!("skd{}", pid % 100_000),
+        &format!("10.235.{}.0/24", 10 + pid % 200),
+    );
+    let Some(containerd) = Containerd::start(&network.conf_dir(), "skiff.test/pause:1") else {
+        panic!("containerd (Debian's containerd package) is installed");
+    };
+    let images = tempfile::tempdir().expect("images");
+    for (name, config) in [
+        (
+            "example.com/busybox:1",
+            json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
+        ),
+        (
+            "skiff.test/pause:1",
+            json!({"Entrypoint": ["/bin/sleep", "2000000000"], "Env": ["PATH=/bin"]}),
+        ),
+    ] {
+        let file = images.path().join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        std::fs::write(&file, oci_image(name, &[busybox_layer()], config)).expect("image");
+        let out = containerd.import(&file);
+        assert!(out.status.success(), "ctr import: {out:?}");
+    }
+    let c = Cluster::start(Backend::Embedded).await;
+    let node = format!("containerd-{pid}");
+    let root = containerd.dir.path().join("kubelet").display().to_string();
+    let logs = containerd.dir.path().join("pods").display().to_string();
+    let ca = c.data_dir().join("pki/ca.crt").display().to_string();
+    let socket = containerd.socket().display().to_string();
+    let _kubelet = c.spawn_component(&[
+        "kubelet",
+        "--root-dir",
+        &root,
+        "--client-ca-file",
+        &ca,
+        "--kubelet-port",
+        "0",
+        "--node-name",
+        &node,
+        "--cri-socket",
+        &socket,
+        "--pod-log-dir",
+        &logs,
+        "--node-ip",
+        "127.0.0.1",
+    ]);
+    wait_node_ready(&c, &node);
+    let info = c.json(&["get", "node", &node]);
+    assert!(
+        info["status"]["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("containerd://")),
+        "{info}"
+    );
+    let applied = c.kubectl_with(&["apply", "-f", "-"], &[], Some(SERVER));
+    assert!(applied.status.success(), "{applied:?}");
+    wait_for("the server pod to run", || phase(&c, "server") == "Running");
+    let pod = c.json(&["get", "pod", "server"]);
+    let status = &pod["status"]["containerStatuses"][0];
+    assert!(
+        status["containerID"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("containerd://")),
+        "{status}"
+    );
+    assert!(
+        pod["status"]["podIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.235.")),
+        "{pod}"
+    );
+    wait_for("httpd to listen", || {
+        c.kubectl(&["exec", "server", "--", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/"])
+            .status
+            .success()
+    });
+    let forward = PortForward::start(&c, "server", 8080);
+    assert_eq!(forward.get("/index.html"), "hello from the pod\n");
+    drop(forward);
+    c.ok(&["delete", "pod", "server"]);
+    no_sandboxes_left(&containerd.socket(), || c.log()).await;
 }
