@@ -43,6 +43,13 @@ pub struct KubeletArgs {
     /// CA); without it the kubelet API is not served.
     #[arg(long)]
     pub client_ca_file: Option<PathBuf>,
+    /// Seconds the node's Lease lasts; the kubelet renews it every quarter of that.
+    #[arg(long, default_value_t = 40)]
+    pub node_lease_duration_seconds: i32,
+    /// Seconds between node status computations (posted when something changed, and at
+    /// least every five minutes).
+    #[arg(long, default_value_t = 10)]
+    pub node_status_update_frequency: u64,
 }
 
 pub fn host_name() -> String {
@@ -69,6 +76,10 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_kubelet::Config> {
         cluster_domain: args.cluster_domain.clone(),
         node_labels,
         root_dir: args.root_dir.clone(),
+        node_lease_duration_seconds: args.node_lease_duration_seconds.max(4),
+        node_status_update_frequency: std::time::Duration::from_secs(
+            args.node_status_update_frequency.max(1),
+        ),
         api: args
             .client_ca_file
             .clone()

@@ -1,7 +1,9 @@
 //! What users do with running pods, end to end through the real kubelet and runtime:
 //! `kubectl port-forward` (kubectl tunnels SPDY through a WebSocket to the API server,
 //! which carries it to the kubelet and the runtime's streaming server), `kubectl cp`
-//! both ways (tar over exec), and the same things with containerd as the runtime.
+//! both ways (tar over exec), the same with containerd as the runtime; a Deployment, a
+//! Job and a memory hog run to their ends, and a node whose kubelet stops goes
+//! unknown and comes back with its containers untouched.
 
 mod common;
 mod cri;
@@ -228,7 +230,9 @@ async fn the_kubelet_drives_containerd_too() {
             json!({"Entrypoint": ["/bin/sleep", "2000000000"], "Env": ["PATH=/bin"]}),
         ),
     ] {
-        let file = images.path().join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        let file = images
+            .path()
+            .join(format!("{}.tar", name.replace(['/', ':'], "_")));
         std::fs::write(&file, oci_image(name, &[busybox_layer()], config)).expect("image");
         let out = containerd.import(&file);
         assert!(out.status.success(), "ctr import: {out:?}");
@@ -282,13 +286,166 @@ async fn the_kubelet_drives_containerd_too() {
         "{pod}"
     );
     wait_for("httpd to listen", || {
-        c.kubectl(&["exec", "server", "--", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/"])
-            .status
-            .success()
+        c.kubectl(&[
+            "exec",
+            "server",
+            "--",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://127.0.0.1:8080/",
+        ])
+        .status
+        .success()
     });
     let forward = PortForward::start(&c, "server", 8080);
     assert_eq!(forward.get("/index.html"), "hello from the pod\n");
     drop(forward);
     c.ok(&["delete", "pod", "server"]);
     no_sandboxes_left(&containerd.socket(), || c.log()).await;
+}
+
+const WORKLOADS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 300}
+      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 300}
+      containers:
+      - name: c
+        image: example.com/busybox:1
+        command: [sh, -c, "touch /ready; exec sleep 3600"]
+        readinessProbe: {exec: {command: [test, -e, /ready]}, periodSeconds: 1}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: c, image: example.com/busybox:1, command: [sh, -c, "echo job done"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: example.com/busybox:1
+    command: [sh, -c, "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"]
+    resources: {limits: {memory: 32Mi}}
+"#;
+
+/// The running containers of the Deployment's pods: pod name -> (container id, restarts).
+fn web_containers(c: &Cluster) -> std::collections::BTreeMap<String, (String, u64)> {
+    let pods = c.json(&["get", "pods", "-l", "app=web"]);
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let status = &p["status"]["containerStatuses"][0];
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                (
+                    status["containerID"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    status["restartCount"].as_u64().unwrap_or_default(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn node_ready(c: &Cluster, node: &str) -> String {
+    let node = c.json(&["get", "node", node]);
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_run_to_their_ends_and_outlive_a_kubelet_stop() {
+    let n = TestNode::start_with(8, &["--node-monitor-grace-period", "5"]).await;
+    let c = &n.c;
+    let fast = [
+        "--node-lease-duration-seconds",
+        "4",
+        "--node-status-update-frequency",
+        "1",
+    ];
+    let mut kubelet = n.kubelet_with(&fast);
+    n.wait_ready();
+    let applied = c.kubectl_with(&["apply", "-f", "-"], &[], Some(WORKLOADS));
+    assert!(applied.status.success(), "{applied:?}");
+
+    // The Deployment rolls out: three pods Running and Ready.
+    let rollout = c.kubectl(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    assert!(rollout.status.success(), "{rollout:?}\n{}", kubelet.log());
+    let ready = c.json(&["get", "deployment", "web"]);
+    assert_eq!(ready["status"]["readyReplicas"], 3, "{ready}");
+    let before = web_containers(c);
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // The Job completes; its pod Succeeded and said so.
+    let done = c.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/once",
+        "--timeout=120s",
+    ]);
+    assert!(done.status.success(), "{done:?}");
+    let pods = c.json(&["get", "pods", "-l", "job-name=once"]);
+    let job_pod = &pods["items"][0];
+    assert_eq!(job_pod["status"]["phase"], "Succeeded", "{job_pod}");
+    let name = job_pod["metadata"]["name"].as_str().unwrap_or_default();
+    assert_eq!(c.ok(&["logs", name]), "job done\n");
+
+    // The memory hog is OOMKilled and reported so.
+    wait_for("the hog to fail", || phase(c, "hog") == "Failed");
+    let hog = container(c, "hog", false);
+    assert_eq!(hog["state"]["terminated"]["reason"], "OOMKilled", "{hog}");
+    assert_eq!(hog["state"]["terminated"]["exitCode"], 137, "{hog}");
+
+    // The kubelet stops: the node goes Unknown (its Lease is not renewed) and the pods,
+    // which tolerate that for five minutes, stay.
+    kubelet.kill();
+    wait_for("the node to go Unknown", || {
+        node_ready(c, &n.name) == "Unknown"
+    });
+    assert_eq!(web_containers(c).len(), 3);
+
+    // It comes back: the node is Ready again and the same containers run on.
+    let _kubelet = n.kubelet_with(&fast);
+    n.wait_ready();
+    let rollout = c.kubectl(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(rollout.status.success(), "{rollout:?}");
+    assert_eq!(web_containers(c), before);
+
+    c.ok(&["delete", "deployment", "web"]);
+    c.ok(&["delete", "job", "once"]);
+    c.ok(&["delete", "pod", "hog"]);
+    no_sandboxes_left(&n.rt.socket(), || c.log()).await;
 }

@@ -180,10 +180,10 @@ impl Cluster {
     /// Starts another `skiff` process (a component) against this cluster; it dies with
     /// the test process and is killed when the guard drops.
     pub fn spawn_component(&self, args: &[&str]) -> Component {
-        let log = self
-            .dir
-            .path()
-            .join(format!("{}.log", args.join("-").replace('/', "_")));
+        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name: String = args.join("-").replace('/', "_").chars().take(100).collect();
+        let log = self.dir.path().join(format!("{name}-{n}.log"));
         let file = std::fs::File::create(&log).expect("component log");
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", env!("CARGO_BIN_EXE_skiff")])

@@ -68,6 +68,11 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(tag: u32) -> TestNode {
+        TestNode::start_with(tag, &[]).await
+    }
+
+    /// A node whose control plane gets `server` flags.
+    pub async fn start_with(tag: u32, server: &[&str]) -> TestNode {
         let pid = std::process::id() + tag;
         let parent = format!("/skiff-kubelet-test-{pid}");
         let cgroups = CgroupGuard(parent.clone());
@@ -82,7 +87,7 @@ impl TestNode {
         );
         let imported = rt.import(&rt.file("busybox.tar", &image), &[]);
         assert!(imported.status.success(), "{imported:?}");
-        let c = Cluster::start(Backend::Embedded).await;
+        let c = Cluster::start_with(Backend::Embedded, server).await;
         let logs = rt.dir.path().join("pod-logs");
         TestNode {
             c,
@@ -96,11 +101,16 @@ impl TestNode {
     }
 
     pub fn kubelet(&self) -> common::Component {
+        self.kubelet_with(&[])
+    }
+
+    /// The kubelet, with `extra` flags.
+    pub fn kubelet_with(&self, extra: &[&str]) -> common::Component {
         let socket = self.rt.socket().display().to_string();
         let logs = self.logs.display().to_string();
         let ca = self.c.data_dir().join("pki/ca.crt").display().to_string();
         let root = self.rt.dir.path().join("kubelet").display().to_string();
-        self.c.spawn_component(&[
+        let mut args = vec![
             "kubelet",
             "--root-dir",
             &root,
@@ -116,7 +126,9 @@ impl TestNode {
             &logs,
             "--node-ip",
             "127.0.0.1",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        self.c.spawn_component(&args)
     }
 
     pub fn wait_ready(&self) {
