@@ -4,6 +4,7 @@
 //! against upstream's examples.
 
 pub mod cron;
+pub mod defaults;
 pub mod quantity;
 pub mod query;
 pub mod selector;

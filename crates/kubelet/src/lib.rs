@@ -22,6 +22,7 @@ mod node;
 mod pods;
 mod server;
 mod spec;
+mod static_pods;
 mod status;
 mod volumes;
 
@@ -62,6 +63,10 @@ pub struct Config {
     pub api: Option<ApiConfig>,
     /// Where pods' volumes live (`<root>/pods/<uid>/volumes`).
     pub root_dir: PathBuf,
+    /// The directory of static pod manifests (none: no static pods).
+    pub static_pod_path: Option<PathBuf>,
+    /// How often the static pod directory is read.
+    pub file_check_frequency: Duration,
 }
 
 impl Default for Config {
@@ -81,6 +86,8 @@ impl Default for Config {
             default_cni: None,
             api: None,
             root_dir: PathBuf::from("/var/lib/skiff/kubelet"),
+            static_pod_path: None,
+            file_check_frequency: Duration::from_secs(20),
         }
     }
 }
@@ -143,11 +150,18 @@ pub async fn run(
         tasks.spawn(async move { node.keep_status().await });
     }
     {
-        let node = node.clone();
+        let (node, node_uid) = (node.clone(), node_uid.clone());
         tasks.spawn(async move { node.keep_lease(node_uid).await });
     }
     {
-        let manager = pods::Manager::new(client, config, runtime, node.host_ip(), info_name);
+        let manager = pods::Manager::new(
+            client,
+            config,
+            runtime,
+            node.host_ip(),
+            info_name,
+            node_uid.clone(),
+        );
         tasks.spawn(async move { manager.run().await });
     }
     tokio::select! {

@@ -48,6 +48,9 @@ pub struct NodeAgentArgs {
     /// The kubelet API's port (0: a free one, reported in the Node's status).
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
+    /// A directory of static pod manifests the kubelet runs (shown as mirror pods).
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -133,6 +136,7 @@ pub async fn run_until(
                 client_ca,
             }),
         root_dir: data_dir.join("kubelet"),
+        static_pod_path: node.pod_manifest_path.clone(),
         default_cni: Some(skiff_kubelet::DefaultCni {
             conf_dir: node.cni_conf_dir.clone(),
             bin_dirs: node.cni_bin_dir.clone(),

@@ -50,6 +50,13 @@ pub struct KubeletArgs {
     /// least every five minutes).
     #[arg(long, default_value_t = 10)]
     pub node_status_update_frequency: u64,
+    /// A directory of static pod manifests (one Pod per YAML or JSON file) the kubelet
+    /// runs without the scheduler, shown in the API as mirror pods.
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
+    /// Seconds between reads of the static pod directory.
+    #[arg(long, default_value_t = 20)]
+    pub file_check_frequency: u64,
 }
 
 pub fn host_name() -> String {
@@ -77,6 +84,8 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_kubelet::Config> {
         node_labels,
         root_dir: args.root_dir.clone(),
         node_lease_duration_seconds: args.node_lease_duration_seconds.max(4),
+        static_pod_path: args.pod_manifest_path.clone(),
+        file_check_frequency: std::time::Duration::from_secs(args.file_check_frequency.max(1)),
         node_status_update_frequency: std::time::Duration::from_secs(
             args.node_status_update_frequency.max(1),
         ),

@@ -449,3 +449,89 @@ async fn workloads_run_to_their_ends_and_outlive_a_kubelet_stop() {
     c.ok(&["delete", "pod", "hog"]);
     no_sandboxes_left(&n.rt.socket(), || c.log()).await;
 }
+
+const STATIC_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: keeper, namespace: kube-system, labels: {tier: node}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: example.com/busybox:1, command: [sh, -c, "echo VERSION; exec sleep 3600"]}
+"#;
+
+/// The mirror pod of a static pod, once it runs: (uid, config hash, container id).
+fn running_mirror(c: &Cluster, name: &str) -> Option<(String, String, String)> {
+    let out = c.kubectl(&["get", "pod", name, "-n", "kube-system", "-o", "json"]);
+    let pod: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let status = &pod["status"]["containerStatuses"][0];
+    if pod["status"]["phase"] != "Running" || status["state"]["running"].is_null() {
+        return None;
+    }
+    Some((
+        pod["metadata"]["uid"].as_str()?.to_string(),
+        pod["metadata"]["annotations"]["kubernetes.io/config.mirror"]
+            .as_str()?
+            .to_string(),
+        status["containerID"].as_str()?.to_string(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_pods_run_from_manifests_and_show_as_mirror_pods() {
+    let n = TestNode::start(9).await;
+    let c = &n.c;
+    let manifests = tempfile::tempdir().expect("manifests");
+    let manifest = manifests.path().join("keeper.yaml");
+    std::fs::write(&manifest, STATIC_POD.replace("VERSION", "one")).expect("manifest");
+    // Editors leave hidden files; they are not pods.
+    std::fs::write(manifests.path().join(".keeper.yaml.swp"), "junk").expect("swap file");
+    let dir = manifests.path().display().to_string();
+    let _kubelet = n.kubelet_with(&["--pod-manifest-path", &dir, "--file-check-frequency", "1"]);
+    n.wait_ready();
+
+    // The pod runs without the scheduler and the API shows it as a mirror pod.
+    let mirror = format!("keeper-{}", n.name);
+    let mut first = None;
+    wait_for("the static pod's mirror to run", || {
+        first = running_mirror(c, &mirror);
+        first.is_some()
+    });
+    let (uid, hash, container) = first.unwrap_or_default();
+    let pod = c.json(&["get", "pod", &mirror, "-n", "kube-system"]);
+    assert_eq!(pod["spec"]["nodeName"], n.name.as_str());
+    assert_eq!(pod["metadata"]["labels"]["tier"], "node");
+    assert_eq!(
+        pod["metadata"]["annotations"]["kubernetes.io/config.source"],
+        "file"
+    );
+    let owner = &pod["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("Node"), Some(n.name.as_str()))
+    );
+    assert_eq!(c.ok(&["logs", &mirror, "-n", "kube-system"]), "one\n");
+
+    // Deleting the mirror does not stop the pod: a new mirror shows the same container.
+    c.ok(&["delete", "pod", &mirror, "-n", "kube-system"]);
+    wait_for("a new mirror pod", || {
+        running_mirror(c, &mirror)
+            .is_some_and(|(u, h, id)| u != uid && h == hash && id == container)
+    });
+
+    // An edited manifest is a new pod: the old container goes, a new one runs.
+    std::fs::write(&manifest, STATIC_POD.replace("VERSION", "two")).expect("manifest");
+    wait_for("the edited static pod to run", || {
+        running_mirror(c, &mirror).is_some_and(|(_, h, id)| h != hash && id != container)
+    });
+    assert_eq!(c.ok(&["logs", &mirror, "-n", "kube-system"]), "two\n");
+
+    // A removed manifest stops the pod and takes the mirror away.
+    std::fs::remove_file(&manifest).expect("remove manifest");
+    wait_for("the mirror pod to go", || {
+        !c.kubectl(&["get", "pod", &mirror, "-n", "kube-system"])
+            .status
+            .success()
+    });
+    no_sandboxes_left(&n.rt.socket(), || c.log()).await;
+}

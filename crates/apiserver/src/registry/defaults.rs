@@ -4,6 +4,9 @@
 
 use serde_json::{Value, json};
 
+pub(super) use skiff_api::defaults::pod as pod_defaults;
+pub(super) use skiff_api::defaults::set as default;
+
 pub(super) fn no_defaults(_: &mut Value) {}
 
 pub(super) fn namespace_defaults(obj: &mut Value) {
@@ -38,28 +41,6 @@ pub(super) fn secret_defaults(obj: &mut Value) {
     }
 }
 
-/// Sets `obj[path]` when it is missing.
-pub(super) fn default(obj: &mut Value, pointer: &str, value: Value) {
-    if obj.pointer(pointer).is_some() {
-        return;
-    }
-    let mut at = obj;
-    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if !at.is_object() {
-            return;
-        }
-        if i == parts.len() - 1 {
-            at[*part] = value;
-            return;
-        }
-        if at.get(*part).is_none() {
-            at[*part] = json!({});
-        }
-        at = &mut at[*part];
-    }
-}
-
 pub(super) fn service_defaults(obj: &mut Value) {
     default(obj, "/spec/type", json!("ClusterIP"));
     default(obj, "/spec/sessionAffinity", json!("None"));
@@ -85,87 +66,10 @@ pub(super) fn service_defaults(obj: &mut Value) {
     }
 }
 
-pub(super) fn pod_defaults(obj: &mut Value) {
-    if let Some(spec) = obj.get_mut("spec") {
-        pod_spec_defaults(spec);
-        default_toleration_seconds(spec);
-    }
-    default(obj, "/status/phase", json!("Pending"));
-}
-
-/// `SetDefaults_PodSpec` and `SetDefaults_Container`, for pods and pod templates.
-fn pod_spec_defaults(spec: &mut Value) {
-    if !spec.is_object() {
-        return;
-    }
-    default(spec, "/restartPolicy", json!("Always"));
-    default(spec, "/dnsPolicy", json!("ClusterFirst"));
-    default(spec, "/schedulerName", json!("default-scheduler"));
-    default(spec, "/terminationGracePeriodSeconds", json!(30));
-    default(spec, "/securityContext", json!({}));
-    default(spec, "/enableServiceLinks", json!(true));
-    for list in ["containers", "initContainers"] {
-        let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
-            continue;
-        };
-        for c in containers.iter_mut().filter(|c| c.is_object()) {
-            default(c, "/terminationMessagePath", json!("/dev/termination-log"));
-            default(c, "/terminationMessagePolicy", json!("File"));
-            default(c, "/resources", json!({}));
-            let policy = image_pull_policy(c.get("image").and_then(Value::as_str).unwrap_or(""));
-            default(c, "/imagePullPolicy", json!(policy));
-            if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
-                for port in ports.iter_mut().filter(|p| p.is_object()) {
-                    default(port, "/protocol", json!("TCP"));
-                }
-            }
-        }
-    }
-}
-
-/// Upstream's DefaultTolerationSeconds admission: a pod stays 300 s on a node that is
-/// not ready or unreachable before it is evicted, unless it says otherwise.
-fn default_toleration_seconds(spec: &mut Value) {
-    let Some(map) = spec.as_object_mut() else {
-        return;
-    };
-    let tolerations = map.entry("tolerations").or_insert_with(|| json!([]));
-    let Some(list) = tolerations.as_array_mut() else {
-        return;
-    };
-    for key in [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-    ] {
-        let tolerated = list.iter().any(|t| {
-            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
-            let t_key = t.get("key").and_then(Value::as_str).unwrap_or("");
-            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
-            (effect.is_empty() || effect == "NoExecute")
-                && (t_key == key || (t_key.is_empty() && exists))
-        });
-        if !tolerated {
-            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
-        }
-    }
-}
-
-/// `Always` for `:latest` or untagged images (they move), `IfNotPresent` otherwise.
-fn image_pull_policy(image: &str) -> &'static str {
-    if image.contains('@') {
-        return "IfNotPresent";
-    }
-    let name = image.rsplit('/').next().unwrap_or(image);
-    match name.rsplit_once(':') {
-        Some((_, "latest")) | None => "Always",
-        Some(_) => "IfNotPresent",
-    }
-}
-
 /// The pod template of a workload (`spec.template`).
 fn template_defaults(obj: &mut Value) {
     if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
-        pod_spec_defaults(spec);
+        skiff_api::defaults::pod_spec(spec);
     }
 }
 
@@ -284,7 +188,7 @@ pub(super) fn cron_job_defaults(obj: &mut Value) {
     default(obj, "/spec/successfulJobsHistoryLimit", json!(3));
     default(obj, "/spec/failedJobsHistoryLimit", json!(1));
     if let Some(spec) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
-        pod_spec_defaults(spec);
+        skiff_api::defaults::pod_spec(spec);
     }
 }
 

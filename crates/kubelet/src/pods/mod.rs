@@ -14,8 +14,11 @@
 //!   grace 0 (uid precondition) and its sandboxes removed;
 //! - gone from the API: everything of it removed.
 //!
-//! At start, once the first list is in, sandboxes of pods the API no longer has are
-//! removed.
+//! Static pods (`static_pods.rs`) get workers too, fed from their manifests with the
+//! status of their mirror pods; their status goes to the mirror.
+//!
+//! At start, once the first list is in, sandboxes of pods neither the API nor the
+//! manifests have are removed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -51,6 +54,7 @@ struct Ctx {
     runtime: Runtime,
     host_ip: String,
     runtime_name: String,
+    node_uid: String,
 }
 
 pub struct Manager {
@@ -64,6 +68,7 @@ impl Manager {
         runtime: Runtime,
         host_ip: std::net::IpAddr,
         runtime_name: String,
+        node_uid: String,
     ) -> Manager {
         Manager {
             ctx: Arc::new(Ctx {
@@ -72,72 +77,166 @@ impl Manager {
                 runtime,
                 host_ip: host_ip.to_string(),
                 runtime_name,
+                node_uid,
             }),
         }
     }
 
     pub async fn run(self) -> Result<(), Error> {
         let pods: Api<Pod> = Api::all(self.ctx.client.clone());
-        let selector = format!("spec.nodeName={}", self.ctx.config.node_name);
+        let node = self.ctx.config.node_name.clone();
+        let selector = format!("spec.nodeName={node}");
         let mut events =
             std::pin::pin!(watcher(pods, watcher::Config::default().fields(&selector)));
-        let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+        let mut workers = Workers::default();
         let mut listed: HashSet<String> = HashSet::new();
         let mut cleaned = false;
+        // Static pods by uid, and the API's mirror pods by namespace and name.
+        let static_dir = self.ctx.config.static_pod_path.clone();
+        let mut warned = HashSet::new();
+        let mut statics: HashMap<String, Pod> = HashMap::new();
+        let mut mirrors: HashMap<(String, String), Pod> = HashMap::new();
+        let mut tick = tokio::time::interval(self.ctx.config.file_check_frequency);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let event = match events.try_next().await {
-                Ok(Some(event)) => event,
-                Ok(None) => return Err(Error::Config("the pod watch ended".into())),
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching pods; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            match event {
-                watcher::Event::Init => listed.clear(),
-                watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
-                    let Some(uid) = pod.metadata.uid.clone() else {
-                        continue;
+            let mut mirrors_changed = false;
+            tokio::select! {
+                event = events.try_next() => {
+                    let event = match event {
+                        Ok(Some(event)) => event,
+                        Ok(None) => return Err(Error::Config("the pod watch ended".into())),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "watching pods; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
                     };
-                    listed.insert(uid.clone());
-                    workers.retain(|_, tx| !tx.is_closed());
-                    match workers.get(&uid) {
-                        Some(tx) => {
-                            let _ = tx.send(Some(pod));
+                    match event {
+                        watcher::Event::Init => {
+                            listed.clear();
+                            mirrors.clear();
                         }
-                        None => {
-                            let (tx, rx) = watch::channel(Some(pod));
-                            tokio::spawn(worker(self.ctx.clone(), uid.clone(), rx));
-                            workers.insert(uid, tx);
+                        watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                            if let Some(hash) = crate::static_pods::mirror_of(&pod) {
+                                if let Some(own) = statics.get(hash) {
+                                    workers.feed(&self.ctx, hash, with_status(own, &pod));
+                                }
+                                mirrors.insert(key(&pod), pod);
+                                mirrors_changed = true;
+                            } else if let Some(uid) = pod.metadata.uid.clone() {
+                                listed.insert(uid.clone());
+                                workers.feed(&self.ctx, &uid, pod);
+                            }
+                        }
+                        watcher::Event::Delete(pod) => {
+                            if crate::static_pods::mirror_of(&pod).is_some() {
+                                mirrors.remove(&key(&pod));
+                                mirrors_changed = true;
+                            } else if let Some(uid) = pod.metadata.uid {
+                                workers.end(&uid);
+                            }
+                        }
+                        watcher::Event::InitDone => {
+                            // Pods that went while the watch was down.
+                            workers.0.retain(|uid, tx| {
+                                let keep = listed.contains(uid) || statics.contains_key(uid);
+                                if !keep {
+                                    let _ = tx.send(None);
+                                }
+                                keep
+                            });
+                            mirrors_changed = true;
+                            if !cleaned {
+                                cleaned = true;
+                                let ctx = self.ctx.clone();
+                                let mut wanted = listed.clone();
+                                wanted.extend(statics.keys().cloned());
+                                let listed_at = std::time::SystemTime::now();
+                                tokio::spawn(async move { remove_orphans(&ctx, &wanted, listed_at).await });
+                            }
                         }
                     }
                 }
-                watcher::Event::Delete(pod) => {
-                    if let Some(tx) = pod.metadata.uid.and_then(|uid| workers.remove(&uid)) {
-                        let _ = tx.send(None);
+                _ = tick.tick(), if static_dir.is_some() => {
+                    let dir = static_dir.as_deref().unwrap_or(std::path::Path::new(""));
+                    let now = crate::static_pods::read(dir, &node, &mut warned);
+                    for uid in statics.keys().filter(|uid| !now.contains_key(*uid)) {
+                        tracing::info!(pod_uid = %uid, "static pod manifest gone; stopping the pod");
+                        workers.end(uid);
                     }
-                }
-                watcher::Event::InitDone => {
-                    // Pods that went while the watch was down.
-                    workers.retain(|uid, tx| {
-                        let keep = listed.contains(uid);
-                        if !keep {
-                            let _ = tx.send(None);
-                        }
-                        keep
-                    });
-                    if !cleaned {
-                        cleaned = true;
-                        let ctx = self.ctx.clone();
-                        let wanted = listed.clone();
-                        let listed_at = std::time::SystemTime::now();
-                        tokio::spawn(async move { remove_orphans(&ctx, &wanted, listed_at).await });
+                    for (uid, pod) in now.iter().filter(|(uid, _)| !statics.contains_key(*uid)) {
+                        tracing::info!(pod = %name(pod), pod_uid = %uid, "static pod from manifest");
+                        let mirror = mirrors.get(&key(pod)).filter(|m| crate::static_pods::mirror_of(m) == Some(uid.as_str()));
+                        let fed = match mirror {
+                            Some(mirror) => with_status(pod, mirror),
+                            None => pod.clone(),
+                        };
+                        workers.feed(&self.ctx, uid, fed);
                     }
+                    mirrors_changed = now.keys().collect::<HashSet<_>>() != statics.keys().collect::<HashSet<_>>();
+                    statics = now;
+                    // A mirror deleted by hand, or one that never got made, is made again.
+                    mirrors_changed |= !statics.is_empty() || !mirrors.is_empty();
                 }
+            }
+            if mirrors_changed && cleaned {
+                let (client, ctx) = (self.ctx.client.clone(), self.ctx.clone());
+                let (statics, mirrors) = (statics.clone(), mirrors.clone());
+                tokio::spawn(async move {
+                    crate::static_pods::reconcile(
+                        &client,
+                        &ctx.config.node_name,
+                        &ctx.node_uid,
+                        &statics,
+                        &mirrors,
+                    )
+                    .await;
+                });
             }
         }
     }
+}
+
+/// One worker per pod uid, fed the pod as it changes (`None`: it is gone).
+#[derive(Default)]
+struct Workers(HashMap<String, watch::Sender<Option<Pod>>>);
+
+impl Workers {
+    fn feed(&mut self, ctx: &Arc<Ctx>, uid: &str, pod: Pod) {
+        self.0.retain(|_, tx| !tx.is_closed());
+        match self.0.get(uid) {
+            Some(tx) => {
+                let _ = tx.send(Some(pod));
+            }
+            None => {
+                let (tx, rx) = watch::channel(Some(pod));
+                tokio::spawn(worker(ctx.clone(), uid.to_string(), rx));
+                self.0.insert(uid.to_string(), tx);
+            }
+        }
+    }
+
+    fn end(&mut self, uid: &str) {
+        if let Some(tx) = self.0.remove(uid) {
+            let _ = tx.send(None);
+        }
+    }
+}
+
+fn key(pod: &Pod) -> (String, String) {
+    (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// A static pod as its worker sees it: its manifest, with its mirror's status.
+fn with_status(pod: &Pod, mirror: &Pod) -> Pod {
+    let mut pod = pod.clone();
+    if mirror.status.is_some() {
+        pod.status = mirror.status.clone();
+    }
+    pod
 }
 
 /// Removes the sandboxes (and so the containers) of pods the API does not have.
