@@ -231,6 +231,7 @@ mod tests {
         assert_eq!(c["imagePullPolicy"], "Always");
         assert_eq!(c["ports"][0]["protocol"], "TCP");
         assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
+        use skiff_api::defaults::image_pull_policy;
         assert_eq!(image_pull_policy("registry:5000/app:1.2"), "IfNotPresent");
         assert_eq!(image_pull_policy("registry:5000/app"), "Always");
     }
