@@ -222,6 +222,12 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             let request = Request::from_parts(parts, body);
             return crate::kubelet::pod_port_forward(state, &ns, &name, request).await;
         }
+        Some("proxy") if r.plural == "nodes" && info.verb == Verb::Get => {
+            let name = info.name.as_deref().unwrap_or_default();
+            let path = info.proxy_path.as_deref().unwrap_or_default();
+            let query = parts.uri.query().unwrap_or_default();
+            return crate::kubelet::node_proxy(state, name, path, query).await;
+        }
         Some("log") if r.plural == "pods" && info.verb == Verb::Get => {
             let ns = info.namespace.as_deref().unwrap_or_default();
             let name = info.name.as_deref().unwrap_or_default();

@@ -1,5 +1,5 @@
-//! What the kubelet serves, proxied: `pods/log`, `pods/exec`, `pods/attach` and
-//! `pods/portforward`. The API server finds the pod's node,
+//! What the kubelet serves, proxied: `pods/log`, `pods/exec`, `pods/attach`,
+//! `pods/portforward` and `nodes/proxy`. The API server finds the pod's node,
 //! reaches its kubelet API over HTTPS at the address and port the Node reports
 //! (InternalIP, `daemonEndpoints.kubeletEndpoint.Port`), authenticating with its kubelet
 //! client certificate from the cluster CA, and streams the answer back. The kubelet's
@@ -273,6 +273,41 @@ async fn refusal(response: hyper::Response<hyper::body::Incoming>) -> ApiError {
     }
 }
 
+/// GET nodes/{name}/proxy/{path}: the kubelet API of that node, as it answers.
+pub(crate) async fn node_proxy(
+    state: &State,
+    node_name: &str,
+    path: &str,
+    query: &str,
+) -> Result<Response, ApiError> {
+    let nodes = reg::find("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
+    let node = state.registry.get(nodes, None, node_name).await?;
+    let (host, port) = kubelet_address(&node).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "node {node_name} does not report a kubelet endpoint"
+        ))
+    })?;
+    let mut target = format!("/{path}");
+    if !query.is_empty() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let response = state
+        .kubelets
+        .send(&host, port, &target, None)
+        .await
+        .map_err(|e| {
+            ApiError::service_unavailable(format!("error trying to reach the kubelet: {e}"))
+        })?;
+    let mut answer = Response::builder().status(response.status());
+    if let Some(content_type) = response.headers().get(header::CONTENT_TYPE) {
+        answer = answer.header(header::CONTENT_TYPE, content_type);
+    }
+    answer
+        .body(Body::new(response.into_body()))
+        .map_err(ApiError::internal)
+}
+
 /// GET pods/{name}/log.
 pub(crate) async fn pod_log(
     state: &State,
@@ -458,7 +493,12 @@ async fn carry(socket: axum::extract::ws::WebSocket, kubelet: hyper::upgrade::Up
     let to_kubelet = async move {
         while let Some(Ok(message)) = source.next().await {
             match message {
-                Message::Binary(bytes) if write.write_all(&bytes).await.is_err() => break,
+                // TLS keeps records back until flushed: each message goes out whole.
+                Message::Binary(bytes)
+                    if write.write_all(&bytes).await.is_err() || write.flush().await.is_err() =>
+                {
+                    break;
+                }
                 Message::Close(_) => break,
                 _ => {}
             }

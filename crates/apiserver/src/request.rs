@@ -12,6 +12,8 @@ pub(crate) struct RequestInfo {
     pub resource: String,
     pub name: Option<String>,
     pub subresource: Option<String>,
+    /// What follows a `proxy` subresource (`nodes/NAME/proxy/stats/summary`).
+    pub proxy_path: Option<String>,
     pub verb: Verb,
 }
 
@@ -53,10 +55,15 @@ pub(crate) fn parse(method: &Method, path: &str, watch_param: bool) -> Option<Re
             namespace = None;
         }
     }
+    let mut proxy_path = None;
     let (resource, name, subresource) = match rest {
         [resource] => (*resource, None, None),
         [resource, name] => (*resource, Some(*name), None),
         [resource, name, sub] => (*resource, Some(*name), Some(*sub)),
+        [resource, name, "proxy", tail @ ..] => {
+            proxy_path = Some(tail.join("/"));
+            (*resource, Some(*name), Some("proxy"))
+        }
         _ => return None,
     };
     if resource.is_empty() || name.is_some_and(str::is_empty) {
@@ -80,6 +87,7 @@ pub(crate) fn parse(method: &Method, path: &str, watch_param: bool) -> Option<Re
         resource: resource.to_string(),
         name: name.map(str::to_string),
         subresource: subresource.map(str::to_string),
+        proxy_path,
         verb,
     })
 }
@@ -90,6 +98,20 @@ mod tests {
 
     fn p(method: Method, path: &str) -> RequestInfo {
         parse(&method, path, false).expect("a resource path")
+    }
+
+    #[test]
+    fn proxy_paths_keep_their_tail() {
+        let r = p(Method::GET, "/api/v1/nodes/n1/proxy/stats/summary");
+        assert_eq!(
+            (
+                r.name.as_deref(),
+                r.subresource.as_deref(),
+                r.proxy_path.as_deref()
+            ),
+            (Some("n1"), Some("proxy"), Some("stats/summary"))
+        );
+        assert!(parse(&Method::GET, "/api/v1/nodes/n1/status/extra", false).is_none());
     }
 
     #[test]

@@ -174,6 +174,10 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message)
+    }
+
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(504, "Timeout", message)
     }

@@ -164,6 +164,41 @@ impl Runtime {
         Ok(())
     }
 
+    /// Every container the runtime has (no statuses).
+    pub async fn all_containers(&self) -> Result<Vec<Container>> {
+        Ok(self
+            .runtime
+            .clone()
+            .list_containers(ListContainersRequest { filter: None })
+            .await?
+            .into_inner()
+            .containers)
+    }
+
+    /// The resource use of every sandbox and its running containers.
+    pub async fn sandbox_stats(&self) -> Result<Vec<PodSandboxStats>> {
+        Ok(self
+            .runtime
+            .clone()
+            .list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None })
+            .await?
+            .into_inner()
+            .stats)
+    }
+
+    /// The image filesystem's use (the first the runtime reports).
+    pub async fn image_fs(&self) -> Result<Option<FilesystemUsage>> {
+        Ok(self
+            .images
+            .clone()
+            .image_fs_info(ImageFsInfoRequest {})
+            .await?
+            .into_inner()
+            .image_filesystems
+            .into_iter()
+            .next())
+    }
+
     /// The containers of a sandbox, with their statuses.
     pub async fn containers_of(&self, sandbox: &str) -> Result<Vec<ContainerStatus>> {
         let filter = ContainerFilter {

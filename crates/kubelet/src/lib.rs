@@ -23,6 +23,7 @@ mod pods;
 mod server;
 mod spec;
 mod static_pods;
+mod stats;
 mod status;
 mod volumes;
 
@@ -140,10 +141,24 @@ pub async fn run(
             cni,
         ));
     }
+    let manager = pods::Manager::new(
+        client,
+        config.clone(),
+        runtime.clone(),
+        node.host_ip(),
+        info_name,
+        node_uid.clone(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     if let (Some(api), Some(listener)) = (config.api.clone(), listener) {
-        let (node, runtime) = (config.node_name.clone(), runtime.clone());
-        tasks.spawn(async move { server::serve(listener, api, node, runtime).await });
+        let serving = server::Serving {
+            node: config.node_name.clone(),
+            runtime: runtime.clone(),
+            root_dir: config.root_dir.clone(),
+            pod_log_dir: config.pod_log_dir.clone(),
+            pods: manager.known(),
+        };
+        tasks.spawn(async move { server::serve(listener, api, serving).await });
     }
     {
         let node = node.clone();
@@ -153,17 +168,7 @@ pub async fn run(
         let (node, node_uid) = (node.clone(), node_uid.clone());
         tasks.spawn(async move { node.keep_lease(node_uid).await });
     }
-    {
-        let manager = pods::Manager::new(
-            client,
-            config,
-            runtime,
-            node.host_ip(),
-            info_name,
-            node_uid.clone(),
-        );
-        tasks.spawn(async move { manager.run().await });
-    }
+    tasks.spawn(async move { manager.run().await });
     tokio::select! {
         () = shutdown => Ok(()),
         Some(result) = tasks.join_next() => match result {

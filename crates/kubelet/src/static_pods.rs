@@ -35,15 +35,23 @@ pub fn mirror_of(pod: &Pod) -> Option<&str> {
 }
 
 /// The static pods the directory describes, by uid. Files that are not valid pods are
-/// skipped (and logged once per content).
+/// skipped (and logged once per content). `None` when the directory cannot be read
+/// (a missing one has no pods): the pods keep running as they are.
 pub fn read(
     dir: &Path,
     node: &str,
     warned: &mut std::collections::HashSet<String>,
-) -> HashMap<String, Pod> {
+) -> Option<HashMap<String, Pod>> {
     let mut pods = HashMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return pods;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(pods),
+        Err(e) => {
+            if warned.insert(format!("{}:{e}", dir.display())) {
+                tracing::warn!(dir = %dir.display(), error = %e, "reading static pod manifests");
+            }
+            return None;
+        }
     };
     let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
     paths.sort();
@@ -81,7 +89,7 @@ pub fn read(
             }
         }
     }
-    pods
+    Some(pods)
 }
 
 fn digest(text: &str) -> String {
@@ -97,6 +105,9 @@ pub fn parse(text: &str, node: &str) -> Result<Pod, String> {
     let mut value: Value = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
     if value["kind"] != "Pod" || value["apiVersion"] != "v1" {
         return Err("not a v1 Pod".into());
+    }
+    if !value["metadata"].is_object() || !value["spec"].is_object() {
+        return Err("metadata and spec must be objects".into());
     }
     let name = value["metadata"]["name"].as_str().unwrap_or_default();
     if name.is_empty() {
@@ -164,7 +175,10 @@ pub async fn reconcile(
     node_uid: &str,
     statics: &HashMap<String, Pod>,
     mirrors: &HashMap<(String, String), Pod>,
+    held: &std::collections::HashSet<(String, String)>,
 ) {
+    // Names freed now are taken again in a later round, not this one.
+    let mut deleted = std::collections::HashSet::new();
     for ((namespace, name), existing) in mirrors {
         let hash = mirror_of(existing).unwrap_or_default();
         let wanted = statics.get(hash).is_some_and(|p| {
@@ -173,6 +187,7 @@ pub async fn reconcile(
         });
         if !wanted || existing.metadata.deletion_timestamp.is_some() {
             delete(client, namespace, name, existing.metadata.uid.clone()).await;
+            deleted.insert((namespace.clone(), name.clone()));
         }
     }
     for (uid, pod) in statics {
@@ -183,7 +198,8 @@ pub async fn reconcile(
             .is_some_and(|m| {
                 mirror_of(m) == Some(uid.as_str()) && m.metadata.deletion_timestamp.is_none()
             });
-        if current {
+        let at = (namespace.clone(), name.clone());
+        if current || held.contains(&at) || deleted.contains(&at) {
             continue;
         }
         let mirror = match mirror(pod, node, node_uid) {
@@ -198,8 +214,14 @@ pub async fn reconcile(
             Ok(_) => {
                 tracing::info!(pod = %format!("{namespace}/{name}"), "created the mirror pod of a static pod")
             }
-            // The old mirror is still going; the next round makes it.
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            // The old mirror is still going or another round made it (the next round
+            // looks again), or a pod that is no mirror of ours has the name.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let theirs = pods.get_opt(&name).await.ok().flatten();
+                if theirs.is_some_and(|p| mirror_of(&p).is_none()) {
+                    tracing::warn!(pod = %format!("{namespace}/{name}"), "a pod that is not a mirror has this static pod's name; no mirror pod");
+                }
+            }
             Err(e) => {
                 tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "creating a mirror pod")
             }
@@ -297,6 +319,11 @@ mod tests {
             )
             .is_err()
         );
+        for spec in ["3", "[]", "x"] {
+            let text = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\nspec: {spec}\n");
+            assert!(parse(&text, "n").is_err(), "{text}");
+        }
+        assert!(parse("apiVersion: v1\nkind: Pod\nmetadata: 3\nspec: {}\n", "n").is_err());
     }
 
     #[test]

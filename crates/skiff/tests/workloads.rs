@@ -1,6 +1,7 @@
 //! What users do with running pods, end to end through the real kubelet and runtime:
 //! `kubectl port-forward` (kubectl tunnels SPDY through a WebSocket to the API server,
-//! which carries it to the kubelet and the runtime's streaming server), `kubectl cp`
+//! which carries it to the kubelet and the runtime's streaming server), the kubelet
+//! API's /pods, /stats/summary and metrics through `nodes/proxy`, static pods, `kubectl cp`
 //! both ways (tar over exec), the same with containerd as the runtime; a Deployment, a
 //! Job and a memory hog run to their ends, and a node whose kubelet stops goes
 //! unknown and comes back with its containers untouched.
@@ -113,7 +114,7 @@ impl Drop for PortForward {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_port_forward_and_cp_reach_into_a_pod() {
+async fn kubectl_port_forward_cp_and_node_stats_reach_into_a_pod() {
     let n = TestNode::start(7).await;
     let c = &n.c;
     let _kubelet = n.kubelet();
@@ -199,6 +200,71 @@ async fn kubectl_port_forward_and_cp_reach_into_a_pod() {
         std::fs::read_to_string(&back).expect("copied out"),
         "hello from the pod\n"
     );
+
+    // The node's kubelet API through the API server's nodes/proxy: what runs and what
+    // it uses.
+    let raw = |path: &str| {
+        c.ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes/{}/proxy/{path}", n.name),
+        ])
+    };
+    let listed: serde_json::Value = serde_json::from_str(&raw("pods")).expect("PodList");
+    assert_eq!(listed["kind"], "PodList");
+    assert!(
+        listed["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|p| p["metadata"]["name"] == "server")),
+        "{listed}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&raw("stats/summary")).expect("Summary");
+    let node = &summary["node"];
+    assert_eq!(node["nodeName"], n.name.as_str());
+    for number in [
+        &node["memory"]["availableBytes"],
+        &node["memory"]["workingSetBytes"],
+        &node["cpu"]["usageCoreNanoSeconds"],
+        &node["fs"]["capacityBytes"],
+        &node["fs"]["availableBytes"],
+        &node["runtime"]["imageFs"]["usedBytes"],
+    ] {
+        assert!(number.as_u64().is_some_and(|n| n > 0), "{number} in {node}");
+    }
+    let pod = summary["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["podRef"]["name"] == "server"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(pod["podRef"]["namespace"], "default", "{summary}");
+    let httpd = &pod["containers"][0];
+    assert_eq!(httpd["name"], "httpd", "{pod}");
+    assert!(
+        httpd["memory"]["workingSetBytes"]
+            .as_u64()
+            .is_some_and(|m| m > 0),
+        "{pod}"
+    );
+    assert!(
+        httpd["cpu"]["usageCoreNanoSeconds"]
+            .as_u64()
+            .is_some_and(|m| m > 0),
+        "{pod}"
+    );
+    assert!(httpd["startTime"].is_string(), "{pod}");
+    assert!(pod["network"]["rxBytes"].as_u64().is_some(), "{pod}");
+    let resource = raw("metrics/resource");
+    assert!(
+        resource.contains("container_memory_working_set_bytes{container=\"httpd\",namespace=\"default\",pod=\"server\"} "),
+        "{resource}"
+    );
+    assert!(
+        resource.contains("\nnode_cpu_usage_seconds_total "),
+        "{resource}"
+    );
+    assert!(raw("metrics").contains("kubelet_running_pods "));
+    let missing = c.kubectl(&["get", "--raw", "/api/v1/nodes/nowhere/proxy/pods"]);
+    assert!(!missing.status.success());
 
     c.ok(&["delete", "pod", "server", "--wait=false"]);
     wait_for("the pod to go", || {
@@ -511,6 +577,19 @@ async fn static_pods_run_from_manifests_and_show_as_mirror_pods() {
         (Some("Node"), Some(n.name.as_str()))
     );
     assert_eq!(c.ok(&["logs", &mirror, "-n", "kube-system"]), "one\n");
+    // The kubelet lists the static pod itself (its own uid, not the mirror's).
+    let listed = c.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{}/proxy/pods", n.name),
+    ]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("PodList");
+    assert!(
+        listed["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|p| p["metadata"]["uid"] == hash.as_str())),
+        "{listed}"
+    );
 
     // Deleting the mirror does not stop the pod: a new mirror shows the same container.
     c.ok(&["delete", "pod", &mirror, "-n", "kube-system"]);

@@ -183,6 +183,11 @@ impl Resource {
                     });
                 }
             }
+            "nodes" if self.group.is_empty() => out.push(Subresource {
+                name: "proxy",
+                kind: ("", "v1", "NodeProxyOptions"),
+                verbs: &["create", "delete", "get", "patch", "update"],
+            }),
             "namespaces" if self.group.is_empty() => out.push(Subresource {
                 name: "finalize",
                 kind: ("", "v1", "Namespace"),

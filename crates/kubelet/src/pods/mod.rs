@@ -45,6 +45,8 @@ const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long starts its back-off afresh.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How long a static pod's name stays free after its mirror pod went.
+const MIRROR_HOLD: Duration = Duration::from_secs(2);
 /// How often ConfigMap, Secret and downward API volumes are rewritten.
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
@@ -55,10 +57,19 @@ struct Ctx {
     host_ip: String,
     runtime_name: String,
     node_uid: String,
+    /// Static pod uid -> the uid of its mirror pod in the API.
+    mirror_uids: std::sync::Mutex<HashMap<String, String>>,
+}
+
+impl Ctx {
+    fn mirror_uids(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.mirror_uids.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub struct Manager {
     ctx: Arc<Ctx>,
+    known: Known,
 }
 
 impl Manager {
@@ -78,8 +89,15 @@ impl Manager {
                 host_ip: host_ip.to_string(),
                 runtime_name,
                 node_uid,
+                mirror_uids: Default::default(),
             }),
+            known: Known::default(),
         }
+    }
+
+    /// The pods this manager runs, kept current while it runs.
+    pub fn known(&self) -> Known {
+        self.known.clone()
     }
 
     pub async fn run(self) -> Result<(), Error> {
@@ -88,7 +106,7 @@ impl Manager {
         let selector = format!("spec.nodeName={node}");
         let mut events =
             std::pin::pin!(watcher(pods, watcher::Config::default().fields(&selector)));
-        let mut workers = Workers::default();
+        let mut workers = Workers(HashMap::new(), self.known.clone());
         let mut listed: HashSet<String> = HashSet::new();
         let mut cleaned = false;
         // Static pods by uid, and the API's mirror pods by namespace and name.
@@ -96,6 +114,9 @@ impl Manager {
         let mut warned = HashSet::new();
         let mut statics: HashMap<String, Pod> = HashMap::new();
         let mut mirrors: HashMap<(String, String), Pod> = HashMap::new();
+        // When each mirror last went: a new one waits a little, so a client waiting for
+        // the old one to go (kubectl delete) sees it gone before the name is taken again.
+        let mut gone: HashMap<(String, String), Instant> = HashMap::new();
         let mut tick = tokio::time::interval(self.ctx.config.file_check_frequency);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -119,6 +140,7 @@ impl Manager {
                         watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
                             if let Some(hash) = crate::static_pods::mirror_of(&pod) {
                                 if let Some(own) = statics.get(hash) {
+                                    self.ctx.mirror_uids().insert(hash.to_string(), pod.metadata.uid.clone().unwrap_or_default());
                                     workers.feed(&self.ctx, hash, with_status(own, &pod));
                                 }
                                 mirrors.insert(key(&pod), pod);
@@ -129,8 +151,14 @@ impl Manager {
                             }
                         }
                         watcher::Event::Delete(pod) => {
-                            if crate::static_pods::mirror_of(&pod).is_some() {
+                            if let Some(hash) = crate::static_pods::mirror_of(&pod) {
+                                let mut uids = self.ctx.mirror_uids();
+                                if uids.get(hash) == pod.metadata.uid.as_ref() {
+                                    uids.remove(hash);
+                                }
+                                drop(uids);
                                 mirrors.remove(&key(&pod));
+                                gone.insert(key(&pod), Instant::now());
                                 mirrors_changed = true;
                             } else if let Some(uid) = pod.metadata.uid {
                                 workers.end(&uid);
@@ -138,13 +166,15 @@ impl Manager {
                         }
                         watcher::Event::InitDone => {
                             // Pods that went while the watch was down.
-                            workers.0.retain(|uid, tx| {
-                                let keep = listed.contains(uid) || statics.contains_key(uid);
-                                if !keep {
-                                    let _ = tx.send(None);
-                                }
-                                keep
-                            });
+                            let gone: Vec<String> = workers
+                                .0
+                                .keys()
+                                .filter(|uid| !listed.contains(*uid) && !statics.contains_key(*uid))
+                                .cloned()
+                                .collect();
+                            for uid in gone {
+                                workers.end(&uid);
+                            }
                             mirrors_changed = true;
                             if !cleaned {
                                 cleaned = true;
@@ -159,10 +189,12 @@ impl Manager {
                 }
                 _ = tick.tick(), if static_dir.is_some() => {
                     let dir = static_dir.as_deref().unwrap_or(std::path::Path::new(""));
-                    let now = crate::static_pods::read(dir, &node, &mut warned);
-                    for uid in statics.keys().filter(|uid| !now.contains_key(*uid)) {
-                        tracing::info!(pod_uid = %uid, "static pod manifest gone; stopping the pod");
-                        workers.end(uid);
+                    let Some(now) = crate::static_pods::read(dir, &node, &mut warned) else {
+                        continue;
+                    };
+                    for (uid, pod) in statics.iter().filter(|(uid, _)| !now.contains_key(*uid)) {
+                        tracing::info!(pod = %name(pod), pod_uid = %uid, "static pod manifest gone; stopping the pod");
+                        workers.terminate(uid, pod);
                     }
                     for (uid, pod) in now.iter().filter(|(uid, _)| !statics.contains_key(*uid)) {
                         tracing::info!(pod = %name(pod), pod_uid = %uid, "static pod from manifest");
@@ -173,14 +205,15 @@ impl Manager {
                         };
                         workers.feed(&self.ctx, uid, fed);
                     }
-                    mirrors_changed = now.keys().collect::<HashSet<_>>() != statics.keys().collect::<HashSet<_>>();
                     statics = now;
                     // A mirror deleted by hand, or one that never got made, is made again.
-                    mirrors_changed |= !statics.is_empty() || !mirrors.is_empty();
+                    mirrors_changed = !statics.is_empty() || !mirrors.is_empty();
                 }
             }
             if mirrors_changed && cleaned {
                 let (client, ctx) = (self.ctx.client.clone(), self.ctx.clone());
+                gone.retain(|_, at| at.elapsed() < MIRROR_HOLD);
+                let held: HashSet<(String, String)> = gone.keys().cloned().collect();
                 let (statics, mirrors) = (statics.clone(), mirrors.clone());
                 tokio::spawn(async move {
                     crate::static_pods::reconcile(
@@ -189,6 +222,7 @@ impl Manager {
                         &ctx.node_uid,
                         &statics,
                         &mirrors,
+                        &held,
                     )
                     .await;
                 });
@@ -197,13 +231,21 @@ impl Manager {
     }
 }
 
+/// The pods this kubelet runs, by uid, as it last saw them (the kubelet API's `/pods`).
+pub type Known = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Pod>>>;
+
 /// One worker per pod uid, fed the pod as it changes (`None`: it is gone).
 #[derive(Default)]
-struct Workers(HashMap<String, watch::Sender<Option<Pod>>>);
+struct Workers(HashMap<String, watch::Sender<Option<Pod>>>, Known);
 
 impl Workers {
+    fn known(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Pod>> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn feed(&mut self, ctx: &Arc<Ctx>, uid: &str, pod: Pod) {
         self.0.retain(|_, tx| !tx.is_closed());
+        self.known().insert(uid.to_string(), pod.clone());
         match self.0.get(uid) {
             Some(tx) => {
                 let _ = tx.send(Some(pod));
@@ -216,7 +258,25 @@ impl Workers {
         }
     }
 
+    /// Stops a static pod whose manifest is gone as a deleted pod stops: preStop
+    /// hooks, the grace period, a final status; its worker then ends.
+    fn terminate(&mut self, uid: &str, pod: &Pod) {
+        self.known().remove(uid);
+        let mut ending = pod.clone();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        ending.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+        ending.metadata.deletion_grace_period_seconds = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds);
+        if let Some(tx) = self.0.get(uid) {
+            let _ = tx.send(Some(ending));
+        }
+    }
+
     fn end(&mut self, uid: &str) {
+        self.known().remove(uid);
         if let Some(tx) = self.0.remove(uid) {
             let _ = tx.send(None);
         }
@@ -297,7 +357,11 @@ async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Pod>>
             return;
         };
         let result = if pod.metadata.deletion_timestamp.is_some() {
-            terminate(&ctx, &mut state, &pod).await
+            let result = terminate(&ctx, &mut state, &pod).await;
+            if state.deleted && is_static(&pod) {
+                return;
+            }
+            result
         } else {
             sync(&ctx, &mut state, &pod).await
         };
@@ -868,15 +932,40 @@ async fn post_status(
     }
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    pods.patch_status(
-        pod.metadata.name.as_deref().unwrap_or_default(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
-    )
-    .await
-    .map_err(|e| format!("updating the pod status: {e}"))?;
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    // A static pod's status goes to its mirror, when there is one (it is only a
+    // reflection: the pod runs on without it).
+    let mut patch = json!({"status": status});
+    if is_static(pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let Some(mirror) = ctx.mirror_uids().get(&uid).cloned() else {
+            return Ok(());
+        };
+        patch["metadata"] = json!({"uid": mirror});
+        if let Err(e) = pods
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            tracing::debug!(pod = %name, error = %e, "updating a mirror pod's status");
+            return Ok(());
+        }
+        state.posted = Some(status);
+        return Ok(());
+    }
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(|e| format!("updating the pod status: {e}"))?;
     state.posted = Some(status);
     Ok(())
+}
+
+/// Whether the kubelet runs `pod` from a manifest file.
+fn is_static(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::static_pods::CONFIG_SOURCE))
+        .is_some_and(|s| s == "file")
 }
 
 /// Whether the API already shows what we would post (its phase and container states).

@@ -5,6 +5,10 @@
 //! default without a serving certificate; the API server does not verify it).
 //!
 //! - `/healthz`
+//! - `/pods`: the pods this kubelet runs (static ones included), a v1 PodList.
+//! - `/stats/summary`: resource use of the node and its pods (`stats.rs`);
+//!   `/metrics/resource`: its CPU and memory as Prometheus series (what metrics-server
+//!   scrapes); `/metrics`: the kubelet's own series.
 //! - `/containerLogs/{namespace}/{pod}/{container}`: the container's log as plain text,
 //!   from the CRI log file (`follow`, `previous`, `timestamps`, `tailLines`,
 //!   `sinceSeconds`, `sinceTime`, `limitBytes`, as `kubectl logs` sends them).
@@ -41,9 +45,20 @@ pub struct ApiConfig {
     pub client_ca: PathBuf,
 }
 
+/// What the API serves from.
+pub struct Serving {
+    pub node: String,
+    pub runtime: Runtime,
+    pub root_dir: PathBuf,
+    pub pod_log_dir: PathBuf,
+    pub pods: crate::pods::Known,
+}
+
 #[derive(Clone)]
 struct Ctx {
     runtime: Runtime,
+    serving: Arc<Serving>,
+    samples: Arc<crate::stats::NodeSamples>,
 }
 
 fn tls(config: &ApiConfig, node: &str) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -99,13 +114,16 @@ pub async fn bind(
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: ApiConfig,
-    node: String,
-    runtime: Runtime,
+    serving: Serving,
 ) -> Result<(), crate::Error> {
-    let tls = tls(&config, &node).map_err(crate::Error::Config)?;
+    let tls = tls(&config, &serving.node).map_err(crate::Error::Config)?;
     tracing::info!(address = %config.address, "kubelet API listening");
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/pods", axum::routing::get(pods))
+        .route("/stats/summary", axum::routing::get(summary))
+        .route("/metrics/resource", axum::routing::get(resource_metrics))
+        .route("/metrics", axum::routing::get(metrics))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             axum::routing::get(container_logs),
@@ -126,7 +144,11 @@ pub async fn serve(
             "/portForward/{namespace}/{pod}/{uid}",
             axum::routing::any(stream::port_forward),
         )
-        .with_state(Ctx { runtime });
+        .with_state(Ctx {
+            runtime: serving.runtime.clone(),
+            serving: Arc::new(serving),
+            samples: Arc::default(),
+        });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
@@ -154,6 +176,93 @@ pub async fn serve(
                 .await;
         });
     }
+}
+
+/// `/pods`: the pods this kubelet runs, as a v1 PodList.
+async fn pods(State(ctx): State<Ctx>) -> Response {
+    let items: Vec<k8s_openapi::api::core::v1::Pod> = ctx
+        .serving
+        .pods
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let list = serde_json::json!({
+        "kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items,
+    });
+    axum::Json(list).into_response()
+}
+
+async fn summary_of(ctx: &Ctx) -> Result<serde_json::Value, Response> {
+    let s = &ctx.serving;
+    crate::stats::summary(
+        &s.runtime,
+        &s.node,
+        &s.root_dir,
+        &s.pod_log_dir,
+        &ctx.samples,
+    )
+    .await
+    .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()))
+}
+
+/// `/stats/summary`: the node's and its pods' resource use (stats/v1alpha1).
+async fn summary(State(ctx): State<Ctx>) -> Response {
+    match summary_of(&ctx).await {
+        Ok(summary) => axum::Json(summary).into_response(),
+        Err(refusal) => refusal,
+    }
+}
+
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `/metrics/resource`: CPU and memory series, as metrics-server scrapes them.
+async fn resource_metrics(State(ctx): State<Ctx>) -> Response {
+    match summary_of(&ctx).await {
+        Ok(summary) => (
+            [(axum::http::header::CONTENT_TYPE, PROMETHEUS)],
+            crate::stats::resource_metrics(&summary),
+        )
+            .into_response(),
+        Err(refusal) => refusal,
+    }
+}
+
+/// `/metrics`: the kubelet's own series.
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    let pods = ctx.serving.pods.lock().map(|p| p.len()).unwrap_or(0);
+    let containers = match ctx.runtime.all_containers().await {
+        Ok(all) => all,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
+    };
+    let mut by_state: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for c in &containers {
+        let state = match cri::ContainerState::try_from(c.state) {
+            Ok(cri::ContainerState::ContainerCreated) => "created",
+            Ok(cri::ContainerState::ContainerRunning) => "running",
+            Ok(cri::ContainerState::ContainerExited) => "exited",
+            _ => "unknown",
+        };
+        *by_state.entry(state).or_default() += 1;
+    }
+    let mut text = format!(
+        "# HELP kubelet_node_name [ALPHA] The node's name. The count is always 1.\n\
+         # TYPE kubelet_node_name gauge\n\
+         kubelet_node_name{{node=\"{}\"}} 1\n\
+         # HELP kubelet_running_pods [ALPHA] Number of pods that have a running pod sandbox\n\
+         # TYPE kubelet_running_pods gauge\n\
+         kubelet_running_pods {pods}\n\
+         # HELP kubelet_running_containers [ALPHA] Number of containers currently running\n\
+         # TYPE kubelet_running_containers gauge\n",
+        ctx.serving.node
+    );
+    for (state, count) in by_state {
+        text.push_str(&format!(
+            "kubelet_running_containers{{container_state=\"{state}\"}} {count}\n"
+        ));
+    }
+    ([(axum::http::header::CONTENT_TYPE, PROMETHEUS)], text).into_response()
 }
 
 fn refuse(code: StatusCode, message: String) -> Response {

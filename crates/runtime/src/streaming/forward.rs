@@ -157,18 +157,48 @@ where
         }
         let _ = writer.shutdown().await;
     });
+    // Frames are read apart, so the session can also act on time (pairs that never
+    // complete) and a partly read frame is never dropped.
+    let (frames_tx, mut frames) = mpsc::channel::<Frame>(32);
+    let reading = tokio::spawn(async move {
+        loop {
+            match spdy::read_frame(&mut reader).await {
+                Ok(Some(frame)) => {
+                    if frames_tx.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "port-forward session ended");
+                    return;
+                }
+            }
+        }
+    });
     let mut headers = spdy::Headers::new();
     let mut halves: HashMap<String, Half> = HashMap::new();
     // Data stream id -> the bytes for the pod's side (dropped at the client's FIN).
-    let mut inbound: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut inbound: HashMap<u32, Inbound> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let frame = match spdy::read_frame(&mut reader).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "port-forward session ended");
-                break;
+        let frame = tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            _ = tick.tick() => {
+                // Pairs whose second stream never came are given up, as upstream does.
+                for (_, half) in halves.extract_if(|_, h| h.since.elapsed() > PAIR_TIMEOUT) {
+                    if half.error {
+                        let message = b"timed out waiting for streams".to_vec();
+                        let _ = out.send(Out::Data(half.stream, message)).await;
+                    }
+                    let _ = out.send(Out::Fin(half.stream)).await;
+                }
+                inbound.retain(|_, i| !i.tx.is_closed());
+                continue;
             }
         };
         match frame {
@@ -208,13 +238,6 @@ where
                 if out.send(Out::Reply(stream)).await.is_err() {
                     break;
                 }
-                // Pairs whose second stream never came are given up.
-                for (_, half) in halves.extract_if(|_, h| h.since.elapsed() > PAIR_TIMEOUT) {
-                    let _ = out
-                        .send(Out::Reset(half.stream, spdy::REFUSED_STREAM))
-                        .await;
-                }
-                inbound.retain(|_, tx| !tx.is_closed());
                 let Some(first) = halves.remove(&request) else {
                     let since = Instant::now();
                     halves.insert(
@@ -238,10 +261,29 @@ where
                 } else {
                     (stream, first.stream, port)
                 };
-                let (tx, rx) = mpsc::channel(16);
-                inbound.insert(data, tx);
+                let (tx, rx) = mpsc::unbounded_channel();
+                let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                inbound.insert(
+                    data,
+                    Inbound {
+                        tx,
+                        pending: pending.clone(),
+                    },
+                );
                 let netns = forward.netns.clone();
-                tasks.spawn(forward_pair(netns, port, data, error, rx, out.clone()));
+                let pair = Pair {
+                    port,
+                    data,
+                    error,
+                    pending,
+                };
+                tasks.spawn(forward_pair(netns, pair, rx, out.clone()));
+            }
+            // Header blocks share one compression context: every one is read.
+            Frame::Stream { block, .. } => {
+                if headers.decode(&block).is_err() {
+                    break;
+                }
             }
             Frame::Data {
                 stream,
@@ -249,10 +291,13 @@ where
                 data,
             } => {
                 if !data.is_empty()
-                    && let Some(tx) = inbound.get(&stream)
-                    && tx.send(data).await.is_err()
+                    && let Some(inbound_stream) = inbound.get(&stream)
+                    && !inbound_stream.deliver(data)
                 {
+                    // The pod does not read what the client sends: the stream goes,
+                    // rather than the session's memory or its other streams.
                     inbound.remove(&stream);
+                    let _ = out.send(Out::Reset(stream, spdy::FLOW_CONTROL_ERROR)).await;
                 }
                 if flags & spdy::FIN != 0 {
                     inbound.remove(&stream);
@@ -265,24 +310,58 @@ where
                 let _ = out.send(Out::Ping(id)).await;
             }
             Frame::GoAway => break,
-            Frame::Stream { .. } | Frame::Other(_) => {}
+            Frame::Other(_) => {}
         }
     }
+    reading.abort();
     tasks.abort_all();
     drop(out);
     let _ = writing.await;
+}
+
+/// Bytes from the client not yet written to the pod, at most this many per stream.
+const MAX_PENDING: usize = 4 << 20;
+
+/// The client's side of a data stream.
+struct Inbound {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Inbound {
+    /// Queues bytes for the pod; false when too much is waiting already.
+    fn deliver(&self, data: Vec<u8>) -> bool {
+        use std::sync::atomic::Ordering;
+        let len = data.len();
+        if self.pending.fetch_add(len, Ordering::AcqRel) + len > MAX_PENDING {
+            return false;
+        }
+        self.tx.send(data).is_ok()
+    }
+}
+
+/// A complete pair: its port, its two streams, and the client's bytes in flight.
+struct Pair {
+    port: u16,
+    data: u32,
+    error: u32,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One forwarded connection: the pod's port joined to a data stream; a failure to
 /// connect is written on the error stream. Both streams end when the connection does.
 async fn forward_pair(
     netns: Option<std::path::PathBuf>,
-    port: u16,
-    data: u32,
-    error: u32,
-    mut from_client: mpsc::Receiver<Vec<u8>>,
+    pair: Pair,
+    mut from_client: mpsc::UnboundedReceiver<Vec<u8>>,
     out: mpsc::Sender<Out>,
 ) {
+    let Pair {
+        port,
+        data,
+        error,
+        pending,
+    } = pair;
     let tcp = match connect_in(netns, port).await {
         Ok(tcp) => tcp,
         Err(e) => {
@@ -299,6 +378,7 @@ async fn forward_pair(
             if pod_write.write_all(&bytes).await.is_err() {
                 return;
             }
+            pending.fetch_sub(bytes.len(), std::sync::atomic::Ordering::AcqRel);
         }
         let _ = pod_write.shutdown().await;
     };
@@ -346,10 +426,15 @@ async fn connect_in(
                 let file = std::fs::File::open(netns)?;
                 nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
             }
-            std::net::TcpStream::connect_timeout(
-                &SocketAddr::from(([127, 0, 0, 1], port)),
-                Duration::from_secs(5),
-            )
+            // `localhost`, as containerd dials it: IPv4 first, then IPv6.
+            let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+            match std::net::TcpStream::connect_timeout(&v4, Duration::from_secs(5)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+                    std::net::TcpStream::connect_timeout(&v6, Duration::from_secs(5)).map_err(|_| e)
+                }
+                result => result,
+            }
         })
         .join()
         .map_err(|_| std::io::Error::other("the connecting thread panicked"))?

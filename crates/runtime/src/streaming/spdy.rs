@@ -23,6 +23,7 @@ pub const FIN: u8 = 0x01;
 /// RST_STREAM status codes.
 pub const PROTOCOL_ERROR: u32 = 1;
 pub const REFUSED_STREAM: u32 = 3;
+pub const FLOW_CONTROL_ERROR: u32 = 7;
 
 const VERSION: u16 = 3;
 /// The largest frame we accept (the format allows 16 MiB); spdystream writes at most 32 KiB of data per frame.
