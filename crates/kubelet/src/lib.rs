@@ -17,6 +17,7 @@
 //!   back-off, graceful termination and the final delete.
 
 mod cri;
+pub mod eviction;
 mod network;
 mod node;
 mod pods;
@@ -29,6 +30,7 @@ mod volumes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use network::DefaultCni;
@@ -68,6 +70,12 @@ pub struct Config {
     pub static_pod_path: Option<PathBuf>,
     /// How often the static pod directory is read.
     pub file_check_frequency: Duration,
+    /// Hard eviction thresholds (`--eviction-hard`).
+    pub eviction_hard: Vec<eviction::Threshold>,
+    /// How long a pressure condition stays after its threshold clears.
+    pub eviction_pressure_transition_period: Duration,
+    /// How often eviction signals are observed.
+    pub eviction_interval: Duration,
 }
 
 impl Default for Config {
@@ -89,6 +97,9 @@ impl Default for Config {
             root_dir: PathBuf::from("/var/lib/skiff/kubelet"),
             static_pod_path: None,
             file_check_frequency: Duration::from_secs(20),
+            eviction_hard: eviction::defaults(),
+            eviction_pressure_transition_period: Duration::from_secs(300),
+            eviction_interval: Duration::from_secs(10),
         }
     }
 }
@@ -132,7 +143,16 @@ pub async fn run(
     })?;
     tracing::info!(node = %config.node_name, runtime = %info, "kubelet starting");
     let info_name = info.name.clone();
-    let node = node::Agent::new(client.clone(), config.clone(), runtime.clone(), info);
+    let pressure = Arc::new(eviction::Pressure::new(
+        config.eviction_pressure_transition_period,
+    ));
+    let node = node::Agent::new(
+        client.clone(),
+        config.clone(),
+        runtime.clone(),
+        info,
+        pressure.clone(),
+    );
     let node_uid = node.register().await?;
     if let Some(cni) = config.default_cni.clone() {
         tokio::spawn(network::ensure(
@@ -148,6 +168,7 @@ pub async fn run(
         node.host_ip(),
         info_name,
         node_uid.clone(),
+        pressure,
     );
     let mut tasks = tokio::task::JoinSet::new();
     if let (Some(api), Some(listener)) = (config.api.clone(), listener) {

@@ -31,6 +31,7 @@ pub struct Agent {
     info: Info,
     host_ip: IpAddr,
     last: Arc<Mutex<Last>>,
+    pressure: Arc<crate::eviction::Pressure>,
 }
 
 /// What was last posted: conditions keep their transition times.
@@ -42,7 +43,13 @@ struct Last {
 }
 
 impl Agent {
-    pub fn new(client: kube::Client, config: Config, runtime: Runtime, info: Info) -> Agent {
+    pub fn new(
+        client: kube::Client,
+        config: Config,
+        runtime: Runtime,
+        info: Info,
+        pressure: Arc<crate::eviction::Pressure>,
+    ) -> Agent {
         let host_ip = config.node_ip.unwrap_or_else(detect_ip);
         Agent {
             client,
@@ -51,6 +58,7 @@ impl Agent {
             info,
             host_ip,
             last: Arc::new(Mutex::new(Last::default())),
+            pressure,
         }
     }
 
@@ -206,9 +214,9 @@ impl Agent {
             };
             ("Ready", "False", "KubeletNotReady", message)
         };
-        let memory_low = meminfo("MemAvailable:").is_some_and(|a| a < EVICTION_MEMORY);
-        let disk_low =
-            disk(&self.config.pod_log_dir).is_some_and(|(total, free)| free * 10 < total);
+        // The eviction manager's view (its thresholds, held for the transition period).
+        let memory_low = self.pressure.memory();
+        let disk_low = self.pressure.disk();
         let pids_low = pids_in_use().is_some_and(|(used, max)| used * 10 > max * 9);
         vec![
             if memory_low {

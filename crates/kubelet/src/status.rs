@@ -286,6 +286,14 @@ pub fn pod_status(pod: &Pod, previous: &Value, observed: &Observed) -> Value {
     if !init_statuses.is_empty() {
         status["initContainerStatuses"] = json!(init_statuses);
     }
+    // Why a pod ended (an eviction, a deadline) stays with it.
+    if phase == "Succeeded" || phase == "Failed" {
+        for key in ["reason", "message"] {
+            if let Some(value) = previous.get(key).filter(|v| v.is_string()) {
+                status[key] = value.clone();
+            }
+        }
+    }
     match &observed.pod_ip {
         Some(ip) if !ip.is_empty() => {
             status["podIP"] = json!(ip);

@@ -51,6 +51,12 @@ pub struct NodeAgentArgs {
     /// A directory of static pod manifests the kubelet runs (shown as mirror pods).
     #[arg(long)]
     pub pod_manifest_path: Option<PathBuf>,
+    /// Hard eviction thresholds (`signal<quantity|percent%`, comma-separated).
+    #[arg(
+        long,
+        default_value = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%"
+    )]
+    pub eviction_hard: String,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +143,9 @@ pub async fn run_until(
             }),
         root_dir: data_dir.join("kubelet"),
         static_pod_path: node.pod_manifest_path.clone(),
+        eviction_hard: skiff_kubelet::eviction::parse(&node.eviction_hard)
+            .map_err(anyhow::Error::msg)
+            .context("--eviction-hard")?,
         default_cni: Some(skiff_kubelet::DefaultCni {
             conf_dir: node.cni_conf_dir.clone(),
             bin_dirs: node.cni_bin_dir.clone(),

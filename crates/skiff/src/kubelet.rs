@@ -57,6 +57,17 @@ pub struct KubeletArgs {
     /// Seconds between reads of the static pod directory.
     #[arg(long, default_value_t = 20)]
     pub file_check_frequency: u64,
+    /// Hard eviction thresholds, `signal<quantity|percent%` comma-separated (signals:
+    /// memory.available, nodefs.available, nodefs.inodesFree, imagefs.available; an
+    /// empty value turns eviction off).
+    #[arg(
+        long,
+        default_value = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%"
+    )]
+    pub eviction_hard: String,
+    /// Seconds a pressure condition stays after its threshold clears.
+    #[arg(long, default_value_t = 300)]
+    pub eviction_pressure_transition_period: u64,
 }
 
 pub fn host_name() -> String {
@@ -85,6 +96,12 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_kubelet::Config> {
         root_dir: args.root_dir.clone(),
         node_lease_duration_seconds: args.node_lease_duration_seconds.max(4),
         static_pod_path: args.pod_manifest_path.clone(),
+        eviction_hard: skiff_kubelet::eviction::parse(&args.eviction_hard)
+            .map_err(anyhow::Error::msg)
+            .context("--eviction-hard")?,
+        eviction_pressure_transition_period: std::time::Duration::from_secs(
+            args.eviction_pressure_transition_period,
+        ),
         file_check_frequency: std::time::Duration::from_secs(args.file_check_frequency.max(1)),
         node_status_update_frequency: std::time::Duration::from_secs(
             args.node_status_update_frequency.max(1),

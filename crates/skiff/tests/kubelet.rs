@@ -366,6 +366,8 @@ fn agent_flags(pid: u32, dir: &std::path::Path, cni_conf_dir: &std::path::Path) 
         ("--cni-conf-dir", cni_conf_dir.display().to_string()),
         ("--cgroup-parent", format!("/skiff-aio-test-{pid}")),
         ("--kubelet-port", "0".to_string()),
+        // Not the host disk's fill level: the eviction tests set their own.
+        ("--eviction-hard", "memory.available<1Mi".to_string()),
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])

@@ -325,6 +325,8 @@ async fn the_kubelet_drives_containerd_too() {
         &logs,
         "--node-ip",
         "127.0.0.1",
+        "--eviction-hard",
+        "memory.available<1Mi",
     ]);
     wait_node_ready(&c, &node);
     let info = c.json(&["get", "node", &node]);
@@ -612,5 +614,100 @@ async fn static_pods_run_from_manifests_and_show_as_mirror_pods() {
             .status
             .success()
     });
+    no_sandboxes_left(&n.rt.socket(), || c.log()).await;
+}
+
+fn node_condition(c: &Cluster, node: &str, kind: &str) -> serde_json::Value {
+    let node = c.json(&["get", "node", node]);
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .cloned()
+        .unwrap_or_default()
+}
+
+const PRESSED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: best}
+spec:
+  containers:
+  - {name: c, image: example.com/busybox:1, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: burst}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: example.com/busybox:1
+    command: [sleep, "3600"]
+    resources: {requests: {memory: 1Mi}}
+"#;
+
+/// A memory threshold the node always meets (available below 100% of capacity): the
+/// node reports MemoryPressure, refuses a BestEffort pod at admission and evicts a
+/// running one, as upstream's eviction manager does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_pressure_refuses_and_evicts_pods() {
+    let n = TestNode::start(10).await;
+    let c = &n.c;
+    let _kubelet = n.kubelet_with(&[
+        "--eviction-hard",
+        "memory.available<100%",
+        "--node-status-update-frequency",
+        "1",
+    ]);
+    n.wait_ready();
+    wait_for("MemoryPressure", || {
+        node_condition(c, &n.name, "MemoryPressure")["status"] == "True"
+    });
+    assert_eq!(
+        node_condition(c, &n.name, "MemoryPressure")["reason"],
+        "KubeletHasInsufficientMemory"
+    );
+    let applied = c.kubectl_with(&["apply", "-f", "-"], &[], Some(PRESSED));
+    assert!(applied.status.success(), "{applied:?}");
+
+    // BestEffort: refused at admission.
+    wait_for("the BestEffort pod to be refused", || {
+        phase(c, "best") == "Failed"
+    });
+    let best = c.json(&["get", "pod", "best"]);
+    assert_eq!(best["status"]["reason"], "Evicted", "{best}");
+    assert!(
+        best["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("MemoryPressure")),
+        "{best}"
+    );
+
+    // Burstable: admitted, then evicted by the eviction manager.
+    wait_for("the Burstable pod to be evicted", || {
+        phase(c, "burst") == "Failed"
+    });
+    let burst = c.json(&["get", "pod", "burst"]);
+    assert_eq!(burst["status"]["reason"], "Evicted", "{burst}");
+    assert!(
+        burst["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("The node was low on resource: memory.")),
+        "{burst}"
+    );
+    let disruption = burst["status"]["conditions"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["type"] == "DisruptionTarget"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(disruption["reason"], "TerminationByKubelet", "{burst}");
+    // Its containers are stopped.
+    wait_for("the evicted pod's containers to stop", || {
+        container(c, "burst", false)["state"]["running"].is_null()
+    });
+
+    c.ok(&["delete", "pod", "best", "burst"]);
     no_sandboxes_left(&n.rt.socket(), || c.log()).await;
 }

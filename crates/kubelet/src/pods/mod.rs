@@ -59,9 +59,16 @@ struct Ctx {
     node_uid: String,
     /// Static pod uid -> the uid of its mirror pod in the API.
     mirror_uids: std::sync::Mutex<HashMap<String, String>>,
+    pressure: Arc<crate::eviction::Pressure>,
+    /// Pods the kubelet evicted or refused, by uid: why.
+    evicted: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl Ctx {
+    fn evicted(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.evicted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn mirror_uids(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.mirror_uids.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -80,6 +87,7 @@ impl Manager {
         host_ip: std::net::IpAddr,
         runtime_name: String,
         node_uid: String,
+        pressure: Arc<crate::eviction::Pressure>,
     ) -> Manager {
         Manager {
             ctx: Arc::new(Ctx {
@@ -90,6 +98,8 @@ impl Manager {
                 runtime_name,
                 node_uid,
                 mirror_uids: Default::default(),
+                pressure,
+                evicted: Default::default(),
             }),
             known: Known::default(),
         }
@@ -101,6 +111,7 @@ impl Manager {
     }
 
     pub async fn run(self) -> Result<(), Error> {
+        tokio::spawn(evict(self.ctx.clone(), self.known.clone()));
         let pods: Api<Pod> = Api::all(self.ctx.client.clone());
         let node = self.ctx.config.node_name.clone();
         let selector = format!("spec.nodeName={node}");
@@ -229,6 +240,109 @@ impl Manager {
             }
         }
     }
+}
+
+/// The eviction loop: observes the node's signals every interval and, while a hard
+/// threshold is met, evicts one pod per round (its worker then stops it).
+async fn evict(ctx: Arc<Ctx>, known: Known) {
+    let samples = crate::stats::NodeSamples::default();
+    let config = &ctx.config;
+    loop {
+        tokio::time::sleep(config.eviction_interval).await;
+        if config.eviction_hard.is_empty() {
+            continue;
+        }
+        let summary = match crate::stats::summary(
+            &ctx.runtime,
+            &config.node_name,
+            &config.root_dir,
+            &config.pod_log_dir,
+            &samples,
+        )
+        .await
+        {
+            Ok(summary) => summary,
+            Err(e) => {
+                tracing::debug!(error = %e.message(), "eviction: no stats this round");
+                continue;
+            }
+        };
+        let met = crate::eviction::met(&summary, &config.eviction_hard);
+        crate::eviction::record(&ctx.pressure, &met);
+        let Some((threshold, available, capacity)) = met.first() else {
+            continue;
+        };
+        let pods: Vec<Pod> = known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|p| {
+                !ctx.evicted()
+                    .contains_key(p.metadata.uid.as_deref().unwrap_or_default())
+            })
+            .cloned()
+            .collect();
+        if let Some((pod, message)) =
+            crate::eviction::choose(&summary, &pods, threshold, *available, *capacity)
+        {
+            tracing::warn!(pod = %name(pod), signal = threshold.signal.name(), %message, "evicting a pod");
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            ctx.evicted().insert(uid, message);
+        }
+    }
+}
+
+/// The pod as its worker must treat it: one the kubelet evicted or refused is Failed
+/// with reason `Evicted` (and a DisruptionTarget condition), whatever the API says yet.
+fn as_evicted(ctx: &Ctx, pod: Pod) -> Pod {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let Some(message) = ctx.evicted().get(&uid).cloned() else {
+        return pod;
+    };
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return pod;
+    }
+    let mut status = serde_json::to_value(&pod.status).unwrap_or(Value::Null);
+    if !status.is_object() {
+        status = json!({});
+    }
+    status["phase"] = json!("Failed");
+    status["reason"] = json!("Evicted");
+    status["message"] = json!(message);
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let mut conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+    conditions.retain(|c| c["type"] != "DisruptionTarget");
+    conditions.push(json!({
+        "type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+        "message": message, "lastTransitionTime": now,
+    }));
+    status["conditions"] = json!(conditions);
+    let mut pod = pod;
+    pod.status = serde_json::from_value(status).ok();
+    pod
+}
+
+/// Admission under node pressure: a pod not started yet that the node cannot take now
+/// is refused (Failed, `Evicted`), as upstream's eviction admit handler does.
+async fn admit(ctx: &Ctx, pod: Pod) -> Pod {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let started = pod.status.as_ref().is_some_and(|s| s.start_time.is_some());
+    if started || ctx.evicted().contains_key(&uid) {
+        return as_evicted(ctx, pod);
+    }
+    if let Some(message) = crate::eviction::refuse(&pod, &ctx.pressure) {
+        let fresh = ctx
+            .runtime
+            .sandboxes_of(&uid)
+            .await
+            .is_ok_and(|s| s.is_empty());
+        if fresh {
+            tracing::warn!(pod = %name(&pod), %message, "refusing a pod under node pressure");
+            ctx.evicted().insert(uid, message);
+        }
+    }
+    as_evicted(ctx, pod)
 }
 
 /// The pods this kubelet runs, by uid, as it last saw them (the kubelet API's `/pods`).
@@ -363,6 +477,7 @@ async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Pod>>
             }
             result
         } else {
+            let pod = admit(&ctx, pod.clone()).await;
             sync(&ctx, &mut state, &pod).await
         };
         // Errors back off (doubling to 10 s); finished pods are looked at rarely.

@@ -127,6 +127,10 @@ impl TestNode {
             "--node-ip",
             "127.0.0.1",
         ];
+        // Eviction by the host disk's fill level is not what most tests are about.
+        if !extra.contains(&"--eviction-hard") {
+            args.extend_from_slice(&["--eviction-hard", "memory.available<1Mi"]);
+        }
         args.extend_from_slice(extra);
         self.c.spawn_component(&args)
     }
