@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::stats::{Samples, ms};
 
-const IMAGE: &str = "skiff.bench/busybox:1";
+pub(super) const IMAGE: &str = "skiff.bench/busybox:1";
 const PAUSE: &str = "skiff.bench/pause:1";
 const STEPS: [&str; 7] = [
     "RunPodSandbox",
@@ -390,9 +390,9 @@ fn remove_cgroup(cgroup: &str) {
 }
 
 /// A runtime the bench started, stopped (and its network removed) when dropped.
-struct Spawned {
-    name: String,
-    socket: PathBuf,
+pub(super) struct Spawned {
+    pub(super) name: String,
+    pub(super) socket: PathBuf,
     child: Child,
     bridge: String,
     dir: PathBuf,
@@ -505,7 +505,7 @@ fn wait_for_socket(socket: &Path, what: &str) -> Result<()> {
 }
 
 /// skiff's runtime and containerd (if installed), each with a network and the images.
-fn spawn(scratch: &Path) -> Result<Vec<Spawned>> {
+pub(super) fn spawn(scratch: &Path) -> Result<Vec<Spawned>> {
     let pid = std::process::id();
     let image = busybox_image(IMAGE, json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}))?;
     let pause = busybox_image(

@@ -3,6 +3,7 @@
 
 mod api;
 mod cri;
+mod pods;
 mod scheduler;
 mod stats;
 mod store;
@@ -20,6 +21,8 @@ pub enum Bench {
     Scheduler(scheduler::SchedulerBench),
     /// The CRI pod cycle against container runtimes (skiff's, containerd).
     Cri(cri::CriBench),
+    /// Pod startup latency through API server, scheduler, kubelet and runtime.
+    Pods(pods::PodsBench),
 }
 
 impl Bench {
@@ -29,6 +32,7 @@ impl Bench {
             Bench::Api(bench) => bench.run().await,
             Bench::Scheduler(bench) => bench.run().await,
             Bench::Cri(bench) => bench.run().await,
+            Bench::Pods(bench) => bench.run().await,
         }
     }
 }
