@@ -406,6 +406,15 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: deadline}
+spec:
+  activeDeadlineSeconds: 2
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: example.com/busybox:1, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: hog}
 spec:
   restartPolicy: Never
@@ -497,6 +506,23 @@ async fn workloads_run_to_their_ends_and_outlive_a_kubelet_stop() {
     assert_eq!(hog["state"]["terminated"]["reason"], "OOMKilled", "{hog}");
     assert_eq!(hog["state"]["terminated"]["exitCode"], 137, "{hog}");
 
+    // A pod past its activeDeadlineSeconds is failed and stopped.
+    wait_for("the deadline pod to fail", || {
+        phase(c, "deadline") == "Failed"
+    });
+    let deadline = c.json(&["get", "pod", "deadline"]);
+    assert_eq!(
+        deadline["status"]["reason"], "DeadlineExceeded",
+        "{deadline}"
+    );
+    assert_eq!(
+        deadline["status"]["message"],
+        "Pod was active on the node longer than the specified deadline"
+    );
+    wait_for("the deadline pod's container to stop", || {
+        container(c, "deadline", false)["state"]["running"].is_null()
+    });
+
     // The kubelet stops: the node goes Unknown (its Lease is not renewed) and the pods,
     // which tolerate that for five minutes, stay.
     kubelet.kill();
@@ -514,7 +540,7 @@ async fn workloads_run_to_their_ends_and_outlive_a_kubelet_stop() {
 
     c.ok(&["delete", "deployment", "web"]);
     c.ok(&["delete", "job", "once"]);
-    c.ok(&["delete", "pod", "hog"]);
+    c.ok(&["delete", "pod", "hog", "deadline"]);
     no_sandboxes_left(&n.rt.socket(), || c.log()).await;
 }
 

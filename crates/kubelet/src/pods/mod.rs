@@ -45,6 +45,8 @@ const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// A container that ran this long starts its back-off afresh.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// The reason of a pod the kubelet evicted (or refused under pressure).
+const EVICTED: &str = "Evicted";
 /// How long a static pod's name stays free after its mirror pod went.
 const MIRROR_HOLD: Duration = Duration::from_secs(2);
 /// How often ConfigMap, Secret and downward API volumes are rewritten.
@@ -60,12 +62,13 @@ struct Ctx {
     /// Static pod uid -> the uid of its mirror pod in the API.
     mirror_uids: std::sync::Mutex<HashMap<String, String>>,
     pressure: Arc<crate::eviction::Pressure>,
-    /// Pods the kubelet evicted or refused, by uid: why.
-    evicted: std::sync::Mutex<HashMap<String, String>>,
+    /// Pods the kubelet ended itself (evicted, refused, past their deadline), by uid:
+    /// the reason and message their status gets.
+    evicted: std::sync::Mutex<HashMap<String, (String, String)>>,
 }
 
 impl Ctx {
-    fn evicted(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn evicted(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
         self.evicted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -287,7 +290,7 @@ async fn evict(ctx: Arc<Ctx>, known: Known) {
         {
             tracing::warn!(pod = %name(pod), signal = threshold.signal.name(), %message, "evicting a pod");
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            ctx.evicted().insert(uid, message);
+            ctx.evicted().insert(uid, (EVICTED.into(), message));
         }
     }
 }
@@ -296,7 +299,7 @@ async fn evict(ctx: Arc<Ctx>, known: Known) {
 /// with reason `Evicted` (and a DisruptionTarget condition), whatever the API says yet.
 fn as_evicted(ctx: &Ctx, pod: Pod) -> Pod {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let Some(message) = ctx.evicted().get(&uid).cloned() else {
+    let Some((reason, message)) = ctx.evicted().get(&uid).cloned() else {
         return pod;
     };
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -308,16 +311,18 @@ fn as_evicted(ctx: &Ctx, pod: Pod) -> Pod {
         status = json!({});
     }
     status["phase"] = json!("Failed");
-    status["reason"] = json!("Evicted");
+    status["reason"] = json!(reason);
     status["message"] = json!(message);
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let mut conditions = status["conditions"].as_array().cloned().unwrap_or_default();
-    conditions.retain(|c| c["type"] != "DisruptionTarget");
-    conditions.push(json!({
-        "type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
-        "message": message, "lastTransitionTime": now,
-    }));
-    status["conditions"] = json!(conditions);
+    if reason == EVICTED {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let mut conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+        conditions.retain(|c| c["type"] != "DisruptionTarget");
+        conditions.push(json!({
+            "type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+            "message": message, "lastTransitionTime": now,
+        }));
+        status["conditions"] = json!(conditions);
+    }
     let mut pod = pod;
     pod.status = serde_json::from_value(status).ok();
     pod
@@ -327,8 +332,24 @@ fn as_evicted(ctx: &Ctx, pod: Pod) -> Pod {
 /// is refused (Failed, `Evicted`), as upstream's eviction admit handler does.
 async fn admit(ctx: &Ctx, pod: Pod) -> Pod {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let started = pod.status.as_ref().is_some_and(|s| s.start_time.is_some());
-    if started || ctx.evicted().contains_key(&uid) {
+    let started = pod.status.as_ref().and_then(|s| s.start_time.as_ref());
+    // activeDeadlineSeconds counts from the pod's start on the node.
+    let deadline = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+    if let (Some(started), Some(deadline)) = (started, deadline) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let active = now.as_second() - started.0.as_second();
+        if active >= deadline && !ctx.evicted().contains_key(&uid) {
+            tracing::info!(pod = %name(&pod), deadline, "pod past its activeDeadlineSeconds");
+            ctx.evicted().insert(
+                uid.clone(),
+                (
+                    "DeadlineExceeded".into(),
+                    "Pod was active on the node longer than the specified deadline".into(),
+                ),
+            );
+        }
+    }
+    if started.is_some() || ctx.evicted().contains_key(&uid) {
         return as_evicted(ctx, pod);
     }
     if let Some(message) = crate::eviction::refuse(&pod, &ctx.pressure) {
@@ -339,7 +360,7 @@ async fn admit(ctx: &Ctx, pod: Pod) -> Pod {
             .is_ok_and(|s| s.is_empty());
         if fresh {
             tracing::warn!(pod = %name(&pod), %message, "refusing a pod under node pressure");
-            ctx.evicted().insert(uid, message);
+            ctx.evicted().insert(uid, (EVICTED.into(), message));
         }
     }
     as_evicted(ctx, pod)
@@ -468,6 +489,7 @@ async fn worker(ctx: Arc<Ctx>, uid: String, mut rx: watch::Receiver<Option<Pod>>
         let pod = rx.borrow_and_update().clone();
         let Some(pod) = pod else {
             teardown(&ctx, &uid).await;
+            ctx.evicted().remove(&uid);
             return;
         };
         let result = if pod.metadata.deletion_timestamp.is_some() {

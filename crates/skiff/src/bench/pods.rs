@@ -342,7 +342,10 @@ async fn no_sandboxes_left(socket: &std::path::Path) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{} sandboxes were left in the runtime after 120 s", left.len());
+            bail!(
+                "{} sandboxes were left in the runtime after 120 s",
+                left.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
