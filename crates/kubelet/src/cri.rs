@@ -389,6 +389,28 @@ impl Runtime {
         Ok(reply.image.map(|i| i.id))
     }
 
+    /// The user an image runs as: its uid, else its user name (none: root).
+    pub async fn image_user(&self, image: &str) -> Result<(Option<i64>, String)> {
+        let reply = self
+            .images
+            .clone()
+            .image_status(ImageStatusRequest {
+                image: Some(ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await?
+            .into_inner();
+        let image = reply.image.unwrap_or_default();
+        Ok(match (image.uid, image.username) {
+            (Some(uid), _) => (Some(uid.value), String::new()),
+            (None, name) if !name.is_empty() => (None, name),
+            _ => (Some(0), String::new()),
+        })
+    }
+
     pub async fn pull_image(&self, image: &str, auth: Option<AuthConfig>) -> Result<String> {
         Ok(self
             .images

@@ -415,6 +415,19 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: rootless}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - {name: root, image: example.com/busybox:1, command: [sleep, "3600"]}
+  - name: user
+    image: example.com/busybox:1
+    command: [sleep, "3600"]
+    securityContext: {runAsUser: 1000}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: hog}
 spec:
   restartPolicy: Never
@@ -523,6 +536,38 @@ async fn workloads_run_to_their_ends_and_outlive_a_kubelet_stop() {
         container(c, "deadline", false)["state"]["running"].is_null()
     });
 
+    // runAsNonRoot: the image's root user is refused, a non-root runAsUser runs.
+    wait_for("the non-root check", || {
+        let pod = c.json(&["get", "pod", "rootless"]);
+        let statuses = pod["status"]["containerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let by_name = |n: &str| {
+            statuses
+                .iter()
+                .find(|s| s["name"] == n)
+                .cloned()
+                .unwrap_or_default()
+        };
+        by_name("root")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+            && !by_name("user")["state"]["running"].is_null()
+    });
+    let rootless = c.json(&["get", "pod", "rootless"]);
+    let root = rootless["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["name"] == "root"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        root["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(
+                "container has runAsNonRoot and image will run as root (pod: \"rootless_default("
+            )),
+        "{root}"
+    );
+
     // The kubelet stops: the node goes Unknown (its Lease is not renewed) and the pods,
     // which tolerate that for five minutes, stay.
     kubelet.kill();
@@ -540,7 +585,7 @@ async fn workloads_run_to_their_ends_and_outlive_a_kubelet_stop() {
 
     c.ok(&["delete", "deployment", "web"]);
     c.ok(&["delete", "job", "once"]);
-    c.ok(&["delete", "pod", "hog", "deadline"]);
+    c.ok(&["delete", "pod", "hog", "deadline", "rootless"]);
     no_sandboxes_left(&n.rt.socket(), || c.log()).await;
 }
 

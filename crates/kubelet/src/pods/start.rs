@@ -98,6 +98,13 @@ pub(super) async fn start_container(
             .insert(container.name.clone(), (reason, message));
         return;
     }
+    if let Err(message) = verify_run_as_non_root(ctx, pod, container).await {
+        state.waiting.insert(
+            container.name.clone(),
+            ("CreateContainerConfigError".into(), message),
+        );
+        return;
+    }
     let env = match environment(ctx, pod, container, at.pod_ip).await {
         Ok(env) => env,
         Err(message) => {
@@ -386,4 +393,48 @@ async fn environment(
         secrets: &secrets,
     };
     spec::environment(pod, container, &context).map_err(|e| e.to_string())
+}
+
+/// `runAsNonRoot`: the container may not run as uid 0, by its own `runAsUser` or by the
+/// image's user (upstream's checks and messages).
+async fn verify_run_as_non_root(ctx: &Ctx, pod: &Pod, container: &Container) -> Result<(), String> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = container.security_context.as_ref();
+    let non_root = sc
+        .and_then(|c| c.run_as_non_root)
+        .or(pod_sc.and_then(|p| p.run_as_non_root));
+    if non_root != Some(true) {
+        return Ok(());
+    }
+    let meta = &pod.metadata;
+    let who = format!(
+        "pod: \"{}_{}({})\", container: {}",
+        meta.name.as_deref().unwrap_or_default(),
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.uid.as_deref().unwrap_or_default(),
+        container.name
+    );
+    let user = sc
+        .and_then(|c| c.run_as_user)
+        .or(pod_sc.and_then(|p| p.run_as_user));
+    if let Some(user) = user {
+        return if user == 0 {
+            Err(format!(
+                "container's runAsUser breaks non-root policy ({who})"
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    let image = container.image.as_deref().unwrap_or_default();
+    match ctx.runtime.image_user(image).await {
+        Ok((Some(0), _)) => Err(format!(
+            "container has runAsNonRoot and image will run as root ({who})"
+        )),
+        Ok((None, name)) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root ({who})"
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("verifying the image's user: {}", e.message())),
+    }
 }
