@@ -36,8 +36,57 @@ pub fn time(nanos: i64) -> Option<String> {
         .map(|t| t.to_string())
 }
 
+/// The largest termination message kept (upstream's per-container limit).
+const MAX_MESSAGE: u64 = 4096;
+/// What `FallbackToLogsOnError` takes from the log: its last lines and bytes.
+const FALLBACK_LINES: usize = 80;
+const FALLBACK_BYTES: usize = 2048;
+
+/// A terminated container's message: its termination message file (the kubelet mounts
+/// one at `terminationMessagePath`), else, with `FallbackToLogsOnError` and a failure,
+/// the tail of its log; else what the runtime says.
+fn termination_message(status: &cri::ContainerStatus, container: &Container) -> String {
+    use std::io::Read;
+    let path = container
+        .termination_message_path
+        .as_deref()
+        .unwrap_or_default();
+    let file = status
+        .mounts
+        .iter()
+        .find(|m| !path.is_empty() && m.container_path == path)
+        .map(|m| m.host_path.clone());
+    let mut message = String::new();
+    if let Some(file) = file
+        && let Ok(f) = std::fs::File::open(file)
+    {
+        let mut bytes = Vec::new();
+        let _ = f.take(MAX_MESSAGE).read_to_end(&mut bytes);
+        message = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let fallback = container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+    if message.is_empty() && fallback && status.exit_code != 0 {
+        let log = std::fs::read(&status.log_path).unwrap_or_default();
+        let lines: Vec<&[u8]> = log
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.splitn(4, |b| *b == b' ').nth(3))
+            .collect();
+        let tail = lines[lines.len().saturating_sub(FALLBACK_LINES)..].join(&b'\n');
+        let start = tail.len().saturating_sub(FALLBACK_BYTES);
+        message = String::from_utf8_lossy(&tail[start..]).into_owned();
+        if !message.is_empty() {
+            message.push('\n');
+        }
+    }
+    if message.is_empty() {
+        message = status.message.clone();
+    }
+    message
+}
+
 /// The state of one runtime container (`state`/`lastState`).
-fn state(status: &cri::ContainerStatus, runtime: &str) -> Value {
+fn state(status: &cri::ContainerStatus, runtime: &str, container: &Container) -> Value {
     match cri::ContainerState::try_from(status.state) {
         Ok(cri::ContainerState::ContainerRunning) => {
             json!({"running": {"startedAt": time(status.started_at)}})
@@ -57,8 +106,9 @@ fn state(status: &cri::ContainerStatus, runtime: &str) -> Value {
                     terminated[key] = json!(time);
                 }
             }
-            if !status.message.is_empty() {
-                terminated["message"] = json!(status.message);
+            let message = termination_message(status, container);
+            if !message.is_empty() {
+                terminated["message"] = json!(message);
             }
             json!({"terminated": terminated})
         }
@@ -123,13 +173,13 @@ fn container_status(
         Some((reason, message)) if !running => {
             entry["state"] = json!({"waiting": {"reason": reason, "message": message}});
             if exited(newest) {
-                entry["lastState"] = state(newest, observed.runtime_name);
+                entry["lastState"] = state(newest, observed.runtime_name, container);
             }
         }
         _ => {
-            entry["state"] = state(newest, observed.runtime_name);
+            entry["state"] = state(newest, observed.runtime_name, container);
             if let Some(previous) = history.get(1).filter(|p| exited(p)) {
-                entry["lastState"] = state(previous, observed.runtime_name);
+                entry["lastState"] = state(previous, observed.runtime_name, container);
             }
         }
     }
@@ -668,7 +718,7 @@ mod tests {
         );
         let mut never_started = container("a", cri::ContainerState::ContainerExited, 128, 0);
         never_started.started_at = 0;
-        let state = state(&never_started, "skiff");
+        let state = state(&never_started, "skiff", &Container::default());
         assert!(state["terminated"].get("startedAt").is_none(), "{state}");
         assert!(state["terminated"]["finishedAt"].is_string(), "{state}");
     }

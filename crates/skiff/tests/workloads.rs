@@ -415,6 +415,18 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: farewell}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: file, image: example.com/busybox:1, command: [sh, -c, "echo goodbye > /dev/termination-log; exit 3"]}
+  - name: logs
+    image: example.com/busybox:1
+    command: [sh, -c, "echo first; echo oops; exit 1"]
+    terminationMessagePolicy: FallbackToLogsOnError
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: rootless}
 spec:
   terminationGracePeriodSeconds: 1
@@ -536,6 +548,21 @@ async fn workloads_run_to_their_ends_and_outlive_a_kubelet_stop() {
         container(c, "deadline", false)["state"]["running"].is_null()
     });
 
+    // Termination messages: the file at terminationMessagePath, or the log's tail.
+    wait_for("the farewell pod to fail", || {
+        phase(c, "farewell") == "Failed"
+    });
+    let farewell = c.json(&["get", "pod", "farewell"]);
+    let message = |name: &str| {
+        farewell["status"]["containerStatuses"]
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["name"] == name))
+            .map(|s| s["state"]["terminated"]["message"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(message("file"), "goodbye\n", "{farewell}");
+    assert_eq!(message("logs"), "first\noops\n", "{farewell}");
+
     // runAsNonRoot: the image's root user is refused, a non-root runAsUser runs.
     wait_for("the non-root check", || {
         let pod = c.json(&["get", "pod", "rootless"]);
@@ -585,7 +612,7 @@ async fn workloads_run_to_their_ends_and_outlive_a_kubelet_stop() {
 
     c.ok(&["delete", "deployment", "web"]);
     c.ok(&["delete", "job", "once"]);
-    c.ok(&["delete", "pod", "hog", "deadline", "rootless"]);
+    c.ok(&["delete", "pod", "hog", "deadline", "rootless", "farewell"]);
     no_sandboxes_left(&n.rt.socket(), || c.log()).await;
 }
 

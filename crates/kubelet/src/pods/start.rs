@@ -125,6 +125,10 @@ pub(super) async fn start_container(
             return;
         }
     };
+    let mut mounts = mounts;
+    if let Some(mount) = termination_log(ctx, pod, container, attempt, &mounts) {
+        mounts.push(mount);
+    }
     let config = spec::container(pod, container, attempt, &env, mounts);
     let id = match ctx
         .runtime
@@ -437,4 +441,38 @@ async fn verify_run_as_non_root(ctx: &Ctx, pod: &Pod, container: &Container) -> 
         Ok(_) => Ok(()),
         Err(e) => Err(format!("verifying the image's user: {}", e.message())),
     }
+}
+
+/// The file behind `terminationMessagePath`: an empty, writable file per container
+/// attempt under the pod's directory, bind-mounted at that path (what the container
+/// writes there becomes its termination message).
+fn termination_log(
+    ctx: &Ctx,
+    pod: &Pod,
+    container: &Container,
+    attempt: u32,
+    mounts: &[k8s_cri::v1::Mount],
+) -> Option<k8s_cri::v1::Mount> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = container.termination_message_path.as_deref()?;
+    if !path.starts_with('/') || mounts.iter().any(|m| m.container_path == path) {
+        return None;
+    }
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let dir = crate::volumes::pod_dir(&ctx.config.root_dir, uid)
+        .join("containers")
+        .join(&container.name);
+    let file = dir.join(format!("{attempt}-termination-log"));
+    let made = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&file, b""))
+        .and_then(|()| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)));
+    if let Err(e) = made {
+        tracing::warn!(file = %file.display(), error = %e, "making the termination message file");
+        return None;
+    }
+    Some(k8s_cri::v1::Mount {
+        container_path: path.to_string(),
+        host_path: file.display().to_string(),
+        ..Default::default()
+    })
 }
