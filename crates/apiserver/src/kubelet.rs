@@ -200,6 +200,17 @@ fn kubelet_address(node: &Value) -> Option<(String, u16)> {
     Some((address, port))
 }
 
+/// Where the named node's kubelet API is.
+async fn node_endpoint(state: &State, node_name: &str) -> Result<(String, u16), ApiError> {
+    let nodes = reg::find("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
+    let node = state.registry.get(nodes, None, node_name).await?;
+    kubelet_address(&node).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "node {node_name} does not report a kubelet endpoint"
+        ))
+    })
+}
+
 fn names(list: &Value) -> Vec<String> {
     list.as_array()
         .into_iter()
@@ -219,13 +230,7 @@ async fn locate_pod(state: &State, ns: &str, name: &str) -> Result<(Value, Strin
             "pod {name} does not have a host assigned"
         )));
     }
-    let nodes = reg::find("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
-    let node = state.registry.get(nodes, None, node_name).await?;
-    let (host, port) = kubelet_address(&node).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "node {node_name} does not report a kubelet endpoint"
-        ))
-    })?;
+    let (host, port) = node_endpoint(state, node_name).await?;
     Ok((pod, host, port))
 }
 
@@ -280,13 +285,7 @@ pub(crate) async fn node_proxy(
     path: &str,
     query: &str,
 ) -> Result<Response, ApiError> {
-    let nodes = reg::find("", "v1", "nodes").ok_or_else(ApiError::path_not_found)?;
-    let node = state.registry.get(nodes, None, node_name).await?;
-    let (host, port) = kubelet_address(&node).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "node {node_name} does not report a kubelet endpoint"
-        ))
-    })?;
+    let (host, port) = node_endpoint(state, node_name).await?;
     let mut target = format!("/{path}");
     if !query.is_empty() {
         target.push('?');

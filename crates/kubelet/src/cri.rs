@@ -374,7 +374,11 @@ impl Runtime {
 
     /// The image's id (`imageRef`) if the runtime has it.
     pub async fn image_present(&self, image: &str) -> Result<Option<String>> {
-        let reply = self
+        Ok(self.image_status(image).await?.map(|i| i.id))
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<Image>> {
+        Ok(self
             .images
             .clone()
             .image_status(ImageStatusRequest {
@@ -385,25 +389,13 @@ impl Runtime {
                 verbose: false,
             })
             .await?
-            .into_inner();
-        Ok(reply.image.map(|i| i.id))
+            .into_inner()
+            .image)
     }
 
     /// The user an image runs as: its uid, else its user name (none: root).
     pub async fn image_user(&self, image: &str) -> Result<(Option<i64>, String)> {
-        let reply = self
-            .images
-            .clone()
-            .image_status(ImageStatusRequest {
-                image: Some(ImageSpec {
-                    image: image.into(),
-                    ..Default::default()
-                }),
-                verbose: false,
-            })
-            .await?
-            .into_inner();
-        let image = reply.image.unwrap_or_default();
+        let image = self.image_status(image).await?.unwrap_or_default();
         Ok(match (image.uid, image.username) {
             (Some(uid), _) => (Some(uid.value), String::new()),
             (None, name) if !name.is_empty() => (None, name),

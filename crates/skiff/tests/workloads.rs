@@ -305,29 +305,14 @@ async fn the_kubelet_drives_containerd_too() {
     }
     let c = Cluster::start(Backend::Embedded).await;
     let node = format!("containerd-{pid}");
-    let root = containerd.dir.path().join("kubelet").display().to_string();
-    let logs = containerd.dir.path().join("pods").display().to_string();
-    let ca = c.data_dir().join("pki/ca.crt").display().to_string();
-    let socket = containerd.socket().display().to_string();
-    let _kubelet = c.spawn_component(&[
-        "kubelet",
-        "--root-dir",
-        &root,
-        "--client-ca-file",
-        &ca,
-        "--kubelet-port",
-        "0",
-        "--node-name",
+    let _kubelet = spawn_kubelet(
+        &c,
         &node,
-        "--cri-socket",
-        &socket,
-        "--pod-log-dir",
-        &logs,
-        "--node-ip",
-        "127.0.0.1",
-        "--eviction-hard",
-        "memory.available<1Mi",
-    ]);
+        &containerd.socket(),
+        containerd.dir.path(),
+        &containerd.dir.path().join("pods"),
+        &[],
+    );
     wait_node_ready(&c, &node);
     let info = c.json(&["get", "node", &node]);
     assert!(

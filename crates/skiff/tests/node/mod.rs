@@ -106,38 +106,58 @@ impl TestNode {
 
     /// The kubelet, with `extra` flags.
     pub fn kubelet_with(&self, extra: &[&str]) -> common::Component {
-        let socket = self.rt.socket().display().to_string();
-        let logs = self.logs.display().to_string();
-        let ca = self.c.data_dir().join("pki/ca.crt").display().to_string();
-        let root = self.rt.dir.path().join("kubelet").display().to_string();
-        let mut args = vec![
-            "kubelet",
-            "--root-dir",
-            &root,
-            "--client-ca-file",
-            &ca,
-            "--kubelet-port",
-            "0",
-            "--node-name",
+        spawn_kubelet(
+            &self.c,
             &self.name,
-            "--cri-socket",
-            &socket,
-            "--pod-log-dir",
-            &logs,
-            "--node-ip",
-            "127.0.0.1",
-        ];
-        // Eviction by the host disk's fill level is not what most tests are about.
-        if !extra.contains(&"--eviction-hard") {
-            args.extend_from_slice(&["--eviction-hard", "memory.available<1Mi"]);
-        }
-        args.extend_from_slice(extra);
-        self.c.spawn_component(&args)
+            &self.rt.socket(),
+            self.rt.dir.path(),
+            &self.logs,
+            extra,
+        )
     }
 
     pub fn wait_ready(&self) {
         wait_node_ready(&self.c, &self.name);
     }
+}
+
+/// `skiff kubelet` as node `name` on the runtime at `socket`: its root under `dir`,
+/// pod logs in `logs`, the kubelet API on a free port for the cluster's CA, `extra` flags.
+pub fn spawn_kubelet(
+    c: &Cluster,
+    name: &str,
+    socket: &std::path::Path,
+    dir: &std::path::Path,
+    logs: &std::path::Path,
+    extra: &[&str],
+) -> common::Component {
+    let socket = socket.display().to_string();
+    let logs = logs.display().to_string();
+    let ca = c.data_dir().join("pki/ca.crt").display().to_string();
+    let root = dir.join("kubelet").display().to_string();
+    let mut args = vec![
+        "kubelet",
+        "--root-dir",
+        &root,
+        "--client-ca-file",
+        &ca,
+        "--kubelet-port",
+        "0",
+        "--node-name",
+        name,
+        "--cri-socket",
+        &socket,
+        "--pod-log-dir",
+        &logs,
+        "--node-ip",
+        "127.0.0.1",
+    ];
+    // Eviction by the host disk's fill level is not what most tests are about.
+    if !extra.contains(&"--eviction-hard") {
+        args.extend_from_slice(&["--eviction-hard", "memory.available<1Mi"]);
+    }
+    args.extend_from_slice(extra);
+    c.spawn_component(&args)
 }
 
 /// Waits until the runtime at `socket` has no sandbox left (30 s at most).
