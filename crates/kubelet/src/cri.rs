@@ -118,6 +118,12 @@ impl Runtime {
             .items)
     }
 
+    /// A sandbox's pod IP, if the runtime reports one.
+    pub async fn sandbox_ip(&self, id: &str) -> Option<String> {
+        let status = self.sandbox_status(id).await.ok().flatten()?;
+        status.network.map(|n| n.ip)
+    }
+
     pub async fn sandbox_status(&self, id: &str) -> Result<Option<PodSandboxStatus>> {
         Ok(self
             .runtime

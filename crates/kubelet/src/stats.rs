@@ -246,6 +246,8 @@ pub async fn summary(
         .into_iter()
         .map(|c| (c.id, c.created_at))
         .collect();
+    // The log filesystem is the same for every container: looked at once.
+    let logs_fs = filesystem(pod_log_dir, now);
     let mut pods = Vec::new();
     for stats in runtime.sandbox_stats().await? {
         let Some(attributes) = stats.attributes.as_ref() else {
@@ -286,7 +288,7 @@ pub async fn summary(
                 });
                 let log_bytes = dir_size(&logs_dir.join(&container));
                 ephemeral += rootfs["usedBytes"].as_u64().unwrap_or(0) + log_bytes;
-                let mut logs = filesystem(pod_log_dir, now);
+                let mut logs = logs_fs.clone();
                 if logs.is_object() {
                     logs["usedBytes"] = json!(log_bytes);
                 }

@@ -30,6 +30,23 @@ spec:
     command: [sh, -c, "mkdir -p /www && echo hello from the pod > /www/index.html && seq 1 200000 > /www/big && exec httpd -f -p 8080 -h /www"]
 "#;
 
+/// Waits until the server pod's httpd answers (once its shell has written the files).
+fn wait_httpd(c: &Cluster) {
+    wait_for("httpd to listen", || {
+        let get = [
+            "exec",
+            "server",
+            "--",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            "http://127.0.0.1:8080/",
+        ];
+        c.kubectl(&get).status.success()
+    });
+}
+
 /// `kubectl port-forward` running in the background; killed on drop.
 struct PortForward {
     child: std::process::Child,
@@ -123,20 +140,7 @@ async fn kubectl_port_forward_cp_and_node_stats_reach_into_a_pod() {
     assert!(applied.status.success(), "{applied:?}");
     wait_for("the server pod to run", || phase(c, "server") == "Running");
     // httpd listens once the shell has written its files.
-    wait_for("httpd to listen", || {
-        c.kubectl(&[
-            "exec",
-            "server",
-            "--",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "http://127.0.0.1:8080/",
-        ])
-        .status
-        .success()
-    });
+    wait_httpd(c);
 
     // port-forward: several connections, one after another and at once, small and big.
     let forward = PortForward::start(c, "server", 8080);
@@ -338,20 +342,7 @@ async fn the_kubelet_drives_containerd_too() {
             .is_some_and(|ip| ip.starts_with("10.235.")),
         "{pod}"
     );
-    wait_for("httpd to listen", || {
-        c.kubectl(&[
-            "exec",
-            "server",
-            "--",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            "http://127.0.0.1:8080/",
-        ])
-        .status
-        .success()
-    });
+    wait_httpd(&c);
     let forward = PortForward::start(&c, "server", 8080);
     assert_eq!(forward.get("/index.html"), "hello from the pod\n");
     drop(forward);

@@ -612,12 +612,7 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
         (None, false) => {
             // A new sandbox: whatever ran in the old ones is stopped first, with the
             // pod's grace period.
-            let grace = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-                .unwrap_or(30)
-                .max(0);
+            let grace = grace_period(pod);
             let mut ran = false;
             for old in &sandboxes {
                 ran |= ctx
@@ -666,12 +661,8 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
         sandbox_config(ctx, pod, sandbox.metadata.as_ref().map_or(0, |m| m.attempt));
     let pod_ip = ctx
         .runtime
-        .sandbox_status(&sandbox.id)
+        .sandbox_ip(&sandbox.id)
         .await
-        .ok()
-        .flatten()
-        .and_then(|s| s.network)
-        .map(|n| n.ip)
         .unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     // A pod on the node's network has the node's address.
@@ -885,15 +876,7 @@ async fn run_pre_stop(ctx: &Ctx, pod: &Pod, sandbox: &str, grace: i64) {
     let Ok(running) = containers(ctx, sandbox).await else {
         return;
     };
-    let pod_ip = ctx
-        .runtime
-        .sandbox_status(sandbox)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|s| s.network)
-        .map(|n| n.ip)
-        .unwrap_or_default();
+    let pod_ip = ctx.runtime.sandbox_ip(sandbox).await.unwrap_or_default();
     let timeout = Duration::from_secs(u64::try_from(grace.max(0)).unwrap_or(0));
     let spec = pod.spec.clone().unwrap_or_default();
     let hooks = spec
@@ -1014,13 +997,7 @@ async fn post_status(
         Some(sandbox) => {
             let ready = sandbox.state == cri::PodSandboxState::SandboxReady as i32;
             let ip = if ready {
-                ctx.runtime
-                    .sandbox_status(&sandbox.id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|s| s.network)
-                    .map(|n| n.ip)
+                ctx.runtime.sandbox_ip(&sandbox.id).await
             } else {
                 None
             };
@@ -1094,6 +1071,15 @@ async fn post_status(
         .map_err(|e| format!("updating the pod status: {e}"))?;
     state.posted = Some(status);
     Ok(())
+}
+
+/// The pod's termination grace period in seconds (upstream's default: 30).
+pub(super) fn grace_period(pod: &Pod) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30)
+        .max(0)
 }
 
 /// Whether the kubelet runs `pod` from a manifest file.

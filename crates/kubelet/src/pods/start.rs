@@ -159,12 +159,7 @@ pub(super) async fn start_container(
         .as_ref()
         .and_then(|l| l.post_start.as_ref())
     {
-        let grace = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
-            .unwrap_or(30)
-            .max(0);
+        let grace = super::grace_period(pod);
         let timeout = Duration::from_secs(u64::try_from(grace.max(1)).unwrap_or(30));
         if let Err(message) =
             super::probe::hook(&ctx.runtime, container, &id, at.pod_ip, handler, timeout).await
