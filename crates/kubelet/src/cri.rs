@@ -409,6 +409,29 @@ impl Runtime {
         })
     }
 
+    pub async fn list_images(&self) -> Result<Vec<Image>> {
+        Ok(self
+            .images
+            .clone()
+            .list_images(ListImagesRequest { filter: None })
+            .await?
+            .into_inner()
+            .images)
+    }
+
+    pub async fn remove_image(&self, id: &str) -> Result<()> {
+        self.images
+            .clone()
+            .remove_image(RemoveImageRequest {
+                image: Some(ImageSpec {
+                    image: id.into(),
+                    ..Default::default()
+                }),
+            })
+            .await?;
+        Ok(())
+    }
+
     pub async fn pull_image(&self, image: &str, auth: Option<AuthConfig>) -> Result<String> {
         Ok(self
             .images

@@ -43,7 +43,7 @@ impl Signal {
         }
     }
 
-    fn memory(self) -> bool {
+    pub fn memory(self) -> bool {
         self == Signal::MemoryAvailable
     }
 }

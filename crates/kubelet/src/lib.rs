@@ -10,6 +10,7 @@
 //! - `network.rs`: the default pod network when the node has none.
 //! - `spec.rs`: a Pod's sandbox and container configs for CRI.
 //! - `volumes.rs`: pod volumes on the node and their mounts.
+//! - `gc.rs`: unused images and the logs of pods that are gone.
 //! - `status.rs`: pod status from what the runtime reports (phase, conditions, container
 //!   statuses).
 //! - `server.rs`: the kubelet API the API server proxies to (container logs).
@@ -18,6 +19,7 @@
 
 mod cri;
 pub mod eviction;
+mod gc;
 mod network;
 mod node;
 mod pods;
@@ -33,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use gc::ImagePolicy;
 pub use network::DefaultCni;
 pub use server::ApiConfig;
 
@@ -76,6 +79,8 @@ pub struct Config {
     pub eviction_pressure_transition_period: Duration,
     /// How often eviction signals are observed.
     pub eviction_interval: Duration,
+    /// When unused images are collected.
+    pub image_gc: ImagePolicy,
 }
 
 impl Default for Config {
@@ -100,6 +105,7 @@ impl Default for Config {
             eviction_hard: eviction::defaults(),
             eviction_pressure_transition_period: Duration::from_secs(300),
             eviction_interval: Duration::from_secs(10),
+            image_gc: ImagePolicy::default(),
         }
     }
 }

@@ -14,6 +14,19 @@ pub const POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 pub const POD_UID: &str = "io.kubernetes.pod.uid";
 pub const CONTAINER_NAME: &str = "io.kubernetes.container.name";
 pub const RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+/// The container spec's hash: a container whose spec changed (its image) is restarted.
+pub const CONTAINER_HASH: &str = "io.kubernetes.container.hash";
+
+/// A hash of the container's spec, resources left out (they may change in place).
+pub fn container_hash(container: &Container) -> String {
+    use sha2::Digest;
+    let mut spec = container.clone();
+    spec.resources = None;
+    spec.resize_policy = None;
+    let bytes = serde_json::to_vec(&spec).unwrap_or_default();
+    let digest = sha2::Sha256::digest(&bytes);
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// What a container's environment may refer to besides the pod: the node, and the
 /// ConfigMap and Secret keys (`None`: the object or key is missing).
@@ -150,7 +163,7 @@ pub fn sandbox(
                 namespace_options: Some(namespaces(pod)),
                 run_as_user: security.run_as_user.map(|v| cri::Int64Value { value: v }),
                 run_as_group: security.run_as_group.map(|v| cri::Int64Value { value: v }),
-                supplemental_groups: security.supplemental_groups.clone().unwrap_or_default(),
+                supplemental_groups: supplemental_groups(&security),
                 ..Default::default()
             }),
             sysctls: security
@@ -167,6 +180,54 @@ pub fn sandbox(
 
 /// DNS by `dnsPolicy`: ClusterFirst uses the cluster DNS (the node's resolver when the
 /// kubelet has none, as upstream), Default the node's, None only `dnsConfig`.
+/// The pod's extra groups: `fsGroup` first (its volumes belong to it), then
+/// `supplementalGroups`, as upstream's kubelet gives them.
+fn supplemental_groups(security: &k8s_openapi::api::core::v1::PodSecurityContext) -> Vec<i64> {
+    security
+        .fs_group
+        .into_iter()
+        .chain(security.supplemental_groups.iter().flatten().copied())
+        .collect()
+}
+
+/// The pod's `/etc/hosts`, as upstream's kubelet writes it for every container: a
+/// managed file (localhost entries, the pod's own name, `hostname.subdomain...` when it
+/// has a subdomain) or, on the host's network, the host's file; then the pod's
+/// `hostAliases`.
+pub fn hosts_file(pod: &Pod, hostname: &str, pod_ips: &[&str], domain: &str) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut text = if spec.host_network == Some(true) {
+        let host = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        format!("# Kubernetes-managed hosts file (host network).\n{host}")
+    } else {
+        let mut text = String::from(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+        );
+        let subdomain = spec.subdomain.as_deref().filter(|s| !s.is_empty());
+        for ip in pod_ips.iter().filter(|ip| !ip.is_empty()) {
+            match subdomain {
+                Some(sub) => {
+                    let namespace = meta(pod).1;
+                    text.push_str(&format!(
+                        "{ip}\t{hostname}.{sub}.{namespace}.svc.{domain}\t{hostname}\n"
+                    ));
+                }
+                None => text.push_str(&format!("{ip}\t{hostname}\n")),
+            }
+        }
+        text
+    };
+    let aliases = spec.host_aliases.unwrap_or_default();
+    if !aliases.is_empty() {
+        text.push_str("\n# Entries added by HostAliases.\n");
+        for alias in aliases {
+            let names = alias.hostnames.unwrap_or_default().join("\t");
+            text.push_str(&format!("{}\t{names}\n", alias.ip));
+        }
+    }
+    text
+}
+
 fn dns(pod: &Pod, cluster_dns: &[String], domain: &str) -> Option<cri::DnsConfig> {
     let spec = pod.spec.as_ref()?;
     let (_, namespace, _) = meta(pod);
@@ -535,6 +596,7 @@ pub fn container(
     labels.insert(CONTAINER_NAME.into(), container.name.clone());
     let annotations: HashMap<String, String> = [
         (RESTART_COUNT.to_string(), attempt.to_string()),
+        (CONTAINER_HASH.to_string(), container_hash(container)),
         (
             "io.kubernetes.container.terminationMessagePath".to_string(),
             container
@@ -616,7 +678,7 @@ pub fn container(
                     .map(|v| cri::Int64Value { value: v }),
                 run_as_username: String::new(),
                 readonly_rootfs: security.read_only_root_filesystem == Some(true),
-                supplemental_groups: pod_security.supplemental_groups.clone().unwrap_or_default(),
+                supplemental_groups: supplemental_groups(&pod_security),
                 no_new_privs: security.allow_privilege_escalation == Some(false),
                 seccomp,
                 ..Default::default()

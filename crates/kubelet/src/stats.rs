@@ -101,7 +101,7 @@ fn network(usage: &Option<cri::NetworkUsage>) -> Value {
 }
 
 /// Capacity, availability and inodes of the filesystem holding `path`.
-fn filesystem(path: &Path, now: i64) -> Value {
+pub(crate) fn filesystem(path: &Path, now: i64) -> Value {
     let Ok(fs) = nix::sys::statvfs::statvfs(path) else {
         return Value::Null;
     };

@@ -35,12 +35,57 @@ pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
     root.join("pods").join(uid)
 }
 
+/// Gives a volume to the pod's fsGroup as upstream's `SetVolumeOwnership` does: every
+/// file and directory (links not followed) gets the group, group read (and write unless
+/// `read_only`), directories the setgid bit so new files inherit the group. With
+/// `on_root_mismatch`, nothing is done when the root already looks right.
+fn set_ownership(
+    dir: &Path,
+    gid: u32,
+    read_only: bool,
+    on_root_mismatch: bool,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mask = if read_only { 0o440 } else { 0o660 };
+    if on_root_mismatch {
+        let meta = std::fs::metadata(dir)?;
+        let wanted = mask | 0o110 | 0o2000;
+        if meta.gid() == gid && meta.mode() & wanted == wanted {
+            return Ok(());
+        }
+    }
+    fn walk(path: &Path, gid: u32, mask: u32) -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(path)?;
+        std::os::unix::fs::lchown(path, None, Some(gid))?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let mut mode = meta.mode() & 0o7777 | mask;
+        if meta.is_dir() {
+            mode |= 0o2000 | 0o110;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                walk(&entry?.path(), gid, mask)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, gid, mask)
+}
+
 /// Sets up (or refreshes) every volume of the pod; why one cannot be, otherwise.
 pub async fn prepare(client: &kube::Client, root: &Path, pod: &Pod) -> Result<Prepared, String> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let base = pod_dir(root, &uid).join("volumes");
     let mut prepared = Prepared::new();
+    let fs_group = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|c| c.fs_group);
     for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         if !valid_name(&volume.name) {
             return Err(format!(
@@ -59,6 +104,26 @@ pub async fn prepare(client: &kube::Client, root: &Path, pod: &Pod) -> Result<Pr
         let files = volume.empty_dir.is_none()
             && volume.host_path.is_none()
             && volume.persistent_volume_claim.is_none();
+        // fsGroup owns emptyDirs and the kubelet's own files (not host paths).
+        if let Some(group) = fs_group
+            && (files || volume.empty_dir.is_some())
+        {
+            let gid =
+                u32::try_from(group).map_err(|_| format!("fsGroup {group} is out of range"))?;
+            let policy = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|c| c.fs_group_change_policy.as_deref());
+            // The kubelet rewrites its files: their ownership is set every time.
+            let on_root_mismatch = !files || policy == Some("OnRootMismatch");
+            set_ownership(&path, gid, files, on_root_mismatch).map_err(|e| {
+                format!(
+                    "MountVolume.SetUp failed for volume \"{}\": setting its ownership to fsGroup {gid}: {e}",
+                    volume.name
+                )
+            })?;
+        }
         prepared.insert(volume.name.clone(), (path, files));
     }
     Ok(prepared)
@@ -74,8 +139,10 @@ async fn prepare_one(
     let io = |e: std::io::Error| e.to_string();
     if let Some(empty) = &volume.empty_dir {
         let dir = base.join("kubernetes.io~empty-dir").join(&volume.name);
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        set_mode(&dir, 0o777)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            set_mode(&dir, 0o777)?;
+        }
         if empty.medium.as_deref() == Some("Memory") && !is_mount_point(&dir) {
             let size = empty
                 .size_limit

@@ -66,7 +66,7 @@ fn image_of(record: &ImageRecord) -> Image {
         repo_digests: record.repo_digests.clone(),
         size: record.size,
         // Imported images cannot be pulled again: the kubelet's image GC must keep them.
-        pinned: true,
+        pinned: !record.pulled,
         spec: Some(ImageSpec {
             image: record.id.clone(),
             ..Default::default()

@@ -76,6 +76,10 @@ pub struct ImageRecord {
     pub index: Option<String>,
     /// Bytes of the config and layers.
     pub size: u64,
+    /// Pulled from a registry (it can be pulled again, so the kubelet may collect it);
+    /// imported images are pinned.
+    #[serde(default)]
+    pub pulled: bool,
 }
 
 /// What one import added.
@@ -212,6 +216,16 @@ impl ImageStore {
     /// Imports the images of an OCI image layout or a `docker save` archive (plain or
     /// gzipped tar). `names` tag every imported image too.
     pub fn import(&self, tarball: &Path, names: &[String]) -> Result<Vec<Imported>> {
+        self.import_as(tarball, names, false)
+    }
+
+    /// Imports a pull's layout: its images are marked as pulled (unless they were
+    /// imported before, which keeps them pinned).
+    pub fn import_pulled(&self, tarball: &Path) -> Result<Vec<Imported>> {
+        self.import_as(tarball, &[], true)
+    }
+
+    fn import_as(&self, tarball: &Path, names: &[String], pulled: bool) -> Result<Vec<Imported>> {
         let extra: Vec<Reference> = names
             .iter()
             .map(|n| Reference::parse(n))
@@ -259,6 +273,7 @@ impl ImageStore {
             }
             image.repo_tags.sort();
             image.repo_tags.dedup();
+            image.pulled = pulled;
         }
         let mut imported = Vec::new();
         for image in found {
@@ -268,6 +283,7 @@ impl ImageStore {
             }
             match images.iter_mut().find(|i| i.id == image.id) {
                 Some(existing) => {
+                    existing.pulled &= pulled;
                     existing.repo_tags.extend(image.repo_tags.iter().cloned());
                     existing.repo_tags.sort();
                     existing.repo_tags.dedup();

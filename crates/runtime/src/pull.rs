@@ -245,7 +245,7 @@ pub async fn pull(
         let layout = staging.0.join("layout.tar");
         write_layout(&layout, &index, &blobs)?;
         let store = store.clone();
-        let imported = tokio::task::spawn_blocking(move || store.import(&layout, &[]))
+        let imported = tokio::task::spawn_blocking(move || store.import_pulled(&layout))
             .await
             .map_err(|e| failed("importing", e))??;
         imported

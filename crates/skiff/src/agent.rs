@@ -57,6 +57,13 @@ pub struct NodeAgentArgs {
         default_value = "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%"
     )]
     pub eviction_hard: String,
+    /// Percent of the image filesystem in use from which unused images are removed
+    /// (100: never).
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_threshold: u8,
+    /// Percent of the image filesystem in use image collection frees down to.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: u8,
 }
 
 #[derive(clap::Args)]
@@ -146,6 +153,12 @@ pub async fn run_until(
         eviction_hard: skiff_kubelet::eviction::parse(&node.eviction_hard)
             .map_err(anyhow::Error::msg)
             .context("--eviction-hard")?,
+        image_gc: crate::kubelet::image_policy(
+            node.image_gc_high_threshold,
+            node.image_gc_low_threshold,
+            skiff_kubelet::ImagePolicy::default().minimum_age,
+            skiff_kubelet::ImagePolicy::default().period,
+        )?,
         default_cni: Some(skiff_kubelet::DefaultCni {
             conf_dir: node.cni_conf_dir.clone(),
             bin_dirs: node.cni_bin_dir.clone(),

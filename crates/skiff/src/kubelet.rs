@@ -68,6 +68,55 @@ pub struct KubeletArgs {
     /// Seconds a pressure condition stays after its threshold clears.
     #[arg(long, default_value_t = 300)]
     pub eviction_pressure_transition_period: u64,
+    /// Percent of the image filesystem in use from which unused images are removed
+    /// (100: never).
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_threshold: u8,
+    /// Percent of the image filesystem in use image collection frees down to.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: u8,
+    /// How long an unused image is kept at least (a Go duration: 2m, 90s, 1h30m).
+    #[arg(long, default_value = "2m", value_parser = parse_go_duration)]
+    pub minimum_image_ttl_duration: std::time::Duration,
+    /// How often the image filesystem is checked for collection (upstream: fixed at
+    /// 5 minutes).
+    #[arg(long, default_value = "5m", value_parser = parse_go_duration)]
+    pub image_gc_period: std::time::Duration,
+}
+
+/// A Go duration (`1h30m`, `2m0s`, `90s`, `500ms`).
+pub fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{text:?} is not a duration (e.g. 2m, 90s, 1h30m)");
+    if text == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 pub fn host_name() -> String {
@@ -103,6 +152,12 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_kubelet::Config> {
             args.eviction_pressure_transition_period,
         ),
         file_check_frequency: std::time::Duration::from_secs(args.file_check_frequency.max(1)),
+        image_gc: image_policy(
+            args.image_gc_high_threshold,
+            args.image_gc_low_threshold,
+            args.minimum_image_ttl_duration,
+            args.image_gc_period,
+        )?,
         node_status_update_frequency: std::time::Duration::from_secs(
             args.node_status_update_frequency.max(1),
         ),
@@ -120,10 +175,45 @@ pub fn config(args: &KubeletArgs) -> Result<skiff_kubelet::Config> {
     })
 }
 
+/// The image collection policy the flags give (upstream's checks).
+pub fn image_policy(
+    high: u8,
+    low: u8,
+    minimum_age: std::time::Duration,
+    period: std::time::Duration,
+) -> Result<skiff_kubelet::ImagePolicy> {
+    if low > high {
+        anyhow::bail!(
+            "--image-gc-low-threshold ({low}) must not be above --image-gc-high-threshold ({high})"
+        );
+    }
+    Ok(skiff_kubelet::ImagePolicy {
+        high_threshold: high,
+        low_threshold: low,
+        minimum_age,
+        period: period.max(std::time::Duration::from_secs(1)),
+    })
+}
+
 pub async fn run(args: KubeletArgs) -> Result<()> {
     let client = crate::scheduler::client(&args.kubeconfig).await?;
     let config = config(&args)?;
     skiff_kubelet::run(client, config, crate::server::shutdown_signal_quiet())
         .await
         .context("kubelet")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn go_durations_parse() {
+        let d = super::parse_go_duration;
+        assert_eq!(d("2m0s"), Ok(std::time::Duration::from_secs(120)));
+        assert_eq!(d("1h30m"), Ok(std::time::Duration::from_secs(5400)));
+        assert_eq!(d("0"), Ok(std::time::Duration::ZERO));
+        assert_eq!(d("1.5s"), Ok(std::time::Duration::from_millis(1500)));
+        assert!(d("10").is_err());
+        assert!(d("").is_err());
+        assert!(d("5x").is_err());
+    }
 }

@@ -473,9 +473,25 @@ spec:
       preStop: {exec: {command: [sh, -c, "echo stopping > /proc/1/fd/1"]}}
 "#;
 
+/// On the node's network (the node's address is 127.0.0.1 in tests): a gRPC liveness
+/// probe against the test's own `grpc.health.v1` server.
+const GRPC_PROBED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: grpc-probed}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostNetwork: true
+  containers:
+  - name: main
+    image: example.com/busybox:1
+    command: [sleep, "3600"]
+    livenessProbe: {grpc: {port: GRPCPORT, service: skiff}, periodSeconds: 1, failureThreshold: 2}
+"#;
+
 /// Probes: readiness (httpGet to a named port, exec) decides container and pod
-/// readiness, liveness (tcpSocket, exec) kills a container that fails it, and the
-/// restart policy brings it back.
+/// readiness, liveness (tcpSocket, exec, gRPC) kills a container that fails it (after
+/// its preStop hook), and the restart policy brings it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_decide_readiness_and_restart_unhealthy_containers() {
     let n = TestNode::start(2).await;
@@ -483,6 +499,21 @@ async fn probes_decide_readiness_and_restart_unhealthy_containers() {
     let _kubelet = n.kubelet();
     n.wait_ready();
     let applied = c.kubectl_with(&["apply", "-f", "-"], &[], Some(PROBED));
+    assert!(applied.status.success(), "{applied:?}");
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("skiff", tonic_health::ServingStatus::Serving)
+        .await;
+    let incoming = tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into())
+        .expect("a port for the health server");
+    let grpc_port = incoming.local_addr().expect("its address").port();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming(incoming),
+    );
+    let manifest = GRPC_PROBED.replace("GRPCPORT", &grpc_port.to_string());
+    let applied = c.kubectl_with(&["apply", "-f", "-"], &[], Some(&manifest));
     assert!(applied.status.success(), "{applied:?}");
     let status_of = |name: &str| {
         let pod = c.json(&["get", "pod", "probed"]);
@@ -535,14 +566,41 @@ async fn probes_decide_readiness_and_restart_unhealthy_containers() {
     assert_eq!(gate["lastState"]["terminated"]["exitCode"], 137, "{gate}");
     assert_eq!(gate["ready"], false, "{gate}");
     assert_eq!(status_of("web")["restartCount"], 0);
-    // Lifecycle hooks: postStart ran in the new container, preStop runs before the
-    // stop (its output is the container's).
-    let poststart = c.ok(&["exec", "probed", "-c", "gate", "--", "cat", "/poststart"]);
-    assert_eq!(poststart, "started\n");
     let uid = text(
         c,
         &["get", "pod", "probed", "-o", "jsonpath={.metadata.uid}"],
     );
+    let first = std::fs::read_to_string(n.logs.join(format!("default_probed_{uid}/gate/0.log")))
+        .unwrap_or_default();
+    assert!(
+        first.contains(" stdout F stopping"),
+        "preStop ran before the liveness kill: {first}"
+    );
+    // gRPC: the health service answering NOT_SERVING gets the container restarted.
+    let grpc_status =
+        || c.json(&["get", "pod", "grpc-probed"])["status"]["containerStatuses"][0].clone();
+    wait_for("the gRPC-probed pod to run", || {
+        grpc_status()["state"]["running"].is_object()
+    });
+    assert_eq!(grpc_status()["restartCount"], 0);
+    health
+        .set_service_status("skiff", tonic_health::ServingStatus::NotServing)
+        .await;
+    wait_for("the gRPC liveness probe to restart the container", || {
+        grpc_status()["restartCount"] == 1
+    });
+    health
+        .set_service_status("skiff", tonic_health::ServingStatus::Serving)
+        .await;
+    wait_for("the restarted container to run", || {
+        grpc_status()["state"]["running"].is_object()
+    });
+    c.ok(&["delete", "pod", "grpc-probed", "--timeout=60s"]);
+    server.abort();
+    // Lifecycle hooks: postStart ran in the new container, preStop runs before the
+    // stop (its output is the container's).
+    let poststart = c.ok(&["exec", "probed", "-c", "gate", "--", "cat", "/poststart"]);
+    assert_eq!(poststart, "started\n");
     c.ok(&["delete", "pod", "probed", "--timeout=60s"]);
     let log = std::fs::read_to_string(n.logs.join(format!("default_probed_{uid}/gate/1.log")))
         .unwrap_or_default();

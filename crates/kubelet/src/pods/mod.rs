@@ -38,6 +38,7 @@ use crate::spec::{self, CONTAINER_NAME, POD_UID};
 use crate::{Config, Error};
 use start::{restart_container, start_container};
 
+mod handlers;
 mod probe;
 mod start;
 
@@ -65,6 +66,8 @@ struct Ctx {
     /// Pods the kubelet ended itself (evicted, refused, past their deadline), by uid:
     /// the reason and message their status gets.
     evicted: std::sync::Mutex<HashMap<String, (String, String)>>,
+    /// Unused images, collected when the image filesystem fills.
+    images: crate::gc::ImageGc,
 }
 
 impl Ctx {
@@ -94,6 +97,7 @@ impl Manager {
     ) -> Manager {
         Manager {
             ctx: Arc::new(Ctx {
+                images: crate::gc::ImageGc::new(runtime.clone(), config.image_gc.clone()),
                 client,
                 config,
                 runtime,
@@ -115,6 +119,10 @@ impl Manager {
 
     pub async fn run(self) -> Result<(), Error> {
         tokio::spawn(evict(self.ctx.clone(), self.known.clone()));
+        {
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move { ctx.images.run().await });
+        }
         let pods: Api<Pod> = Api::all(self.ctx.client.clone());
         let node = self.ctx.config.node_name.clone();
         let selector = format!("spec.nodeName={node}");
@@ -275,6 +283,19 @@ async fn evict(ctx: Arc<Ctx>, known: Known) {
         let Some((threshold, available, capacity)) = met.first() else {
             continue;
         };
+        // Disk: unused images go before any pod does (node-level reclaim); the next
+        // round observes again.
+        if !threshold.signal.memory() {
+            let freed = ctx.images.delete_unused().await;
+            if freed > 0 {
+                tracing::info!(
+                    freed,
+                    signal = threshold.signal.name(),
+                    "reclaimed disk from unused images"
+                );
+                continue;
+            }
+        }
         let pods: Vec<Pod> = known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -449,8 +470,13 @@ async fn remove_orphans(ctx: &Ctx, wanted: &HashSet<String>, listed_at: std::tim
             let _ = ctx.runtime.remove_sandbox(&sandbox.id).await;
         }
     }
-    // Volumes after the sandboxes; a pod that came meanwhile is not an orphan.
+    // Volumes and logs after the sandboxes; a pod that came meanwhile is not an orphan.
     crate::volumes::remove_orphans(&ctx.config.root_dir, wanted, listed_at);
+    crate::gc::remove_pod_logs(
+        &ctx.config.pod_log_dir,
+        &|uid| wanted.contains(uid),
+        Some(listed_at),
+    );
 }
 
 /// Where a pod's containers go: its sandbox, the sandbox's config, its address.
@@ -659,18 +685,8 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
     };
     let sandbox_config =
         sandbox_config(ctx, pod, sandbox.metadata.as_ref().map_or(0, |m| m.attempt));
-    let pod_ip = ctx
-        .runtime
-        .sandbox_ip(&sandbox.id)
-        .await
-        .unwrap_or_default();
+    let pod_ip = pod_ip(ctx, pod, &sandbox.id).await;
     let spec = pod.spec.clone().unwrap_or_default();
-    // A pod on the node's network has the node's address.
-    let pod_ip = if spec.host_network == Some(true) {
-        ctx.host_ip.clone()
-    } else {
-        pod_ip
-    };
     let at = Placement {
         sandbox: &sandbox.id,
         config: &sandbox_config,
@@ -723,6 +739,8 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
         }
     }
     let mut proceed = true;
+    // Containers killed this round (not probed again).
+    let mut killed = HashSet::new();
     for init in spec.init_containers.iter().flatten() {
         let sidecar = init.restart_policy.as_deref() == Some("Always");
         let history = running
@@ -748,15 +766,8 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
                 }
             }
             _ => {
-                start_container(
-                    ctx,
-                    state,
-                    pod,
-                    &at,
-                    init,
-                    next_attempt.get(&init.name).copied().unwrap_or(0),
-                )
-                .await;
+                let attempt = first_attempt(&next_attempt, &sandbox_config, init);
+                start_container(ctx, state, pod, &at, init, attempt).await;
                 if !sidecar {
                     proceed = false;
                     break;
@@ -772,15 +783,8 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
                 .unwrap_or_default();
             match history.first() {
                 None => {
-                    start_container(
-                        ctx,
-                        state,
-                        pod,
-                        &at,
-                        container,
-                        next_attempt.get(&container.name).copied().unwrap_or(0),
-                    )
-                    .await;
+                    let attempt = first_attempt(&next_attempt, &sandbox_config, container);
+                    start_container(ctx, state, pod, &at, container, attempt).await;
                 }
                 Some(newest) if exited(newest) => {
                     let restart = match policy.as_str() {
@@ -791,6 +795,15 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
                     if restart {
                         restart_container(ctx, state, pod, &at, container, newest).await;
                     }
+                }
+                // The spec changed (a new image): restarted whatever the restart policy.
+                Some(newest) if is_running(newest) && changed(newest, container) => {
+                    tracing::info!(pod = %name(pod), container = %container.name, "Container {} definition changed, will be restarted", container.name);
+                    let grace = spec.termination_grace_period_seconds.unwrap_or(30).max(0);
+                    kill_container(ctx, pod, container, &newest.id, grace, &pod_ip).await;
+                    killed.insert(newest.id.clone());
+                    let attempt = newest.metadata.as_ref().map_or(0, |m| m.attempt + 1);
+                    start_container(ctx, state, pod, &at, container, attempt).await;
                 }
                 Some(_) => {}
             }
@@ -808,7 +821,9 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
             state.prober.forget(&container.name);
             continue;
         };
-        if newest.state != cri::ContainerState::ContainerRunning as i32 {
+        if newest.state != cri::ContainerState::ContainerRunning as i32
+            || killed.contains(&newest.id)
+        {
             continue;
         }
         if let probe::Verdict::Kill(message) = state
@@ -822,18 +837,41 @@ async fn sync(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
                 .flatten()
                 .find_map(|p| p.termination_grace_period_seconds)
                 .unwrap_or(grace);
-            if let Err(e) = ctx.runtime.stop_container(&newest.id, grace).await {
-                tracing::warn!(error = %e.message(), "stopping a container that failed its probe");
-            }
+            kill_container(ctx, pod, container, &newest.id, grace, &pod_ip).await;
         }
     }
     // Older dead containers: the newest two of each name are all status needs.
     for history in running.values() {
         for old in history.iter().skip(2).filter(|s| exited(s)) {
-            let _ = ctx.runtime.remove_container(&old.id).await;
+            if ctx.runtime.remove_container(&old.id).await.is_ok() && !old.log_path.is_empty() {
+                let _ = std::fs::remove_file(&old.log_path);
+            }
         }
     }
     post_status(ctx, state, pod, Some(&sandbox), false).await
+}
+
+/// The attempt of a container with no instance in its sandbox: after a removed stuck
+/// one, the next; else one past its logs (a recreated sandbox keeps the count).
+fn first_attempt(
+    next: &HashMap<String, u32>,
+    sandbox: &cri::PodSandboxConfig,
+    container: &k8s_openapi::api::core::v1::Container,
+) -> u32 {
+    next.get(&container.name).copied().unwrap_or_else(|| {
+        crate::gc::restart_count_from_logs(
+            &std::path::Path::new(&sandbox.log_directory).join(&container.name),
+        )
+    })
+}
+
+/// The pod's address: its sandbox's, or the node's on the host network.
+async fn pod_ip(ctx: &Ctx, pod: &Pod, sandbox: &str) -> String {
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        ctx.host_ip.clone()
+    } else {
+        ctx.runtime.sandbox_ip(sandbox).await.unwrap_or_default()
+    }
 }
 
 /// The sandbox just made, as the list reports it.
@@ -876,7 +914,7 @@ async fn run_pre_stop(ctx: &Ctx, pod: &Pod, sandbox: &str, grace: i64) {
     let Ok(running) = containers(ctx, sandbox).await else {
         return;
     };
-    let pod_ip = ctx.runtime.sandbox_ip(sandbox).await.unwrap_or_default();
+    let pod_ip = pod_ip(ctx, pod, sandbox).await;
     let timeout = Duration::from_secs(u64::try_from(grace.max(0)).unwrap_or(0));
     let spec = pod.spec.clone().unwrap_or_default();
     let hooks = spec
@@ -903,6 +941,56 @@ async fn run_pre_stop(ctx: &Ctx, pod: &Pod, sandbox: &str, grace: i64) {
     futures::future::join_all(hooks).await;
 }
 
+/// Whether a running container was made from another spec than the pod's now.
+fn changed(
+    status: &cri::ContainerStatus,
+    container: &k8s_openapi::api::core::v1::Container,
+) -> bool {
+    status
+        .annotations
+        .get(spec::CONTAINER_HASH)
+        .is_some_and(|hash| *hash != spec::container_hash(container))
+}
+
+/// Kills one container as upstream's killContainer: its preStop hook first, using up
+/// the grace period, then SIGTERM and, after what is left, SIGKILL.
+async fn kill_container(
+    ctx: &Ctx,
+    pod: &Pod,
+    container: &k8s_openapi::api::core::v1::Container,
+    id: &str,
+    grace: i64,
+    pod_ip: &str,
+) {
+    let grace = match container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+    {
+        Some(handler) => {
+            let started = Instant::now();
+            let timeout = Duration::from_secs(u64::try_from(grace).unwrap_or(0));
+            if let Err(message) =
+                probe::hook(&ctx.runtime, container, id, pod_ip, handler, timeout).await
+            {
+                tracing::warn!(pod = %name(pod), container = %container.name, %message, "preStop hook failed");
+            }
+            left_after(grace, started)
+        }
+        None => grace,
+    };
+    if let Err(e) = ctx.runtime.stop_container(id, grace).await {
+        tracing::warn!(pod = %name(pod), container = %container.name, error = %e.message(), "stopping a container");
+    }
+}
+
+/// What is left of a grace period after preStop hooks that began at `started` (upstream
+/// gives the stop at least 2 s more).
+fn left_after(grace: i64, started: Instant) -> i64 {
+    let left = grace - i64::try_from(started.elapsed().as_secs()).unwrap_or(0);
+    left.max(if grace > 0 { 2 } else { 0 })
+}
+
 /// Graceful termination: stop everything within the grace period, post the final
 /// status, delete the pod for good, remove its sandboxes.
 async fn terminate(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failure> {
@@ -925,8 +1013,7 @@ async fn terminate(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failu
     if let Some(sandbox) = sandboxes.first() {
         run_pre_stop(ctx, pod, &sandbox.id, grace).await;
     }
-    let left = grace - i64::try_from(started.elapsed().as_secs()).unwrap_or(0);
-    let grace = left.max(if grace > 0 { 2 } else { 0 });
+    let grace = left_after(grace, started);
     for sandbox in &sandboxes {
         stop_all(ctx, &sandbox.id, grace).await;
     }
@@ -959,7 +1046,13 @@ async fn terminate(ctx: &Ctx, state: &mut Worker, pod: &Pod) -> Result<(), Failu
         let _ = ctx.runtime.remove_sandbox(&sandbox.id).await;
     }
     crate::volumes::remove(&ctx.config.root_dir, &uid);
+    remove_logs(ctx, &uid);
     Ok(())
+}
+
+/// The pod's log directory, once the pod is gone.
+fn remove_logs(ctx: &Ctx, uid: &str) {
+    crate::gc::remove_pod_logs(&ctx.config.pod_log_dir, &|other| other != uid, None);
 }
 
 /// Removes a pod's volumes when dropped.
@@ -983,6 +1076,7 @@ async fn teardown(ctx: &Ctx, uid: &str) {
         let _ = ctx.runtime.stop_sandbox(&sandbox.id).await;
         let _ = ctx.runtime.remove_sandbox(&sandbox.id).await;
     }
+    remove_logs(ctx, uid);
 }
 
 /// Computes the status and patches it when it changed.

@@ -4,8 +4,8 @@
 //! consecutive results against `successThreshold` and `failureThreshold`. A failed
 //! startup or liveness probe kills the container (the restart policy decides what
 //! follows); readiness decides whether the container, and so the pod, is ready.
-//! Handlers: exec (CRI ExecSync), httpGet (HTTP/1.1 to the pod IP, 200-399 passes),
-//! tcpSocket (a connection opens), grpc (not yet: it fails with a message).
+//! Handlers: exec (CRI ExecSync), and httpGet, tcpSocket and grpc against the pod IP
+//! (`handlers.rs`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::handlers;
 use crate::cri::Runtime;
 
 /// One probe's counters.
@@ -257,73 +257,15 @@ async fn run(probe: &Probe, target: &Target<'_>, timeout: Duration) -> Result<()
         ));
     }
     if let Some(tcp) = &probe.tcp_socket {
-        let host = tcp
-            .host
-            .clone()
-            .unwrap_or_else(|| target.pod_ip.to_string());
         let port = port(target.container, &tcp.port)?;
-        return tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map(drop)
-            .map_err(|e| format!("dial tcp {host}:{port}: {e}"));
+        return handlers::tcp(tcp, target.pod_ip, port).await;
     }
     if let Some(http) = &probe.http_get {
-        if http.scheme.as_deref() == Some("HTTPS") {
-            return Err("HTTPS probes are not supported by skiff's kubelet yet".into());
-        }
-        let host = http
-            .host
-            .clone()
-            .unwrap_or_else(|| target.pod_ip.to_string());
         let port = port(target.container, &http.port)?;
-        let path = http.path.clone().unwrap_or_else(|| "/".into());
-        let mut request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/{}.{}\r\nAccept: */*\r\nConnection: close\r\n",
-            skiff_api::KUBERNETES_VERSION.0,
-            skiff_api::KUBERNETES_VERSION.1
-        );
-        for header in http.http_headers.iter().flatten() {
-            request.push_str(&format!("{}: {}\r\n", header.name, header.value));
-        }
-        request.push_str("\r\n");
-        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut head = vec![0u8; 1024];
-        let mut read = 0;
-        while read < head.len() && !head[..read].contains(&b'\n') {
-            let n = stream
-                .read(&mut head[read..])
-                .await
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            read += n;
-        }
-        let line = String::from_utf8_lossy(&head[..read]);
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| {
-                format!(
-                    "not an HTTP answer: {:?}",
-                    line.lines().next().unwrap_or("")
-                )
-            })?;
-        return if (200..400).contains(&code) {
-            Ok(())
-        } else {
-            Err(format!("HTTP probe failed with statuscode: {code}"))
-        };
+        return handlers::http(http, target.pod_ip, port).await;
     }
-    if probe.grpc.is_some() {
-        return Err("gRPC probes are not supported by skiff's kubelet yet".into());
+    if let Some(grpc) = &probe.grpc {
+        return handlers::grpc(grpc, target.pod_ip, timeout).await;
     }
     Err("the probe has no handler".into())
 }

@@ -129,6 +129,9 @@ pub(super) async fn start_container(
     if let Some(mount) = termination_log(ctx, pod, container, attempt, &mounts) {
         mounts.push(mount);
     }
+    if let Some(mount) = etc_hosts(ctx, pod, at, &mounts) {
+        mounts.push(mount);
+    }
     let config = spec::container(pod, container, attempt, &env, mounts);
     let id = match ctx
         .runtime
@@ -467,6 +470,37 @@ fn termination_log(
     }
     Some(k8s_cri::v1::Mount {
         container_path: path.to_string(),
+        host_path: file.display().to_string(),
+        ..Default::default()
+    })
+}
+
+/// The pod's managed `/etc/hosts` (rewritten at every container start, as upstream),
+/// bind-mounted unless the container mounts something there itself.
+fn etc_hosts(
+    ctx: &Ctx,
+    pod: &Pod,
+    at: &Placement<'_>,
+    mounts: &[k8s_cri::v1::Mount],
+) -> Option<k8s_cri::v1::Mount> {
+    if at.pod_ip.is_empty() || mounts.iter().any(|m| m.container_path == "/etc/hosts") {
+        return None;
+    }
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    let dir = crate::volumes::pod_dir(&ctx.config.root_dir, uid);
+    let file = dir.join("etc-hosts");
+    let text = spec::hosts_file(
+        pod,
+        &at.config.hostname,
+        &[at.pod_ip],
+        &ctx.config.cluster_domain,
+    );
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&file, text)) {
+        tracing::warn!(file = %file.display(), error = %e, "writing the pod's hosts file");
+        return None;
+    }
+    Some(k8s_cri::v1::Mount {
+        container_path: "/etc/hosts".into(),
         host_path: file.display().to_string(),
         ..Default::default()
     })
