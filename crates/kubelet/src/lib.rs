@@ -11,6 +11,7 @@
 //! - `spec.rs`: a Pod's sandbox and container configs for CRI.
 //! - `volumes.rs`: pod volumes on the node and their mounts.
 //! - `gc.rs`: unused images and the logs of pods that are gone.
+//! - `tokens.rs`: service account tokens for projected volumes.
 //! - `status.rs`: pod status from what the runtime reports (phase, conditions, container
 //!   statuses).
 //! - `server.rs`: the kubelet API the API server proxies to (container logs).
@@ -28,6 +29,7 @@ mod spec;
 mod static_pods;
 mod stats;
 mod status;
+mod tokens;
 mod volumes;
 
 use std::collections::BTreeMap;

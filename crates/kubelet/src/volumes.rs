@@ -4,7 +4,8 @@
 //! secret, downwardAPI and projected (files written as upstream's atomic writer does:
 //! a timestamped directory, `..data` pointing at it, each file a link through `..data`,
 //! so a running container sees an update switch at once), and persistentVolumeClaim
-//! (the bound PersistentVolume's hostPath or local path). Everything lives under
+//! (the bound PersistentVolume's hostPath or local path); projected service account
+//! tokens come from `tokens.rs`. Everything lives under
 //! `<root>/pods/<uid>/volumes/` and goes when the pod does.
 
 use std::collections::{BTreeMap, HashMap};
@@ -276,7 +277,11 @@ async fn prepare_one(
                     source.default_mode,
                 )?);
             }
-            // serviceAccountToken: the API server cannot issue tokens yet (issue 8).
+            if let Some(t) = &part.service_account_token {
+                let token = crate::tokens::token(client, pod, t).await?;
+                let mode = u32::try_from(source.default_mode.unwrap_or(0o644)).unwrap_or(0o644);
+                files.insert(t.path.clone(), (token.into_bytes(), mode));
+            }
         }
         ("projected", files)
     } else {
@@ -597,6 +602,7 @@ pub fn mounts(
 
 /// Removes a pod's volumes (tmpfs unmounted first, host paths left alone).
 pub fn remove(root: &Path, uid: &str) {
+    crate::tokens::forget(uid);
     let dir = pod_dir(root, uid);
     if !dir.exists() {
         return;

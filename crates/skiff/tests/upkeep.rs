@@ -20,6 +20,14 @@ metadata: {name: token}
 stringData: {key: s3cret}
 ---
 apiVersion: v1
+kind: Secret
+metadata:
+  name: default-token
+  annotations: {kubernetes.io/service-account.name: default}
+type: kubernetes.io/service-account-token
+stringData: {token: legacy.jwt.token}
+---
+apiVersion: v1
 kind: Pod
 metadata: {name: named}
 spec:
@@ -36,14 +44,21 @@ spec:
     volumeMounts:
     - {name: data, mountPath: /data}
     - {name: token, mountPath: /etc/token}
+    - {name: api, mountPath: /var/run/secrets/kubernetes.io/serviceaccount}
   volumes:
   - {name: data, emptyDir: {}}
   - {name: token, secret: {secretName: token, defaultMode: 0440}}
+  - name: api
+    projected:
+      sources:
+      - serviceAccountToken: {path: token, expirationSeconds: 3600}
+      - downwardAPI: {items: [{path: namespace, fieldRef: {fieldPath: metadata.namespace}}]}
 "#;
 
 /// The pod's `/etc/hosts` has its own names and hostAliases as upstream writes them;
 /// with `fsGroup`, a non-root container reads its group-only secret and what it writes
-/// in an emptyDir belongs to the group; a sandbox that is lost and recreated keeps the
+/// in an emptyDir belongs to the group; a projected service account token is there; a
+/// sandbox that is lost and recreated keeps the
 /// restart count going; a changed image restarts the container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_get_their_names_their_group_and_keep_restart_counts() {
@@ -91,6 +106,16 @@ async fn pods_get_their_names_their_group_and_keep_restart_counts() {
         (Some(0), "2000 440".into())
     );
     assert_eq!(sh("stat -c %g /data/made"), (Some(0), "2000".into()));
+    // A projected service account token: the API server issues none yet (issue 8), so
+    // the account's legacy token Secret stands in.
+    assert_eq!(
+        sh("cat /var/run/secrets/kubernetes.io/serviceaccount/token"),
+        (Some(0), "legacy.jwt.token".into())
+    );
+    assert_eq!(
+        sh("cat /var/run/secrets/kubernetes.io/serviceaccount/namespace"),
+        (Some(0), "default".into())
+    );
     assert_eq!(sh("stat -c %g /data"), (Some(0), "2000".into()));
     // The sandbox goes away under the pod: a new one, and the count goes on.
     let uid = text(
