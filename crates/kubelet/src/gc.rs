@@ -38,11 +38,15 @@ impl Default for ImagePolicy {
     }
 }
 
-/// When an image was first seen and last in use.
+/// When an image was first seen and last in use (never: collected first).
 struct Seen {
     first: Instant,
-    last_used: Instant,
+    last_used: Option<Instant>,
 }
+
+/// An image the kubelet made sure of for a container start is not collected for the
+/// minimum age, within these bounds (it is in use only once the container exists).
+const STARTING: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(60));
 
 pub struct ImageGc {
     runtime: Runtime,
@@ -54,7 +58,7 @@ pub struct ImageGc {
 struct Candidate {
     id: String,
     size: u64,
-    last_used: Instant,
+    last_used: Option<Instant>,
 }
 
 impl ImageGc {
@@ -64,6 +68,20 @@ impl ImageGc {
             policy,
             seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Marks an image (by id) as about to be used by a container being created.
+    pub fn touch(&self, id: &str) {
+        let now = Instant::now();
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_insert(Seen {
+                first: now,
+                last_used: None,
+            })
+            .last_used = Some(now);
     }
 
     /// Checks the image filesystem every period and frees space when it is over the
@@ -159,17 +177,21 @@ impl ImageGc {
         for image in &images {
             let entry = seen.entry(image.id.clone()).or_insert(Seen {
                 first: now,
-                last_used: now,
+                last_used: None,
             });
             let in_use = std::iter::once(&image.id)
                 .chain(&image.repo_tags)
                 .chain(&image.repo_digests)
                 .any(|name| used.contains(name.as_str()));
             if in_use {
-                entry.last_used = now;
+                entry.last_used = Some(now);
                 continue;
             }
-            if image.pinned || now.duration_since(entry.first) < self.policy.minimum_age {
+            let starting = entry.last_used.is_some_and(|used| {
+                now.duration_since(used) < self.policy.minimum_age.clamp(STARTING.0, STARTING.1)
+            });
+            if image.pinned || starting || now.duration_since(entry.first) < self.policy.minimum_age
+            {
                 continue;
             }
             candidates.push(Candidate {
@@ -220,9 +242,14 @@ pub fn remove_pod_logs(
         .flatten()
     {
         let name = entry.file_name().to_string_lossy().to_string();
-        let Some(uid) = name.rsplit('_').next() else {
+        // Only what the kubelet made: `<namespace>_<name>_<uid>` directories (none of
+        // the three may hold an underscore).
+        let parts: Vec<&str> = name.split('_').collect();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir || parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
             continue;
-        };
+        }
+        let uid = parts[2];
         if wanted(uid) {
             continue;
         }
@@ -281,9 +308,16 @@ mod tests {
     #[test]
     fn log_directories_of_gone_pods_are_removed() {
         let dir = tempfile::tempdir().expect("dir");
-        for name in ["default_web_u1", "kube-system_dns_u2", "default_old_u3"] {
+        for name in [
+            "default_web_u1",
+            "kube-system_dns_u2",
+            "default_old_u3",
+            "lost+found",
+            "a_b",
+        ] {
             std::fs::create_dir(dir.path().join(name)).expect("dir");
         }
+        std::fs::write(dir.path().join("x_y_u4"), "").expect("file");
         let later = std::time::SystemTime::now() + Duration::from_secs(5);
         remove_pod_logs(dir.path(), &|uid| uid != "u3", Some(later));
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
@@ -292,10 +326,19 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().to_string())
             .collect();
         left.sort();
-        assert_eq!(left, ["default_web_u1", "kube-system_dns_u2"]);
+        assert_eq!(
+            left,
+            [
+                "a_b",
+                "default_web_u1",
+                "kube-system_dns_u2",
+                "lost+found",
+                "x_y_u4"
+            ]
+        );
         // Directories newer than the listing stay.
         let earlier = std::time::SystemTime::now() - Duration::from_secs(60);
         remove_pod_logs(dir.path(), &|_| false, Some(earlier));
-        assert_eq!(std::fs::read_dir(dir.path()).expect("read").count(), 2);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("read").count(), 5);
     }
 }

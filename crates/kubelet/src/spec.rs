@@ -17,13 +17,11 @@ pub const RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
 /// The container spec's hash: a container whose spec changed (its image) is restarted.
 pub const CONTAINER_HASH: &str = "io.kubernetes.container.hash";
 
-/// A hash of the container's spec, resources left out (they may change in place).
+/// A hash of what may change in a running pod's container (its name and image, as
+/// upstream hashes since 1.31: defaulted or new fields never restart containers).
 pub fn container_hash(container: &Container) -> String {
     use sha2::Digest;
-    let mut spec = container.clone();
-    spec.resources = None;
-    spec.resize_policy = None;
-    let bytes = serde_json::to_vec(&spec).unwrap_or_default();
+    let bytes = serde_json::to_vec(&(&container.name, &container.image)).unwrap_or_default();
     let digest = sha2::Sha256::digest(&bytes);
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -38,42 +38,29 @@ pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
 
 /// Gives a volume to the pod's fsGroup as upstream's `SetVolumeOwnership` does: every
 /// file and directory (links not followed) gets the group, group read (and write unless
-/// `read_only`), directories the setgid bit so new files inherit the group. With
-/// `on_root_mismatch`, nothing is done when the root already looks right.
-fn set_ownership(
-    dir: &Path,
-    gid: u32,
-    read_only: bool,
-    on_root_mismatch: bool,
-) -> std::io::Result<()> {
+/// `read_only`), directories the setgid bit so new files inherit the group. Only ever
+/// run where no container can write (a new emptyDir before its containers start, the
+/// kubelet's own files before `..data` switches to them), so nothing can be swapped for
+/// a link under the walk.
+fn set_ownership(dir: &Path, gid: u32, read_only: bool) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mask = if read_only { 0o440 } else { 0o660 };
-    if on_root_mismatch {
-        let meta = std::fs::metadata(dir)?;
-        let wanted = mask | 0o110 | 0o2000;
-        if meta.gid() == gid && meta.mode() & wanted == wanted {
-            return Ok(());
+    let meta = std::fs::symlink_metadata(dir)?;
+    std::os::unix::fs::lchown(dir, None, Some(gid))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mut mode = meta.mode() & 0o7777 | mask;
+    if meta.is_dir() {
+        mode |= 0o2000 | 0o110;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            set_ownership(&entry?.path(), gid, read_only)?;
         }
     }
-    fn walk(path: &Path, gid: u32, mask: u32) -> std::io::Result<()> {
-        let meta = std::fs::symlink_metadata(path)?;
-        std::os::unix::fs::lchown(path, None, Some(gid))?;
-        if meta.file_type().is_symlink() {
-            return Ok(());
-        }
-        let mut mode = meta.mode() & 0o7777 | mask;
-        if meta.is_dir() {
-            mode |= 0o2000 | 0o110;
-        }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(path)? {
-                walk(&entry?.path(), gid, mask)?;
-            }
-        }
-        Ok(())
-    }
-    walk(dir, gid, mask)
+    Ok(())
 }
 
 /// Sets up (or refreshes) every volume of the pod; why one cannot be, otherwise.
@@ -82,11 +69,14 @@ pub async fn prepare(client: &kube::Client, root: &Path, pod: &Pod) -> Result<Pr
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let base = pod_dir(root, &uid).join("volumes");
     let mut prepared = Prepared::new();
+    // fsGroup owns emptyDirs and the kubelet's own files (not host paths or PVs).
     let fs_group = pod
         .spec
         .as_ref()
         .and_then(|s| s.security_context.as_ref())
-        .and_then(|c| c.fs_group);
+        .and_then(|c| c.fs_group)
+        .map(|group| u32::try_from(group).map_err(|_| format!("fsGroup {group} is out of range")))
+        .transpose()?;
     for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         if !valid_name(&volume.name) {
             return Err(format!(
@@ -94,7 +84,7 @@ pub async fn prepare(client: &kube::Client, root: &Path, pod: &Pod) -> Result<Pr
                 volume.name
             ));
         }
-        let path = prepare_one(client, &base, &namespace, pod, volume)
+        let path = prepare_one(client, &base, &namespace, pod, volume, fs_group)
             .await
             .map_err(|e| {
                 format!(
@@ -105,26 +95,6 @@ pub async fn prepare(client: &kube::Client, root: &Path, pod: &Pod) -> Result<Pr
         let files = volume.empty_dir.is_none()
             && volume.host_path.is_none()
             && volume.persistent_volume_claim.is_none();
-        // fsGroup owns emptyDirs and the kubelet's own files (not host paths).
-        if let Some(group) = fs_group
-            && (files || volume.empty_dir.is_some())
-        {
-            let gid =
-                u32::try_from(group).map_err(|_| format!("fsGroup {group} is out of range"))?;
-            let policy = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.security_context.as_ref())
-                .and_then(|c| c.fs_group_change_policy.as_deref());
-            // The kubelet rewrites its files: their ownership is set every time.
-            let on_root_mismatch = !files || policy == Some("OnRootMismatch");
-            set_ownership(&path, gid, files, on_root_mismatch).map_err(|e| {
-                format!(
-                    "MountVolume.SetUp failed for volume \"{}\": setting its ownership to fsGroup {gid}: {e}",
-                    volume.name
-                )
-            })?;
-        }
         prepared.insert(volume.name.clone(), (path, files));
     }
     Ok(prepared)
@@ -136,11 +106,13 @@ async fn prepare_one(
     namespace: &str,
     pod: &Pod,
     volume: &Volume,
+    fs_group: Option<u32>,
 ) -> Result<PathBuf, String> {
     let io = |e: std::io::Error| e.to_string();
     if let Some(empty) = &volume.empty_dir {
         let dir = base.join("kubernetes.io~empty-dir").join(&volume.name);
-        if !dir.exists() {
+        let fresh = !dir.exists();
+        if fresh {
             std::fs::create_dir_all(&dir).map_err(io)?;
             set_mode(&dir, 0o777)?;
         }
@@ -160,6 +132,13 @@ async fn prepare_one(
                 Some(options.as_str()),
             )
             .map_err(|e| format!("mounting a tmpfs on {}: {e}", dir.display()))?;
+        }
+        // Once, while it is new and empty (upstream sets it up once per pod).
+        if let Some(gid) = fs_group
+            && fresh
+        {
+            set_ownership(&dir, gid, false)
+                .map_err(|e| format!("setting its ownership to fsGroup {gid}: {e}"))?;
         }
         return Ok(dir);
     }
@@ -302,7 +281,7 @@ async fn prepare_one(
         )
         .map_err(|e| format!("mounting a tmpfs on {}: {e}", dir.display()))?;
     }
-    write_atomically(&dir, &files)?;
+    write_atomically(&dir, &files, fs_group)?;
     Ok(dir)
 }
 
@@ -475,7 +454,11 @@ fn downward(
 /// Writes `files` as upstream's AtomicWriter: a fresh `..<time>` directory, `..data`
 /// switched to it with one rename, a link per top-level name through `..data`, and the
 /// previous directory removed. Nothing is rewritten when nothing changed.
-fn write_atomically(dir: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> Result<(), String> {
+fn write_atomically(
+    dir: &Path,
+    files: &BTreeMap<String, (Vec<u8>, u32)>,
+    fs_group: Option<u32>,
+) -> Result<(), String> {
     let io = |e: std::io::Error| format!("writing {}: {e}", dir.display());
     std::fs::create_dir_all(dir).map_err(io)?;
     let data = dir.join("..data");
@@ -510,6 +493,11 @@ fn write_atomically(dir: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> Res
         }
         std::fs::write(&target, bytes).map_err(io)?;
         set_mode(&target, *mode)?;
+    }
+    // The group owns the files before containers see them.
+    if let Some(gid) = fs_group {
+        set_ownership(&fresh, gid, true).map_err(io)?;
+        std::os::unix::fs::lchown(dir, None, Some(gid)).map_err(io)?;
     }
     let link = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&link);
@@ -663,9 +651,9 @@ mod tests {
     fn atomic_writes_switch_data_and_never_follow_a_planted_link() {
         let dir = tempfile::tempdir().expect("tempdir");
         let volume = dir.path().join("vol");
-        write_atomically(&volume, &files(&[("a", "1"), ("b", "2")])).expect("write");
+        write_atomically(&volume, &files(&[("a", "1"), ("b", "2")]), None).expect("write");
         assert_eq!(std::fs::read_to_string(volume.join("a")).expect("a"), "1");
-        write_atomically(&volume, &files(&[("a", "3")])).expect("update");
+        write_atomically(&volume, &files(&[("a", "3")]), None).expect("update");
         assert_eq!(std::fs::read_to_string(volume.join("a")).expect("a"), "3");
         assert!(!volume.join("b").exists(), "a key that went is gone");
         // A container that can write the volume points ..data elsewhere: the kubelet
@@ -675,7 +663,7 @@ mod tests {
         std::fs::write(victim.join("keep"), "x").expect("keep");
         std::fs::remove_file(volume.join("..data")).expect("unlink");
         std::os::unix::fs::symlink("../victim", volume.join("..data")).expect("plant");
-        write_atomically(&volume, &files(&[("a", "4")])).expect("rewrite");
+        write_atomically(&volume, &files(&[("a", "4")]), None).expect("rewrite");
         assert!(victim.join("keep").exists());
         assert_eq!(std::fs::read_to_string(volume.join("a")).expect("a"), "4");
     }

@@ -55,13 +55,23 @@ pub async fn http(action: &HTTPGetAction, host: &str, port: u16) -> Result<(), S
     };
     let address = authority(host, port);
     let url = format!("{}://{address}{path}", if https { "https" } else { "http" });
-    let mut request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: {}\r\nAccept: */*\r\nConnection: close\r\n",
-        user_agent()
-    );
-    for header in action.http_headers.iter().flatten() {
+    // The probe's own headers replace the defaults of the same name.
+    let headers = action.http_headers.as_deref().unwrap_or_default();
+    let given = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    for (name, value) in [
+        ("Host", address.clone()),
+        ("User-Agent", user_agent()),
+        ("Accept", "*/*".to_string()),
+    ] {
+        if !given(name) {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    for header in headers {
         request.push_str(&format!("{}: {}\r\n", header.name, header.value));
     }
+    request.push_str("Connection: close\r\n");
     request.push_str("\r\n");
     let stream = tokio::net::TcpStream::connect((host, port))
         .await

@@ -131,6 +131,8 @@ impl Manager {
         let mut workers = Workers(HashMap::new(), self.known.clone());
         let mut listed: HashSet<String> = HashSet::new();
         let mut cleaned = false;
+        // The pod list has been read once; the static pod directory has been read once.
+        let (mut listed_once, mut statics_read) = (false, false);
         // Static pods by uid, and the API's mirror pods by namespace and name.
         let static_dir = self.ctx.config.static_pod_path.clone();
         let mut warned = HashSet::new();
@@ -198,13 +200,11 @@ impl Manager {
                                 workers.end(&uid);
                             }
                             mirrors_changed = true;
-                            if !cleaned {
+                            listed_once = true;
+                            // Orphans once the API's pods and the static ones are known.
+                            if !cleaned && (static_dir.is_none() || statics_read) {
                                 cleaned = true;
-                                let ctx = self.ctx.clone();
-                                let mut wanted = listed.clone();
-                                wanted.extend(statics.keys().cloned());
-                                let listed_at = std::time::SystemTime::now();
-                                tokio::spawn(async move { remove_orphans(&ctx, &wanted, listed_at).await });
+                                spawn_remove_orphans(&self.ctx, &listed, &statics);
                             }
                         }
                     }
@@ -228,6 +228,11 @@ impl Manager {
                         workers.feed(&self.ctx, uid, fed);
                     }
                     statics = now;
+                    statics_read = true;
+                    if !cleaned && listed_once {
+                        cleaned = true;
+                        spawn_remove_orphans(&self.ctx, &listed, &statics);
+                    }
                     // A mirror deleted by hand, or one that never got made, is made again.
                     mirrors_changed = !statics.is_empty() || !mirrors.is_empty();
                 }
@@ -285,7 +290,7 @@ async fn evict(ctx: Arc<Ctx>, known: Known) {
         };
         // Disk: unused images go before any pod does (node-level reclaim); the next
         // round observes again.
-        if !threshold.signal.memory() {
+        if met.iter().any(|(t, _, _)| !t.signal.memory()) {
             let freed = ctx.images.delete_unused().await;
             if freed > 0 {
                 tracing::info!(
@@ -453,6 +458,15 @@ fn with_status(pod: &Pod, mirror: &Pod) -> Pod {
         pod.status = mirror.status.clone();
     }
     pod
+}
+
+/// Removes, in the background, what belongs to none of the listed and static pods.
+fn spawn_remove_orphans(ctx: &Arc<Ctx>, listed: &HashSet<String>, statics: &HashMap<String, Pod>) {
+    let ctx = ctx.clone();
+    let mut wanted = listed.clone();
+    wanted.extend(statics.keys().cloned());
+    let listed_at = std::time::SystemTime::now();
+    tokio::spawn(async move { remove_orphans(&ctx, &wanted, listed_at).await });
 }
 
 /// Removes the sandboxes (and so the containers) of pods the API does not have.

@@ -196,13 +196,12 @@ async fn ensure_image(
             "Always".into()
         }
     });
-    let present = ctx
-        .runtime
-        .image_present(&image)
-        .await
-        .ok()
-        .flatten()
-        .is_some();
+    let present = ctx.runtime.image_present(&image).await.ok().flatten();
+    // Not collected between here and the container's creation.
+    if let Some(id) = &present {
+        ctx.images.touch(id);
+    }
+    let present = present.is_some();
     match policy.as_str() {
         "Never" if !present => {
             return Err((
@@ -224,7 +223,8 @@ async fn ensure_image(
     }
     let auth = pull_auth(ctx, pod, &image).await;
     match ctx.runtime.pull_image(&image, auth).await {
-        Ok(_) => {
+        Ok(id) => {
+            ctx.images.touch(&id);
             state.pulls.remove(&image);
             Ok(())
         }

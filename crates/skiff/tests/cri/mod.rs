@@ -617,6 +617,7 @@ impl Registry {
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(dir.path().join("config.yml"))
+            .stdout(std::fs::File::create(dir.path().join("access.log")).expect("log"))
             .stderr(std::fs::File::create(dir.path().join("registry.log")).expect("log"))
             .spawn()
             .expect("docker-registry (Debian's docker-registry package) is installed");
