@@ -35,6 +35,7 @@ const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "
 pub(crate) struct State {
     pub(crate) registry: Registry,
     pub(crate) kubelets: crate::kubelet::Client,
+    pub(crate) tokens: Arc<crate::tokens::Issuer>,
 }
 
 impl State {
@@ -43,6 +44,7 @@ impl State {
         config: &crate::Config,
         addr: std::net::SocketAddr,
         kubelets: crate::kubelet::Client,
+        tokens: crate::tokens::Issuer,
     ) -> Result<Self, Error> {
         let registry = Registry::new(store, config.service_cidr);
         let fail = |e: ApiError| Error::Bootstrap(e.message);
@@ -54,7 +56,11 @@ impl State {
             .ensure_kubernetes_service(addr, config.service_cidr.nth(1))
             .await
             .map_err(fail)?;
-        Ok(State { registry, kubelets })
+        Ok(State {
+            registry,
+            kubelets,
+            tokens: Arc::new(tokens),
+        })
     }
 }
 
@@ -94,6 +100,11 @@ pub(crate) fn router(state: State) -> Router {
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(readyz))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/openid/v1/jwks", get(openid_keys))
         .fallback(resource)
         .with_state(state);
     Router::new()
@@ -104,6 +115,20 @@ pub(crate) fn router(state: State) -> Router {
             metrics,
             crate::metrics::record,
         ))
+}
+
+async fn openid_configuration(
+    axum::extract::State(state): axum::extract::State<State>,
+) -> Json<Value> {
+    Json(state.tokens.discovery())
+}
+
+async fn openid_keys(axum::extract::State(state): axum::extract::State<State>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/jwk-set+json")],
+        Json(state.tokens.jwks()),
+    )
+        .into_response()
 }
 
 async fn version() -> Json<Value> {
@@ -233,7 +258,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             let name = info.name.as_deref().unwrap_or_default();
             return crate::kubelet::pod_log(state, ns, name, &query).await;
         }
-        Some("scale" | "binding" | "eviction") => {
+        Some("scale" | "binding" | "eviction" | "token") => {
             return subresource(state, r, &info, &parts.headers, body, &query).await;
         }
         Some(_) => return Err(ApiError::path_not_found()),
@@ -509,6 +534,18 @@ async fn subresource(
             let binding = json_body(headers, body).await?;
             let status = registry.bind_pod(r, ns, name, binding, dry_run).await?;
             Ok((StatusCode::CREATED, Json(status)).into_response())
+        }
+        (Some("token"), Verb::Create) if r.plural == "serviceaccounts" => {
+            let request = json_body(headers, body).await?;
+            let answer = crate::tokens::request(
+                &state.tokens,
+                registry,
+                ns.unwrap_or_default(),
+                name,
+                &request,
+            )
+            .await?;
+            Ok((StatusCode::CREATED, Json(answer)).into_response())
         }
         (Some("eviction"), Verb::Create) if r.plural == "pods" => {
             let eviction = json_body(headers, body).await?;

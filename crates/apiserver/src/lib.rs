@@ -22,6 +22,7 @@ mod request;
 mod serve;
 mod status;
 mod table;
+mod tokens;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ pub struct Config {
     pub service_cidr: ServiceCidr,
     /// Events not seen for this long are deleted (upstream's `--event-ttl`).
     pub event_ttl: std::time::Duration,
+    /// The `iss` of service account tokens (`--service-account-issuer`).
+    pub service_account_issuer: String,
 }
 
 pub use registry::service_ips::ServiceCidr;
@@ -124,7 +127,16 @@ pub async fn run(
     kubeconfig::write_admin(&kubeconfig, &server_url, &pki)?;
     let tls = serve::tls_config(&pki)?;
     let kubelets = kubelet::Client::new(&pki)?;
-    let state = handler::State::new(store, &config, addr, kubelets).await?;
+    use rcgen::PublicKeyData;
+    let key = &pki.service_account_key;
+    let issuer = tokens::Issuer::new(
+        &key.serialize_der(),
+        &key.subject_public_key_info(),
+        key.public_key_raw(),
+        &config.service_account_issuer,
+    )
+    .map_err(|e| Error::Bootstrap(format!("the service account key: {e}")))?;
+    let state = handler::State::new(store, &config, addr, kubelets, issuer).await?;
     if let Err(e) = state.registry.expire_events(config.event_ttl).await {
         tracing::warn!(error = %e.message, "expiring events");
     }

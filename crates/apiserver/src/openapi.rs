@@ -128,6 +128,8 @@ fn definitions() -> &'static Map<String, Value> {
             .iter()
             .map(|r| (r, (r.schema)(&mut generator)))
             .collect();
+        // Kinds only a subresource takes (serviceaccounts/token).
+        let _ = generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenRequest>();
         let mut defs = generator.take_definitions(true);
         for (r, reference) in roots {
             let Some(name) = ref_name(&reference) else {

@@ -32,6 +32,8 @@ pub struct Pki {
     /// `apiserver-kubelet-client`).
     pub kubelet_client_cert_pem: String,
     pub kubelet_client_key_pem: String,
+    /// The key service account tokens are signed with (ECDSA P-256, `sa.key`).
+    pub service_account_key: KeyPair,
 }
 
 /// What a serving certificate must name.
@@ -74,7 +76,9 @@ impl Pki {
             &issuer,
             client_params("kube-apiserver-kubelet-client", &["system:masters"]),
         )?;
+        let service_account_key = load_or_create_key(&dir.join("sa.key"))?;
         Ok(Pki {
+            service_account_key,
             kubelet_client_cert_pem,
             kubelet_client_key_pem,
             dir,

@@ -23,6 +23,15 @@ impl FieldError {
         }
     }
 
+    /// An invalid number (upstream prints numbers unquoted).
+    pub fn invalid_number(field: impl Into<String>, value: i64, detail: &str) -> Self {
+        FieldError {
+            message: format!("Invalid value: {value}: {detail}"),
+            field: field.into(),
+            reason: "FieldValueInvalid",
+        }
+    }
+
     /// `field: message`, as the Status message lists it.
     pub fn describe(&self) -> String {
         if self.field.is_empty() {
@@ -102,6 +111,23 @@ impl ApiError {
                 "Conflict",
                 format!(
                     "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
+                    s.qualified(),
+                    s.name
+                ),
+            )
+        }
+    }
+
+    /// A conflict with its own explanation (`Operation cannot be fulfilled on KIND
+    /// "name": why`).
+    pub fn conflict_because(s: &Subject<'_>, why: &str) -> Self {
+        ApiError {
+            details: Some(s.details()),
+            ..Self::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{}\": {why}",
                     s.qualified(),
                     s.name
                 ),

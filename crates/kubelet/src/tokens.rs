@@ -2,23 +2,20 @@
 //! upstream's token manager gets them: from the API server's TokenRequest API
 //! (`serviceaccounts/{name}/token`), bound to the pod, with the audience and lifetime
 //! the volume asks for, and fetched again once 80% of that lifetime has passed (or a
-//! day). An API server that does not issue tokens yet (404) gets the service
-//! account's legacy token Secret (`kubernetes.io/service-account-token`) instead.
+//! day).
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount, ServiceAccountTokenProjection};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount, ServiceAccountTokenProjection};
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 
 /// Upstream's default lifetime of a projected token, and its floor.
 const DEFAULT_EXPIRATION: i64 = 3600;
 const MIN_EXPIRATION: i64 = 600;
-/// How long a legacy Secret's token is used before the Secret is read again.
-const LEGACY_RECHECK: Duration = Duration::from_secs(60);
 /// A token is fetched again after this long at most.
 const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
@@ -34,6 +31,7 @@ struct Key {
 struct Cached {
     token: String,
     refresh_at: SystemTime,
+    expires_at: SystemTime,
 }
 
 static CACHE: LazyLock<Mutex<HashMap<Key, Cached>>> = LazyLock::new(Default::default);
@@ -70,22 +68,13 @@ pub async fn token(
     {
         return Ok(cached.token.clone());
     }
-    let fetched = request(client, pod, &namespace, &key).await;
-    let (token, refresh_at) = match fetched {
+    let (token, refresh_at, expires_at) = match request(client, pod, &namespace, &key).await {
         Ok(fetched) => fetched,
-        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 405 => {
-            // No TokenRequest API (or no such account): the legacy Secret, if any.
-            let token = legacy(client, &namespace, &account).await?.ok_or_else(|| {
-                format!(
-                    "failed to fetch token: the API server issues no tokens ({}) and service account \"{account}\" has no token Secret",
-                    status.message
-                )
-            })?;
-            (token, now + LEGACY_RECHECK)
-        }
         Err(e) => {
             // A token that still works is better than none while the API is away.
-            if let Some(cached) = cache().get(&key) {
+            if let Some(cached) = cache().get(&key)
+                && now < cached.expires_at
+            {
                 tracing::warn!(error = %e, "refreshing a service account token: keeping the old one");
                 return Ok(cached.token.clone());
             }
@@ -97,19 +86,20 @@ pub async fn token(
         Cached {
             token: token.clone(),
             refresh_at,
+            expires_at,
         },
     );
     Ok(token)
 }
 
-/// A TokenRequest bound to the pod; the token and when to fetch it again (80% of its
-/// lifetime, at most a day).
+/// A TokenRequest bound to the pod; the token, when to fetch it again (80% of its
+/// lifetime, at most a day) and when it expires.
 async fn request(
     client: &kube::Client,
     pod: &Pod,
     namespace: &str,
     key: &Key,
-) -> Result<(String, SystemTime), kube::Error> {
+) -> Result<(String, SystemTime, SystemTime), kube::Error> {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request = TokenRequest {
         spec: TokenRequestSpec {
@@ -144,43 +134,7 @@ async fn request(
             u64::try_from(key.expiration).unwrap_or(3600),
         ));
     let refresh_at = issued_at + lifetime.mul_f64(0.8).min(MAX_AGE);
-    Ok((status.token, refresh_at))
-}
-
-/// The service account's legacy token: a `kubernetes.io/service-account-token` Secret
-/// annotated with its name, with a token filled in.
-async fn legacy(
-    client: &kube::Client,
-    namespace: &str,
-    account: &str,
-) -> Result<Option<String>, String> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let params = ListParams::default().fields("type=kubernetes.io/service-account-token");
-    let listed = match secrets.list(&params).await {
-        Ok(listed) => listed.items,
-        // A server that cannot select on the type: every Secret, filtered here.
-        Err(_) => {
-            secrets
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| format!("failed to fetch token: listing secrets: {e}"))?
-                .items
-        }
-    };
-    Ok(listed
-        .into_iter()
-        .filter(|s| s.type_.as_deref() == Some("kubernetes.io/service-account-token"))
-        .filter(|s| {
-            s.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("kubernetes.io/service-account.name"))
-                .is_some_and(|n| n == account)
-        })
-        .find_map(|s| {
-            let token = s.data?.remove("token")?;
-            (!token.0.is_empty()).then(|| String::from_utf8_lossy(&token.0).into_owned())
-        }))
+    Ok((status.token, refresh_at, expires))
 }
 
 /// Forgets the tokens of a pod that is gone.

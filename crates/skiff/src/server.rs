@@ -30,6 +30,10 @@ pub struct ServerArgs {
     /// How long events are kept after they were last seen, in seconds.
     #[arg(long, default_value_t = 3600)]
     event_ttl: u64,
+    /// The issuer (`iss`) of service account tokens, and the base URL of its OIDC
+    /// discovery document.
+    #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
+    service_account_issuer: String,
     /// Use this etcd cluster instead of the embedded store (comma-separated client URLs).
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -67,6 +71,7 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
         secure_port: args.secure_port,
         service_cidr: args.service_cidr,
         event_ttl: std::time::Duration::from_secs(args.event_ttl),
+        service_account_issuer: args.service_account_issuer.clone(),
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1282,7 +1282,117 @@ async fn create_generators_send_protobuf(c: &mut Cluster) {
     );
 }
 
+/// The claims of a JWT (its middle part).
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.trim().split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url claims");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// `kubectl create token`: ES256 service account tokens with upstream's claims, the
+/// audience and lifetime asked for, bound to a pod; bad requests get upstream's errors;
+/// the issuer's discovery document and keys are served.
+async fn service_account_tokens(c: &mut Cluster) {
+    c.ok(&["create", "serviceaccount", "robot"]);
+    let uid = c.ok(&["get", "sa", "robot", "-o", "jsonpath={.metadata.uid}"]);
+    let token = c.ok(&["create", "token", "robot"]);
+    let header = {
+        use base64::Engine;
+        let part = token.trim().split('.').next().expect("a JWT");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .expect("base64url header");
+        serde_json::from_slice::<Value>(&bytes).expect("JSON header")
+    };
+    assert_eq!(header["alg"], "ES256");
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["sub"], "system:serviceaccount:default:robot");
+    assert_eq!(
+        claims["iss"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+    assert_eq!(
+        claims["aud"],
+        serde_json::json!(["https://kubernetes.default.svc.cluster.local"])
+    );
+    assert_eq!(
+        claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0),
+        3600
+    );
+    assert_eq!(
+        claims["kubernetes.io"]["serviceaccount"]["uid"],
+        uid.as_str()
+    );
+    let token = c.ok(&[
+        "create",
+        "token",
+        "robot",
+        "--audience",
+        "vault",
+        "--duration",
+        "2h",
+    ]);
+    let claims = jwt_claims(&token);
+    assert_eq!(claims["aud"], serde_json::json!(["vault"]));
+    assert_eq!(
+        claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0),
+        7200
+    );
+    // Bound to a pod: the pod is named in the token, and must be the one asked for.
+    c.ok(&[
+        "run",
+        "holder",
+        "--image=example.com/busybox:1",
+        "--restart=Never",
+    ]);
+    let pod_uid = c.ok(&["get", "pod", "holder", "-o", "jsonpath={.metadata.uid}"]);
+    let bound = [
+        "create",
+        "token",
+        "robot",
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "holder",
+    ];
+    let claims = jwt_claims(&c.ok(&bound));
+    assert_eq!(claims["kubernetes.io"]["pod"]["name"], "holder");
+    assert_eq!(claims["kubernetes.io"]["pod"]["uid"], pod_uid.as_str());
+    let mut wrong = bound.to_vec();
+    wrong.extend(["--bound-object-uid", "00000000-0000-4000-8000-000000000000"]);
+    let err = c.fails(&wrong);
+    assert!(err.contains("does not match the UID in record"), "{err}");
+    let err = c.fails(&["create", "token", "robot", "--duration", "5m"]);
+    assert!(
+        err.contains("spec.expirationSeconds: Invalid value: 300: may not specify a duration less than 10 minutes"),
+        "{err}"
+    );
+    let err = c.fails(&["create", "token", "nobody"]);
+    assert!(
+        err.contains("serviceaccounts \"nobody\" not found"),
+        "{err}"
+    );
+    // The issuer's discovery document and keys.
+    let discovery: Value =
+        serde_json::from_str(&c.ok(&["get", "--raw", "/.well-known/openid-configuration"]))
+            .expect("JSON");
+    assert_eq!(
+        discovery["issuer"],
+        "https://kubernetes.default.svc.cluster.local"
+    );
+    let keys: Value =
+        serde_json::from_str(&c.ok(&["get", "--raw", "/openid/v1/jwks"])).expect("JSON");
+    assert_eq!(keys["keys"][0]["crv"], "P-256");
+    assert_eq!(keys["keys"][0]["kid"], header["kid"]);
+    c.ok(&["delete", "pod", "holder", "--grace-period=0", "--force"]);
+    c.ok(&["delete", "sa", "robot"]);
+}
+
 scenarios!(
+    service_account_tokens,
     version_and_discovery,
     workloads_keep_spec_status_and_generation_apart,
     services_get_cluster_ips_and_node_ports,

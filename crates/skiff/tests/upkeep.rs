@@ -20,14 +20,6 @@ metadata: {name: token}
 stringData: {key: s3cret}
 ---
 apiVersion: v1
-kind: Secret
-metadata:
-  name: default-token
-  annotations: {kubernetes.io/service-account.name: default}
-type: kubernetes.io/service-account-token
-stringData: {token: legacy.jwt.token}
----
-apiVersion: v1
 kind: Pod
 metadata: {name: named}
 spec:
@@ -106,11 +98,21 @@ async fn pods_get_their_names_their_group_and_keep_restart_counts() {
         (Some(0), "2000 440".into())
     );
     assert_eq!(sh("stat -c %g /data/made"), (Some(0), "2000".into()));
-    // A projected service account token: the API server issues none yet (issue 8), so
-    // the account's legacy token Secret stands in.
+    // A projected service account token from the TokenRequest API, bound to the pod.
+    let (_, token) = sh("cat /var/run/secrets/kubernetes.io/serviceaccount/token");
+    let claims: serde_json::Value = {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).expect("a JWT");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url");
+        serde_json::from_slice(&bytes).expect("JSON claims")
+    };
+    assert_eq!(claims["sub"], "system:serviceaccount:default:default");
+    assert_eq!(claims["kubernetes.io"]["pod"]["name"], "named");
     assert_eq!(
-        sh("cat /var/run/secrets/kubernetes.io/serviceaccount/token"),
-        (Some(0), "legacy.jwt.token".into())
+        claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0),
+        3600
     );
     assert_eq!(
         sh("cat /var/run/secrets/kubernetes.io/serviceaccount/namespace"),

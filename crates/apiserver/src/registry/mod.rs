@@ -188,6 +188,11 @@ impl Resource {
                 kind: ("", "v1", "NodeProxyOptions"),
                 verbs: &["create", "delete", "get", "patch", "update"],
             }),
+            "serviceaccounts" if self.group.is_empty() => out.push(Subresource {
+                name: "token",
+                kind: ("authentication.k8s.io", "v1", "TokenRequest"),
+                verbs: &["create"],
+            }),
             "namespaces" if self.group.is_empty() => out.push(Subresource {
                 name: "finalize",
                 kind: ("", "v1", "Namespace"),
