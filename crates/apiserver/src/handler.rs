@@ -105,7 +105,19 @@ pub(crate) fn router(state: State) -> Router {
             get(openid_configuration),
         )
         .route("/openid/v1/jwks", get(openid_keys))
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            axum::routing::post(crate::authn::self_subject_review),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            axum::routing::post(crate::authn::token_review),
+        )
         .fallback(resource)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::authn::layer,
+        ))
         .with_state(state);
     Router::new()
         .route("/metrics", get(crate::metrics::serve))
@@ -821,7 +833,7 @@ async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
 }
 
 /// A request body as JSON; YAML bodies (`application/yaml`) are read too, as upstream.
-async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+pub(crate) async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     let content_type = content_type(headers);
     let yaml = matches!(
         content_type.as_str(),

@@ -9,6 +9,7 @@
 //! `discovery`, `registry` (one generic store for every resource, configured by a small
 //! per-resource strategy), `status` (every error as a `metav1.Status`).
 
+mod authn;
 mod discovery;
 mod handler;
 pub mod kubeconfig;

@@ -216,8 +216,14 @@ fn sans(params: &CertificateParams) -> String {
 }
 
 fn load_or_create_key(path: &Path) -> Result<KeyPair, Error> {
-    if let Ok(pem) = std::fs::read_to_string(path) {
-        return KeyPair::from_pem(&pem).map_err(Error::pki);
+    // Only a missing key is made anew: an unreadable one must not be replaced (every
+    // certificate or token signed with it would stop verifying).
+    match std::fs::read_to_string(path) {
+        Ok(pem) => return KeyPair::from_pem(&pem).map_err(Error::pki),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io("reading", path, e));
+        }
+        Err(_) => {}
     }
     let key = KeyPair::generate().map_err(Error::pki)?;
     write_file(path, key.serialize_pem().as_bytes(), 0o600)?;

@@ -76,16 +76,27 @@ pub(crate) async fn serve(
                     return;
                 }
             };
-            let service = hyper::service::service_fn(move |request| {
-                let app = app.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        tower::ServiceExt::oneshot(app, request)
-                            .await
-                            .unwrap_or_else(|e| match e {}),
-                    )
-                }
-            });
+            // The client certificate (verified in the handshake) names the user.
+            let peer_user = crate::authn::PeerUser(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|cert| crate::authn::certificate_user(cert)),
+            );
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    request.extensions_mut().insert(peer_user.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            tower::ServiceExt::oneshot(app, request)
+                                .await
+                                .unwrap_or_else(|e| match e {}),
+                        )
+                    }
+                },
+            );
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await

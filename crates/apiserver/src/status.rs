@@ -152,6 +152,11 @@ impl ApiError {
         }
     }
 
+    /// 401, as upstream words it (nothing about why).
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

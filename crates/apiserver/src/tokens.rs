@@ -5,8 +5,8 @@
 //! and the object the token is bound to). The TokenRequest API
 //! (`serviceaccounts/{name}/token`) hands them out, and the issuer's OIDC discovery
 //! document and keys are served at `/.well-known/openid-configuration` and
-//! `/openid/v1/jwks` so other parties can verify them. Checking tokens on requests is
-//! authentication's (issue 8's next step).
+//! `/openid/v1/jwks` so other parties can verify them; `verify` checks them for
+//! authentication (`authn.rs`).
 
 use base64::Engine;
 use ring::rand::SystemRandom;
@@ -31,6 +31,8 @@ pub(crate) struct Issuer {
     rng: SystemRandom,
     kid: String,
     jwk: Value,
+    /// The public key (uncompressed point), to verify tokens with.
+    point: Vec<u8>,
     /// The `iss` of every token, and the base of the discovery URLs.
     pub(crate) url: String,
 }
@@ -61,6 +63,7 @@ impl Issuer {
             rng,
             kid,
             jwk,
+            point: point.to_vec(),
             url: url.to_string(),
         })
     }
@@ -78,6 +81,67 @@ impl Issuer {
             .sign(&self.rng, input.as_bytes())
             .map_err(|e| ApiError::internal(format!("signing a token: {e}")))?;
         Ok(format!("{input}.{}", b64(signature.as_ref())))
+    }
+
+    /// The claims of one of this issuer's tokens, checked: signature, issuer, one of
+    /// `audiences` (default: the issuer), and lifetime (a minute's leeway, as upstream).
+    pub(crate) fn verify(
+        &self,
+        token: &str,
+        audiences: Option<&[String]>,
+    ) -> Result<Value, String> {
+        let decode = |part: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| "the token is not base64url".to_string())
+        };
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("the token is not a JWT".into());
+        };
+        let head: Value = serde_json::from_slice(&decode(header)?)
+            .map_err(|_| "the token's header is not JSON".to_string())?;
+        if head["alg"] != "ES256" || head["kid"].as_str().is_some_and(|k| k != self.kid) {
+            return Err("the token is not signed with this cluster's key".into());
+        }
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            &self.point,
+        )
+        .verify(
+            format!("{header}.{payload}").as_bytes(),
+            &decode(signature)?,
+        )
+        .map_err(|_| "the token's signature does not verify".to_string())?;
+        let claims: Value = serde_json::from_slice(&decode(payload)?)
+            .map_err(|_| "the token's claims are not JSON".to_string())?;
+        if claims["iss"].as_str() != Some(self.url.as_str()) {
+            return Err("the token is from another issuer".into());
+        }
+        let own = [self.url.clone()];
+        let wanted = audiences.unwrap_or(&own);
+        let audience_ok = match &claims["aud"] {
+            Value::String(a) => wanted.contains(a),
+            Value::Array(list) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|a| wanted.iter().any(|w| w == a)),
+            _ => false,
+        };
+        if !audience_ok {
+            return Err("the token is for another audience".into());
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        const LEEWAY: i64 = 60;
+        if claims["exp"].as_i64().is_none_or(|exp| exp + LEEWAY < now) {
+            return Err("the token has expired".into());
+        }
+        if claims["nbf"].as_i64().is_some_and(|nbf| nbf - LEEWAY > now) {
+            return Err("the token is not valid yet".into());
+        }
+        Ok(claims)
     }
 
     /// `/openid/v1/jwks`.
@@ -161,12 +225,12 @@ pub(crate) async fn request(
         let object_name = bound["name"].as_str().unwrap_or_default();
         let api_version = bound["apiVersion"].as_str().unwrap_or("v1");
         let plural = match (api_version, kind) {
-            ("v1", "Pod") => "pods",
-            ("v1", "Secret") => "secrets",
-            ("v1", "Node") => "nodes",
+            ("v1" | "", "Pod") => "pods",
+            ("v1" | "", "Secret") => "secrets",
+            ("v1" | "", "Node") => "nodes",
             _ => {
                 return Err(ApiError::bad_request(format!(
-                    "cannot bind token for serviceaccount \"{name}\" to object of type {api_version}, Kind={kind}"
+                    "cannot bind token for serviceaccount \"{name}\" to object of type /{api_version}, Kind={kind}"
                 )));
             }
         };
@@ -192,9 +256,28 @@ pub(crate) async fn request(
         let claim = json!({"name": object_name, "uid": uid});
         match plural {
             "pods" => {
+                // A pod's token is its own account's (upstream's check).
+                let runs_as = object["spec"]["serviceAccountName"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("default");
+                if runs_as != name {
+                    return Err(ApiError::bad_request(format!(
+                        "cannot bind token for serviceaccount \"{name}\" to pod running with different serviceaccount name."
+                    )));
+                }
                 kubernetes["pod"] = claim;
-                if let Some(node) = object["spec"]["nodeName"].as_str() {
-                    kubernetes["node"] = json!({"name": node});
+                if let Some(node) = object["spec"]["nodeName"]
+                    .as_str()
+                    .filter(|n| !n.is_empty())
+                {
+                    let mut node_claim = json!({"name": node});
+                    if let Some(nodes) = crate::registry::find("", "v1", "nodes")
+                        && let Ok(found) = registry.get(nodes, None, node).await
+                    {
+                        node_claim["uid"] = found["metadata"]["uid"].clone();
+                    }
+                    kubernetes["node"] = node_claim;
                 }
             }
             "secrets" => kubernetes["secret"] = claim,

@@ -81,7 +81,10 @@ pub async fn token(
             return Err(format!("failed to fetch token: {e}"));
         }
     };
-    cache().insert(
+    let mut cache = cache();
+    // Expired tokens (of pods gone while their token was being fetched) go.
+    cache.retain(|_, cached| cached.expires_at > now);
+    cache.insert(
         key,
         Cached {
             token: token.clone(),

@@ -1294,7 +1294,9 @@ fn jwt_claims(token: &str) -> Value {
 
 /// `kubectl create token`: ES256 service account tokens with upstream's claims, the
 /// audience and lifetime asked for, bound to a pod; bad requests get upstream's errors;
-/// the issuer's discovery document and keys are served.
+/// the issuer's discovery document and keys are served. `kubectl auth whoami` names
+/// the certificate's user, the token's service account (until its pod is deleted), or
+/// anonymous; a bad token is 401.
 async fn service_account_tokens(c: &mut Cluster) {
     c.ok(&["create", "serviceaccount", "robot"]);
     let uid = c.ok(&["get", "sa", "robot", "-o", "jsonpath={.metadata.uid}"]);
@@ -1347,6 +1349,7 @@ async fn service_account_tokens(c: &mut Cluster) {
         "holder",
         "--image=example.com/busybox:1",
         "--restart=Never",
+        r#"--overrides={"spec":{"serviceAccountName":"robot"}}"#,
     ]);
     let pod_uid = c.ok(&["get", "pod", "holder", "-o", "jsonpath={.metadata.uid}"]);
     let bound = [
@@ -1365,6 +1368,16 @@ async fn service_account_tokens(c: &mut Cluster) {
     wrong.extend(["--bound-object-uid", "00000000-0000-4000-8000-000000000000"]);
     let err = c.fails(&wrong);
     assert!(err.contains("does not match the UID in record"), "{err}");
+    // Only the pod's own account's token may name the pod.
+    c.ok(&["create", "serviceaccount", "other"]);
+    let mut foreign = bound.to_vec();
+    foreign[2] = "other";
+    let err = c.fails(&foreign);
+    assert!(
+        err.contains("cannot bind token for serviceaccount \"other\" to pod running with different serviceaccount name."),
+        "{err}"
+    );
+    c.ok(&["delete", "sa", "other"]);
     let err = c.fails(&["create", "token", "robot", "--duration", "5m"]);
     assert!(
         err.contains("spec.expirationSeconds: Invalid value: 300: may not specify a duration less than 10 minutes"),
@@ -1387,7 +1400,93 @@ async fn service_account_tokens(c: &mut Cluster) {
         serde_json::from_str(&c.ok(&["get", "--raw", "/openid/v1/jwks"])).expect("JSON");
     assert_eq!(keys["keys"][0]["crv"], "P-256");
     assert_eq!(keys["keys"][0]["kid"], header["kid"]);
+    // Who the server says you are: the admin's certificate, a token, nobody.
+    let me: Value = serde_json::from_str(&c.ok(&["auth", "whoami", "-o", "json"])).expect("JSON");
+    assert_eq!(me["status"]["userInfo"]["username"], "admin", "{me}");
+    assert_eq!(
+        me["status"]["userInfo"]["groups"],
+        serde_json::json!(["system:masters", "system:authenticated"])
+    );
+    let pod_token = c.ok(&bound).trim().to_string();
+    // (Always with a token: without one kubectl asks for a user name.)
+    let as_token = |token: &str| {
+        let ca = c.data_dir().join("pki/ca.crt");
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig=/dev/null")
+            .arg(format!("--server={}", c.server))
+            .arg(format!("--certificate-authority={}", ca.display()));
+        cmd.arg(format!("--token={token}"));
+        cmd.args(["auth", "whoami", "-o", "json"]);
+        let out = cmd.output().expect("kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = as_token(&pod_token);
+    assert!(ok, "{err}");
+    let me: Value = serde_json::from_str(&out).expect("JSON");
+    let user = &me["status"]["userInfo"];
+    assert_eq!(
+        user["username"], "system:serviceaccount:default:robot",
+        "{me}"
+    );
+    assert_eq!(
+        user["groups"],
+        serde_json::json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:default",
+            "system:authenticated"
+        ])
+    );
+    assert_eq!(
+        user["extra"]["authentication.kubernetes.io/pod-name"],
+        serde_json::json!(["holder"])
+    );
+    // No credentials at all (kubectl would ask for a password): anonymous.
+    let anonymous = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(c.data_dir().join("pki/ca.crt"))
+        .args(["-X", "POST", "-H", "Content-Type: application/json", "-d"])
+        .arg(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#)
+        .arg(format!(
+            "{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            c.server
+        ))
+        .output()
+        .expect("curl");
+    let out = String::from_utf8_lossy(&anonymous.stdout);
+    assert!(out.contains("\"system:anonymous\""), "{out}");
+    let (ok, _, err) = as_token("not.a.token");
+    assert!(!ok && err.contains("Unauthorized"), "{err}");
+    // TokenReview: what a webhook or another server would ask.
+    let review = |token: &str| -> Value {
+        let body = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token},
+        });
+        let file = body_file(c, "review.json", &body.to_string());
+        serde_json::from_str(&c.ok(&[
+            "create",
+            "--raw",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            "-f",
+            &file,
+        ]))
+        .expect("JSON")
+    };
+    let reviewed = review(&pod_token);
+    assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
+    assert_eq!(
+        reviewed["status"]["user"]["username"],
+        "system:serviceaccount:default:robot"
+    );
+    assert_eq!(review("not.a.token")["status"]["authenticated"], false);
+    // The pod goes: its token stops working.
     c.ok(&["delete", "pod", "holder", "--grace-period=0", "--force"]);
+    let (ok, _, err) = as_token(&pod_token);
+    assert!(!ok && err.contains("Unauthorized"), "{err}");
     c.ok(&["delete", "sa", "robot"]);
 }
 
