@@ -36,6 +36,9 @@ pub(crate) struct State {
     pub(crate) registry: Registry,
     pub(crate) kubelets: crate::kubelet::Client,
     pub(crate) tokens: Arc<crate::tokens::Issuer>,
+    pub(crate) authorizer: crate::authz::Authorizer,
+    pub(crate) static_tokens: Arc<crate::authn::StaticTokens>,
+    pub(crate) anonymous: bool,
 }
 
 impl State {
@@ -56,10 +59,21 @@ impl State {
             .ensure_kubernetes_service(addr, config.service_cidr.nth(1))
             .await
             .map_err(fail)?;
+        crate::authz::policy::ensure(&registry)
+            .await
+            .map_err(fail)?;
+        let index = crate::authz::rbac::Index::start(registry.cache.clone()).await;
+        let static_tokens = match &config.token_auth_file {
+            Some(path) => crate::authn::StaticTokens::load(path)?,
+            None => crate::authn::StaticTokens::default(),
+        };
         Ok(State {
             registry,
             kubelets,
             tokens: Arc::new(tokens),
+            authorizer: crate::authz::Authorizer::new(config.authorization_modes.clone(), index),
+            static_tokens: Arc::new(static_tokens),
+            anonymous: config.anonymous_auth,
         })
     }
 }
@@ -95,6 +109,7 @@ pub(crate) async fn expire_events(state: State, ttl: Duration) {
 
 pub(crate) fn router(state: State) -> Router {
     let metrics = crate::metrics::Metrics::new();
+    let metrics_handle = metrics.clone();
     let api = Router::new()
         .route("/version", get(version))
         .route("/healthz", get(health))
@@ -113,20 +128,41 @@ pub(crate) fn router(state: State) -> Router {
             "/apis/authentication.k8s.io/v1/tokenreviews",
             axum::routing::post(crate::authn::token_review),
         )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            axum::routing::post(crate::authz::reviews::self_subject_access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            axum::routing::post(crate::authz::reviews::subject_access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews",
+            axum::routing::post(crate::authz::reviews::local_subject_access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            axum::routing::post(crate::authz::reviews::self_subject_rules_review),
+        )
+        .route(
+            "/metrics",
+            get(move || crate::metrics::serve(axum::extract::State(metrics_handle))),
+        )
         .fallback(resource)
+        // Layers run outside in: authentication, then authorization.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::authz::layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::authn::layer,
         ))
         .with_state(state);
-    Router::new()
-        .route("/metrics", get(crate::metrics::serve))
-        .with_state(metrics.clone())
-        .merge(api)
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            crate::metrics::record,
-        ))
+    api.layer(axum::middleware::from_fn_with_state(
+        metrics,
+        crate::metrics::record,
+    ))
 }
 
 async fn openid_configuration(
@@ -284,6 +320,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             .map_err(ApiError::bad_request)?,
         field_manager: Some(field_manager(&query, &parts.headers)?),
         applied: false,
+        admit: rbac_admission(state, r, &parts, ns),
     };
     let registry = &state.registry;
     let as_table = crate::table::wanted(&parts.headers);
@@ -330,10 +367,8 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                 ));
             }
             let obj = json_body(&parts.headers, body).await?;
-            Ok(written(
-                StatusCode::CREATED,
-                registry.create(r, ns, obj, write).await?,
-            ))
+            let done = registry.create(r, ns, obj, write).await?;
+            Ok(written_rbac_aware(state, r, StatusCode::CREATED, done).await)
         }
         Verb::Update => {
             let name = info.name.as_deref().ok_or_else(|| {
@@ -342,10 +377,8 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                 )
             })?;
             let obj = json_body(&parts.headers, body).await?;
-            Ok(written(
-                StatusCode::OK,
-                registry.update(r, ns, name, obj, write).await?,
-            ))
+            let done = registry.update(r, ns, name, obj, write).await?;
+            Ok(written_rbac_aware(state, r, StatusCode::OK, done).await)
         }
         Verb::Patch => {
             let name = info.name.as_deref().ok_or_else(|| {
@@ -379,7 +412,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                 } else {
                     StatusCode::OK
                 };
-                return Ok(written(code, done));
+                return Ok(written_rbac_aware(state, r, code, done).await);
             }
             if query.contains_key("force") {
                 return Err(ApiError::invalid(
@@ -395,12 +428,10 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             }
             let patch_type = patch_type(&parts.headers)?;
             let bytes = read_body(body).await?;
-            Ok(written(
-                StatusCode::OK,
-                registry
-                    .patch(r, ns, name, patch_type, &bytes, write)
-                    .await?,
-            ))
+            let done = registry
+                .patch(r, ns, name, patch_type, &bytes, write)
+                .await?;
+            Ok(written_rbac_aware(state, r, StatusCode::OK, done).await)
         }
         Verb::Delete => {
             let name = info.name.as_deref().unwrap_or_default();
@@ -422,6 +453,28 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             .delete_collection(r, ns, &list_options(r, &query)?, dry_run)
             .await?),
     }
+}
+
+/// RBAC's escalation check, for writes of roles and bindings.
+fn rbac_admission(
+    state: &State,
+    r: &'static Resource,
+    parts: &axum::http::request::Parts,
+    ns: Option<&str>,
+) -> Option<crate::registry::store::Admit> {
+    if r.group != crate::authz::rbac::GROUP {
+        return None;
+    }
+    let user = parts
+        .extensions
+        .get::<crate::authn::UserInfo>()
+        .cloned()
+        .unwrap_or_else(crate::authn::UserInfo::anonymous);
+    let authorizer = state.authorizer.clone();
+    let namespace = ns.unwrap_or_default().to_string();
+    Some(crate::registry::store::Admit(Arc::new(move |obj, old| {
+        crate::authz::escalation::check(&authorizer, &user, r.plural, &namespace, obj, old)
+    })))
 }
 
 /// `DeleteOptions` from the body (optional) and the query (`gracePeriodSeconds`).
@@ -632,6 +685,26 @@ fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
 
 /// A written object, with each warning as a `Warning: 299 - "..."` header (RFC 7234),
 /// which kubectl prints.
+/// [`written`], after the authorizer has seen a write to an RBAC object (so the
+/// permission it grants is in force when the client hears back).
+async fn written_rbac_aware(
+    state: &State,
+    r: &Resource,
+    code: StatusCode,
+    done: Written,
+) -> Response {
+    if r.group == crate::authz::rbac::GROUP
+        && let Some(revision) = done
+            .object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|rv| rv.parse().ok())
+    {
+        state.authorizer.rbac.caught_up(r.plural, revision).await;
+    }
+    written(code, done)
+}
+
 fn written(code: StatusCode, written: Written) -> Response {
     let mut response = (code, Json(written.object)).into_response();
     for warning in written.warnings {

@@ -10,6 +10,7 @@
 //! per-resource strategy), `status` (every error as a `metav1.Status`).
 
 mod authn;
+mod authz;
 mod discovery;
 mod handler;
 pub mod kubeconfig;
@@ -47,7 +48,15 @@ pub struct Config {
     pub event_ttl: std::time::Duration,
     /// The `iss` of service account tokens (`--service-account-issuer`).
     pub service_account_issuer: String,
+    /// The authorizers, asked in order (`--authorization-mode`, default RBAC).
+    pub authorization_modes: Vec<AuthorizationMode>,
+    /// Static bearer tokens (`--token-auth-file`: `token,user,uid,"group1,group2"`).
+    pub token_auth_file: Option<PathBuf>,
+    /// Requests without credentials are `system:anonymous` (else 401).
+    pub anonymous_auth: bool,
 }
+
+pub use authz::Mode as AuthorizationMode;
 
 pub use registry::service_ips::ServiceCidr;
 

@@ -128,8 +128,17 @@ fn definitions() -> &'static Map<String, Value> {
             .iter()
             .map(|r| (r, (r.schema)(&mut generator)))
             .collect();
-        // Kinds only a subresource takes (serviceaccounts/token).
-        let _ = generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenRequest>();
+        // Kinds only a subresource or a review endpoint takes.
+        {
+            use k8s_openapi::api::{authentication::v1 as authn, authorization::v1 as authz};
+            let _ = generator.subschema_for::<authn::TokenRequest>();
+            let _ = generator.subschema_for::<authn::TokenReview>();
+            let _ = generator.subschema_for::<authn::SelfSubjectReview>();
+            let _ = generator.subschema_for::<authz::SubjectAccessReview>();
+            let _ = generator.subschema_for::<authz::LocalSubjectAccessReview>();
+            let _ = generator.subschema_for::<authz::SelfSubjectAccessReview>();
+            let _ = generator.subschema_for::<authz::SelfSubjectRulesReview>();
+        }
         let mut defs = generator.take_definitions(true);
         for (r, reference) in roots {
             let Some(name) = ref_name(&reference) else {

@@ -16,10 +16,13 @@
 //! - `podgc.rs`: pods of deleted nodes, never-scheduled terminating pods, old finished pods.
 //! - `disruption.rs`: PodDisruptionBudget status, which evictions spend.
 //! - `resourcequota.rs`: ResourceQuota usage.
+//! - `clusterrole_aggregation.rs`: the rules of aggregated ClusterRoles (admin, edit,
+//!   view).
 //!
 //! `events.rs` writes their Events, `queue.rs` holds the work queue and sync loop.
 
 mod adoption;
+mod clusterrole_aggregation;
 mod cronjob;
 mod daemonset;
 mod deployment;
@@ -54,6 +57,7 @@ pub struct Config {
 }
 
 pub const ALL: &[&str] = &[
+    "clusterrole-aggregation",
     "cronjob",
     "daemonset",
     "deployment",
@@ -172,6 +176,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
         let client = client.clone();
         let pods = pods.clone();
         loops.push(match name.as_str() {
+            "clusterrole-aggregation" => Box::pin(clusterrole_aggregation::run(client)),
             "cronjob" => Box::pin(cronjob::run(client)),
             "daemonset" => Box::pin(daemonset::run(client, pods)),
             "deployment" => Box::pin(deployment::run(client, pods)),

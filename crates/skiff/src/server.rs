@@ -34,6 +34,16 @@ pub struct ServerArgs {
     /// discovery document.
     #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
     service_account_issuer: String,
+    /// Authorizers to ask, in order: RBAC, AlwaysAllow, AlwaysDeny (comma-separated).
+    #[arg(long, default_value = "RBAC")]
+    authorization_mode: String,
+    /// Static bearer tokens: a CSV file of `token,user,uid[,"group1,group2"]` lines.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// Serve requests without credentials as `system:anonymous` (RBAC lets them reach
+    /// the health and version endpoints only); `false` answers them 401.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
     /// Use this etcd cluster instead of the embedded store (comma-separated client URLs).
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -72,6 +82,13 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
         service_cidr: args.service_cidr,
         event_ttl: std::time::Duration::from_secs(args.event_ttl),
         service_account_issuer: args.service_account_issuer.clone(),
+        authorization_modes: skiff_apiserver::AuthorizationMode::parse_list(
+            &args.authorization_mode,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("--authorization-mode")?,
+        token_auth_file: args.token_auth_file.clone(),
+        anonymous_auth: args.anonymous_auth,
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1444,7 +1444,8 @@ async fn service_account_tokens(c: &mut Cluster) {
         user["extra"]["authentication.kubernetes.io/pod-name"],
         serde_json::json!(["holder"])
     );
-    // No credentials at all (kubectl would ask for a password): anonymous.
+    // No credentials at all (kubectl would ask for a password): anonymous, which RBAC
+    // does not let ask who it is.
     let anonymous = Command::new("curl")
         .args(["-s", "--cacert"])
         .arg(c.data_dir().join("pki/ca.crt"))
@@ -1457,7 +1458,10 @@ async fn service_account_tokens(c: &mut Cluster) {
         .output()
         .expect("curl");
     let out = String::from_utf8_lossy(&anonymous.stdout);
-    assert!(out.contains("\"system:anonymous\""), "{out}");
+    assert!(
+        out.contains(r#"User \"system:anonymous\" cannot create resource \"selfsubjectreviews\""#),
+        "{out}"
+    );
     let (ok, _, err) = as_token("not.a.token");
     assert!(!ok && err.contains("Unauthorized"), "{err}");
     // TokenReview: what a webhook or another server would ask.

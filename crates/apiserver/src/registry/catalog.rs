@@ -659,7 +659,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         schema: schema_of::<policy::v1::PodDisruptionBudget>,
         ..BASE
     },
-    // rbac.authorization.k8s.io/v1 (stored; enforced by the security work)
+    // rbac.authorization.k8s.io/v1 (enforced by `authz`)
     Resource {
         group: "rbac.authorization.k8s.io",
         kind: "Role",
@@ -668,6 +668,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         columns: &[c("Created At", "Creation time.", col::created_at)],
         decode: decode_as::<rbac::v1::Role>,
         schema: schema_of::<rbac::v1::Role>,
+        name_rule: NameRule::PathSegment,
         ..BASE
     },
     Resource {
@@ -678,6 +679,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         columns: &[c("Role", "The bound role.", col::binding_role)],
         decode: decode_as::<rbac::v1::RoleBinding>,
         schema: schema_of::<rbac::v1::RoleBinding>,
+        name_rule: NameRule::PathSegment,
         ..BASE
     },
     Resource {
@@ -689,6 +691,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         columns: &[c("Created At", "Creation time.", col::created_at)],
         decode: decode_as::<rbac::v1::ClusterRole>,
         schema: schema_of::<rbac::v1::ClusterRole>,
+        name_rule: NameRule::PathSegment,
         ..BASE
     },
     Resource {
@@ -700,6 +703,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         columns: &[c("Role", "The bound role.", col::binding_role)],
         decode: decode_as::<rbac::v1::ClusterRoleBinding>,
         schema: schema_of::<rbac::v1::ClusterRoleBinding>,
+        name_rule: NameRule::PathSegment,
         ..BASE
     },
     // scheduling.k8s.io/v1

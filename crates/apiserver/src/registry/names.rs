@@ -9,6 +9,8 @@ pub(crate) enum NameRule {
     DnsLabel,
     /// RFC 1123 subdomain: most objects.
     DnsSubdomain,
+    /// Anything that is a path segment (RBAC objects: `system:node` is a name).
+    PathSegment,
 }
 
 const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
@@ -46,6 +48,21 @@ impl NameRule {
                     SUBDOMAIN_MSG
                 };
                 Some(FieldError::invalid(field, name, detail))
+            }
+            NameRule::PathSegment => {
+                if name == "." || name == ".." {
+                    return Some(FieldError::invalid(
+                        field,
+                        name,
+                        &format!("may not be '{name}'"),
+                    ));
+                }
+                ["/", "%"]
+                    .iter()
+                    .find(|bad| name.contains(*bad))
+                    .map(|bad| {
+                        FieldError::invalid(field, name, &format!("may not contain '{bad}'"))
+                    })
             }
             _ => None,
         }

@@ -95,9 +95,94 @@ pub(crate) fn check(r: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Field
         }
         ("", "Service") => service(obj, &mut errors),
         ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, old, &mut errors),
+        ("rbac.authorization.k8s.io", kind @ ("RoleBinding" | "ClusterRoleBinding")) => {
+            binding(kind, obj, old, &mut errors)
+        }
         _ => {}
     }
     errors
+}
+
+/// Upstream's binding validation: a roleRef to a role of RBAC's group (a
+/// ClusterRoleBinding only to a ClusterRole) that never changes, and subjects of the
+/// known kinds (a service account with its namespace).
+fn binding(kind: &str, obj: &Value, old: Option<&Value>, errors: &mut Vec<FieldError>) {
+    let role_ref = obj.get("roleRef").cloned().unwrap_or(Value::Null);
+    let text = |v: &Value, f: &str| {
+        v.get(f)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ref_kind = text(&role_ref, "kind");
+    let allowed: &[&str] = if kind == "RoleBinding" {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    if !allowed.contains(&ref_kind.as_str()) {
+        let quoted: Vec<String> = allowed.iter().map(|k| format!("{k:?}")).collect();
+        errors.push(FieldError {
+            field: "roleRef.kind".into(),
+            reason: "FieldValueNotSupported",
+            message: format!(
+                "Unsupported value: {ref_kind:?}: supported values: {}",
+                quoted.join(", ")
+            ),
+        });
+    }
+    if text(&role_ref, "apiGroup") != "rbac.authorization.k8s.io" {
+        errors.push(FieldError {
+            field: "roleRef.apiGroup".into(),
+            reason: "FieldValueNotSupported",
+            message: format!(
+                "Unsupported value: {:?}: supported values: \"rbac.authorization.k8s.io\"",
+                text(&role_ref, "apiGroup")
+            ),
+        });
+    }
+    if text(&role_ref, "name").is_empty() {
+        errors.push(required("roleRef.name"));
+    }
+    if let Some(old) = old
+        && old.get("roleRef") != obj.get("roleRef")
+    {
+        errors.push(FieldError {
+            field: "roleRef".into(),
+            reason: "FieldValueInvalid",
+            message: format!(
+                "Invalid value: {}: cannot change roleRef",
+                go_value(&role_ref)
+            ),
+        });
+    }
+    for (i, subject) in obj
+        .get("subjects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let subject_kind = text(subject, "kind");
+        if text(subject, "name").is_empty() {
+            errors.push(required(format!("subjects[{i}].name")));
+        }
+        match subject_kind.as_str() {
+            "ServiceAccount" => {
+                if kind == "ClusterRoleBinding" && text(subject, "namespace").is_empty() {
+                    errors.push(required(format!("subjects[{i}].namespace")));
+                }
+            }
+            "User" | "Group" => {}
+            other => errors.push(FieldError {
+                field: format!("subjects[{i}].kind"),
+                reason: "FieldValueNotSupported",
+                message: format!(
+                    "Unsupported value: {other:?}: supported values: \"ServiceAccount\", \"User\", \"Group\""
+                ),
+            }),
+        }
+    }
 }
 
 /// Upstream's PriorityClass validation: user classes stay at or below 1,000,000,000 and

@@ -67,6 +67,22 @@ pub(crate) struct WriteOptions {
     pub field_manager: Option<Arc<str>>,
     /// Server-side apply already worked out the ownership.
     pub applied: bool,
+    /// Admission by who writes, run on the object about to be stored.
+    pub admit: Option<Admit>,
+}
+
+/// A check of the object about to be stored against who writes it (RBAC's escalation
+/// prevention): the new object and, for an update, the stored one.
+#[derive(Clone)]
+pub(crate) struct Admit(
+    #[allow(clippy::type_complexity)]
+    pub  Arc<dyn Fn(&Value, Option<&Value>) -> Result<(), ApiError> + Send + Sync>,
+);
+
+impl std::fmt::Debug for Admit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admit")
+    }
 }
 
 impl Part {
@@ -409,6 +425,9 @@ impl Registry {
             let name = meta_str(&obj, "name").unwrap_or_default();
             return Err(ApiError::invalid(r.kind, r.group, name, errors));
         }
+        if let Some(admit) = &opts.admit {
+            (admit.0)(&obj, None)?;
+        }
         track_ownership(r, &opts, None, &mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         if let Some(ns) = ns {
@@ -634,6 +653,11 @@ impl Registry {
                 if !errors.is_empty() {
                     return Err(ApiError::invalid(r.kind, r.group, name, errors));
                 }
+            }
+            if opts.part != Part::Internal
+                && let Some(admit) = &opts.admit
+            {
+                (admit.0)(&obj, Some(&old))?;
             }
             track_ownership(r, &opts, Some(&old), &mut obj);
             if obj == old {

@@ -252,6 +252,17 @@ impl Cluster {
     }
 
     /// Runs kubectl, asserts it failed, and returns its stderr.
+    /// kubectl with `input` on stdin; must succeed.
+    pub fn ok_stdin(&self, args: &[&str], input: &str) -> String {
+        let out = self.kubectl_with(args, &[], Some(input));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
         assert!(

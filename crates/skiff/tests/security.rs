@@ -1,0 +1,436 @@
+//! End-to-end: authentication and RBAC as users meet them, with the real `skiff server`
+//! and the real kubectl: static token users, roles and bindings, `kubectl auth can-i`,
+//! impersonation (`--as`), escalation prevention, aggregated roles, service account
+//! tokens and anonymous requests.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{Backend, Cluster, wait_for};
+use serde_json::Value;
+
+/// kubectl as the holder of a bearer token (no kubeconfig).
+fn as_token(c: &Cluster, token: &str, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig=/dev/null")
+        .arg(format!("--server={}", c.server))
+        .arg(format!(
+            "--certificate-authority={}",
+            c.data_dir().join("pki/ca.crt").display()
+        ))
+        .arg(format!("--token={token}"))
+        .args(args)
+        .output()
+        .expect("kubectl")
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn refused(out: Output, what: &str) -> String {
+    assert!(!out.status.success(), "{what} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// An HTTPS request without credentials: (status code, body).
+fn anonymous(c: &Cluster, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+        .arg(c.data_dir().join("pki/ca.crt"))
+        .arg(format!("{}{path}", c.server))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+const ROLES: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: team
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: pod-reader
+  namespace: team
+rules:
+- apiGroups: [\"\"]
+  resources: [pods]
+  verbs: [get, list, watch]
+- apiGroups: [\"\"]
+  resources: [configmaps]
+  verbs: [create, get]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create, get, list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: bob-reads
+  namespace: team
+subjects:
+- kind: User
+  name: bob
+  apiGroup: rbac.authorization.k8s.io
+roleRef:
+  kind: Role
+  name: pod-reader
+  apiGroup: rbac.authorization.k8s.io
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_governs_what_each_user_may_do() {
+    let files = tempfile::tempdir().expect("tempdir");
+    let tokens = files.path().join("tokens.csv");
+    std::fs::write(
+        &tokens,
+        "bob-token,bob,1001\nops-token,olga,1002,\"ops,oncall\"\n",
+    )
+    .expect("token file");
+    let c = Cluster::start_with(
+        Backend::Embedded,
+        &["--token-auth-file", tokens.to_str().expect("path")],
+    )
+    .await;
+    let bob = |args: &[&str]| as_token(&c, "bob-token", args);
+
+    // Who is who: the static token's user and groups; a wrong token is 401.
+    let me: Value =
+        serde_json::from_str(&ok(bob(&["auth", "whoami", "-o", "json"]), "whoami")).expect("JSON");
+    assert_eq!(me["status"]["userInfo"]["username"], "bob");
+    assert_eq!(me["status"]["userInfo"]["uid"], "1001");
+    let olga: Value = serde_json::from_str(&ok(
+        as_token(&c, "ops-token", &["auth", "whoami", "-o", "json"]),
+        "whoami",
+    ))
+    .expect("JSON");
+    assert_eq!(
+        olga["status"]["userInfo"]["groups"],
+        serde_json::json!(["ops", "oncall", "system:authenticated"])
+    );
+    let err = refused(as_token(&c, "nope", &["get", "pods"]), "a bad token");
+    assert!(
+        err.contains("the server has asked for the client to provide credentials"),
+        "{err}"
+    );
+
+    // Anonymous requests reach health and version only.
+    assert_eq!(anonymous(&c, "/healthz"), (200, "ok".to_string()));
+    assert_eq!(anonymous(&c, "/version").0, 200);
+    let (code, body) = anonymous(&c, "/api/v1/namespaces/default/pods");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains(r#"pods is forbidden: User \"system:anonymous\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""#),
+        "{body}"
+    );
+    let (code, body) = anonymous(&c, "/apis");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains(r#"forbidden: User \"system:anonymous\" cannot get path \"/apis\""#),
+        "{body}"
+    );
+
+    // Nothing granted yet: 403 with upstream's message; discovery works.
+    let err = refused(bob(&["get", "pods", "-n", "team"]), "list pods");
+    assert!(
+        err.contains(r#"pods is forbidden: User "bob" cannot list resource "pods" in API group "" in the namespace "team""#),
+        "{err}"
+    );
+    ok(
+        bob(&["api-resources", "--cached=false", "-o", "name"]),
+        "discovery",
+    );
+
+    // A namespaced Role grants exactly what it says, in its namespace only.
+    c.ok_stdin(&["apply", "-f", "-"], ROLES);
+    ok(bob(&["get", "pods", "-n", "team"]), "list pods in team");
+    let err = refused(bob(&["get", "pods", "-n", "default"]), "pods elsewhere");
+    assert!(err.contains(r#"in the namespace "default""#), "{err}");
+    let err = refused(bob(&["get", "secrets", "-n", "team"]), "secrets");
+    assert!(
+        err.contains(r#"secrets is forbidden: User "bob" cannot list resource "secrets" in API group "" in the namespace "team""#),
+        "{err}"
+    );
+    ok(
+        bob(&[
+            "create",
+            "configmap",
+            "notes",
+            "-n",
+            "team",
+            "--from-literal=a=b",
+        ]),
+        "create a configmap",
+    );
+    let err = refused(
+        bob(&["delete", "configmap", "notes", "-n", "team"]),
+        "delete",
+    );
+    assert!(
+        err.contains(r#"configmaps "notes" is forbidden: User "bob" cannot delete resource "configmaps" in API group "" in the namespace "team""#),
+        "{err}"
+    );
+    let err = refused(bob(&["get", "nodes"]), "nodes");
+    assert!(err.contains("at the cluster scope"), "{err}");
+
+    // kubectl auth can-i, for oneself and (as the admin) for others.
+    assert_eq!(
+        ok(
+            bob(&["auth", "can-i", "list", "pods", "-n", "team"]),
+            "can-i"
+        )
+        .trim(),
+        "yes"
+    );
+    let out = bob(&["auth", "can-i", "delete", "pods", "-n", "team"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+    assert_eq!(out.status.code(), Some(1));
+    let list = ok(
+        bob(&["auth", "can-i", "--list", "-n", "team"]),
+        "can-i --list",
+    );
+    let pods = list
+        .lines()
+        .find(|l| l.starts_with("pods "))
+        .unwrap_or_else(|| panic!("no pods line in:\n{list}"));
+    assert!(pods.ends_with("[get list watch]"), "{list}");
+    assert!(
+        list.contains("selfsubjectaccessreviews.authorization.k8s.io"),
+        "{list}"
+    );
+    assert_eq!(
+        c.ok(&["auth", "can-i", "get", "pods", "-n", "team", "--as", "bob"])
+            .trim(),
+        "yes"
+    );
+    let out = c.kubectl(&[
+        "auth", "can-i", "get", "pods", "-n", "default", "--as", "bob",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+
+    // Impersonation: the admin may act as bob; bob may not act as anyone.
+    let err = c.fails(&["get", "secrets", "-n", "team", "--as", "bob"]);
+    assert!(
+        err.contains(r#"User "bob" cannot list resource "secrets""#),
+        "{err}"
+    );
+    let err = refused(
+        bob(&["get", "pods", "-n", "team", "--as", "olga"]),
+        "impersonate",
+    );
+    assert!(
+        err.contains(r#"users "olga" is forbidden: User "bob" cannot impersonate resource "users" in API group "" at the cluster scope"#),
+        "{err}"
+    );
+
+    // Escalation: bob may create roles and bindings, but only grant what he holds.
+    let role = |name: &str, resource: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {name}\n  namespace: team\nrules:\n- apiGroups: [\"\"]\n  resources: [{resource}]\n  verbs: [get, list]\n"
+        )
+    };
+    let as_bob_stdin = |args: &[&str], input: &str| {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig=/dev/null")
+            .arg(format!("--server={}", c.server))
+            .arg(format!(
+                "--certificate-authority={}",
+                c.data_dir().join("pki/ca.crt").display()
+            ))
+            .arg("--token=bob-token")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(input.as_bytes()).expect("write");
+        }
+        child.wait_with_output().expect("kubectl")
+    };
+    let err = refused(
+        as_bob_stdin(&["create", "-f", "-"], &role("secret-reader", "secrets")),
+        "an escalating role",
+    );
+    assert!(
+        err.contains(r#"roles.rbac.authorization.k8s.io "secret-reader" is forbidden: user "bob" (groups=["system:authenticated"]) is attempting to grant RBAC permissions not currently held:"#),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"{APIGroups:[""], Resources:["secrets"], Verbs:["get" "list"]}"#),
+        "{err}"
+    );
+    ok(
+        as_bob_stdin(&["create", "-f", "-"], &role("pod-peeker", "pods")),
+        "a role within bob's rights",
+    );
+    let err = refused(
+        bob(&[
+            "create",
+            "rolebinding",
+            "bob-edits",
+            "-n",
+            "team",
+            "--clusterrole=edit",
+            "--user=bob",
+        ]),
+        "binding edit",
+    );
+    assert!(
+        err.contains("is attempting to grant RBAC permissions not currently held"),
+        "{err}"
+    );
+    ok(
+        bob(&[
+            "create",
+            "rolebinding",
+            "carol-peeks",
+            "-n",
+            "team",
+            "--role=pod-peeker",
+            "--user=carol",
+        ]),
+        "binding a role bob holds",
+    );
+    assert_eq!(
+        c.ok(&[
+            "auth", "can-i", "list", "pods", "-n", "team", "--as", "carol"
+        ])
+        .trim(),
+        "yes"
+    );
+    // A binding's role never changes.
+    let err = c.fails(&[
+        "patch",
+        "rolebinding",
+        "carol-peeks",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"pod-reader"}}"#,
+    ]);
+    assert!(err.contains("cannot change roleRef"), "{err}");
+
+    // ClusterRole aggregation: a role labelled aggregate-to-view joins view (and so edit
+    // and admin), and binding view gives its rules.
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: widget-viewer
+  labels:
+    rbac.authorization.k8s.io/aggregate-to-view: \"true\"
+rules:
+- apiGroups: [example.com]
+  resources: [widgets]
+  verbs: [get, list]
+",
+    );
+    for aggregated in ["view", "edit", "admin"] {
+        wait_for(&format!("{aggregated} to aggregate widgets"), || {
+            c.ok(&["get", "clusterrole", aggregated, "-o", "json"])
+                .contains("widgets")
+        });
+    }
+    c.ok(&[
+        "create",
+        "rolebinding",
+        "olga-views",
+        "-n",
+        "team",
+        "--clusterrole=view",
+        "--group=ops",
+    ]);
+    let olga = |args: &[&str]| as_token(&c, "ops-token", args);
+    ok(
+        olga(&["get", "configmaps", "-n", "team"]),
+        "view configmaps",
+    );
+    let err = refused(
+        olga(&["get", "secrets", "-n", "team"]),
+        "view has no secrets",
+    );
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "{err}"
+    );
+
+    // A SubjectAccessReview, as a webhook or another component would ask.
+    let review = files.path().join("sar.json");
+    std::fs::write(
+        &review,
+        serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": "bob", "resourceAttributes": {"namespace": "team", "verb": "watch", "resource": "pods"}},
+        })
+        .to_string(),
+    )
+    .expect("write");
+    let answer: Value = serde_json::from_str(&c.ok(&[
+        "create",
+        "--raw",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        "-f",
+        review.to_str().expect("path"),
+    ]))
+    .expect("JSON");
+    assert_eq!(answer["status"]["allowed"], true, "{answer}");
+
+    // A service account's token is the account: nothing until a binding grants it.
+    c.ok(&["create", "serviceaccount", "robot", "-n", "team"]);
+    let token = c
+        .ok(&["create", "token", "robot", "-n", "team"])
+        .trim()
+        .to_string();
+    let err = refused(
+        as_token(&c, &token, &["get", "pods", "-n", "team"]),
+        "robot",
+    );
+    assert!(
+        err.contains(r#"User "system:serviceaccount:team:robot" cannot list resource "pods""#),
+        "{err}"
+    );
+    c.ok(&[
+        "create",
+        "rolebinding",
+        "robot-reads",
+        "-n",
+        "team",
+        "--role=pod-reader",
+        "--serviceaccount=team:robot",
+    ]);
+    ok(
+        as_token(&c, &token, &["get", "pods", "-n", "team"]),
+        "robot lists pods",
+    );
+
+    // Taking the binding away takes the permission away.
+    c.ok(&["delete", "rolebinding", "bob-reads", "-n", "team"]);
+    wait_for("bob to lose pods", || {
+        !bob(&["get", "pods", "-n", "team"]).status.success()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_requests_can_be_refused() {
+    let c = Cluster::start_with(Backend::Embedded, &["--anonymous-auth=false"]).await;
+    let (code, body) = anonymous(&c, "/healthz");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Unauthorized"), "{body}");
+    // Credentials still work.
+    c.ok(&["get", "namespaces"]);
+}
