@@ -63,6 +63,14 @@ impl State {
             .await
             .map_err(fail)?;
         let index = crate::authz::rbac::Index::start(registry.cache.clone()).await;
+        let graph = if config
+            .authorization_modes
+            .contains(&crate::authz::Mode::Node)
+        {
+            Some(crate::authz::graph::Graph::start(registry.cache.clone()).await)
+        } else {
+            None
+        };
         let static_tokens = match &config.token_auth_file {
             Some(path) => crate::authn::StaticTokens::load(path)?,
             None => crate::authn::StaticTokens::default(),
@@ -71,7 +79,11 @@ impl State {
             registry,
             kubelets,
             tokens: Arc::new(tokens),
-            authorizer: crate::authz::Authorizer::new(config.authorization_modes.clone(), index),
+            authorizer: crate::authz::Authorizer::new(
+                config.authorization_modes.clone(),
+                index,
+                graph,
+            ),
             static_tokens: Arc::new(static_tokens),
             anonymous: config.anonymous_auth,
         })
@@ -270,6 +282,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             "the server does not allow this method on the requested resource",
         ));
     }
+    admit_node_delete(state, r, &parts, &info).await?;
     let part = match info.subresource.as_deref() {
         None => Part::Main,
         Some("status")
@@ -320,7 +333,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             .map_err(ApiError::bad_request)?,
         field_manager: Some(field_manager(&query, &parts.headers)?),
         applied: false,
-        admit: rbac_admission(state, r, &parts, ns),
+        admit: admission(state, r, &parts, &info),
     };
     let registry = &state.registry;
     let as_table = crate::table::wanted(&parts.headers);
@@ -455,26 +468,63 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
     }
 }
 
-/// RBAC's escalation check, for writes of roles and bindings.
-fn rbac_admission(
+/// Admission by who writes: RBAC's escalation check on roles and bindings, and
+/// NodeRestriction on what a kubelet writes.
+fn admission(
     state: &State,
     r: &'static Resource,
     parts: &axum::http::request::Parts,
-    ns: Option<&str>,
+    info: &request::RequestInfo,
 ) -> Option<crate::registry::store::Admit> {
-    if r.group != crate::authz::rbac::GROUP {
-        return None;
-    }
     let user = parts
         .extensions
         .get::<crate::authn::UserInfo>()
         .cloned()
         .unwrap_or_else(crate::authn::UserInfo::anonymous);
-    let authorizer = state.authorizer.clone();
-    let namespace = ns.unwrap_or_default().to_string();
+    let namespace = info.namespace.clone().unwrap_or_default();
+    if r.group == crate::authz::rbac::GROUP {
+        let authorizer = state.authorizer.clone();
+        return Some(crate::registry::store::Admit(Arc::new(move |obj, old| {
+            crate::authz::escalation::check(&authorizer, &user, r.plural, &namespace, obj, old)
+        })));
+    }
+    let node = crate::authz::node::node_of(&user)?.to_string();
+    if !r.group.is_empty() || !matches!(r.plural, "pods" | "nodes") {
+        return None;
+    }
+    let subresource = info.subresource.clone().unwrap_or_default();
     Some(crate::registry::store::Admit(Arc::new(move |obj, old| {
-        crate::authz::escalation::check(&authorizer, &user, r.plural, &namespace, obj, old)
+        crate::authz::node::admit_write(&node, r.plural, &subresource, obj, old)
     })))
+}
+
+/// NodeRestriction on a kubelet deleting or evicting a pod, or deleting a Node.
+async fn admit_node_delete(
+    state: &State,
+    r: &'static Resource,
+    parts: &axum::http::request::Parts,
+    info: &request::RequestInfo,
+) -> Result<(), ApiError> {
+    let Some(user) = parts.extensions.get::<crate::authn::UserInfo>() else {
+        return Ok(());
+    };
+    let Some(node) = crate::authz::node::node_of(user) else {
+        return Ok(());
+    };
+    let deleting = info.verb == Verb::Delete
+        || (info.verb == Verb::Create && info.subresource.as_deref() == Some("eviction"));
+    if !r.group.is_empty() || !matches!(r.plural, "pods" | "nodes") || !deleting {
+        return Ok(());
+    }
+    let current = state
+        .registry
+        .get(
+            r,
+            info.namespace.as_deref(),
+            info.name.as_deref().unwrap_or_default(),
+        )
+        .await?;
+    crate::authz::node::admit_delete(node, r.plural, &current)
 }
 
 /// `DeleteOptions` from the body (optional) and the query (`gracePeriodSeconds`).

@@ -91,6 +91,39 @@ impl Pki {
     }
 }
 
+/// A client certificate from the cluster CA, with the CA to trust.
+pub struct ClientCertificate {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The client certificate of a component (CN `user`, O `groups`), kept as
+/// `pki/FILE.crt` and `FILE.key` and reissued within 30 days of expiry. The CA must
+/// exist already (the API server made it).
+pub fn client_certificate(
+    data_dir: &Path,
+    file: &str,
+    user: &str,
+    groups: &[&str],
+) -> Result<ClientCertificate, Error> {
+    let dir = data_dir.join("pki");
+    let key_path = dir.join("ca.key");
+    let ca_key = std::fs::read_to_string(&key_path)
+        .map_err(|e| Error::io("reading", &key_path, e))
+        .and_then(|pem| KeyPair::from_pem(&pem).map_err(Error::pki))?;
+    let ca_path = dir.join("ca.crt");
+    let ca_pem =
+        std::fs::read_to_string(&ca_path).map_err(|e| Error::io("reading", &ca_path, e))?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let (cert_pem, key_pem) = leaf(&dir, file, &issuer, client_params(user, groups))?;
+    Ok(ClientCertificate {
+        ca_pem,
+        cert_pem,
+        key_pem,
+    })
+}
+
 /// The CA's parameters. Rebuilt identically on every start, so certificates signed now
 /// chain to the CA created on the first start (same name, same key, same key id).
 fn ca_params() -> CertificateParams {

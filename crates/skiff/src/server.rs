@@ -34,8 +34,9 @@ pub struct ServerArgs {
     /// discovery document.
     #[arg(long, default_value = "https://kubernetes.default.svc.cluster.local")]
     service_account_issuer: String,
-    /// Authorizers to ask, in order: RBAC, AlwaysAllow, AlwaysDeny (comma-separated).
-    #[arg(long, default_value = "RBAC")]
+    /// Authorizers to ask, in order (comma-separated): Node, RBAC, AlwaysAllow,
+    /// AlwaysDeny.
+    #[arg(long, default_value = "Node,RBAC")]
     authorization_mode: String,
     /// Static bearer tokens: a CSV file of `token,user,uid[,"group1,group2"]` lines.
     #[arg(long)]
@@ -100,24 +101,57 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             let _ = stop_rx.await;
         },
     ));
-    match ready_rx.await {
-        Ok(ready) => eprintln!(
-            "skiff {role} ready: https://{} (kubeconfig: {})",
-            ready.addr,
-            ready.kubeconfig.display()
-        ),
+    let server_url = match ready_rx.await {
+        Ok(ready) => {
+            eprintln!(
+                "skiff {role} ready: https://{} (kubeconfig: {})",
+                ready.addr,
+                ready.kubeconfig.display()
+            );
+            let ip = match ready.addr.ip() {
+                ip if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+                ip => ip,
+            };
+            format!(
+                "https://{}",
+                std::net::SocketAddr::new(ip, ready.addr.port())
+            )
+        }
         // The API server gave up before serving: report why.
         Err(_) => {
             apiserver.await?.context("starting the API server")?;
             anyhow::bail!("the API server stopped before it was ready");
         }
-    }
+    };
     // All in one: the scheduler and the controller manager run here too, clients of the
     // API server like any other.
     let (components_stop, components_stopped) = tokio::sync::watch::channel(false);
     let mut components = Vec::new();
     if role == "server" {
         let args_kubeconfig = args.data_dir.join("admin.kubeconfig");
+        // Each component with its own identity, as upstream's: RBAC's default roles
+        // say what the scheduler may do, the Node authorizer what this node's kubelet
+        // may. (The controller manager keeps the admin's until controllers get their
+        // own service accounts.)
+        let scheduler_kubeconfig = identity(
+            &args.data_dir,
+            &server_url,
+            "scheduler",
+            "system:kube-scheduler",
+            &[],
+        )?;
+        let node_name = args
+            .agent
+            .node_name
+            .clone()
+            .unwrap_or_else(crate::kubelet::host_name);
+        let kubelet_kubeconfig = identity(
+            &args.data_dir,
+            &server_url,
+            &format!("kubelet-{node_name}"),
+            &format!("system:node:{node_name}"),
+            &["system:nodes"],
+        )?;
         let node_args = args.nodes.clone();
         let (disable_agent, agent, data_dir) = (
             args.disable_agent,
@@ -125,7 +159,7 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             args.data_dir.clone(),
         );
         let args = crate::scheduler::SchedulerArgs {
-            kubeconfig: args_kubeconfig.clone(),
+            kubeconfig: scheduler_kubeconfig,
             scheduler_name: "default-scheduler".into(),
             leader_elect: true,
             identity: None,
@@ -153,7 +187,7 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             components.push(crate::scheduler::spawn_in_process(
                 "node agent",
                 components_stopped.clone(),
-                move |stop| crate::agent::run_until(args_kubeconfig, data_dir, agent, stop),
+                move |stop| crate::agent::run_until(kubelet_kubeconfig, data_dir, agent, stop),
             ));
         }
     }
@@ -175,6 +209,23 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
     }
     drop(store);
     Ok(())
+}
+
+/// Issues (or reuses) a component's client certificate and writes its kubeconfig,
+/// `DATA_DIR/NAME.kubeconfig`.
+fn identity(
+    data_dir: &std::path::Path,
+    server: &str,
+    name: &str,
+    user: &str,
+    groups: &[&str],
+) -> Result<PathBuf> {
+    let cert = skiff_apiserver::pki::client_certificate(data_dir, name, user, groups)
+        .with_context(|| format!("issuing the {name} certificate"))?;
+    let path = data_dir.join(format!("{name}.kubeconfig"));
+    skiff_apiserver::kubeconfig::write_client(&path, server, user, &cert)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 async fn open_store(args: &ServerArgs) -> Result<Arc<dyn Store>> {

@@ -434,3 +434,215 @@ async fn anonymous_requests_can_be_refused() {
     // Credentials still work.
     c.ok(&["get", "namespaces"]);
 }
+
+/// A client certificate from the cluster's CA, made with openssl as an administrator
+/// would: (certificate, key) paths.
+fn certificate(c: &Cluster, dir: &std::path::Path, cn: &str, org: &str) -> (String, String) {
+    let pki = c.data_dir().join("pki");
+    let key = dir.join(format!("{cn}.key").replace(':', "_"));
+    let csr = dir.join("req.csr");
+    let crt = dir.join(format!("{cn}.crt").replace(':', "_"));
+    let ext = dir.join("ext.cnf");
+    std::fs::write(&ext, "extendedKeyUsage=clientAuth\n").expect("ext");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |path: &std::path::Path| path.to_str().expect("path").to_string();
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &p(&key),
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        &p(&key),
+        "-subj",
+        &format!("/O={org}/CN={cn}"),
+        "-out",
+        &p(&csr),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&pki.join("ca.crt")),
+        "-CAkey",
+        &p(&pki.join("ca.key")),
+        "-CAcreateserial",
+        "-CAserial",
+        &p(&dir.join("ca.srl")),
+        "-days",
+        "1",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&crt),
+    ]);
+    (p(&crt), p(&key))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_reaches_only_what_its_pods_use() {
+    let c = Cluster::start(Backend::Embedded).await;
+    let files = tempfile::tempdir().expect("tempdir");
+    let as_node = |node: &str, args: &[&str]| {
+        let (crt, key) = certificate(
+            &c,
+            files.path(),
+            &format!("system:node:{node}"),
+            "system:nodes",
+        );
+        Command::new("kubectl")
+            .arg("--kubeconfig=/dev/null")
+            .arg(format!("--server={}", c.server))
+            .arg(format!(
+                "--certificate-authority={}",
+                c.data_dir().join("pki/ca.crt").display()
+            ))
+            .arg(format!("--client-certificate={crt}"))
+            .arg(format!("--client-key={key}"))
+            .args(args)
+            .output()
+            .expect("kubectl")
+    };
+    c.fake_nodes(2);
+    let nodes = c.ok(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]);
+    let nodes: Vec<&str> = nodes.split_whitespace().collect();
+    let (n1, n2) = (nodes[0], nodes[1]);
+    c.ok(&["create", "secret", "generic", "mine", "--from-literal=k=v"]);
+    c.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "theirs",
+        "--from-literal=k=v",
+    ]);
+    c.ok(&["create", "configmap", "settings", "--from-literal=k=v"]);
+    let pod = |name: &str, node: &str, secret: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: busybox\n    envFrom:\n    - configMapRef:\n        name: settings\n  volumes:\n  - name: s\n    secret:\n      secretName: {secret}\n"
+        )
+    };
+    c.ok_stdin(&["create", "-f", "-"], &pod("p1", n1, "mine"));
+    c.ok_stdin(&["create", "-f", "-"], &pod("p2", n2, "theirs"));
+
+    // Secrets and configmaps of its own pods only, one by one.
+    wait_for("n1 to read its pod's secret", || {
+        as_node(n1, &["get", "secret", "mine"]).status.success()
+    });
+    ok(
+        as_node(n1, &["get", "configmap", "settings"]),
+        "configmap of its pod",
+    );
+    let err = refused(
+        as_node(n1, &["get", "secret", "theirs"]),
+        "another node's secret",
+    );
+    assert!(
+        err.contains(&format!(
+            r#"secrets "theirs" is forbidden: User "system:node:{n1}" cannot get resource "secrets" in API group "" in the namespace "default": no relationship found between node '{n1}' and this object"#
+        )),
+        "{err}"
+    );
+    let err = refused(as_node(n1, &["get", "secrets"]), "listing secrets");
+    assert!(err.contains("cannot list resource \"secrets\""), "{err}");
+    ok(as_node(n1, &["get", "pods"]), "pods are readable");
+
+    // Its own Node and Lease; nobody else's.
+    ok(
+        as_node(n1, &["label", "node", n1, "owned=yes"]),
+        "label itself",
+    );
+    let err = refused(
+        as_node(n1, &["label", "node", n2, "owned=yes"]),
+        "label another",
+    );
+    assert!(
+        err.contains(&format!(
+            r#"node "{n1}" is not allowed to modify node "{n2}""#
+        )),
+        "{err}"
+    );
+    let err = refused(
+        as_node(n1, &["get", "lease", n2, "-n", "kube-node-lease"]),
+        "another node's lease",
+    );
+    assert!(
+        err.contains("can only access node lease with the same name"),
+        "{err}"
+    );
+
+    // Pods: status and deletion only of its own, and only mirror pods created.
+    let err = refused(
+        as_node(n1, &["delete", "pod", "p2", "--grace-period=0"]),
+        "delete",
+    );
+    assert!(
+        err.contains(&format!(
+            r#"node "{n1}" can only delete pods with spec.nodeName set to itself"#
+        )),
+        "{err}"
+    );
+    let err = refused(
+        as_node(n1, &["annotate", "pod", "p1", "touched=yes"]),
+        "change a pod's spec",
+    );
+    assert!(err.contains(r#"cannot patch resource "pods""#), "{err}");
+    let mut create = Command::new("kubectl");
+    let (crt, key) = certificate(
+        &c,
+        files.path(),
+        &format!("system:node:{n1}"),
+        "system:nodes",
+    );
+    create
+        .arg("--kubeconfig=/dev/null")
+        .arg(format!("--server={}", c.server))
+        .arg(format!(
+            "--certificate-authority={}",
+            c.data_dir().join("pki/ca.crt").display()
+        ))
+        .arg(format!("--client-certificate={crt}"))
+        .arg(format!("--client-key={key}"))
+        .args(["create", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = create.spawn().expect("kubectl");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(pod("p3", n1, "mine").as_bytes())
+            .expect("write");
+    }
+    let err = refused(
+        child.wait_with_output().expect("kubectl"),
+        "a non-mirror pod",
+    );
+    assert!(err.contains("can only create mirror pods"), "{err}");
+    ok(
+        as_node(n1, &["delete", "pod", "p1", "--grace-period=0", "--force"]),
+        "delete its own pod",
+    );
+    // With the pod gone, so is the way to its secret.
+    wait_for("n1 to lose the secret", || {
+        !as_node(n1, &["get", "secret", "mine"]).status.success()
+    });
+}

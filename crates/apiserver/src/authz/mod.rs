@@ -4,12 +4,14 @@
 //! turn; the first to allow it wins, and a request none allows is 403 Forbidden with
 //! upstream's message. Members of `system:masters` are always allowed, as upstream.
 //!
-//! Modes (`--authorization-mode`): `RBAC` (the default; [`rbac`]), `AlwaysAllow`,
-//! `AlwaysDeny`. The access reviews (`kubectl auth can-i`) are in [`reviews`]; the
+//! Modes (`--authorization-mode`): `Node` and `RBAC` (the default `Node,RBAC`; [`node`],
+//! [`rbac`]), `AlwaysAllow`, `AlwaysDeny`. The access reviews (`kubectl auth can-i`) are in [`reviews`]; the
 //! default roles and bindings in [`policy`]; the escalation check on RBAC writes in
 //! [`escalation`].
 
 pub(crate) mod escalation;
+pub(crate) mod graph;
+pub(crate) mod node;
 pub(crate) mod policy;
 pub(crate) mod rbac;
 pub(crate) mod reviews;
@@ -121,6 +123,8 @@ impl Attributes {
 /// An authorizer `--authorization-mode` can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Kubelets: what their pods use, their own Node and Lease ([`node`]).
+    Node,
     AlwaysAllow,
     AlwaysDeny,
     Rbac,
@@ -136,8 +140,9 @@ impl Mode {
                 "AlwaysAllow" => Ok(Mode::AlwaysAllow),
                 "AlwaysDeny" => Ok(Mode::AlwaysDeny),
                 "RBAC" => Ok(Mode::Rbac),
+                "Node" => Ok(Mode::Node),
                 other => Err(format!(
-                    "authorization mode {other:?} is not supported (supported: RBAC, AlwaysAllow, AlwaysDeny)"
+                    "authorization mode {other:?} is not supported (supported: Node, RBAC, AlwaysAllow, AlwaysDeny)"
                 )),
             })
             .collect()
@@ -149,15 +154,25 @@ impl Mode {
 pub(crate) struct Authorizer {
     modes: Vec<Mode>,
     pub rbac: Arc<rbac::Index>,
+    pub node: Option<Arc<node::NodeAuthorizer>>,
 }
 
 /// Why a request was not allowed (empty: no authorizer had an opinion).
 pub(crate) struct Denied(pub String);
 
 impl Authorizer {
-    pub(crate) fn new(modes: Vec<Mode>, rbac: Arc<rbac::Index>) -> Authorizer {
-        Authorizer { modes, rbac }
+    pub(crate) fn new(
+        modes: Vec<Mode>,
+        rbac: Arc<rbac::Index>,
+        graph: Option<Arc<graph::Graph>>,
+    ) -> Authorizer {
+        Authorizer {
+            modes,
+            rbac,
+            node: graph.map(|g| Arc::new(node::NodeAuthorizer::new(g))),
+        }
     }
+
 
     pub(crate) fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), Denied> {
         if user.groups.iter().any(|g| g == PRIVILEGED_GROUP) {
@@ -168,6 +183,11 @@ impl Authorizer {
             match mode {
                 Mode::AlwaysAllow => return Ok(()),
                 Mode::AlwaysDeny => return Err(Denied(join(reasons))),
+                Mode::Node => match self.node.as_ref().map(|n| n.authorize(user, attrs)) {
+                    Some(Ok(())) => return Ok(()),
+                    Some(Err(reason)) if !reason.is_empty() => reasons.push(reason),
+                    _ => {}
+                },
                 Mode::Rbac => match self.rbac.allows(user, attrs) {
                     Ok(()) => return Ok(()),
                     Err(reason) if !reason.is_empty() => reasons.push(reason),
@@ -215,7 +235,7 @@ impl Authorizer {
 }
 
 fn join(reasons: Vec<String>) -> String {
-    reasons.join("\n")
+    reasons.join(", ")
 }
 
 /// Upstream's forbidden error: `pods "p" is forbidden: User "bob" cannot get resource

@@ -76,6 +76,51 @@ fn aggregated(name: &'static str, from: &'static str, to: &'static [&'static str
     }
 }
 
+/// What a kubelet may do beyond what the Node authorizer decides itself (the
+/// `system:node` role's rules, upstream's NodeRules).
+pub(crate) fn node_rules() -> Vec<PolicyRule> {
+    vec![
+        r("create", &["authentication.k8s.io"], "tokenreviews"),
+        r(
+            "create",
+            &["authorization.k8s.io"],
+            "localsubjectaccessreviews subjectaccessreviews",
+        ),
+        r(READ, &[CORE], "services"),
+        r("create get list watch", &[CORE], "nodes"),
+        r("patch update", &[CORE], "nodes/status"),
+        r("patch update", &[CORE], "nodes"),
+        r("create patch update", &[CORE], "events"),
+        r(READ, &[CORE], "pods"),
+        r("create delete", &[CORE], "pods"),
+        r("patch update", &[CORE], "pods/status"),
+        r("create", &[CORE], "pods/eviction"),
+        r(READ, &[CORE], "configmaps secrets"),
+        r("get", &[CORE], "persistentvolumeclaims persistentvolumes"),
+        r("get", &[CORE], "endpoints"),
+        r(
+            "create get list watch",
+            &["certificates.k8s.io"],
+            "certificatesigningrequests",
+        ),
+        r(
+            "create delete get patch update",
+            &["coordination.k8s.io"],
+            "leases",
+        ),
+        r("get", &["storage.k8s.io"], "volumeattachments"),
+        r("create", &[CORE], "serviceaccounts/token"),
+        r("get patch update", &[CORE], "persistentvolumeclaims/status"),
+        r(READ, &["storage.k8s.io"], "csidrivers"),
+        r(
+            "create delete get patch update",
+            &["storage.k8s.io"],
+            "csinodes",
+        ),
+        r(READ, &["node.k8s.io"], "runtimeclasses"),
+    ]
+}
+
 fn cluster_roles() -> Vec<DefaultRole> {
     let events = r("create patch update", &[CORE, "events.k8s.io"], "events");
     let reviews = vec![
@@ -296,49 +341,7 @@ fn cluster_roles() -> Vec<DefaultRole> {
             ]
             .concat(),
         ),
-        role(
-            "system:node",
-            vec![
-                r("create", &["authentication.k8s.io"], "tokenreviews"),
-                r(
-                    "create",
-                    &["authorization.k8s.io"],
-                    "localsubjectaccessreviews subjectaccessreviews",
-                ),
-                r(READ, &[CORE], "services"),
-                r("create get list watch", &[CORE], "nodes"),
-                r("patch update", &[CORE], "nodes/status"),
-                r("patch update", &[CORE], "nodes"),
-                r("create patch update", &[CORE], "events"),
-                r(READ, &[CORE], "pods"),
-                r("create delete", &[CORE], "pods"),
-                r("patch update", &[CORE], "pods/status"),
-                r("create", &[CORE], "pods/eviction"),
-                r(READ, &[CORE], "configmaps secrets"),
-                r("get", &[CORE], "persistentvolumeclaims persistentvolumes"),
-                r("get", &[CORE], "endpoints"),
-                r(
-                    "create get list watch",
-                    &["certificates.k8s.io"],
-                    "certificatesigningrequests",
-                ),
-                r(
-                    "create delete get patch update",
-                    &["coordination.k8s.io"],
-                    "leases",
-                ),
-                r("get", &["storage.k8s.io"], "volumeattachments"),
-                r("create", &[CORE], "serviceaccounts/token"),
-                r("get patch update", &[CORE], "persistentvolumeclaims/status"),
-                r(READ, &["storage.k8s.io"], "csidrivers"),
-                r(
-                    "create delete get patch update",
-                    &["storage.k8s.io"],
-                    "csinodes",
-                ),
-                r(READ, &["node.k8s.io"], "runtimeclasses"),
-            ],
-        ),
+        role("system:node", node_rules()),
         role(
             "system:node-proxier",
             vec![
