@@ -12,6 +12,8 @@
 mod authn;
 mod authz;
 mod discovery;
+#[cfg(test)]
+mod fuzz;
 mod handler;
 pub mod kubeconfig;
 mod kubelet;

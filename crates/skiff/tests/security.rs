@@ -10,19 +10,39 @@ use std::process::{Command, Output};
 use common::{Backend, Cluster, wait_for};
 use serde_json::Value;
 
-/// kubectl as the holder of a bearer token (no kubeconfig).
-fn as_token(c: &Cluster, token: &str, args: &[&str]) -> Output {
-    Command::new("kubectl")
+/// kubectl without a kubeconfig, authenticating with `credentials` (`--token=...`, or
+/// a client certificate and key), with `input` on stdin.
+fn kubectl_as(c: &Cluster, credentials: &[String], args: &[&str], input: Option<&str>) -> Output {
+    use std::process::Stdio;
+    let mut child = Command::new("kubectl")
         .arg("--kubeconfig=/dev/null")
         .arg(format!("--server={}", c.server))
         .arg(format!(
             "--certificate-authority={}",
             c.data_dir().join("pki/ca.crt").display()
         ))
-        .arg(format!("--token={token}"))
+        .args(credentials)
         .args(args)
-        .output()
-        .expect("kubectl")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    if let Some(input) = input {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write");
+    }
+    child.wait_with_output().expect("kubectl")
+}
+
+/// kubectl as the holder of a bearer token.
+fn as_token(c: &Cluster, token: &str, args: &[&str]) -> Output {
+    kubectl_as(c, &[format!("--token={token}")], args, None)
 }
 
 fn ok(out: Output, what: &str) -> String {
@@ -240,25 +260,7 @@ async fn rbac_governs_what_each_user_may_do() {
         )
     };
     let as_bob_stdin = |args: &[&str], input: &str| {
-        let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig=/dev/null")
-            .arg(format!("--server={}", c.server))
-            .arg(format!(
-                "--certificate-authority={}",
-                c.data_dir().join("pki/ca.crt").display()
-            ))
-            .arg("--token=bob-token")
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl");
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().expect("stdin");
-            stdin.write_all(input.as_bytes()).expect("write");
-        }
-        child.wait_with_output().expect("kubectl")
+        kubectl_as(&c, &["--token=bob-token".to_string()], args, Some(input))
     };
     let err = refused(
         as_bob_stdin(&["create", "-f", "-"], &role("secret-reader", "secrets")),
@@ -501,26 +503,19 @@ fn certificate(c: &Cluster, dir: &std::path::Path, cn: &str, org: &str) -> (Stri
 async fn a_kubelet_reaches_only_what_its_pods_use() {
     let c = Cluster::start(Backend::Embedded).await;
     let files = tempfile::tempdir().expect("tempdir");
-    let as_node = |node: &str, args: &[&str]| {
+    let node_credentials = |node: &str| {
         let (crt, key) = certificate(
             &c,
             files.path(),
             &format!("system:node:{node}"),
             "system:nodes",
         );
-        Command::new("kubectl")
-            .arg("--kubeconfig=/dev/null")
-            .arg(format!("--server={}", c.server))
-            .arg(format!(
-                "--certificate-authority={}",
-                c.data_dir().join("pki/ca.crt").display()
-            ))
-            .arg(format!("--client-certificate={crt}"))
-            .arg(format!("--client-key={key}"))
-            .args(args)
-            .output()
-            .expect("kubectl")
+        vec![
+            format!("--client-certificate={crt}"),
+            format!("--client-key={key}"),
+        ]
     };
+    let as_node = |node: &str, args: &[&str]| kubectl_as(&c, &node_credentials(node), args, None);
     c.fake_nodes(2);
     let nodes = c.ok(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]);
     let nodes: Vec<&str> = nodes.split_whitespace().collect();
@@ -604,38 +599,13 @@ async fn a_kubelet_reaches_only_what_its_pods_use() {
         "change a pod's spec",
     );
     assert!(err.contains(r#"cannot patch resource "pods""#), "{err}");
-    let mut create = Command::new("kubectl");
-    let (crt, key) = certificate(
+    let created = kubectl_as(
         &c,
-        files.path(),
-        &format!("system:node:{n1}"),
-        "system:nodes",
+        &node_credentials(n1),
+        &["create", "-f", "-"],
+        Some(&pod("p3", n1, "mine")),
     );
-    create
-        .arg("--kubeconfig=/dev/null")
-        .arg(format!("--server={}", c.server))
-        .arg(format!(
-            "--certificate-authority={}",
-            c.data_dir().join("pki/ca.crt").display()
-        ))
-        .arg(format!("--client-certificate={crt}"))
-        .arg(format!("--client-key={key}"))
-        .args(["create", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = create.spawn().expect("kubectl");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(pod("p3", n1, "mine").as_bytes())
-            .expect("write");
-    }
-    let err = refused(
-        child.wait_with_output().expect("kubectl"),
-        "a non-mirror pod",
-    );
+    let err = refused(created, "a non-mirror pod");
     assert!(err.contains("can only create mirror pods"), "{err}");
     ok(
         as_node(n1, &["delete", "pod", "p1", "--grace-period=0", "--force"]),
@@ -645,4 +615,116 @@ async fn a_kubelet_reaches_only_what_its_pods_use() {
     wait_for("n1 to lose the secret", || {
         !as_node(n1, &["get", "secret", "mine"]).status.success()
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_security_levels_follow_namespace_labels() {
+    let c = Cluster::start(Backend::Embedded).await;
+    c.ok(&["create", "namespace", "locked"]);
+    c.ok(&[
+        "label",
+        "namespace",
+        "locked",
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    ]);
+    let privileged = "apiVersion: v1
+kind: Pod
+metadata:
+  name: root
+  namespace: locked
+spec:
+  containers:
+  - name: c
+    image: busybox
+    securityContext:
+      privileged: true
+";
+    let out = c.kubectl_with(&["create", "-f", "-"], &[], Some(privileged));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"pods "root" is forbidden: violates PodSecurity "restricted:latest": privileged (container "c" must not set securityContext.privileged=true), allowPrivilegeEscalation != false (container "c" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "c" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "c" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "c" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")"#),
+        "{err}"
+    );
+    // A pod that says everything restricted asks for is admitted.
+    c.ok_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: careful
+  namespace: locked
+spec:
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    seccompProfile: {type: RuntimeDefault}
+  containers:
+  - name: c
+    image: busybox
+    securityContext:
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [ALL]}
+",
+    );
+    // Workloads are never refused, only warned about.
+    let out = c.kubectl_with(
+        &[
+            "create",
+            "deployment",
+            "web",
+            "-n",
+            "locked",
+            "--image=busybox",
+        ],
+        &[],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warning.contains(r#"Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#),
+        "{warning}"
+    );
+    // Baseline allows an unprivileged pod but not the host's network.
+    c.ok(&["create", "namespace", "base"]);
+    c.ok(&[
+        "label",
+        "namespace",
+        "base",
+        "pod-security.kubernetes.io/enforce=baseline",
+    ]);
+    c.ok(&["run", "plain", "-n", "base", "--image=busybox"]);
+    let err = c.fails(&[
+        "run",
+        "hosty",
+        "-n",
+        "base",
+        "--image=busybox",
+        "--overrides",
+        r#"{"spec":{"hostNetwork":true}}"#,
+    ]);
+    assert!(
+        err.contains(
+            r#"violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true)"#
+        ),
+        "{err}"
+    );
+    // Bad label values are refused with upstream's message.
+    let err = c.fails(&[
+        "label",
+        "namespace",
+        "base",
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=strict",
+    ]);
+    assert!(
+        err.contains("Invalid value: \"strict\": must be one of privileged, baseline, restricted"),
+        "{err}"
+    );
 }

@@ -6,12 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use serde_json::Value;
-use skiff_storage::{EventKind, KeyRange, KeyValue};
+use skiff_storage::KeyValue;
 
-use crate::registry::watch_cache::{From, WatchCache};
+use crate::registry::watch_cache::WatchCache;
 
 /// An object a node may read because one of its pods uses it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -256,36 +255,20 @@ async fn follow(
         }
     };
     let mut loaded = Some(loaded);
-    loop {
-        let sub = match cache
-            .watch(&prefix, KeyRange::prefix(prefix.clone()), From::Cached)
-            .await
-        {
-            Ok(Some(sub)) => sub,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching for the node authorizer");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if let Some(snapshot) = sub.snapshot {
+    super::follow(cache, prefix, |change| match change {
+        super::Change::Snapshot(kvs, _) => {
             graph.reset(pods);
-            for kv in &snapshot.kvs {
+            for kv in kvs {
                 apply(kv, false);
             }
+            if let Some(tx) = loaded.take() {
+                let _ = tx.try_send(());
+            }
         }
-        for event in sub.backlog {
-            apply(&event.kv, event.kind == EventKind::Deleted);
-        }
-        if let Some(tx) = loaded.take() {
-            let _ = tx.send(()).await;
-        }
-        let mut events = sub.events;
-        while let Some(event) = events.recv().await {
-            apply(&event.kv, event.kind == EventKind::Deleted);
-        }
-    }
+        super::Change::Put(kv) => apply(kv, false),
+        super::Change::Deleted(kv) => apply(kv, true),
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -32,6 +32,52 @@ use crate::handler::State;
 use crate::request::{self, Verb};
 use crate::status::ApiError;
 
+/// A change seen by [`follow`]: a whole snapshot of the kind, or one key's change.
+pub(crate) enum Change<'a> {
+    Snapshot(&'a [skiff_storage::KeyValue], skiff_storage::Revision),
+    Put(&'a skiff_storage::KeyValue),
+    Deleted(&'a skiff_storage::KeyValue),
+}
+
+/// Follows every object under `prefix` through the watch cache, for as long as the
+/// server runs: a snapshot, then each change; a new snapshot whenever the watch ends (a
+/// slow reader's queue overflowed, or the datastore watch restarted). The authorizers'
+/// in-memory views (upstream's informers) are kept this way.
+pub(crate) async fn follow(
+    cache: Arc<crate::registry::watch_cache::WatchCache>,
+    prefix: String,
+    mut on: impl FnMut(Change<'_>),
+) {
+    use crate::registry::watch_cache::From;
+    loop {
+        let range = skiff_storage::KeyRange::prefix(prefix.clone());
+        let sub = match cache.watch(&prefix, range, From::Cached).await {
+            Ok(Some(sub)) => sub,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(%prefix, error = %e, "following objects for authorization");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Some(snapshot) = &sub.snapshot {
+            on(Change::Snapshot(&snapshot.kvs, snapshot.revision));
+        }
+        let deliver =
+            |event: &skiff_storage::Event, on: &mut dyn FnMut(Change<'_>)| match event.kind {
+                skiff_storage::EventKind::Deleted => on(Change::Deleted(&event.kv)),
+                _ => on(Change::Put(&event.kv)),
+            };
+        for event in &sub.backlog {
+            deliver(event, &mut on);
+        }
+        let mut events = sub.events;
+        while let Some(event) = events.recv().await {
+            deliver(&event, &mut on);
+        }
+    }
+}
+
 /// The group whose members may do anything (upstream's `system:masters`).
 pub(crate) const PRIVILEGED_GROUP: &str = "system:masters";
 
@@ -172,7 +218,6 @@ impl Authorizer {
             node: graph.map(|g| Arc::new(node::NodeAuthorizer::new(g))),
         }
     }
-
 
     pub(crate) fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), Denied> {
         if user.groups.iter().any(|g| g == PRIVILEGED_GROUP) {

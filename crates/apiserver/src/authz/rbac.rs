@@ -8,19 +8,19 @@
 //! binding is in force once its create returns (read-your-writes on one server; other
 //! API servers catch up within a watch round trip, as upstream's do).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
-use skiff_storage::{EventKind, KeyRange, KeyValue, Revision};
+use skiff_storage::{KeyValue, Revision};
 use tokio::sync::watch;
 
 use super::{Attributes, rules};
 use crate::authn::UserInfo;
-use crate::registry::watch_cache::{From, WatchCache};
+use crate::registry::watch_cache::WatchCache;
 use crate::registry::{self, Resource};
 
 pub(crate) const GROUP: &str = "rbac.authorization.k8s.io";
@@ -38,14 +38,58 @@ struct Binding {
     subjects: Vec<Subject>,
 }
 
+/// Who a binding's subject is, as a lookup key (a ServiceAccount subject without a
+/// namespace is the binding's namespace's).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+enum SubjectKey {
+    User(String),
+    Group(String),
+    ServiceAccount(String, String),
+}
+
+impl SubjectKey {
+    fn of(subject: &Subject, scope: &str) -> Option<SubjectKey> {
+        match subject.kind.as_str() {
+            "User" => Some(SubjectKey::User(subject.name.clone())),
+            "Group" => Some(SubjectKey::Group(subject.name.clone())),
+            "ServiceAccount" => {
+                let ns = subject
+                    .namespace
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or(scope);
+                (!ns.is_empty())
+                    .then(|| SubjectKey::ServiceAccount(ns.into(), subject.name.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The keys a user is found under: their name, each group, their service account.
+    fn of_user(user: &UserInfo) -> Vec<SubjectKey> {
+        let mut keys = vec![SubjectKey::User(user.username.clone())];
+        keys.extend(user.groups.iter().cloned().map(SubjectKey::Group));
+        if let Some((ns, name)) = user
+            .username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            keys.push(SubjectKey::ServiceAccount(ns.into(), name.into()));
+        }
+        keys
+    }
+}
+
 #[derive(Default)]
 struct Objects {
     cluster_roles: HashMap<String, Arc<[PolicyRule]>>,
     /// (namespace, name)
     roles: HashMap<(String, String), Arc<[PolicyRule]>>,
-    cluster_bindings: BTreeMap<String, Binding>,
-    /// namespace → name → binding
+    /// scope (a namespace; "" for ClusterRoleBindings) → name → binding
     bindings: HashMap<String, BTreeMap<String, Binding>>,
+    /// scope → subject → the names of the bindings naming it, so a decision looks at
+    /// the user's own bindings only, however many others there are.
+    by_subject: HashMap<String, HashMap<SubjectKey, BTreeSet<String>>>,
 }
 
 /// The RBAC objects as last seen.
@@ -144,8 +188,18 @@ impl Index {
         match kind {
             0 => objects.cluster_roles.clear(),
             1 => objects.roles.clear(),
-            2 => objects.cluster_bindings.clear(),
-            _ => objects.bindings.clear(),
+            _ => {
+                let cluster = kind == 2;
+                let gone: Vec<(String, String)> = objects
+                    .bindings
+                    .iter()
+                    .filter(|(scope, _)| scope.is_empty() == cluster)
+                    .flat_map(|(scope, named)| named.keys().map(|n| (scope.clone(), n.clone())))
+                    .collect();
+                for (scope, name) in gone {
+                    objects.remove_binding(&scope, &name);
+                }
+            }
         }
         for kv in kvs {
             objects.apply(kind, &kv.key, Some(&kv.value[..]));
@@ -194,39 +248,68 @@ impl Objects {
                 self.roles.remove(&(ns, name));
             }
             (2, Some(v)) => match serde_json::from_slice::<ClusterRoleBinding>(v) {
-                Ok(b) => {
-                    self.cluster_bindings.insert(
-                        name,
-                        Binding {
-                            role_ref: b.role_ref,
-                            subjects: b.subjects.unwrap_or_default(),
-                        },
-                    );
-                }
+                Ok(b) => self.put_binding(
+                    ns,
+                    name,
+                    Binding {
+                        role_ref: b.role_ref,
+                        subjects: b.subjects.unwrap_or_default(),
+                    },
+                ),
                 Err(e) => tracing::warn!(%name, error = %e, "an unreadable ClusterRoleBinding"),
             },
-            (2, None) => {
-                self.cluster_bindings.remove(&name);
-            }
             (_, Some(v)) => match serde_json::from_slice::<RoleBinding>(v) {
-                Ok(b) => {
-                    self.bindings.entry(ns).or_default().insert(
-                        name,
-                        Binding {
-                            role_ref: b.role_ref,
-                            subjects: b.subjects.unwrap_or_default(),
-                        },
-                    );
-                }
+                Ok(b) => self.put_binding(
+                    ns,
+                    name,
+                    Binding {
+                        role_ref: b.role_ref,
+                        subjects: b.subjects.unwrap_or_default(),
+                    },
+                ),
                 Err(e) => tracing::warn!(%name, error = %e, "an unreadable RoleBinding"),
             },
-            (_, None) => {
-                if let Some(in_ns) = self.bindings.get_mut(&ns) {
-                    in_ns.remove(&name);
-                    if in_ns.is_empty() {
-                        self.bindings.remove(&ns);
+            (_, None) => self.remove_binding(&ns, &name),
+        }
+    }
+
+    fn put_binding(&mut self, scope: String, name: String, binding: Binding) {
+        self.remove_binding(&scope, &name);
+        let index = self.by_subject.entry(scope.clone()).or_default();
+        for key in binding
+            .subjects
+            .iter()
+            .filter_map(|s| SubjectKey::of(s, &scope))
+        {
+            index.entry(key).or_default().insert(name.clone());
+        }
+        self.bindings
+            .entry(scope)
+            .or_default()
+            .insert(name, binding);
+    }
+
+    fn remove_binding(&mut self, scope: &str, name: &str) {
+        let Some(named) = self.bindings.get_mut(scope) else {
+            return;
+        };
+        let Some(old) = named.remove(name) else {
+            return;
+        };
+        if named.is_empty() {
+            self.bindings.remove(scope);
+        }
+        if let Some(index) = self.by_subject.get_mut(scope) {
+            for key in old.subjects.iter().filter_map(|s| SubjectKey::of(s, scope)) {
+                if let Some(names) = index.get_mut(&key) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        index.remove(&key);
                     }
                 }
+            }
+            if index.is_empty() {
+                self.by_subject.remove(scope);
             }
         }
     }
@@ -251,33 +334,35 @@ impl Objects {
         errors: &mut Vec<String>,
         visit: &mut dyn FnMut(&PolicyRule) -> bool,
     ) -> bool {
-        let mut each = |binding: &Binding, ns: &str, errors: &mut Vec<String>| -> bool {
-            if !binding.subjects.iter().any(|s| applies_to(s, user, ns)) {
-                return false;
-            }
-            match self.role(&binding.role_ref, ns) {
-                Some(rules) => rules.iter().any(&mut *visit),
-                None => {
-                    let kind = binding.role_ref.kind.to_lowercase();
-                    errors.push(format!(
-                        "{kind}.{GROUP} \"{}\" not found",
-                        binding.role_ref.name
-                    ));
-                    false
-                }
-            }
+        let keys = SubjectKey::of_user(user);
+        let scopes: &[&str] = if namespace.is_empty() {
+            &[""]
+        } else {
+            &["", namespace]
         };
-        for binding in self.cluster_bindings.values() {
-            if each(binding, "", errors) {
-                return true;
-            }
-        }
-        if !namespace.is_empty()
-            && let Some(in_ns) = self.bindings.get(namespace)
-        {
-            for binding in in_ns.values() {
-                if each(binding, namespace, errors) {
-                    return true;
+        for scope in scopes {
+            let (Some(index), Some(named)) =
+                (self.by_subject.get(*scope), self.bindings.get(*scope))
+            else {
+                continue;
+            };
+            // The user's bindings in this scope, in name order (as upstream lists them).
+            let mine: BTreeSet<&String> =
+                keys.iter().filter_map(|k| index.get(k)).flatten().collect();
+            for binding in mine.into_iter().filter_map(|name| named.get(name)) {
+                match self.role(&binding.role_ref, scope) {
+                    Some(rules) => {
+                        if rules.iter().any(&mut *visit) {
+                            return true;
+                        }
+                    }
+                    None => {
+                        let kind = binding.role_ref.kind.to_lowercase();
+                        errors.push(format!(
+                            "{kind}.{GROUP} \"{}\" not found",
+                            binding.role_ref.name
+                        ));
+                    }
                 }
             }
         }
@@ -285,56 +370,26 @@ impl Objects {
     }
 }
 
-/// Whether a binding's subject is this user (a ServiceAccount subject without a
-/// namespace means the binding's own).
-fn applies_to(subject: &Subject, user: &UserInfo, namespace: &str) -> bool {
-    match subject.kind.as_str() {
-        "User" => subject.name == user.username,
-        "Group" => user.groups.contains(&subject.name),
-        "ServiceAccount" => {
-            let ns = subject
-                .namespace
-                .as_deref()
-                .filter(|n| !n.is_empty())
-                .unwrap_or(namespace);
-            !ns.is_empty()
-                && user.username == format!("system:serviceaccount:{ns}:{}", subject.name)
-        }
-        _ => false,
-    }
-}
-
-/// Keeps one kind current: a snapshot, then every change; a new snapshot whenever the
-/// watch ends (a slow reader's queue overflowed, or the datastore watch restarted).
+/// Keeps one kind current, and its revision as applied.
 async fn follow(index: Arc<Index>, cache: Arc<WatchCache>, r: &'static Resource, kind: usize) {
-    let prefix = r.key_prefix(None);
-    loop {
-        let sub = match cache
-            .watch(&prefix, KeyRange::prefix(prefix.clone()), From::Cached)
-            .await
-        {
-            Ok(Some(sub)) => sub,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(kind = r.plural, error = %e, "watching RBAC objects");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+    super::follow(cache, r.key_prefix(None), |change| {
+        let revision = match change {
+            super::Change::Snapshot(kvs, revision) => {
+                index.reset(kind, kvs);
+                revision.max(1)
+            }
+            super::Change::Put(kv) => {
+                index.apply(kind, kv, false);
+                kv.mod_revision
+            }
+            super::Change::Deleted(kv) => {
+                index.apply(kind, kv, true);
+                kv.mod_revision
             }
         };
-        let mut events = sub.events;
-        if let Some(snapshot) = sub.snapshot {
-            index.reset(kind, &snapshot.kvs);
-            index.revisions[kind].send_replace(snapshot.revision.max(1));
-        }
-        for event in sub.backlog {
-            index.apply(kind, &event.kv, event.kind == EventKind::Deleted);
-            index.revisions[kind].send_replace(event.revision());
-        }
-        while let Some(event) = events.recv().await {
-            index.apply(kind, &event.kv, event.kind == EventKind::Deleted);
-            index.revisions[kind].send_replace(event.revision());
-        }
-    }
+        index.revisions[kind].send_replace(revision);
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -364,6 +419,24 @@ mod tests {
         }
     }
 
+    /// Writes a RoleBinding in `ns` and waits for the index to have it.
+    async fn bind(
+        registry: &crate::registry::store::Registry,
+        index: &Index,
+        binding: serde_json::Value,
+    ) {
+        let kind = registry::find(GROUP, "v1", "rolebindings").expect("kind");
+        let written = registry
+            .create(kind, Some("ns"), binding, WriteOptions::default())
+            .await
+            .expect("binding");
+        let rv: Revision = written.object["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("rv");
+        index.caught_up("rolebindings", rv).await;
+    }
+
     #[tokio::test]
     async fn bindings_take_effect_once_written() {
         let (_dir, registry) = test_registry();
@@ -382,41 +455,27 @@ mod tests {
         let binding = json!({"metadata": {"name": "devs"},
             "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "reader"},
             "subjects": [{"kind": "Group", "name": "dev", "apiGroup": GROUP}]});
-        let written = registry
-            .create(
-                kind("rolebindings"),
-                Some("ns"),
-                binding,
-                WriteOptions::default(),
-            )
-            .await
-            .expect("binding");
-        let rv: Revision = written.object["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .expect("rv");
-        index.caught_up("rolebindings", rv).await;
+        bind(&registry, &index, binding).await;
         assert_eq!(index.allows(&alice, &list_pods("ns")), Ok(()));
         assert!(index.allows(&alice, &list_pods("other")).is_err());
         assert!(index.allows(&user("bob", &[]), &list_pods("ns")).is_err());
+        // A service account subject without a namespace is the binding's namespace's.
+        let robot = json!({"metadata": {"name": "robots"},
+            "roleRef": {"apiGroup": GROUP, "kind": "ClusterRole", "name": "reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "robot"}]});
+        bind(&registry, &index, robot).await;
+        let sa = user(
+            "system:serviceaccount:ns:robot",
+            &["system:serviceaccounts"],
+        );
+        assert_eq!(index.allows(&sa, &list_pods("ns")), Ok(()));
+        let other = user("system:serviceaccount:other:robot", &[]);
+        assert!(index.allows(&other, &list_pods("ns")).is_err());
         // A binding to a role that does not exist says so.
         let dangling = json!({"metadata": {"name": "dangling"},
             "roleRef": {"apiGroup": GROUP, "kind": "Role", "name": "missing"},
             "subjects": [{"kind": "User", "name": "bob", "apiGroup": GROUP}]});
-        let written = registry
-            .create(
-                kind("rolebindings"),
-                Some("ns"),
-                dangling,
-                WriteOptions::default(),
-            )
-            .await
-            .expect("binding");
-        let rv: Revision = written.object["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .expect("rv");
-        index.caught_up("rolebindings", rv).await;
+        bind(&registry, &index, dangling).await;
         assert_eq!(
             index.allows(&user("bob", &[]), &list_pods("ns")),
             Err(format!("RBAC: [role.{GROUP} \"missing\" not found]"))

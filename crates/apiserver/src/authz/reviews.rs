@@ -110,6 +110,11 @@ fn caller(user: Option<Extension<UserInfo>>) -> UserInfo {
     user.map(|u| u.0).unwrap_or_else(UserInfo::anonymous)
 }
 
+/// A handler's answer, or its error as a Status.
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
 /// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`.
 pub(crate) async fn self_subject_access_review(
     AxumState(state): AxumState<State>,
@@ -118,21 +123,19 @@ pub(crate) async fn self_subject_access_review(
     raw: Body,
 ) -> Response {
     const KIND: &str = "SelfSubjectAccessReview";
-    let review = match body(&headers, raw).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    match attributes(KIND, &review["spec"]) {
-        Ok(attrs) => {
+    respond(
+        async {
+            let review = body(&headers, raw).await?;
+            let attrs = attributes(KIND, &review["spec"])?;
             let status = decide(&state, &caller(user), &attrs);
-            answer(review, KIND, status)
+            Ok(answer(review, KIND, status))
         }
-        Err(e) => e.into_response(),
-    }
+        .await,
+    )
 }
 
-/// The user a SubjectAccessReview asks about.
-fn subject(spec: &Value) -> UserInfo {
+/// The user a SubjectAccessReview asks about (a user or a group is required).
+fn subject(kind: &str, spec: &Value) -> Result<UserInfo, ApiError> {
     let list = |field: &str| -> Vec<String> {
         spec.get(field)
             .and_then(Value::as_array)
@@ -148,12 +151,20 @@ fn subject(spec: &Value) -> UserInfo {
         .get("extra")
         .and_then(|e| serde_json::from_value(e.clone()).ok())
         .unwrap_or_default();
-    UserInfo {
+    let user = UserInfo {
         username: text(spec, "user"),
         uid: text(spec, "uid"),
         groups: list("groups"),
         extra,
+    };
+    if user.username.is_empty() && user.groups.is_empty() {
+        return Err(invalid(
+            kind,
+            "spec.user",
+            "Invalid value: \"\": at least one of user or group must be specified",
+        ));
     }
+    Ok(user)
 }
 
 /// `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`.
@@ -163,27 +174,16 @@ pub(crate) async fn subject_access_review(
     raw: Body,
 ) -> Response {
     const KIND: &str = "SubjectAccessReview";
-    let review = match body(&headers, raw).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let spec = &review["spec"];
-    let who = subject(spec);
-    if who.username.is_empty() && who.groups.is_empty() {
-        return invalid(
-            KIND,
-            "spec.user",
-            "Invalid value: \"\": at least one of user or group must be specified",
-        )
-        .into_response();
-    }
-    match attributes(KIND, spec) {
-        Ok(attrs) => {
+    respond(
+        async {
+            let review = body(&headers, raw).await?;
+            let who = subject(KIND, &review["spec"])?;
+            let attrs = attributes(KIND, &review["spec"])?;
             let status = decide(&state, &who, &attrs);
-            answer(review, KIND, status)
+            Ok(answer(review, KIND, status))
         }
-        Err(e) => e.into_response(),
-    }
+        .await,
+    )
 }
 
 /// `POST /apis/authorization.k8s.io/v1/namespaces/NS/localsubjectaccessreviews`.
@@ -194,59 +194,43 @@ pub(crate) async fn local_subject_access_review(
     raw: Body,
 ) -> Response {
     const KIND: &str = "LocalSubjectAccessReview";
-    let mut review = match body(&headers, raw).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    match review
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-    {
-        Some(ns) if !ns.is_empty() && ns != namespace => {
-            return ApiError::bad_request(
+    respond(async {
+        let mut review = body(&headers, raw).await?;
+        if review
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .is_some_and(|ns| !ns.is_empty() && ns != namespace)
+        {
+            return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
-            )
-            .into_response();
+            ));
         }
-        _ => {}
+        let who = subject(KIND, &review["spec"])?;
+        let mut attrs = attributes(KIND, &review["spec"])?;
+        match attrs.resource.as_mut() {
+            Some(r) if r.namespace.is_empty() || r.namespace == namespace => {
+                r.namespace = namespace.clone()
+            }
+            Some(r) => {
+                let message = format!(
+                    "Invalid value: {:?}: must match metadata.namespace",
+                    r.namespace
+                );
+                return Err(invalid(KIND, "spec.resourceAttributes.namespace", &message));
+            }
+            None => {
+                return Err(invalid(
+                    KIND,
+                    "spec.nonResourceAttributes",
+                    "Invalid value: \"\": disallowed on this kind of request",
+                ));
+            }
+        }
+        let status = decide(&state, &who, &attrs);
+        review["metadata"]["namespace"] = json!(namespace);
+        Ok(answer(review, KIND, status))
     }
-    let spec = &review["spec"];
-    let who = subject(spec);
-    if who.username.is_empty() && who.groups.is_empty() {
-        return invalid(
-            KIND,
-            "spec.user",
-            "Invalid value: \"\": at least one of user or group must be specified",
-        )
-        .into_response();
-    }
-    let mut attrs = match attributes(KIND, spec) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
-    match attrs.resource.as_mut() {
-        Some(r) if r.namespace.is_empty() || r.namespace == namespace => {
-            r.namespace = namespace.clone()
-        }
-        Some(r) => {
-            let message = format!(
-                "Invalid value: {:?}: must match metadata.namespace",
-                r.namespace
-            );
-            return invalid(KIND, "spec.resourceAttributes.namespace", &message).into_response();
-        }
-        None => {
-            return invalid(
-                KIND,
-                "spec.nonResourceAttributes",
-                "Invalid value: \"\": disallowed on this kind of request",
-            )
-            .into_response();
-        }
-    }
-    let status = decide(&state, &who, &attrs);
-    review["metadata"]["namespace"] = json!(namespace);
-    answer(review, KIND, status)
+    .await)
 }
 
 /// `POST /apis/authorization.k8s.io/v1/selfsubjectrulesreviews`.
@@ -257,15 +241,23 @@ pub(crate) async fn self_subject_rules_review(
     raw: Body,
 ) -> Response {
     const KIND: &str = "SelfSubjectRulesReview";
-    let review = match body(&headers, raw).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let namespace = review
-        .pointer("/spec/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let (rules, errors) = state.authorizer.rules_for(&caller(user), namespace);
+    respond(
+        async {
+            let review = body(&headers, raw).await?;
+            let namespace = review
+                .pointer("/spec/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let (rules, errors) = state.authorizer.rules_for(&caller(user), namespace);
+            Ok(answer(review.clone(), KIND, rules_status(rules, &errors)))
+        }
+        .await,
+    )
+}
+
+/// A SelfSubjectRulesReview's status: the rules split into resource and non-resource
+/// ones, incomplete when some could not be gathered.
+fn rules_status(rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>, errors: &[String]) -> Value {
     let mut resource_rules = Vec::new();
     let mut non_resource_rules = Vec::new();
     for rule in rules {
@@ -294,5 +286,5 @@ pub(crate) async fn self_subject_rules_review(
     if !errors.is_empty() {
         status["evaluationError"] = json!(errors.join(", "));
     }
-    answer(review, KIND, status)
+    status
 }

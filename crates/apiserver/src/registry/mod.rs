@@ -15,6 +15,7 @@ mod list;
 pub(crate) mod managed;
 mod names;
 pub(crate) mod object;
+mod pod_security;
 mod priority;
 mod rules;
 pub(crate) mod selector;

@@ -94,6 +94,11 @@ pub(crate) fn check(r: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Field
             }
         }
         ("", "Service") => service(obj, &mut errors),
+        ("", "Namespace") => {
+            if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
+                errors.extend(super::pod_security::check_namespace_labels(labels));
+            }
+        }
         ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, old, &mut errors),
         ("rbac.authorization.k8s.io", kind @ ("RoleBinding" | "ClusterRoleBinding")) => {
             binding(kind, obj, old, &mut errors)

@@ -428,6 +428,9 @@ impl Registry {
         if let Some(admit) = &opts.admit {
             (admit.0)(&obj, None)?;
         }
+        if let Some(ns) = ns {
+            warnings.extend(self.admit_pod_security(r, ns, &obj, None).await?);
+        }
         track_ownership(r, &opts, None, &mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         if let Some(ns) = ns {
@@ -658,6 +661,11 @@ impl Registry {
                 && let Some(admit) = &opts.admit
             {
                 (admit.0)(&obj, Some(&old))?;
+            }
+            if opts.part == Part::Main
+                && let Some(ns) = ns
+            {
+                warnings.extend(self.admit_pod_security(r, ns, &obj, Some(&old)).await?);
             }
             track_ownership(r, &opts, Some(&old), &mut obj);
             if obj == old {

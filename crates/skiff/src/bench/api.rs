@@ -16,6 +16,9 @@ use kube::{Api, Client, Config};
 use super::stats::{Samples, ms};
 use super::store::progress;
 
+/// The static token of the unprivileged bench user (`--rbac-roles`).
+const BENCH_TOKEN: &str = "skiff-bench-token";
+
 #[derive(clap::Args)]
 pub struct ApiBench {
     /// kubeconfig of the server to measure (ignored with --spawn).
@@ -36,6 +39,14 @@ pub struct ApiBench {
     /// Watch events to time.
     #[arg(long, default_value_t = 200)]
     watch_events: usize,
+    /// With --spawn: run the load as a user without privileges whose permissions come
+    /// from the last of this many Roles and RoleBindings (0: as the admin, whom
+    /// authorization never checks).
+    #[arg(long, default_value_t = 0)]
+    rbac_roles: usize,
+    /// With --spawn: the server's `--authorization-mode` (`AlwaysAllow` to compare).
+    #[arg(long, default_value = "Node,RBAC")]
+    authorization_mode: String,
 }
 
 pub(super) struct Spawned {
@@ -58,6 +69,11 @@ pub(super) fn spawn_server() -> Result<Spawned> {
 
 /// A private `skiff ROLE` (`server` or `apiserver`) on a free port and a fresh store.
 pub(super) fn spawn_role(role: &str) -> Result<Spawned> {
+    spawn_with(role, &[])
+}
+
+/// [`spawn_role`] with more flags for the server.
+fn spawn_with(role: &str, extra: &[String]) -> Result<Spawned> {
     use std::io::BufRead;
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
@@ -65,6 +81,7 @@ pub(super) fn spawn_role(role: &str) -> Result<Spawned> {
         // The control plane only: the bench measures the API server.
         .args([role, "--disable-agent", "--secure-port", "0", "--data-dir"])
         .arg(dir.path())
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -105,8 +122,23 @@ fn rss_mib(pid: u32) -> Option<f64> {
 
 impl ApiBench {
     pub async fn run(self) -> Result<()> {
+        anyhow::ensure!(
+            self.rbac_roles == 0 || self.spawn,
+            "--rbac-roles needs --spawn (the bench user's token is the spawned server's)"
+        );
+        let tokens = tempfile::tempdir()?;
+        let token_file = tokens.path().join("tokens.csv");
+        std::fs::write(&token_file, format!("{BENCH_TOKEN},bench,bench-uid\n"))?;
         let spawned = if self.spawn {
-            Some(spawn_server()?)
+            Some(spawn_with(
+                "server",
+                &[
+                    "--authorization-mode".into(),
+                    self.authorization_mode.clone(),
+                    "--token-auth-file".into(),
+                    token_file.display().to_string(),
+                ],
+            )?)
         } else {
             None
         };
@@ -140,7 +172,32 @@ impl ApiBench {
             .create(&PostParams::default(), &ns)
             .await
             .context("creating the bench namespace")?;
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        let mut api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+        if self.rbac_roles > 0 {
+            rows.push((
+                "authorization".into(),
+                format!(
+                    "{}, as a user granted by the last of {} Roles and RoleBindings",
+                    self.authorization_mode, self.rbac_roles
+                ),
+            ));
+            self.grant(&client, &namespace).await?;
+            let admin = std::fs::read_to_string(&kubeconfig)?;
+            let user: String = admin
+                .lines()
+                .filter(|l| !l.contains("client-key-data"))
+                .map(|l| match l.split_once("client-certificate-data:") {
+                    Some((indent, _)) => format!("{indent}token: {BENCH_TOKEN}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            let config = Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::from_yaml(&user)?,
+                &Default::default(),
+            )
+            .await?;
+            api = Api::namespaced(Client::try_from(config)?, &namespace);
+        }
 
         let (rate, mut latency) = self.creates(&api).await?;
         rows.push((
@@ -189,7 +246,8 @@ impl ApiBench {
         rows.push(("watch delivery p50".into(), ms(watch.percentile(50.0))));
         rows.push(("watch delivery p99".into(), ms(watch.percentile(99.0))));
 
-        api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await?;
         namespaces
             .delete(&namespace, &DeleteParams::default())
@@ -199,6 +257,54 @@ impl ApiBench {
         for (metric, value) in rows {
             println!("| {metric} | {value} |");
         }
+        Ok(())
+    }
+
+    /// `rbac_roles` Roles and RoleBindings for other users, then the bench user's
+    /// (last in name order, so every decision walks past the others).
+    async fn grant(&self, client: &Client, namespace: &str) -> Result<()> {
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        let roles: Api<Role> = Api::namespaced(client.clone(), namespace);
+        let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), namespace);
+        let bar = progress(self.rbac_roles + 1, "creating Roles and RoleBindings");
+        let pair = |name: String, user: String, resource_name: Option<String>| {
+            let mut rule =
+                serde_json::json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]});
+            if let Some(n) = resource_name {
+                rule["resourceNames"] = serde_json::json!([n]);
+            }
+            let role: Result<Role, _> = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name}, "rules": [rule]}));
+            let binding: Result<RoleBinding, _> = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}]}));
+            (role, binding)
+        };
+        let mut work: Vec<_> = (0..self.rbac_roles)
+            .map(|i| {
+                pair(
+                    format!("other-{i:05}"),
+                    format!("user-{i}"),
+                    Some(format!("cm-{i}")),
+                )
+            })
+            .collect();
+        work.push(pair("zz-bench".into(), "bench".into(), None));
+        let mut tasks = futures::stream::iter(work.into_iter().map(|(role, binding)| {
+            let (roles, bindings, bar) = (roles.clone(), bindings.clone(), bar.clone());
+            async move {
+                roles.create(&PostParams::default(), &role?).await?;
+                bindings.create(&PostParams::default(), &binding?).await?;
+                bar.inc(1);
+                anyhow::Ok(())
+            }
+        }))
+        .buffer_unordered(8);
+        while let Some(done) = tasks.next().await {
+            done?;
+        }
+        bar.finish_and_clear();
         Ok(())
     }
 
