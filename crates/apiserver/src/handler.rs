@@ -39,6 +39,7 @@ pub(crate) struct State {
     pub(crate) authorizer: crate::authz::Authorizer,
     pub(crate) static_tokens: Arc<crate::authn::StaticTokens>,
     pub(crate) anonymous: bool,
+    pub(crate) auditor: Option<Arc<crate::audit::Auditor>>,
 }
 
 impl State {
@@ -75,7 +76,15 @@ impl State {
             Some(path) => crate::authn::StaticTokens::load(path)?,
             None => crate::authn::StaticTokens::default(),
         };
+        let auditor = match &config.audit_log_path {
+            Some(log) => Some(
+                crate::audit::Auditor::start(log, config.audit_policy_file.as_deref())
+                    .map_err(Error::Bootstrap)?,
+            ),
+            None => None,
+        };
         Ok(State {
+            auditor,
             registry,
             kubelets,
             tokens: Arc::new(tokens),
@@ -161,10 +170,14 @@ pub(crate) fn router(state: State) -> Router {
             get(move || crate::metrics::serve(axum::extract::State(metrics_handle))),
         )
         .fallback(resource)
-        // Layers run outside in: authentication, then authorization.
+        // Layers run outside in: authentication, the audit log, then authorization.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::authz::layer,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auditor.clone(),
+            crate::audit::layer,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -9,9 +9,11 @@
 //! `discovery`, `registry` (one generic store for every resource, configured by a small
 //! per-resource strategy), `status` (every error as a `metav1.Status`).
 
+mod audit;
 mod authn;
 mod authz;
 mod discovery;
+pub mod encryption;
 #[cfg(test)]
 mod fuzz;
 mod handler;
@@ -56,6 +58,12 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     /// Requests without credentials are `system:anonymous` (else 401).
     pub anonymous_auth: bool,
+    /// Encryption at rest (`--encryption-provider-config`, an EncryptionConfiguration).
+    pub encryption_provider_config: Option<PathBuf>,
+    /// The audit log (`--audit-log-path`; none: no auditing).
+    pub audit_log_path: Option<PathBuf>,
+    /// Its policy (`--audit-policy-file`; none: everything at Metadata).
+    pub audit_policy_file: Option<PathBuf>,
 }
 
 pub use authz::Mode as AuthorizationMode;
@@ -148,6 +156,14 @@ pub async fn run(
         &config.service_account_issuer,
     )
     .map_err(|e| Error::Bootstrap(format!("the service account key: {e}")))?;
+    let store: Arc<dyn Store> = match &config.encryption_provider_config {
+        Some(path) => {
+            let encryption = encryption::EncryptionConfig::load(path).map_err(Error::Bootstrap)?;
+            tracing::info!(config = %path.display(), "encrypting resources at rest");
+            Arc::new(encryption::EncryptedStore::new(store, encryption))
+        }
+        None => store,
+    };
     let state = handler::State::new(store, &config, addr, kubelets, issuer).await?;
     if let Err(e) = state.registry.expire_events(config.event_ttl).await {
         tracing::warn!(error = %e.message, "expiring events");

@@ -88,6 +88,9 @@ pub(crate) async fn serve(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
                     let app = app.clone();
                     request.extensions_mut().insert(peer_user.clone());
+                    request
+                        .extensions_mut()
+                        .insert(crate::audit::PeerAddr(peer));
                     async move {
                         Ok::<_, std::convert::Infallible>(
                             tower::ServiceExt::oneshot(app, request)

@@ -45,6 +45,16 @@ pub struct ServerArgs {
     /// the health and version endpoints only); `false` answers them 401.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     anonymous_auth: bool,
+    /// Encrypt resources at rest as this EncryptionConfiguration file says (aesgcm and
+    /// identity providers).
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
+    /// Write the audit log here (one audit.k8s.io/v1 Event per line).
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// The audit policy (audit.k8s.io/v1 Policy; default: every request at Metadata).
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
     /// Use this etcd cluster instead of the embedded store (comma-separated client URLs).
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
@@ -90,6 +100,9 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
         .context("--authorization-mode")?,
         token_auth_file: args.token_auth_file.clone(),
         anonymous_auth: args.anonymous_auth,
+        encryption_provider_config: args.encryption_provider_config.clone(),
+        audit_log_path: args.audit_log_path.clone(),
+        audit_policy_file: args.audit_policy_file.clone(),
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

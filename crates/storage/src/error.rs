@@ -58,6 +58,9 @@ pub enum Error {
     },
     #[error("the store is shut down")]
     Closed,
+    /// A layer above a backend (encryption at rest) could not transform a value.
+    #[error("transforming a stored value: {context}")]
+    Transform { context: &'static str },
 }
 
 impl Error {

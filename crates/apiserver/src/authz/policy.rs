@@ -39,6 +39,14 @@ fn named(verbs: &str, groups: &[&str], resources: &str, names: &str) -> PolicyRu
     }
 }
 
+/// A leader-elected component's Lease: create any, get and update its own.
+fn leader_lease(name: &str) -> [PolicyRule; 2] {
+    [
+        r("create", &["coordination.k8s.io"], "leases"),
+        named("get update", &["coordination.k8s.io"], "leases", name),
+    ]
+}
+
 /// A non-resource rule.
 fn urls(verbs: &str, paths: &str) -> PolicyRule {
     PolicyRule {
@@ -273,13 +281,8 @@ fn cluster_roles() -> Vec<DefaultRole> {
             [
                 vec![
                     events.clone(),
-                    r("create", &["coordination.k8s.io"], "leases"),
-                    named(
-                        "get update",
-                        &["coordination.k8s.io"],
-                        "leases",
-                        "kube-scheduler",
-                    ),
+                    leader_lease("kube-scheduler")[0].clone(),
+                    leader_lease("kube-scheduler")[1].clone(),
                     r(READ, &[CORE], "nodes"),
                     r("delete get list watch", &[CORE], "pods"),
                     r("create", &[CORE], "bindings pods/binding"),
@@ -317,13 +320,8 @@ fn cluster_roles() -> Vec<DefaultRole> {
             [
                 vec![
                     events.clone(),
-                    r("create", &["coordination.k8s.io"], "leases"),
-                    named(
-                        "get update",
-                        &["coordination.k8s.io"],
-                        "leases",
-                        "kube-controller-manager",
-                    ),
+                    leader_lease("kube-controller-manager")[0].clone(),
+                    leader_lease("kube-controller-manager")[1].clone(),
                     r("create", &[CORE], "secrets serviceaccounts"),
                     r("delete", &[CORE], "secrets"),
                     r(
