@@ -9,6 +9,7 @@
 //! - `endpoints.rs`: Endpoints and EndpointSlices of Services from their ready pods.
 //! - `namespace.rs`: empties a terminating namespace, then finalizes it.
 //! - `serviceaccount.rs`: a `default` ServiceAccount in every namespace.
+//! - `root_ca_publisher.rs`: the `kube-root-ca.crt` ConfigMap in every namespace.
 //! - `node_lifecycle.rs`: unreachable nodes tainted and their pods evicted; pod CIDRs.
 //! - `garbage_collector.rs`: deletes objects whose owners are gone, and carries out
 //!   foreground and orphan deletions.
@@ -38,6 +39,7 @@ mod queue;
 mod replicaset;
 mod resourcequota;
 mod resources;
+mod root_ca_publisher;
 mod serviceaccount;
 mod shared;
 mod statefulset;
@@ -54,6 +56,9 @@ pub struct Config {
     pub node_monitor_grace_period: std::time::Duration,
     /// Pod CIDRs for nodes are carved from this (upstream's `--cluster-cidr`).
     pub cluster_cidr: String,
+    /// The cluster CA (PEM) the root CA publisher puts in every namespace (none: that
+    /// controller does not run).
+    pub root_ca: Option<String>,
 }
 
 pub const ALL: &[&str] = &[
@@ -65,6 +70,7 @@ pub const ALL: &[&str] = &[
     "endpoints",
     "replicaset",
     "resourcequota",
+    "root-ca-cert-publisher",
     "namespace",
     "nodelifecycle",
     "serviceaccount",
@@ -80,6 +86,7 @@ impl Default for Config {
             controllers: ALL.iter().map(|c| c.to_string()).collect(),
             node_monitor_grace_period: std::time::Duration::from_secs(40),
             cluster_cidr: "10.244.0.0/16".into(),
+            root_ca: None,
         }
     }
 }
@@ -196,6 +203,13 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
                 pods,
             )),
             "serviceaccount" => Box::pin(serviceaccount::run(client)),
+            "root-ca-cert-publisher" => match config.root_ca.clone() {
+                Some(ca) => Box::pin(root_ca_publisher::run(client, ca)),
+                None => {
+                    tracing::warn!("no root CA known: kube-root-ca.crt is not published");
+                    continue;
+                }
+            },
             "statefulset" => Box::pin(statefulset::run(client, pods)),
             "garbagecollector" => Box::pin(garbage_collector::run(client, pods)),
             other => return Err(Error::Unknown(other.to_string())),

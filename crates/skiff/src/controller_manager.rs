@@ -39,6 +39,32 @@ pub struct NodeArgs {
     pub cluster_cidr: String,
 }
 
+/// The cluster CA in PEM, from the kubeconfig (inline or a file), for the root CA
+/// publisher.
+fn root_ca(kubeconfig: &std::path::Path) -> Option<String> {
+    use base64::Engine;
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).ok()?;
+    let context = config.current_context.as_ref().and_then(|current| {
+        config
+            .contexts
+            .iter()
+            .find(|c| &c.name == current)
+            .and_then(|c| c.context.as_ref())
+    });
+    let cluster = config
+        .clusters
+        .iter()
+        .find(|c| context.is_none_or(|ctx| ctx.cluster == c.name))
+        .and_then(|c| c.cluster.as_ref())?;
+    if let Some(data) = &cluster.certificate_authority_data {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .ok()?;
+        return String::from_utf8(pem).ok();
+    }
+    std::fs::read_to_string(cluster.certificate_authority.as_ref()?).ok()
+}
+
 pub async fn run(args: ControllerManagerArgs) -> Result<()> {
     run_until(args, crate::server::shutdown_signal_quiet()).await
 }
@@ -56,6 +82,7 @@ pub async fn run_until(
     config.node_monitor_grace_period =
         std::time::Duration::from_secs(args.nodes.node_monitor_grace_period);
     config.cluster_cidr = args.nodes.cluster_cidr.clone();
+    config.root_ca = root_ca(&args.kubeconfig);
     let lease = args.leader_elect.then_some("kube-controller-manager");
     let work = || skiff_controllers::run(client.clone(), config.clone());
     run_elected(&client, lease, args.identity.clone(), work, shutdown)

@@ -412,7 +412,9 @@ async fn skiff_server_runs_a_one_node_cluster() {
     let c = Cluster::start_all_in_one(Backend::Embedded, &flags).await;
     let node = format!("aio-{pid}");
     wait_node_ready(&c, &node);
-    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: hello}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: example.com/busybox:1, command: [sh, -c, 'echo hi']}\n";
+    // The pod prints what ServiceAccount admission mounted for it: its namespace, its
+    // token and the cluster CA.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: hello}\nspec:\n  restartPolicy: Never\n  containers:\n  - {name: c, image: example.com/busybox:1, command: [sh, -c, 'cd /var/run/secrets/kubernetes.io/serviceaccount && cat namespace && echo && cat token && echo && cat ca.crt']}\n";
     let created = c.kubectl_with(&["apply", "-f", "-"], &[], Some(pod));
     assert!(created.status.success(), "{created:?}");
     wait_for("hello to succeed", || phase(&c, "hello") == "Succeeded");
@@ -420,6 +422,28 @@ async fn skiff_server_runs_a_one_node_cluster() {
     assert_eq!(
         hello["state"]["terminated"]["reason"], "Completed",
         "{hello}"
+    );
+    let printed = c.ok(&["logs", "hello"]);
+    let mut lines = printed.lines();
+    assert_eq!(lines.next(), Some("default"), "{printed}");
+    let token = lines.next().unwrap_or_default().to_string();
+    let ca: Vec<&str> = lines.collect();
+    let cluster_ca = std::fs::read_to_string(c.data_dir().join("pki/ca.crt")).expect("CA");
+    assert_eq!(ca.join("\n").trim(), cluster_ca.trim());
+    // The token is the pod's service account's, bound to the pod.
+    let me = std::process::Command::new("kubectl")
+        .arg("--kubeconfig=/dev/null")
+        .arg(format!("--server={}", c.server))
+        .arg(format!("--certificate-authority={}", c.data_dir().join("pki/ca.crt").display()))
+        .arg(format!("--token={token}"))
+        .args(["auth", "whoami", "-o", "jsonpath={.status.userInfo.username} {.status.userInfo.extra.authentication\\.kubernetes\\.io/pod-name}"])
+        .output()
+        .expect("kubectl");
+    assert_eq!(
+        String::from_utf8_lossy(&me.stdout),
+        "system:serviceaccount:default:default [\"hello\"]",
+        "{}",
+        String::from_utf8_lossy(&me.stderr)
     );
     c.ok(&["delete", "pod", "hello", "--timeout=60s"]);
     no_sandboxes_left(&dir.path().join("cri.sock"), || c.log()).await;

@@ -19,6 +19,7 @@ mod pod_security;
 mod priority;
 mod rules;
 pub(crate) mod selector;
+mod service_account;
 pub mod service_ips;
 pub(crate) mod smp;
 pub(crate) mod store;

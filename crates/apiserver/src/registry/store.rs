@@ -416,6 +416,9 @@ impl Registry {
         }
         (r.defaults)(&mut obj);
         if r.group.is_empty() && r.plural == "pods" {
+            if let Some(ns) = ns {
+                self.admit_service_account(ns, &mut obj).await?;
+            }
             self.admit_priority(&mut obj).await?;
         }
         let mut warnings = Vec::new();
