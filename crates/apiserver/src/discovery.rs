@@ -8,6 +8,96 @@ use serde_json::{Value, json};
 
 use crate::registry::{CATALOG, Resource};
 
+/// A kind served by a handler of its own and never stored: the review APIs, which are
+/// only created (`kubectl api-resources` lists them, as upstream's discovery does).
+struct Virtual {
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+}
+
+const fn review(
+    group: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+) -> Virtual {
+    Virtual {
+        group,
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+    }
+}
+
+const VIRTUAL: [Virtual; 6] = [
+    review(
+        "authentication.k8s.io",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        "SelfSubjectReview",
+        false,
+    ),
+    review(
+        "authentication.k8s.io",
+        "tokenreviews",
+        "tokenreview",
+        "TokenReview",
+        false,
+    ),
+    review(
+        "authorization.k8s.io",
+        "localsubjectaccessreviews",
+        "localsubjectaccessreview",
+        "LocalSubjectAccessReview",
+        true,
+    ),
+    review(
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+        false,
+    ),
+    review(
+        "authorization.k8s.io",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        "SelfSubjectRulesReview",
+        false,
+    ),
+    review(
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        "SubjectAccessReview",
+        false,
+    ),
+];
+
+/// Every (group, version) served, stored kinds' first.
+fn group_versions(core: bool) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    let all = CATALOG
+        .iter()
+        .map(|r| (r.group, r.version))
+        .chain(VIRTUAL.iter().map(|v| (v.group, v.version)));
+    for (group, version) in all.filter(|(g, _)| g.is_empty() == core) {
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, versions)) if !versions.contains(&version) => versions.push(version),
+            Some(_) => {}
+            None => groups.push((group, vec![version])),
+        }
+    }
+    groups
+}
+
 pub(crate) fn api_versions() -> Value {
     json!({
         "kind": "APIVersions",
@@ -18,15 +108,10 @@ pub(crate) fn api_versions() -> Value {
 
 /// Every non-core group with its versions.
 pub(crate) fn api_groups() -> Value {
-    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for r in CATALOG.iter().filter(|r| !r.group.is_empty()) {
-        match groups.iter_mut().find(|(g, _)| *g == r.group) {
-            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
-            Some(_) => {}
-            None => groups.push((r.group, vec![r.version])),
-        }
-    }
-    let groups: Vec<Value> = groups.into_iter().map(|(g, v)| group(g, &v)).collect();
+    let groups: Vec<Value> = group_versions(false)
+        .into_iter()
+        .map(|(g, v)| group(g, &v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -39,14 +124,9 @@ fn group(name: &str, versions: &[&str]) -> Value {
 }
 
 pub(crate) fn api_group(name: &str) -> Option<Value> {
-    let versions: Vec<&str> = CATALOG
-        .iter()
-        .filter(|r| r.group == name)
-        .map(|r| r.version)
-        .collect();
-    if versions.is_empty() {
-        return None;
-    }
+    let (_, versions) = group_versions(name.is_empty())
+        .into_iter()
+        .find(|(g, _)| *g == name)?;
     let mut g = group(name, &versions);
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
@@ -58,7 +138,15 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
         .iter()
         .filter(|r| r.group == group && r.version == version)
         .collect();
-    if resources.is_empty() {
+    let virtual_entries: Vec<Value> = VIRTUAL
+        .iter()
+        .filter(|v| v.group == group && v.version == version)
+        .map(|v| {
+            json!({"name": v.plural, "singularName": v.singular, "namespaced": v.namespaced,
+                   "kind": v.kind, "verbs": ["create"]})
+        })
+        .collect();
+    if resources.is_empty() && virtual_entries.is_empty() {
         return None;
     }
     let group_version = if group.is_empty() {
@@ -97,6 +185,7 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
                 })
             })
         }))
+        .chain(virtual_entries)
         .collect();
     Some(json!({
         "kind": "APIResourceList",
@@ -130,15 +219,7 @@ pub(crate) fn wants_aggregated(headers: &HeaderMap) -> Option<&'static str> {
 
 /// `APIGroupDiscoveryList` for `/api` (the core group) or `/apis` (all others).
 pub(crate) fn aggregated(core: bool, version: &str) -> Value {
-    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for r in CATALOG.iter().filter(|r| r.group.is_empty() == core) {
-        match groups.iter_mut().find(|(g, _)| *g == r.group) {
-            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
-            Some(_) => {}
-            None => groups.push((r.group, vec![r.version])),
-        }
-    }
-    let items: Vec<Value> = groups
+    let items: Vec<Value> = group_versions(core)
         .into_iter()
         .map(|(group, versions)| {
             let versions: Vec<Value> = versions
@@ -148,6 +229,15 @@ pub(crate) fn aggregated(core: bool, version: &str) -> Value {
                         .iter()
                         .filter(|r| r.group == group && r.version == v)
                         .map(aggregated_resource)
+                        .chain(VIRTUAL.iter().filter(|r| r.group == group && r.version == v).map(|r| {
+                            json!({
+                                "resource": r.plural,
+                                "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": r.singular,
+                                "verbs": ["create"],
+                            })
+                        }))
                         .collect();
                     json!({"version": v, "resources": resources, "freshness": "Current"})
                 })
@@ -201,6 +291,34 @@ fn aggregated_resource(r: &Resource) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_review_apis_are_discovered() {
+        let groups = api_groups();
+        let names: Vec<&str> = groups["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .filter_map(|g| g["name"].as_str())
+            .collect();
+        assert!(
+            names.contains(&"authorization.k8s.io") && names.contains(&"authentication.k8s.io")
+        );
+        let list = resource_list("authorization.k8s.io", "v1").expect("authorization/v1");
+        let local = list["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .find(|r| r["name"] == "localsubjectaccessreviews")
+            .expect("localsubjectaccessreviews");
+        assert_eq!(
+            (local["namespaced"].clone(), local["verbs"].clone()),
+            (json!(true), json!(["create"]))
+        );
+        assert!(api_group("authentication.k8s.io").is_some());
+        let all = aggregated(false, "v2").to_string();
+        assert!(all.contains("\"selfsubjectrulesreviews\""));
+    }
 
     #[test]
     fn aggregated_discovery_is_chosen_by_accept_and_lists_subresources() {

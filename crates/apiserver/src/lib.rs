@@ -5,9 +5,11 @@
 //! kubeconfig that kubectl can use as is.
 //!
 //! Layout: [`pki`] (certificates), [`kubeconfig`], `serve` (the TLS accept loop),
-//! `handler` (parses a request into a [`request::RequestInfo`] and dispatches),
-//! `discovery`, `registry` (one generic store for every resource, configured by a small
-//! per-resource strategy), `status` (every error as a `metav1.Status`).
+//! `authn`, `audit` and `authz` (who asks, the audit log, whether they may: middleware
+//! in that order), `handler` (parses a request into a [`request::RequestInfo`] and
+//! dispatches), `discovery`, `registry` (one generic store for every resource,
+//! configured by a small per-resource strategy, with admission), [`encryption`] (a
+//! datastore wrapper), `status` (every error as a `metav1.Status`).
 
 mod audit;
 mod authn;
@@ -52,7 +54,7 @@ pub struct Config {
     pub event_ttl: std::time::Duration,
     /// The `iss` of service account tokens (`--service-account-issuer`).
     pub service_account_issuer: String,
-    /// The authorizers, asked in order (`--authorization-mode`, default RBAC).
+    /// The authorizers, asked in order (`--authorization-mode`, default Node,RBAC).
     pub authorization_modes: Vec<AuthorizationMode>,
     /// Static bearer tokens (`--token-auth-file`: `token,user,uid,"group1,group2"`).
     pub token_auth_file: Option<PathBuf>,

@@ -822,7 +822,8 @@ async fn resource_quotas_report_usage() {
     ]);
     wait_for("quota usage", || {
         c.ok(&["get", "quota", "limits", "-n", "quota", "-o", "jsonpath={.status.used.pods} {.status.used.configmaps} {.status.used.requests\\.cpu} {.status.used.requests\\.memory}"])
-            == "2 2 200m 128Mi"
+            // The namespace's configmaps: a, b and the published kube-root-ca.crt.
+            == "2 3 200m 128Mi"
     });
 }
 
