@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
@@ -18,19 +18,7 @@ const NAME: &str = "kube-root-ca.crt";
 const DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
 
 pub async fn run(client: kube::Client, ca: String) -> Result<(), Error> {
-    let namespaces = watcher::watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects()
-    .filter_map(|ns| async move {
-        let ns = ns.ok()?;
-        if ns.metadata.deletion_timestamp.is_some() {
-            return None;
-        }
-        ns.metadata.name
-    });
+    let namespaces = crate::serviceaccount::active_namespaces(&client);
     // The ConfigMap changed or went: put it right.
     let published = watcher::watcher(
         Api::<ConfigMap>::all(client.clone()),
@@ -43,7 +31,7 @@ pub async fn run(client: kube::Client, ca: String) -> Result<(), Error> {
             _ => None,
         }
     });
-    let mut names = futures::stream::select(namespaces.boxed(), published.boxed());
+    let mut names = futures::stream::select(namespaces, published.boxed());
     while let Some(ns) = names.next().await {
         publish(&client, &ns, &ca).await;
     }

@@ -10,8 +10,12 @@ use kube::runtime::watcher::{self, Event};
 
 use crate::Error;
 
-pub async fn run(client: kube::Client) -> Result<(), Error> {
-    let namespaces = watcher::watcher(
+/// The name of every namespace that is not terminating, each time it changes (and all
+/// of them at every relist): what per-namespace publishers react to.
+pub(crate) fn active_namespaces(
+    client: &kube::Client,
+) -> futures::stream::BoxStream<'static, String> {
+    watcher::watcher(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -23,7 +27,12 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
             return None;
         }
         ns.metadata.name
-    });
+    })
+    .boxed()
+}
+
+pub async fn run(client: kube::Client) -> Result<(), Error> {
+    let namespaces = active_namespaces(&client);
     let deleted = watcher::watcher(
         Api::<ServiceAccount>::all(client.clone()),
         watcher::Config::default().fields("metadata.name=default"),
@@ -35,7 +44,7 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
             _ => None,
         }
     });
-    let mut names = futures::stream::select(namespaces.boxed(), deleted.boxed());
+    let mut names = futures::stream::select(namespaces, deleted.boxed());
     while let Some(ns) = names.next().await {
         ensure_default(&client, &ns).await;
     }
