@@ -131,11 +131,13 @@ async fn kube_rs_client(c: &mut Cluster) {
             .expect("watch event in time")
             .expect("watch")
             .expect("event");
+        // (Only kube-rs: the controller manager publishes kube-root-ca.crt here too.)
+        let ours = |cm: &ConfigMap| cm.metadata.name.as_deref() == Some("kube-rs");
         match event {
-            watcher::Event::Apply(cm) => {
+            watcher::Event::Apply(cm) if ours(&cm) => {
                 seen.push(format!("apply {}", cm.data.unwrap_or_default()["k"]))
             }
-            watcher::Event::Delete(cm) => {
+            watcher::Event::Delete(cm) if ours(&cm) => {
                 seen.push(format!("delete {}", cm.metadata.name.unwrap_or_default()))
             }
             _ => {}
