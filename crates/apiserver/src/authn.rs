@@ -1,7 +1,7 @@
 //! Authentication, as kube-apiserver's chain runs it: a client certificate from the
 //! cluster CA (verified in the TLS handshake) makes its CN the user and its O entries
-//! the groups; else a bearer token from the static token file (`--token-auth-file`) or
-//! one of this cluster's service account JWTs (signature, issuer, audience, lifetime,
+//! the groups; else a bearer token from the static token file (`--token-auth-file`), a
+//! bootstrap token ([`crate::join`]) or one of this cluster's service account JWTs (signature, issuer, audience, lifetime,
 //! and the account and the pod, secret or node it is bound to still existing with the
 //! uids it names) is that user; else the request is anonymous (`system:anonymous`,
 //! unless `--anonymous-auth=false` makes it 401). A bearer token that is not valid is
@@ -205,7 +205,12 @@ async fn authenticate(
         if let Some(user) = state.static_tokens.get(token) {
             user
         } else {
-            match service_account_user(state, token, None).await {
+            let found = match crate::join::token_user(state, token).await {
+                Ok(Some(user)) => Ok((user, Vec::new())),
+                Ok(None) => service_account_user(state, token, None).await,
+                Err(e) => Err(e),
+            };
+            match found {
                 Ok((user, _)) => user,
                 Err(TokenError::Invalid(reason)) => {
                     tracing::debug!(%reason, "a bearer token was refused");
@@ -425,7 +430,15 @@ pub(crate) async fn token_review(
             user.groups.push("system:authenticated".into());
             Ok((user, vec![state.tokens.url.clone()]))
         }
-        _ => service_account_user(&state, token, wanted.as_deref()).await,
+        _ => match crate::join::token_user(&state, token).await {
+            // So are bootstrap tokens.
+            Ok(Some(user)) if wanted.is_none() => Ok((user, vec![state.tokens.url.clone()])),
+            Ok(Some(_)) => Err(TokenError::Invalid(
+                "bootstrap tokens are for the API server only".into(),
+            )),
+            Ok(None) => service_account_user(&state, token, wanted.as_deref()).await,
+            Err(e) => Err(e),
+        },
     };
     let status = match found {
         Ok((user, audiences)) => json!({

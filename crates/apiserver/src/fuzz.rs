@@ -90,6 +90,11 @@ fn tokens_certificates_and_headers_survive_mutation() {
         Some("alice".into())
     );
     let token_file = b"t1,alice,1,\"a,b\"\nt2,bob,2\n";
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|r| r.pem())
+        .expect("certificate request");
+    let bootstrap = b"abcdef.0123456789abcdef";
     let paths = [
         "/api/v1/namespaces/ns/pods/p/exec",
         "/apis/apps/v1/watch/namespaces/x/deployments",
@@ -105,6 +110,15 @@ fn tokens_certificates_and_headers_survive_mutation() {
         }
         // Certificates: any bytes parse or not, without panicking.
         let _ = certificate_user(&mutate(&mut rng, &der));
+        // Bootstrap tokens and certificate requests (CSR bodies come from any user).
+        let changed = mutate(&mut rng, bootstrap);
+        if let Some((id, secret)) = crate::join::parse_token(&String::from_utf8_lossy(&changed)) {
+            assert!(id.len() == 6 && secret.len() == 16);
+        }
+        let _ = crate::registry::certificates::request_subject(&String::from_utf8_lossy(&mutate(
+            &mut rng,
+            csr.as_bytes(),
+        )));
         // Token files: parsed or refused with a message.
         let _ = StaticTokens::parse(&String::from_utf8_lossy(&mutate(&mut rng, token_file)));
         // Authorization headers.

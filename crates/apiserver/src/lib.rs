@@ -6,7 +6,7 @@
 //!
 //! Layout: [`pki`] (certificates), [`kubeconfig`], `serve` (the TLS accept loop),
 //! `authn`, `audit` and `authz` (who asks, the audit log, whether they may: middleware
-//! in that order), `handler` (parses a request into a [`request::RequestInfo`] and
+//! in that order), `join` (bootstrap tokens and `cluster-info` for joining nodes), `handler` (parses a request into a [`request::RequestInfo`] and
 //! dispatches), `discovery`, `registry` (one generic store for every resource,
 //! configured by a small per-resource strategy, with admission), [`encryption`] (a
 //! datastore wrapper), `status` (every error as a `metav1.Status`).
@@ -19,6 +19,7 @@ pub mod encryption;
 #[cfg(test)]
 mod fuzz;
 mod handler;
+mod join;
 pub mod kubeconfig;
 mod kubelet;
 mod metrics;
@@ -167,6 +168,9 @@ pub async fn run(
         None => store,
     };
     let state = handler::State::new(store, &config, addr, kubelets, issuer).await?;
+    join::ensure(&state.registry, &server_url, &pki.ca_cert_pem)
+        .await
+        .map_err(|e| Error::Bootstrap(e.message))?;
     if let Err(e) = state.registry.expire_events(config.event_ttl).await {
         tracing::warn!(error = %e.message, "expiring events");
     }

@@ -106,7 +106,10 @@ fn labels(method: &Method, path: &str, watch: bool) -> RequestLabels {
             i.subresource
                 .clone()
                 .filter(|s| {
-                    ["status", "scale", "binding", "eviction", "finalize"].contains(&s.as_str())
+                    [
+                        "status", "scale", "binding", "eviction", "finalize", "approval",
+                    ]
+                    .contains(&s.as_str())
                 })
                 .unwrap_or_default(),
             if i.name.is_some() {

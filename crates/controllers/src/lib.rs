@@ -19,10 +19,13 @@
 //! - `resourcequota.rs`: ResourceQuota usage.
 //! - `clusterrole_aggregation.rs`: the rules of aggregated ClusterRoles (admin, edit,
 //!   view).
+//! - `certificates.rs`: node client CertificateSigningRequests approved, approved ones
+//!   signed with the cluster CA; `token_cleaner.rs`: expired bootstrap tokens deleted.
 //!
 //! `events.rs` writes their Events, `queue.rs` holds the work queue and sync loop.
 
 mod adoption;
+pub mod certificates;
 mod clusterrole_aggregation;
 mod cronjob;
 mod daemonset;
@@ -43,6 +46,7 @@ mod root_ca_publisher;
 mod serviceaccount;
 mod shared;
 mod statefulset;
+mod token_cleaner;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,11 +63,16 @@ pub struct Config {
     /// The cluster CA (PEM) the root CA publisher puts in every namespace (none: that
     /// controller does not run).
     pub root_ca: Option<String>,
+    /// The CA the CSR signer issues certificates with (none: that controller does not
+    /// run).
+    pub signing: Option<certificates::Signing>,
 }
 
 pub const ALL: &[&str] = &[
     "clusterrole-aggregation",
     "cronjob",
+    "csrapproving",
+    "csrsigning",
     "daemonset",
     "deployment",
     "disruption",
@@ -78,6 +87,7 @@ pub const ALL: &[&str] = &[
     "garbagecollector",
     "job",
     "podgc",
+    "tokencleaner",
 ];
 
 impl Default for Config {
@@ -87,6 +97,7 @@ impl Default for Config {
             node_monitor_grace_period: std::time::Duration::from_secs(40),
             cluster_cidr: "10.244.0.0/16".into(),
             root_ca: None,
+            signing: None,
         }
     }
 }
@@ -185,6 +196,15 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
         loops.push(match name.as_str() {
             "clusterrole-aggregation" => Box::pin(clusterrole_aggregation::run(client)),
             "cronjob" => Box::pin(cronjob::run(client)),
+            "csrapproving" => Box::pin(certificates::run_approver(client)),
+            "csrsigning" => match config.signing.clone() {
+                Some(signing) => Box::pin(certificates::run_signer(client, signing)),
+                None => {
+                    tracing::warn!("no signing CA given: certificate requests are not signed");
+                    continue;
+                }
+            },
+            "tokencleaner" => Box::pin(token_cleaner::run(client)),
             "daemonset" => Box::pin(daemonset::run(client, pods)),
             "deployment" => Box::pin(deployment::run(client, pods)),
             "disruption" => Box::pin(disruption::run(client, pods)),

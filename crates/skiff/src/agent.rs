@@ -1,5 +1,5 @@
 //! The node side: `skiff agent` runs this node's container runtime and kubelet against a
-//! server; `skiff server` runs the same in process next to the control plane unless
+//! server (joining it first with `--server` and `--token`, see `join.rs`); `skiff server` runs the same in process next to the control plane unless
 //! `--disable-agent`. With `--container-runtime-endpoint` the kubelet drives another CRI
 //! runtime (containerd) and skiff's own is not started.
 
@@ -68,9 +68,20 @@ pub struct NodeAgentArgs {
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
-    /// The kubeconfig to reach the API server with.
+    /// The kubeconfig to reach the API server with (default: the one joining wrote,
+    /// `DATA_DIR/kubelet.kubeconfig`).
     #[arg(long)]
-    pub kubeconfig: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    /// Join this server (`https://HOST:PORT`) with `--token`.
+    #[arg(long, requires = "token")]
+    pub server: Option<String>,
+    /// A join token from `skiff token create` (`K10<ca-hash>::<id>.<secret>`), or a
+    /// bare `<id>.<secret>` bootstrap token with `--ca-cert-hash`.
+    #[arg(long, requires = "server")]
+    pub token: Option<String>,
+    /// The cluster CA's hash (`sha256:<hex>` of its public key), for a bare token.
+    #[arg(long)]
+    pub ca_cert_hash: Option<String>,
     /// Where node state lives (skiff's runtime keeps `runtime/` here).
     #[arg(long, default_value = "/var/lib/skiff")]
     pub data_dir: PathBuf,
@@ -79,10 +90,36 @@ pub struct AgentArgs {
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
+    let node_name = args
+        .node
+        .node_name
+        .clone()
+        .unwrap_or_else(crate::kubelet::host_name);
+    let joined = args.data_dir.join("kubelet.kubeconfig");
+    let kubeconfig = match (&args.kubeconfig, &args.server, &args.token) {
+        (Some(kubeconfig), _, _) => kubeconfig.clone(),
+        // Joined before: the node's own identity (the token may have expired since).
+        (None, _, _) if joined.exists() => joined,
+        (None, Some(server), Some(token)) => {
+            crate::join::bootstrap(
+                &args.data_dir,
+                server,
+                token,
+                args.ca_cert_hash.as_deref(),
+                &node_name,
+            )
+            .await?
+        }
+        _ => anyhow::bail!(
+            "give --kubeconfig, or --server and --token to join a cluster (skiff token create prints one)"
+        ),
+    };
+    let mut node = args.node;
+    node.node_name = Some(node_name);
     run_until(
-        args.kubeconfig,
+        kubeconfig,
         args.data_dir,
-        args.node,
+        node,
         crate::server::shutdown_signal_quiet(),
     )
     .await
@@ -126,7 +163,6 @@ pub async fn run_until(
             node.cri_socket.clone()
         }
     };
-    let client = crate::scheduler::client(&kubeconfig).await?;
     let config = skiff_kubelet::Config {
         node_name: node
             .node_name
@@ -137,8 +173,8 @@ pub async fn run_until(
         node_ip: node.node_ip,
         max_pods: node.max_pods,
         cluster_dns: node.cluster_dns.clone(),
-        // Only the API server (its kubelet client certificate) gets in; without the
-        // cluster CA here (a joined node: issue 8) the API is not served.
+        // Only the API server (its kubelet client certificate) gets in: the cluster CA
+        // is the server's own, or the one a join verified and wrote here.
         api: Some(data_dir.join("pki/ca.crt"))
             .filter(|ca| ca.exists())
             .map(|client_ca| skiff_kubelet::ApiConfig {
@@ -165,17 +201,34 @@ pub async fn run_until(
         }),
         ..Default::default()
     };
-    let kubelet = skiff_kubelet::run(client, config, wait(stopped));
-    tokio::pin!(kubelet);
-    let result = tokio::select! {
-        () = shutdown => Ok(()),
-        result = &mut kubelet => result.context("kubelet"),
-        Some(result) = async { match runtime.as_mut() { Some(r) => Some(r.await), None => None } } => {
-            match result {
-                Ok(Ok(())) => Err(anyhow::anyhow!("the runtime stopped")),
-                Ok(Err(e)) => Err(anyhow::Error::new(e).context("runtime")),
-                Err(e) => Err(anyhow::Error::new(e).context("runtime task")),
+    tokio::pin!(shutdown);
+    let result = loop {
+        // The kubelet runs until the node's certificate is due for renewal, then again
+        // with the renewed one (its pods keep running meanwhile).
+        let client = crate::scheduler::client(&kubeconfig, "kubelet").await?;
+        let (kubelet_stop, kubelet_stopped) = tokio::sync::watch::channel(false);
+        let kubelet = skiff_kubelet::run(client, config.clone(), wait(kubelet_stopped));
+        tokio::pin!(kubelet);
+        let renewal = renewal_wait(&kubeconfig, &config.node_name);
+        let outcome = tokio::select! {
+            () = &mut shutdown => Some(Ok(())),
+            result = &mut kubelet => Some(result.context("kubelet")),
+            Some(result) = async { match runtime.as_mut() { Some(r) => Some(r.await), None => None } } => {
+                Some(match result {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the runtime stopped")),
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("runtime")),
+                    Err(e) => Err(anyhow::Error::new(e).context("runtime task")),
+                })
             }
+            () = renewal => None,
+        };
+        let _ = kubelet_stop.send(true);
+        if let Some(outcome) = outcome {
+            break outcome;
+        }
+        // Renewed: the kubelet stops and starts again with the new certificate.
+        if let Err(e) = kubelet.await {
+            tracing::warn!(error = %e, "the kubelet stopping for a certificate renewal");
         }
     };
     let _ = stop.send(true);
@@ -183,4 +236,35 @@ pub async fn run_until(
         let _ = runtime.await;
     }
     result
+}
+
+/// Resolves once the node's client certificate (CN `system:node:NAME`) has been
+/// renewed; never for other credentials. A failed renewal is retried each minute.
+async fn renewal_wait(kubeconfig: &std::path::Path, node: &str) {
+    let Some(due) = crate::join::renewal_due(kubeconfig) else {
+        return std::future::pending().await;
+    };
+    let own = crate::join::certificate_user(kubeconfig)
+        .is_some_and(|cn| cn == format!("system:node:{node}"));
+    if !own {
+        return std::future::pending().await;
+    }
+    let wait = (due - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+    // Timers this long are fine, but a day at a time keeps clock jumps in check.
+    let wait = std::time::Duration::try_from(wait).unwrap_or_default();
+    if wait > std::time::Duration::from_secs(86_400) {
+        tokio::time::sleep(std::time::Duration::from_secs(86_400)).await;
+        return Box::pin(renewal_wait(kubeconfig, node)).await;
+    }
+    tokio::time::sleep(wait).await;
+    tracing::info!(kubeconfig = %kubeconfig.display(), "the node's client certificate is due for renewal");
+    loop {
+        match crate::join::renew(kubeconfig, node).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "renewing the node's client certificate; retrying in a minute");
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            }
+        }
+    }
 }

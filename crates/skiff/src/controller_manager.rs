@@ -25,6 +25,15 @@ pub struct ControllerManagerArgs {
     pub controllers: Vec<String>,
     #[command(flatten)]
     pub nodes: NodeArgs,
+    /// The CA certificate the CSR signer issues with (PEM).
+    #[arg(long, requires = "cluster_signing_key_file")]
+    pub cluster_signing_cert_file: Option<PathBuf>,
+    /// The CA's private key (PEM).
+    #[arg(long, requires = "cluster_signing_cert_file")]
+    pub cluster_signing_key_file: Option<PathBuf>,
+    /// The longest a signed certificate is valid.
+    #[arg(long, default_value = "8760h", value_parser = crate::join::parse_duration)]
+    pub cluster_signing_duration: std::time::Duration,
 }
 
 /// Node lifecycle settings, shared with `skiff server`.
@@ -41,7 +50,7 @@ pub struct NodeArgs {
 
 /// The cluster CA in PEM, from the kubeconfig (inline or a file), for the root CA
 /// publisher.
-fn root_ca(kubeconfig: &std::path::Path) -> Option<String> {
+pub fn root_ca(kubeconfig: &std::path::Path) -> Option<String> {
     use base64::Engine;
     let config = kube::config::Kubeconfig::read_from(kubeconfig).ok()?;
     let context = config.current_context.as_ref().and_then(|current| {
@@ -74,7 +83,7 @@ pub async fn run_until(
     args: ControllerManagerArgs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let client = client(&args.kubeconfig).await?;
+    let client = client(&args.kubeconfig, "kube-controller-manager").await?;
     let mut config = skiff_controllers::Config::default();
     if !args.controllers.is_empty() {
         config.controllers = args.controllers.clone();
@@ -83,6 +92,19 @@ pub async fn run_until(
         std::time::Duration::from_secs(args.nodes.node_monitor_grace_period);
     config.cluster_cidr = args.nodes.cluster_cidr.clone();
     config.root_ca = root_ca(&args.kubeconfig);
+    if let (Some(cert), Some(key)) = (
+        &args.cluster_signing_cert_file,
+        &args.cluster_signing_key_file,
+    ) {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        config.signing = Some(skiff_controllers::certificates::Signing {
+            ca_cert_pem: read(cert)?,
+            ca_key_pem: read(key)?,
+            duration: args.cluster_signing_duration,
+        });
+    }
     let lease = args.leader_elect.then_some("kube-controller-manager");
     let work = || skiff_controllers::run(client.clone(), config.clone());
     run_elected(&client, lease, args.identity.clone(), work, shutdown)

@@ -196,7 +196,7 @@ pub fn image_policy(
 }
 
 pub async fn run(args: KubeletArgs) -> Result<()> {
-    let client = crate::scheduler::client(&args.kubeconfig).await?;
+    let client = crate::scheduler::client(&args.kubeconfig, "kubelet").await?;
     let config = config(&args)?;
     skiff_kubelet::run(client, config, crate::server::shutdown_signal_quiet())
         .await

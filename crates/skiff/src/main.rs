@@ -4,6 +4,7 @@
 mod agent;
 mod bench;
 mod controller_manager;
+mod join;
 mod kubelet;
 mod runtime;
 mod scheduler;
@@ -58,6 +59,9 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Create, list and delete join tokens for new nodes.
+    #[command(subcommand)]
+    Token(join::Token),
     /// Import, export, list and remove images of the runtime.
     #[command(subcommand)]
     Images(runtime::Images),
@@ -99,6 +103,7 @@ fn main() -> Result<()> {
         Command::Kubelet(args) => runtime.block_on(kubelet::run(args)),
         Command::Runtime(args) => runtime.block_on(runtime::run(args)),
         Command::Images(images) => runtime.block_on(images.run()),
+        Command::Token(token) => runtime.block_on(token.run()),
         Command::RuntimeMonitor { .. }
         | Command::RuntimePause { .. }
         | Command::RuntimeExecWait { .. } => Ok(()),

@@ -26,12 +26,25 @@ pub struct SchedulerArgs {
     pub scoring_strategy: skiff_scheduler::ScoringStrategy,
 }
 
-pub async fn client(kubeconfig: &Path) -> Result<kube::Client> {
+/// A client from a kubeconfig, introducing itself as `product` (the User-Agent, which
+/// the API server records as the field manager of its writes, as upstream's
+/// `kube-controller-manager/v1.x (linux/amd64)`).
+pub async fn client(kubeconfig: &Path, product: &str) -> Result<kube::Client> {
     let config = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+    let mut config = kube::Config::from_custom_kubeconfig(config, &Default::default())
         .await
         .context("loading the kubeconfig")?;
+    let agent = format!(
+        "{product}/v{} ({}/{}) skiff",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent).context("the user agent")?,
+    ));
     kube::Client::try_from(config).context("creating the API client")
 }
 
@@ -46,7 +59,7 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
 
 /// Runs until `shutdown` completes (releasing the lease) or the scheduler fails.
 pub async fn run_until(args: SchedulerArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let client = client(&args.kubeconfig).await?;
+    let client = client(&args.kubeconfig, "kube-scheduler").await?;
     let config = skiff_scheduler::Config {
         scheduler_name: args.scheduler_name.clone(),
         scoring_strategy: args.scoring_strategy,

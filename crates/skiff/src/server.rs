@@ -189,6 +189,9 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             identity: None,
             controllers: Vec::new(),
             nodes: node_args,
+            cluster_signing_cert_file: Some(data_dir.join("pki/ca.crt")),
+            cluster_signing_key_file: Some(data_dir.join("pki/ca.key")),
+            cluster_signing_duration: std::time::Duration::from_secs(365 * 86_400),
         };
         components.push(crate::scheduler::spawn_in_process(
             "controller manager",

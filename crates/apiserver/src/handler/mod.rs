@@ -308,6 +308,12 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
             Part::Status
         }
         Some("finalize") if r.plural == "namespaces" && info.verb == Verb::Update => Part::Finalize,
+        Some("approval")
+            if r.plural == "certificatesigningrequests"
+                && matches!(info.verb, Verb::Get | Verb::Update | Verb::Patch) =>
+        {
+            Part::Approval
+        }
         Some(kind @ ("exec" | "attach"))
             if r.plural == "pods" && matches!(info.verb, Verb::Get | Verb::Create) =>
         {
@@ -396,7 +402,12 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                     "the server does not allow this method on the requested resource",
                 ));
             }
-            let obj = json_body(&parts.headers, body).await?;
+            let mut obj = json_body(&parts.headers, body).await?;
+            if r.group == crate::registry::certificates::GROUP
+                && let Some(user) = parts.extensions.get::<crate::authn::UserInfo>()
+            {
+                crate::registry::certificates::set_requester(&mut obj, user);
+            }
             let done = registry.create(r, ns, obj, write).await?;
             Ok(written_rbac_aware(state, r, StatusCode::CREATED, done).await)
         }
@@ -503,6 +514,13 @@ fn admission(
         let authorizer = state.authorizer.clone();
         return Some(crate::registry::store::Admit(Arc::new(move |obj, old| {
             crate::authz::escalation::check(&authorizer, &user, r.plural, &namespace, obj, old)
+        })));
+    }
+    if r.group == crate::registry::certificates::GROUP {
+        let authorizer = state.authorizer.clone();
+        let subresource = info.subresource.clone().unwrap_or_default();
+        return Some(crate::registry::store::Admit(Arc::new(move |obj, old| {
+            crate::registry::certificates::admit(&authorizer, &user, &subresource, obj, old)
         })));
     }
     let node = crate::authz::node::node_of(&user)?.to_string();

@@ -601,6 +601,44 @@ pub(crate) static CATALOG: &[Resource] = &[
         schema: schema_of::<k8s_openapi::api::events::v1::Event>,
         ..BASE
     },
+    // certificates.k8s.io/v1
+    Resource {
+        group: "certificates.k8s.io",
+        kind: "CertificateSigningRequest",
+        plural: "certificatesigningrequests",
+        singular: "certificatesigningrequest",
+        namespaced: false,
+        short_names: &["csr"],
+        status: true,
+        clear_status_on_create: true,
+        patch_strategies: &[CONDITIONS],
+        columns: &[
+            AGE,
+            c(
+                "SignerName",
+                "The signer the request is for.",
+                super::certificates::signer_column,
+            ),
+            c(
+                "Requestor",
+                "Who made the request.",
+                super::certificates::requestor_column,
+            ),
+            c(
+                "RequestedDuration",
+                "How long the certificate should be valid.",
+                super::certificates::duration_column,
+            ),
+            c(
+                "Condition",
+                "Approved, denied, issued or pending.",
+                super::certificates::condition_column,
+            ),
+        ],
+        decode: decode_as::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>,
+        schema: schema_of::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>,
+        ..BASE
+    },
     // coordination.k8s.io/v1
     Resource {
         group: "coordination.k8s.io",

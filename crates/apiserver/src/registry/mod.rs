@@ -7,6 +7,7 @@
 
 pub(crate) mod apply;
 mod catalog;
+pub(crate) mod certificates;
 mod columns;
 mod defaults;
 pub(crate) mod delete;
@@ -194,6 +195,11 @@ impl Resource {
                 name: "token",
                 kind: ("authentication.k8s.io", "v1", "TokenRequest"),
                 verbs: &["create"],
+            }),
+            "certificatesigningrequests" => out.push(Subresource {
+                name: "approval",
+                kind: (self.group, self.version, self.kind),
+                verbs: GPU,
             }),
             "namespaces" if self.group.is_empty() => out.push(Subresource {
                 name: "finalize",

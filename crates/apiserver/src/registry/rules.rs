@@ -99,6 +99,9 @@ pub(crate) fn check(r: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Field
                 errors.extend(super::pod_security::check_namespace_labels(labels));
             }
         }
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            errors.extend(super::certificates::check(obj, old))
+        }
         ("scheduling.k8s.io", "PriorityClass") => priority_class(obj, old, &mut errors),
         ("rbac.authorization.k8s.io", kind @ ("RoleBinding" | "ClusterRoleBinding")) => {
             binding(kind, obj, old, &mut errors)

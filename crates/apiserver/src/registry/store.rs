@@ -54,6 +54,8 @@ pub(crate) enum Part {
     Finalize,
     /// The server's own writes (binding a pod): spec and status together.
     Internal,
+    /// A CertificateSigningRequest's `/approval`: its Approved/Denied conditions.
+    Approval,
 }
 
 /// How a write is carried out.
@@ -91,6 +93,7 @@ impl Part {
     pub(crate) fn ownership(self, r: &Resource) -> (Scope, &'static str) {
         match self {
             Part::Status => (Scope::Status, "status"),
+            Part::Approval => (Scope::Status, "approval"),
             Part::Main if r.status => (Scope::NotStatus, ""),
             _ => (Scope::All, ""),
         }
@@ -615,8 +618,9 @@ impl Registry {
                     obj = old.clone();
                     obj["spec"]["finalizers"] = finalizers.unwrap_or(json!([]));
                 }
-                // A status update changes the status and nothing else.
-                Part::Status => {
+                // A status update changes the status and nothing else (an approval,
+                // the approval conditions of it).
+                Part::Status | Part::Approval => {
                     let status = obj.get("status").cloned();
                     obj = old.clone();
                     match status {
@@ -628,6 +632,14 @@ impl Registry {
                         }
                     }
                 }
+            }
+            if r.group == super::certificates::GROUP {
+                let part = match opts.part {
+                    Part::Status => super::certificates::CsrPart::Status,
+                    Part::Approval => super::certificates::CsrPart::Approval,
+                    _ => super::certificates::CsrPart::Main,
+                };
+                super::certificates::prepare_update(part, &old, &mut obj);
             }
             // metadata.generation counts changes to everything but metadata and status.
             let generation = old.pointer("/metadata/generation").cloned();
@@ -650,7 +662,8 @@ impl Registry {
             } else {
                 self.validate(r, &obj, opts.field_validation, &mut warnings)?
             };
-            if opts.part == Part::Main {
+            // (A certificate request's status and approval have rules of their own.)
+            if opts.part == Part::Main || r.group == super::certificates::GROUP {
                 // Compared with the stored object as today's defaults would have it, so
                 // an object stored by an older server is not "changed" by new defaults.
                 let mut before = old.clone();

@@ -76,7 +76,7 @@ impl PodsBench {
         let scratch = tempfile::tempdir()?;
         let runtimes = super::cri::spawn(scratch.path())?;
         let server = super::api::spawn_server()?;
-        let client = crate::scheduler::client(&server.kubeconfig).await?;
+        let client = crate::scheduler::client(&server.kubeconfig, "skiff-bench").await?;
         println!(
             "skiff bench pods: {} pod(s) one at a time, {} at once, a Deployment of {}; kubelet per runtime on this machine\n",
             self.single, self.burst, self.deployment

@@ -63,7 +63,7 @@ impl SchedulerBench {
             .map(|s| s.kubeconfig.clone())
             .or_else(|| self.kubeconfig.clone())
             .context("a kubeconfig")?;
-        let client = crate::scheduler::client(&kubeconfig).await?;
+        let client = crate::scheduler::client(&kubeconfig, "skiff-bench").await?;
         Ok((spawned, client))
     }
 
@@ -252,7 +252,7 @@ async fn create_pods(
 /// from its start to the last pod seen bound.
 async fn scheduler_alone(nodes: usize, pods: usize, clients: usize) -> Result<f64> {
     let server = spawn_role("apiserver")?;
-    let client = crate::scheduler::client(&server.kubeconfig).await?;
+    let client = crate::scheduler::client(&server.kubeconfig, "skiff-bench").await?;
     create_nodes(&client, nodes, clients).await?;
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), "default");
     let bar = progress(pods, "pending pods");

@@ -251,7 +251,6 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs kubectl, asserts it failed, and returns its stderr.
     /// kubectl with `input` on stdin; must succeed.
     pub fn ok_stdin(&self, args: &[&str], input: &str) -> String {
         let out = self.kubectl_with(args, &[], Some(input));
@@ -263,6 +262,18 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// kubectl with `input` on stdin; must fail: its stderr.
+    pub fn fails_stdin(&self, args: &[&str], input: &str) -> String {
+        let out = self.kubectl_with(args, &[], Some(input));
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs kubectl, asserts it failed, and returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
         assert!(

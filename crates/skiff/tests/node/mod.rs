@@ -119,6 +119,11 @@ impl TestNode {
     pub fn wait_ready(&self) {
         wait_node_ready(&self.c, &self.name);
     }
+
+    /// The CNI configuration directory of the node's network.
+    pub fn cni_conf_dir(&self) -> std::path::PathBuf {
+        self._network.conf_dir()
+    }
 }
 
 /// `skiff kubelet` as node `name` on the runtime at `socket`: its root under `dir`,
