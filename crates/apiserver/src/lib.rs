@@ -213,8 +213,21 @@ fn serving_names(bind: IpAddr) -> pki::ServingNames {
         }
     }
     let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
-    if !bind.is_unspecified() && !ips.contains(&bind) {
-        ips.push(bind);
+    // Bound to every address: nodes joining over the network dial this machine's
+    // address (the one its default route leaves by).
+    let reached = if bind.is_unspecified() {
+        std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|socket| {
+                socket.connect("192.0.2.1:9")?;
+                socket.local_addr()
+            })
+            .map(|a| a.ip())
+            .unwrap_or(bind)
+    } else {
+        bind
+    };
+    if !reached.is_unspecified() && !ips.contains(&reached) {
+        ips.push(reached);
     }
     pki::ServingNames { dns, ips }
 }
