@@ -61,9 +61,73 @@ fn scaled(quantity: &str, extra: i32) -> Option<i64> {
     i64::try_from(sign * value).ok()
 }
 
+/// Millicores as users write them: `1500` -> `1500m`, `2000` -> `2`.
+pub fn format_milli(v: i64) -> String {
+    if v % 1000 == 0 {
+        (v / 1000).to_string()
+    } else {
+        format!("{v}m")
+    }
+}
+
+/// Bytes in the largest binary unit that divides them: `128Mi`, `1Gi`, `1000`.
+pub fn format_bytes(v: i64) -> String {
+    for (unit, shift) in [
+        ("Ei", 60),
+        ("Pi", 50),
+        ("Ti", 40),
+        ("Gi", 30),
+        ("Mi", 20),
+        ("Ki", 10),
+    ] {
+        if v != 0 && v % (1 << shift) == 0 {
+            return format!("{}{unit}", v >> shift);
+        }
+    }
+    v.to_string()
+}
+
+/// Whether a resource is counted in millis (CPU) rather than whole units.
+pub fn is_milli(resource: &str) -> bool {
+    resource == "cpu" || resource.ends_with(".cpu")
+}
+
+/// A resource's quantity in its unit (millicores for CPU); `None` if it does not parse.
+pub fn of_resource(resource: &str, quantity: &str) -> Option<i64> {
+    if is_milli(resource) {
+        milli_value(quantity)
+    } else {
+        value(quantity)
+    }
+}
+
+/// A resource's amount printed as users write it.
+pub fn format_resource(resource: &str, v: i64) -> String {
+    if is_milli(resource) {
+        format_milli(v)
+    } else if resource.contains("memory") || resource.contains("storage") {
+        format_bytes(v)
+    } else {
+        v.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantities_print_as_users_write_them() {
+        assert_eq!(format_milli(1500), "1500m");
+        assert_eq!(format_milli(2000), "2");
+        assert_eq!(format_bytes(128 << 20), "128Mi");
+        assert_eq!(format_bytes(1 << 30), "1Gi");
+        assert_eq!(format_bytes(1000), "1000");
+        assert_eq!(format_bytes(0), "0");
+        assert_eq!(format_resource("requests.cpu", 250), "250m");
+        assert_eq!(format_resource("limits.memory", 64 << 20), "64Mi");
+        assert_eq!(format_resource("pods", 3), "3");
+    }
 
     #[test]
     fn cpu_and_memory_as_upstream_reads_them() {

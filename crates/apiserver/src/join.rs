@@ -203,6 +203,32 @@ pub(crate) async fn ensure(
         }),
     )
     .await?;
+    // The token cleaner's Role in kube-system (upstream's namespace_policy.go).
+    let cleaner = "system:controller:token-cleaner";
+    create(
+        registry,
+        crate::registry::builtin(rbac, "v1", "roles")?,
+        Some("kube-system"),
+        json!({
+            "metadata": {"name": cleaner, "namespace": "kube-system"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["delete", "get", "list", "watch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            ],
+        }),
+    )
+    .await?;
+    create(
+        registry,
+        crate::registry::builtin(rbac, "v1", "rolebindings")?,
+        Some("kube-system"),
+        json!({
+            "metadata": {"name": cleaner, "namespace": "kube-system"},
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": cleaner},
+            "subjects": [{"kind": "ServiceAccount", "name": "token-cleaner", "namespace": "kube-system"}],
+        }),
+    )
+    .await?;
     let bindings = crate::registry::builtin(rbac, "v1", "clusterrolebindings")?;
     for (name, role, group) in [
         (

@@ -665,8 +665,14 @@ async fn update_status(
         == Some(&revision_annotation);
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     if !annotated && new.is_some() {
-        let patch = json!({"metadata": {"annotations": {REVISION: revision_annotation}}});
-        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        // An update of the version read (upstream's verb; a conflict retries the sync).
+        let mut annotated = (*d).clone();
+        annotated
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(REVISION.to_string(), revision_annotation);
+        api.replace(name, &kube::api::PostParams::default(), &annotated)
             .await?;
     }
     if !same {

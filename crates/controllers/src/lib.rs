@@ -27,6 +27,7 @@
 mod adoption;
 pub mod certificates;
 mod clusterrole_aggregation;
+pub mod credentials;
 mod cronjob;
 mod daemonset;
 mod deployment;
@@ -66,6 +67,23 @@ pub struct Config {
     /// The CA the CSR signer issues certificates with (none: that controller does not
     /// run).
     pub signing: Option<certificates::Signing>,
+    /// Whose credentials the controllers use.
+    pub credentials: Credentials,
+}
+
+/// Where the controllers' clients come from.
+#[derive(Clone, Debug, Default)]
+pub enum Credentials {
+    /// Every controller shares the controller manager's client.
+    #[default]
+    Shared,
+    /// Each controller acts as its own service account (upstream's
+    /// `--use-service-account-credentials`): `config` reaches the server (its
+    /// credentials are ignored), the tokens are kept under `dir`.
+    ServiceAccounts {
+        config: Box<kube::Config>,
+        dir: std::path::PathBuf,
+    },
 }
 
 pub const ALL: &[&str] = &[
@@ -98,6 +116,7 @@ impl Default for Config {
             cluster_cidr: "10.244.0.0/16".into(),
             root_ca: None,
             signing: None,
+            credentials: Credentials::Shared,
         }
     }
 }
@@ -106,6 +125,8 @@ impl Default for Config {
 pub enum Error {
     #[error("unknown controller {0:?} (known: {ALL:?})")]
     Unknown(String),
+    #[error("controller credentials: {0}")]
+    Credentials(String),
     #[error("{controller}: {source}")]
     Controller {
         controller: &'static str,
@@ -190,8 +211,38 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
         pod_driver.await;
         Ok(())
     }));
+    let accounts = match &config.credentials {
+        Credentials::Shared => None,
+        Credentials::ServiceAccounts { config, dir } => Some(
+            credentials::ServiceAccountClients::new(client.clone(), (**config).clone(), dir)
+                .map_err(|e| Error::Credentials(format!("{}: {e}", dir.display())))?,
+        ),
+    };
     for name in &config.controllers {
-        let client = client.clone();
+        let client = match &accounts {
+            None => client.clone(),
+            Some(accounts) => {
+                let account = credentials::account_of(name);
+                // A transient failure (the API server restarting) is retried a while.
+                let mut attempt = 0;
+                let (client, renew) = loop {
+                    match accounts.client(account).await {
+                        Ok(made) => break made,
+                        Err(e) if attempt < 30 => {
+                            attempt += 1;
+                            tracing::warn!(%account, error = %e, "making a controller's credentials; retrying");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                        Err(e) => return Err(Error::Credentials(format!("{account}: {e}"))),
+                    }
+                };
+                loops.push(Box::pin(async move {
+                    renew.await;
+                    Ok(())
+                }));
+                client
+            }
+        };
         let pods = pods.clone();
         loops.push(match name.as_str() {
             "clusterrole-aggregation" => Box::pin(clusterrole_aggregation::run(client)),

@@ -1,6 +1,8 @@
 //! The ResourceQuota controller: each quota's `status.used` for the resources it limits
 //! (object counts and the pods' CPU and memory requests and limits), with `status.hard`
-//! mirroring the spec. (Refusing what would exceed a quota is admission's job.)
+//! mirroring the spec. (Refusing what would exceed a quota, and charging it at once, is
+//! the API server's admission; this recounts, giving back what was charged for creations
+//! that then failed.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,25 +24,6 @@ const PERIOD: Duration = Duration::from_secs(2);
 pub async fn run(client: kube::Client, pods: Shared<Pod>) -> Result<(), Error> {
     let pods = pods.store();
     crate::shared::passes_over(&pods, PERIOD, "resource quotas", || pass(&client, &pods)).await
-}
-
-/// `1500` millicores -> `1500m`, `2000` -> `2`.
-fn milli(v: i64) -> String {
-    if v % 1000 == 0 {
-        (v / 1000).to_string()
-    } else {
-        format!("{v}m")
-    }
-}
-
-/// Bytes in the largest binary unit that divides them.
-fn bytes(v: i64) -> String {
-    for (unit, shift) in [("Gi", 30), ("Mi", 20), ("Ki", 10)] {
-        if v != 0 && v % (1 << shift) == 0 {
-            return format!("{}{unit}", v >> shift);
-        }
-    }
-    v.to_string()
 }
 
 fn pod_sum(pods: &[&Pod], part: &str, resource: &str) -> i64 {
@@ -96,10 +79,12 @@ async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Erro
         for resource in hard.keys() {
             let value = match resource.as_str() {
                 "pods" | "count/pods" => live.len().to_string(),
-                "requests.cpu" | "cpu" => milli(pod_sum(&live, "requests", "cpu")),
-                "limits.cpu" => milli(pod_sum(&live, "limits", "cpu")),
-                "requests.memory" | "memory" => bytes(pod_sum(&live, "requests", "memory")),
-                "limits.memory" => bytes(pod_sum(&live, "limits", "memory")),
+                "requests.cpu" | "cpu" => quantity::format_milli(pod_sum(&live, "requests", "cpu")),
+                "limits.cpu" => quantity::format_milli(pod_sum(&live, "limits", "cpu")),
+                "requests.memory" | "memory" => {
+                    quantity::format_bytes(pod_sum(&live, "requests", "memory"))
+                }
+                "limits.memory" => quantity::format_bytes(pod_sum(&live, "limits", "memory")),
                 other => {
                     // Object counts: `configmaps`, `count/deployments.apps`, ...
                     let plural = other.strip_prefix("count/").unwrap_or(other);
@@ -138,24 +123,20 @@ async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Erro
             continue;
         }
         let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns);
-        let patch = json!({"status": {"hard": hard, "used": used}});
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await?;
+        // On the quota as listed: admission may have charged it since (a conflict; the
+        // next pass counts again).
+        let patch = json!({
+            "metadata": {"resourceVersion": quota.metadata.resource_version},
+            "status": {"hard": hard, "used": used},
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantities_print_as_users_write_them() {
-        assert_eq!(milli(1500), "1500m");
-        assert_eq!(milli(2000), "2");
-        assert_eq!(bytes(128 << 20), "128Mi");
-        assert_eq!(bytes(1 << 30), "1Gi");
-        assert_eq!(bytes(1000), "1000");
-        assert_eq!(bytes(0), "0");
-    }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
@@ -41,16 +41,19 @@ pub async fn run(client: kube::Client, ca: String) -> Result<(), Error> {
 async fn publish(client: &kube::Client, ns: &str, ca: &str) {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let data: BTreeMap<String, String> = [("ca.crt".to_string(), ca.to_string())].into();
-    let result = match api.get_opt(NAME).await {
+    // A list by name, as upstream reads from its cache (the publisher's role may create
+    // and update ConfigMaps, not get them).
+    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={NAME}"));
+    let found = api.list(&by_name).await.map(|l| l.items.into_iter().next());
+    let result = match found {
         Ok(Some(cm)) if cm.data.as_ref() == Some(&data) => return,
-        Ok(Some(_)) => api
-            .patch(
-                NAME,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"data": data})),
-            )
-            .await
-            .map(|_| ()),
+        // An update (the role's verb), on the version read.
+        Ok(Some(mut cm)) => {
+            cm.data = Some(data);
+            api.replace(NAME, &PostParams::default(), &cm)
+                .await
+                .map(|_| ())
+        }
         Ok(None) => {
             let cm = ConfigMap {
                 metadata: ObjectMeta {

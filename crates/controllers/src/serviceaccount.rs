@@ -53,9 +53,16 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
 
 async fn ensure_default(client: &kube::Client, ns: &str) {
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    match api.get_opt("default").await {
-        Ok(Some(_)) => return,
-        Ok(None) => {}
+    // A list by name, as upstream reads from its cache (the controller's role may create
+    // accounts, not get them).
+    let by_name = kube::api::ListParams::default().fields("metadata.name=default");
+    match api
+        .list_metadata(&by_name)
+        .await
+        .map(|l| l.items.is_empty())
+    {
+        Ok(false) => return,
+        Ok(true) => {}
         Err(e) => {
             tracing::warn!(namespace = %ns, error = %e, "reading the default service account");
             return;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::scheduler::{client, run_elected};
+use crate::scheduler::{client_config, run_elected};
 
 #[derive(clap::Args, Clone)]
 pub struct ControllerManagerArgs {
@@ -31,6 +31,10 @@ pub struct ControllerManagerArgs {
     /// The CA's private key (PEM).
     #[arg(long, requires = "cluster_signing_cert_file")]
     pub cluster_signing_key_file: Option<PathBuf>,
+    /// Run each controller as its own service account (`kube-system/<controller>`, with
+    /// the `system:controller:*` roles) instead of with this process's credentials.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub use_service_account_credentials: bool,
     /// The longest a signed certificate is valid.
     #[arg(long, default_value = "8760h", value_parser = crate::join::parse_duration)]
     pub cluster_signing_duration: std::time::Duration,
@@ -83,7 +87,14 @@ pub async fn run_until(
     args: ControllerManagerArgs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let client = client(&args.kubeconfig, "kube-controller-manager").await?;
+    let client_config = client_config(&args.kubeconfig, "kube-controller-manager").await?;
+    let client =
+        kube::Client::try_from(client_config.clone()).context("creating the API client")?;
+    // The controllers' tokens, private to this process and gone with it.
+    let tokens = tempfile::Builder::new()
+        .prefix("skiff-controller-tokens-")
+        .tempdir()
+        .context("creating the token directory")?;
     let mut config = skiff_controllers::Config::default();
     if !args.controllers.is_empty() {
         config.controllers = args.controllers.clone();
@@ -92,6 +103,12 @@ pub async fn run_until(
         std::time::Duration::from_secs(args.nodes.node_monitor_grace_period);
     config.cluster_cidr = args.nodes.cluster_cidr.clone();
     config.root_ca = root_ca(&args.kubeconfig);
+    if args.use_service_account_credentials {
+        config.credentials = skiff_controllers::Credentials::ServiceAccounts {
+            config: Box::new(client_config),
+            dir: tokens.path().join("accounts"),
+        };
+    }
     if let (Some(cert), Some(key)) = (
         &args.cluster_signing_cert_file,
         &args.cluster_signing_key_file,

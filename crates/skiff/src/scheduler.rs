@@ -30,6 +30,12 @@ pub struct SchedulerArgs {
 /// the API server records as the field manager of its writes, as upstream's
 /// `kube-controller-manager/v1.x (linux/amd64)`).
 pub async fn client(kubeconfig: &Path, product: &str) -> Result<kube::Client> {
+    let config = client_config(kubeconfig, product).await?;
+    kube::Client::try_from(config).context("creating the API client")
+}
+
+/// The client configuration [`client`] uses.
+pub async fn client_config(kubeconfig: &Path, product: &str) -> Result<kube::Config> {
     let config = kube::config::Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("reading {}", kubeconfig.display()))?;
     let mut config = kube::Config::from_custom_kubeconfig(config, &Default::default())
@@ -45,7 +51,7 @@ pub async fn client(kubeconfig: &Path, product: &str) -> Result<kube::Client> {
         http::header::USER_AGENT,
         http::HeaderValue::from_str(&agent).context("the user agent")?,
     ));
-    kube::Client::try_from(config).context("creating the API client")
+    Ok(config)
 }
 
 pub fn default_identity() -> String {

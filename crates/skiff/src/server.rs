@@ -141,11 +141,10 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
     let (components_stop, components_stopped) = tokio::sync::watch::channel(false);
     let mut components = Vec::new();
     if role == "server" {
-        let args_kubeconfig = args.data_dir.join("admin.kubeconfig");
         // Each component with its own identity, as upstream's: RBAC's default roles
         // say what the scheduler may do, the Node authorizer what this node's kubelet
-        // may. (The controller manager keeps the admin's until controllers get their
-        // own service accounts.)
+        // may; the controller manager makes each controller a service account of its
+        // own with upstream's `system:controller:*` role.
         let scheduler_kubeconfig = identity(
             &args.data_dir,
             &server_url,
@@ -183,8 +182,16 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             components_stopped.clone(),
             move |stop| crate::scheduler::run_until(args, stop),
         ));
+        let controller_manager_kubeconfig = identity(
+            &data_dir,
+            &server_url,
+            "controller-manager",
+            "system:kube-controller-manager",
+            &[],
+        )?;
         let args = crate::controller_manager::ControllerManagerArgs {
-            kubeconfig: args_kubeconfig.clone(),
+            kubeconfig: controller_manager_kubeconfig,
+            use_service_account_credentials: true,
             leader_elect: true,
             identity: None,
             controllers: Vec::new(),

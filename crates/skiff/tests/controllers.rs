@@ -53,6 +53,21 @@ async fn replicasets_keep_their_pods_spread_and_scale() {
         let on = pods.iter().filter(|n| **n == format!("node-{i}")).count();
         assert_eq!(on, 10, "node-{i}: {pods:?}");
     }
+    // The controller acts as its own service account, with upstream's role: it may make
+    // pods, not read secrets; its writes name the controller manager as their manager.
+    let sa = "--as=system:serviceaccount:kube-system:replicaset-controller";
+    assert_eq!(c.ok(&["auth", "can-i", "create", "pods", sa]).trim(), "yes");
+    let denied = c.kubectl(&["auth", "can-i", "get", "secrets", sa]);
+    assert_eq!(String::from_utf8_lossy(&denied.stdout).trim(), "no");
+    let managers = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.managedFields[*].manager}",
+    ]);
+    assert!(managers.contains("kube-controller-manager"), "{managers}");
     // The same through a Deployment of 50 (Deployment -> ReplicaSet -> pods -> scheduler).
     apply(
         &c,

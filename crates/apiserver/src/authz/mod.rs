@@ -9,6 +9,7 @@
 //! default roles and bindings in [`policy`]; the escalation check on RBAC writes in
 //! [`escalation`].
 
+mod controller_policy;
 pub(crate) mod escalation;
 pub(crate) mod graph;
 pub(crate) mod node;

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::registry::store::{Registry, WriteOptions};
 use crate::status::ApiError;
 
-const CORE: &str = "";
+pub(super) const CORE: &str = "";
 const RW: &str = "create delete deletecollection patch update";
 const READ: &str = "get list watch";
 
@@ -22,7 +22,7 @@ fn words(s: &str) -> Vec<String> {
 }
 
 /// A resource rule: space-separated verbs and resources, a list of groups.
-fn r(verbs: &str, groups: &[&str], resources: &str) -> PolicyRule {
+pub(super) fn r(verbs: &str, groups: &[&str], resources: &str) -> PolicyRule {
     PolicyRule {
         verbs: words(verbs),
         api_groups: Some(groups.iter().map(|g| g.to_string()).collect()),
@@ -32,7 +32,7 @@ fn r(verbs: &str, groups: &[&str], resources: &str) -> PolicyRule {
 }
 
 /// A resource rule limited to names.
-fn named(verbs: &str, groups: &[&str], resources: &str, names: &str) -> PolicyRule {
+pub(super) fn named(verbs: &str, groups: &[&str], resources: &str, names: &str) -> PolicyRule {
     PolicyRule {
         resource_names: Some(words(names)),
         ..r(verbs, groups, resources)
@@ -135,7 +135,10 @@ fn cluster_roles() -> Vec<DefaultRole> {
         r("create", &["authentication.k8s.io"], "tokenreviews"),
         r("create", &["authorization.k8s.io"], "subjectaccessreviews"),
     ];
-    vec![
+    let controllers = super::controller_policy::controller_roles()
+        .into_iter()
+        .map(|(name, rules)| role(name, super::controller_policy::with_status_patch(rules)));
+    let mut roles = vec![
         role("cluster-admin", vec![r("*", &["*"], "*"), urls("*", "*")]),
         aggregated("admin", "admin", &[]),
         aggregated("edit", "edit", &["admin"]),
@@ -418,7 +421,9 @@ fn cluster_roles() -> Vec<DefaultRole> {
                 "certificatesigningrequests/selfnodeclient",
             )],
         ),
-    ]
+    ];
+    roles.extend(controllers);
+    roles
 }
 
 /// A subject of a default binding: (kind, name, namespace).
@@ -426,7 +431,16 @@ type DefaultSubject = (&'static str, &'static str, &'static str);
 
 /// (ClusterRole, its subjects).
 fn cluster_role_bindings() -> Vec<(&'static str, Vec<DefaultSubject>)> {
-    vec![
+    let controllers = super::controller_policy::controller_roles()
+        .into_iter()
+        .map(|(name, _)| {
+            let accounts = super::controller_policy::controller_accounts(name)
+                .into_iter()
+                .map(|a| ("ServiceAccount", a, "kube-system"))
+                .collect();
+            (name, accounts)
+        });
+    let mut bindings = vec![
         ("cluster-admin", vec![("Group", "system:masters", "")]),
         (
             "system:basic-user",
@@ -472,7 +486,9 @@ fn cluster_role_bindings() -> Vec<(&'static str, Vec<DefaultSubject>)> {
             "system:kube-dns",
             vec![("ServiceAccount", "kube-dns", "kube-system")],
         ),
-    ]
+    ];
+    bindings.extend(controllers);
+    bindings
 }
 
 fn metadata(name: &str, labels: Value) -> Value {

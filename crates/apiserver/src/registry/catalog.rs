@@ -328,6 +328,7 @@ pub(crate) static CATALOG: &[Resource] = &[
         plural: "limitranges",
         singular: "limitrange",
         short_names: &["limits"],
+        defaults: super::limit_range::limit_range_defaults,
         columns: &[c("Created At", "Creation time.", col::created_at)],
         decode: decode_as::<core::v1::LimitRange>,
         schema: schema_of::<core::v1::LimitRange>,

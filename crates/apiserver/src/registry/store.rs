@@ -424,6 +424,15 @@ impl Registry {
             }
             self.admit_priority(&mut obj).await?;
         }
+        if r.group.is_empty() && r.plural == "persistentvolumeclaims" {
+            self.admit_default_storage_class(&mut obj).await?;
+        }
+        if r.group.is_empty()
+            && matches!(r.plural, "pods" | "persistentvolumeclaims")
+            && let Some(ns) = ns
+        {
+            self.admit_limit_ranges(r.plural, ns, &mut obj).await?;
+        }
         let mut warnings = Vec::new();
         let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
         let errors = super::rules::check(r, &obj, None);
@@ -441,6 +450,7 @@ impl Registry {
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         if let Some(ns) = ns {
             self.check_namespace(r, ns, &name).await?;
+            self.admit_quota(r, ns, &obj, opts.dry_run).await?;
         }
         if opts.dry_run {
             return Ok(Written {

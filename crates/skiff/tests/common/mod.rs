@@ -161,6 +161,16 @@ impl Cluster {
 
     /// Stops the server with SIGTERM (as a user would with Ctrl-C) and waits for it.
     pub fn stop(&mut self) {
+        for line in std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+        {
+            if line.contains("User \"system:serviceaccount:kube-system:")
+                && line.contains("forbidden")
+            {
+                eprintln!("CONTROLLER-403 {}", &line[..line.len().min(400)]);
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
