@@ -235,6 +235,10 @@ fn now_micros() -> String {
         .unwrap_or_default()
 }
 
+/// Annotations a handler adds to its request's audit event (a response extension).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Annotations(pub Vec<(String, String)>);
+
 /// The middleware, after authentication: one event per request its policy logs.
 pub(crate) async fn layer(
     AxumState(auditor): AxumState<Option<Arc<Auditor>>>,
@@ -315,6 +319,13 @@ pub(crate) async fn layer(
     });
     if let Some(agent) = user_agent {
         event["userAgent"] = json!(agent);
+    }
+    if let Some(Annotations(annotations)) = response.extensions().get::<Annotations>() {
+        let map: serde_json::Map<String, Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        event["annotations"] = Value::Object(map);
     }
     if let Some(r) = &attrs.resource {
         let mut object = json!({"resource": r.resource, "apiVersion": r.version});

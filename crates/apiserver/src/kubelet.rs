@@ -14,8 +14,7 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::Value;
 
 use crate::Error;
@@ -37,6 +36,8 @@ const LOG_OPTIONS: [&str; 7] = [
 #[derive(Clone)]
 pub(crate) struct Client {
     tls: tokio_rustls::TlsConnector,
+    /// The client certificate, renewed while the server runs.
+    pub(crate) identity: Arc<crate::rotation::Swappable>,
 }
 
 /// Accepts the kubelet's self-signed serving certificate; signatures are still checked.
@@ -91,23 +92,19 @@ impl rustls::client::danger::ServerCertVerifier for AnyKubelet {
 impl Client {
     pub(crate) fn new(pki: &crate::pki::Pki) -> Result<Client, Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let pem_err =
-            |e: rustls::pki_types::pem::Error| Error::Tls(rustls::Error::General(e.to_string()));
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(pki.kubelet_client_cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(pem_err)?;
-        let key = PrivateKeyDer::from_pem_slice(pki.kubelet_client_key_pem.as_bytes())
-            .map_err(pem_err)?;
+        let identity = crate::rotation::Swappable::new(crate::rotation::certified_key(
+            &[&pki.kubelet_client_cert_pem],
+            &pki.kubelet_client_key_pem,
+        )?);
         let config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(Error::Tls)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyKubelet(provider)))
-            .with_client_auth_cert(certs, key)
-            .map_err(Error::Tls)?;
+            .with_client_cert_resolver(identity.clone());
         Ok(Client {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            identity,
         })
     }
 

@@ -28,6 +28,7 @@ pub mod pki;
 mod proto;
 mod registry;
 mod request;
+mod rotation;
 mod serve;
 mod status;
 mod table;
@@ -148,8 +149,18 @@ pub async fn run(
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
     let server_url = format!("https://{}", client_addr(addr));
     kubeconfig::write_admin(&kubeconfig, &server_url, &pki)?;
-    let tls = serve::tls_config(&pki)?;
+    let (tls, serving) = serve::tls_config(&pki)?;
     let kubelets = kubelet::Client::new(&pki)?;
+    let renewal = rotation::Renewal {
+        data_dir: config.data_dir.clone(),
+        bind: config.bind_address,
+        server_url: server_url.clone(),
+        serving,
+        kubelet_client: kubelets.identity.clone(),
+        serving_pem: pki.serving_cert_pem.clone(),
+        kubelet_client_pem: pki.kubelet_client_cert_pem.clone(),
+        admin_pem: pki.admin_cert_pem.clone(),
+    };
     use rcgen::PublicKeyData;
     let key = &pki.service_account_key;
     let issuer = tokens::Issuer::new(
@@ -176,11 +187,13 @@ pub async fn run(
     }
     let expiry = tokio::spawn(handler::expire_events(state.clone(), config.event_ttl));
     let repair = tokio::spawn(handler::repair_allocations(state.clone()));
+    let renewal = tokio::spawn(renewal.run());
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "API server listening");
     let _ = ready.send(Ready { addr, kubeconfig });
     serve::serve(listener, tls, state, shutdown).await;
     expiry.abort();
     repair.abort();
+    renewal.abort();
     Ok(())
 }
 
@@ -195,7 +208,7 @@ fn client_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn serving_names(bind: IpAddr) -> pki::ServingNames {
+pub(crate) fn serving_names(bind: IpAddr) -> pki::ServingNames {
     let mut dns: Vec<String> = [
         "localhost",
         "kubernetes",

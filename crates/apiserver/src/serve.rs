@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -15,16 +15,17 @@ use crate::Error;
 use crate::handler::State;
 use crate::pki::Pki;
 
-pub(crate) fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, Error> {
+/// The server's TLS configuration; its certificate can be swapped while it serves.
+pub(crate) fn tls_config(
+    pki: &Pki,
+) -> Result<(Arc<rustls::ServerConfig>, Arc<crate::rotation::Swappable>), Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let pem_err =
         |e: rustls::pki_types::pem::Error| Error::Tls(rustls::Error::General(e.to_string()));
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes())
-            .chain(CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()))
-            .collect::<Result<_, _>>()
-            .map_err(pem_err)?;
-    let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes()).map_err(pem_err)?;
+    let serving = crate::rotation::Swappable::new(crate::rotation::certified_key(
+        &[&pki.serving_cert_pem, &pki.ca_cert_pem],
+        &pki.serving_key_pem,
+    )?);
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()) {
         roots.add(ca.map_err(pem_err)?).map_err(Error::Tls)?;
@@ -39,10 +40,9 @@ pub(crate) fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, Error> 
         .with_safe_default_protocol_versions()
         .map_err(Error::Tls)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(Error::Tls)?;
+        .with_cert_resolver(serving.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), serving))
 }
 
 pub(crate) async fn serve(

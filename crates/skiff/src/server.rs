@@ -137,21 +137,20 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
         }
     };
     // All in one: the scheduler and the controller manager run here too, clients of the
-    // API server like any other.
+    // API server like any other, and this machine's node agent.
     let (components_stop, components_stopped) = tokio::sync::watch::channel(false);
     let mut components = Vec::new();
+    let mut control = None;
     if role == "server" {
         // Each component with its own identity, as upstream's: RBAC's default roles
         // say what the scheduler may do, the Node authorizer what this node's kubelet
         // may; the controller manager makes each controller a service account of its
         // own with upstream's `system:controller:*` role.
-        let scheduler_kubeconfig = identity(
+        control = Some(ControlPlane::start(
             &args.data_dir,
             &server_url,
-            "scheduler",
-            "system:kube-scheduler",
-            &[],
-        )?;
+            &args.nodes,
+        )?);
         let node_name = args
             .agent
             .node_name
@@ -164,49 +163,8 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             &format!("system:node:{node_name}"),
             &["system:nodes"],
         )?;
-        let node_args = args.nodes.clone();
-        let (disable_agent, agent, data_dir) = (
-            args.disable_agent,
-            args.agent.clone(),
-            args.data_dir.clone(),
-        );
-        let args = crate::scheduler::SchedulerArgs {
-            kubeconfig: scheduler_kubeconfig,
-            scheduler_name: "default-scheduler".into(),
-            leader_elect: true,
-            identity: None,
-            scoring_strategy: Default::default(),
-        };
-        components.push(crate::scheduler::spawn_in_process(
-            "scheduler",
-            components_stopped.clone(),
-            move |stop| crate::scheduler::run_until(args, stop),
-        ));
-        let controller_manager_kubeconfig = identity(
-            &data_dir,
-            &server_url,
-            "controller-manager",
-            "system:kube-controller-manager",
-            &[],
-        )?;
-        let args = crate::controller_manager::ControllerManagerArgs {
-            kubeconfig: controller_manager_kubeconfig,
-            use_service_account_credentials: true,
-            leader_elect: true,
-            identity: None,
-            controllers: Vec::new(),
-            nodes: node_args,
-            cluster_signing_cert_file: Some(data_dir.join("pki/ca.crt")),
-            cluster_signing_key_file: Some(data_dir.join("pki/ca.key")),
-            cluster_signing_duration: std::time::Duration::from_secs(365 * 86_400),
-        };
-        components.push(crate::scheduler::spawn_in_process(
-            "controller manager",
-            components_stopped.clone(),
-            move |stop| crate::controller_manager::run_until(args, stop),
-        ));
-        if !disable_agent {
-            let data_dir = data_dir.clone();
+        if !args.disable_agent {
+            let (agent, data_dir) = (args.agent.clone(), args.data_dir.clone());
             components.push(crate::scheduler::spawn_in_process(
                 "node agent",
                 components_stopped.clone(),
@@ -214,24 +172,136 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             ));
         }
     }
-    tokio::select! {
-        result = shutdown_signal() => {
-            result?;
-            tracing::info!("shutting down");
-            let _ = components_stop.send(true);
-            for component in components {
-                let _ = component.await;
+    // The components' certificates are checked twice a day; renewed ones (within 30 days
+    // of expiry) restart the scheduler and the controller manager with them. (The node
+    // agent renews its own through a CSR.)
+    let mut renewals =
+        tokio::time::interval_at(tokio::time::Instant::now() + RENEWAL_CHECK, RENEWAL_CHECK);
+    loop {
+        tokio::select! {
+            result = shutdown_signal() => {
+                result?;
+                tracing::info!("shutting down");
+                if let Some(control) = control.take() {
+                    control.stop().await;
+                }
+                let _ = components_stop.send(true);
+                for component in components {
+                    let _ = component.await;
+                }
+                let _ = stop_tx.send(());
+                (&mut apiserver).await?.context("API server")?;
+                break;
             }
-            let _ = stop_tx.send(());
-            (&mut apiserver).await?.context("API server")?;
-        }
-        result = &mut apiserver => {
-            result?.context("API server")?;
-            anyhow::bail!("the API server stopped");
+            result = &mut apiserver => {
+                result?.context("API server")?;
+                anyhow::bail!("the API server stopped");
+            }
+            _ = renewals.tick(), if control.is_some() => {
+                let renewed = control
+                    .as_ref()
+                    .map(|c| c.renewed(&args.data_dir, &server_url));
+                match renewed {
+                    Some(Ok(true)) => {
+                        tracing::info!("renewed the scheduler's and controller manager's certificates: restarting them");
+                        if let Some(old) = control.take() {
+                            old.stop().await;
+                        }
+                        control = Some(ControlPlane::start(&args.data_dir, &server_url, &args.nodes)?);
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "checking the components' certificates"),
+                    _ => {}
+                }
+            }
         }
     }
     drop(store);
     Ok(())
+}
+
+/// How often an all-in-one server checks its components' certificates.
+const RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// The scheduler and the controller manager of an all-in-one server, each with a
+/// certificate of its own.
+struct ControlPlane {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Their kubeconfigs as they started with them.
+    identities: String,
+}
+
+impl ControlPlane {
+    fn identities(data_dir: &std::path::Path, server: &str) -> Result<(PathBuf, PathBuf, String)> {
+        let scheduler = identity(data_dir, server, "scheduler", "system:kube-scheduler", &[])?;
+        let controller_manager = identity(
+            data_dir,
+            server,
+            "controller-manager",
+            "system:kube-controller-manager",
+            &[],
+        )?;
+        let mut text = String::new();
+        for path in [&scheduler, &controller_manager] {
+            text += &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+        }
+        Ok((scheduler, controller_manager, text))
+    }
+
+    fn start(
+        data_dir: &std::path::Path,
+        server: &str,
+        nodes: &crate::controller_manager::NodeArgs,
+    ) -> Result<ControlPlane> {
+        let (scheduler, controller_manager, identities) = Self::identities(data_dir, server)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let args = crate::scheduler::SchedulerArgs {
+            kubeconfig: scheduler,
+            scheduler_name: "default-scheduler".into(),
+            leader_elect: true,
+            identity: None,
+            scoring_strategy: Default::default(),
+        };
+        let scheduler =
+            crate::scheduler::spawn_in_process("scheduler", stopped.clone(), move |stop| {
+                crate::scheduler::run_until(args, stop)
+            });
+        let args = crate::controller_manager::ControllerManagerArgs {
+            kubeconfig: controller_manager,
+            use_service_account_credentials: true,
+            leader_elect: true,
+            identity: None,
+            controllers: Vec::new(),
+            nodes: nodes.clone(),
+            cluster_signing_cert_file: Some(data_dir.join("pki/ca.crt")),
+            cluster_signing_key_file: Some(data_dir.join("pki/ca.key")),
+            cluster_signing_duration: std::time::Duration::from_secs(365 * 86_400),
+        };
+        let controller_manager =
+            crate::scheduler::spawn_in_process("controller manager", stopped, move |stop| {
+                crate::controller_manager::run_until(args, stop)
+            });
+        Ok(ControlPlane {
+            stop,
+            tasks: vec![scheduler, controller_manager],
+            identities,
+        })
+    }
+
+    /// Whether their certificates were reissued since they started (checking reissues
+    /// those within 30 days of expiry).
+    fn renewed(&self, data_dir: &std::path::Path, server: &str) -> Result<bool> {
+        let (_, _, now) = Self::identities(data_dir, server)?;
+        Ok(now != self.identities)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 /// Issues (or reuses) a component's client certificate and writes its kubeconfig,

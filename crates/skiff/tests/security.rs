@@ -836,6 +836,18 @@ rules:
     )
     .await;
     c.ok(&["create", "configmap", "audited", "--from-literal=k=v"]);
+    // PodSecurity's audit level: the violation goes to the audit event, not the user.
+    c.ok(&["create", "namespace", "watched"]);
+    c.ok(&[
+        "label",
+        "namespace",
+        "watched",
+        "pod-security.kubernetes.io/audit=restricted",
+    ]);
+    c.ok_stdin(
+        &["apply", "-n", "watched", "-f", "-"],
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: loose}\nspec:\n  containers: [{name: c, image: busybox}]\n",
+    );
     let (code, _) = anonymous(&c, "/api/v1/namespaces/default/secrets");
     assert_eq!(code, 403);
     let events = || -> Vec<Value> {
@@ -873,6 +885,27 @@ rules:
     assert_eq!(refused["user"]["username"], "system:anonymous");
     assert_eq!(refused["level"], "Metadata");
     assert!(refused.get("requestObject").is_none());
+    let loose = all
+        .iter()
+        .find(|e| {
+            e["verb"] == "create"
+                && e["objectRef"]["resource"] == "pods"
+                && e["objectRef"]["namespace"] == "watched"
+        })
+        .expect("the pod's create");
+    let violations = loose["annotations"]["pod-security.kubernetes.io/audit-violations"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        violations.starts_with(
+            "would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"
+        ),
+        "{loose}"
+    );
+    assert_eq!(
+        loose["annotations"]["pod-security.kubernetes.io/enforce-policy"],
+        "privileged:latest"
+    );
     // Non-resource requests were set to None.
     assert!(!all.iter().any(|e| {
         e["requestURI"]

@@ -655,6 +655,11 @@ async fn written_rbac_aware(
 /// which kubectl prints.
 fn written(code: StatusCode, written: Written) -> Response {
     let mut response = (code, Json(written.object)).into_response();
+    if !written.audit.is_empty() {
+        response
+            .extensions_mut()
+            .insert(crate::audit::Annotations(written.audit));
+    }
     for warning in written.warnings {
         let text = format!("299 - \"{}\"", warning.replace('"', "\\\""));
         if let Ok(value) = header::HeaderValue::from_str(&text) {

@@ -11,7 +11,7 @@ use skiff_api::quantity;
 
 use super::builtin;
 use super::object::meta_str;
-use super::store::{ListOptions, Registry};
+use super::store::Registry;
 use crate::status::ApiError;
 
 const ANNOTATION: &str = "kubernetes.io/limit-ranger";
@@ -203,17 +203,7 @@ impl Registry {
         obj: &mut Value,
     ) -> Result<(), ApiError> {
         let kinds = builtin("", "v1", "limitranges")?;
-        // From the watch cache, as upstream reads them from an informer; from the
-        // datastore when it has none (one may have just been created).
-        let cached = ListOptions {
-            resource_version: Some("0".into()),
-            ..Default::default()
-        };
-        let mut ranges = self.list(kinds, Some(ns), &cached).await?;
-        if ranges["items"].as_array().is_none_or(Vec::is_empty) {
-            ranges = self.list(kinds, Some(ns), &ListOptions::default()).await?;
-        }
-        let ranges = ranges["items"].as_array().cloned().unwrap_or_default();
+        let ranges = self.policy_objects(kinds, ns).await?;
         if ranges.is_empty() {
             return Ok(());
         }

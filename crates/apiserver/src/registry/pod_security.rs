@@ -4,7 +4,8 @@
 //! `enforce` level is refused with upstream's message, one that breaks `warn` is
 //! admitted with a warning, and workload templates (Deployments, Jobs, ...) only ever
 //! get warnings. The checks and their wording are upstream's for `latest` (v1.32).
-//! Audit annotations wait for the audit log.
+//! A pod breaking the `audit` level is noted in its request's audit event
+//! (`pod-security.kubernetes.io/audit-violations`), as upstream.
 
 use serde_json::Value;
 
@@ -837,21 +838,22 @@ fn template<'a>(r: &Resource, obj: &'a Value) -> Option<&'a Value> {
 impl Registry {
     /// PodSecurity for a write of `obj` (`old`: the stored object of an update):
     /// refuses a pod that breaks the namespace's enforce level; the warnings for its
-    /// warn level (pods and workload templates).
+    /// warn level (pods and workload templates), and the audit annotations for its
+    /// audit level and the enforce policy it was checked against (pods).
     pub(crate) async fn admit_pod_security(
         &self,
         r: &Resource,
         ns: &str,
         obj: &Value,
         old: Option<&Value>,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<(Vec<String>, Vec<(String, String)>), ApiError> {
         let is_pod = r.group.is_empty() && r.kind == "Pod";
         let (meta, spec) = if is_pod {
             (&obj["metadata"], &obj["spec"])
         } else {
             match template(r, obj) {
                 Some(t) => (&t["metadata"], &t["spec"]),
-                None => return Ok(Vec::new()),
+                None => return Ok((Vec::new(), Vec::new())),
             }
         };
         if let Some(old) = old {
@@ -861,7 +863,7 @@ impl Registry {
                 template(r, old) == template(r, obj)
             };
             if unchanged {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), Vec::new()));
             }
         }
         let namespaces = builtin("", "v1", "namespaces")?;
@@ -870,7 +872,7 @@ impl Registry {
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),
-            Err(e) if e.code == 404 => return Ok(Vec::new()),
+            Err(e) if e.code == 404 => return Ok((Vec::new(), Vec::new())),
             Err(e) => return Err(e),
         };
         let (enforce, enforce_version) = policy(&labels, "enforce");
@@ -886,15 +888,33 @@ impl Registry {
                 ),
             ));
         }
+        let mut audit = Vec::new();
+        if is_pod {
+            audit.push((
+                "pod-security.kubernetes.io/enforce-policy".to_string(),
+                format!("{}:{enforce_version}", enforce.name()),
+            ));
+        }
+        let (audited, audit_version) = policy(&labels, "audit");
+        if let Some(why) = violations(audited, meta, spec) {
+            audit.push((
+                "pod-security.kubernetes.io/audit-violations".to_string(),
+                format!(
+                    "would violate PodSecurity \"{}:{audit_version}\": {why}",
+                    audited.name()
+                ),
+            ));
+        }
         let (warn, warn_version) = policy(&labels, "warn");
-        Ok(violations(warn, meta, spec)
+        let warnings = violations(warn, meta, spec)
             .map(|why| {
                 vec![format!(
                     "would violate PodSecurity \"{}:{warn_version}\": {why}",
                     warn.name()
                 )]
             })
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok((warnings, audit))
     }
 }
 

@@ -127,7 +127,61 @@ fn show(values: &[(String, i64)]) -> String {
         .join(",")
 }
 
+/// How long the datastore's "none here" is trusted while the watch cache agrees.
+const LIVE_LOOKUP_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When the datastore last said a namespace has none of a kind admission reads.
+#[derive(Default)]
+pub(crate) struct LiveLookups(
+    std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+);
+
 impl Registry {
+    /// The quotas or limit ranges of a namespace, for admission: from the watch cache;
+    /// when it holds none, from the datastore (one may have just been created) at most
+    /// every 30 s per namespace, as upstream's live lookup.
+    pub(crate) async fn policy_objects(
+        &self,
+        r: &Resource,
+        ns: &str,
+    ) -> Result<Vec<Value>, ApiError> {
+        let cached = ListOptions {
+            resource_version: Some("0".into()),
+            ..Default::default()
+        };
+        let items = |list: Value| match list {
+            Value::Object(mut o) => match o.remove("items") {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        let found = items(self.list(r, Some(ns), &cached).await?);
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        let key = format!("{}/{ns}", r.plural);
+        let fresh = self
+            .live_lookups
+            .0
+            .lock()
+            .ok()
+            .and_then(|seen| seen.get(&key).copied())
+            .is_some_and(|at| at.elapsed() < LIVE_LOOKUP_TTL);
+        if fresh {
+            return Ok(found);
+        }
+        let live = items(self.list(r, Some(ns), &ListOptions::default()).await?);
+        if let Ok(mut seen) = self.live_lookups.0.lock() {
+            if live.is_empty() {
+                seen.insert(key, std::time::Instant::now());
+            } else {
+                seen.remove(&key);
+            }
+        }
+        Ok(live)
+    }
+
     /// Charges a new object to the quotas of `ns`; refuses it if one would be exceeded.
     /// A dry run checks without charging.
     pub(crate) async fn admit_quota(
@@ -144,19 +198,19 @@ impl Registry {
             ApiError::forbidden(format!("{} \"{name}\" is forbidden: {why}", r.plural))
         };
         // Compare-and-swap each quota; a conflict means another write charged it first.
-        // The first look is at the watch cache; when it has none (a quota may have just
-        // been created) or after a conflict, at the datastore, as upstream's live lookup.
+        // The first look is through `policy_objects`; after a conflict, at the datastore.
         for attempt in 0..10 {
-            let cached = ListOptions {
-                resource_version: Some("0".into()),
-                ..Default::default()
+            let list = if attempt == 0 {
+                self.policy_objects(quotas, ns).await?
+            } else {
+                let list = self.list(quotas, Some(ns), &ListOptions::default()).await?;
+                list["items"].as_array().cloned().unwrap_or_default()
             };
-            let mut list = self.list(quotas, Some(ns), &cached).await?;
-            if attempt > 0 || list["items"].as_array().is_none_or(Vec::is_empty) {
-                list = self.list(quotas, Some(ns), &ListOptions::default()).await?;
+            if list.is_empty() {
+                return Ok(());
             }
             let mut conflicted = false;
-            for quota in list["items"].as_array().into_iter().flatten() {
+            for quota in &list {
                 let spec = &quota["spec"];
                 let scoped = spec["scopes"].as_array().is_some_and(|s| !s.is_empty())
                     || !spec["scopeSelector"].is_null();

@@ -30,6 +30,9 @@ pub(crate) struct Registry {
     pub cache: Arc<WatchCache>,
     /// The global default PriorityClass, for Priority admission.
     pub(crate) default_class: Arc<super::priority::DefaultClass>,
+    /// When admission last found no quota or limit range of a namespace in the
+    /// datastore.
+    pub(crate) live_lookups: Arc<super::quota::LiveLookups>,
 }
 
 /// `list` and `watch` parameters.
@@ -145,6 +148,8 @@ fn track_ownership(r: &Resource, opts: &WriteOptions, old: Option<&Value>, obj: 
 pub(crate) struct Written {
     pub object: Value,
     pub warnings: Vec<String>,
+    /// Annotations for the request's audit event (`pod-security.kubernetes.io/...`).
+    pub audit: Vec<(String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +183,7 @@ impl Registry {
         Registry {
             cache: Arc::new(WatchCache::new(store.clone())),
             default_class: Arc::default(),
+            live_lookups: Arc::default(),
             store,
             service_cidr,
         }
@@ -434,6 +440,7 @@ impl Registry {
             self.admit_limit_ranges(r.plural, ns, &mut obj).await?;
         }
         let mut warnings = Vec::new();
+        let mut audit = Vec::new();
         let mut obj = self.validate(r, &obj, opts.field_validation, &mut warnings)?;
         let errors = super::rules::check(r, &obj, None);
         if !errors.is_empty() {
@@ -444,7 +451,9 @@ impl Registry {
             (admit.0)(&obj, None)?;
         }
         if let Some(ns) = ns {
-            warnings.extend(self.admit_pod_security(r, ns, &obj, None).await?);
+            let (warned, annotations) = self.admit_pod_security(r, ns, &obj, None).await?;
+            warnings.extend(warned);
+            audit.extend(annotations);
         }
         track_ownership(r, &opts, None, &mut obj);
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
@@ -456,6 +465,7 @@ impl Registry {
             return Ok(Written {
                 object: obj,
                 warnings,
+                audit,
             });
         }
         let key = r.key(ns, &name);
@@ -477,6 +487,7 @@ impl Registry {
         Ok(Written {
             object: obj,
             warnings,
+            audit,
         })
     }
 
@@ -664,6 +675,7 @@ impl Registry {
                 (None, _) => meta.remove("generation"),
             };
             let mut warnings = Vec::new();
+            let mut audit = Vec::new();
             set_resource_version(&mut obj, current.mod_revision);
             // The server's own writes (a binding, an eviction's budget) change a stored,
             // already valid object in known ways: no decode round trip.
@@ -691,7 +703,10 @@ impl Registry {
             if opts.part == Part::Main
                 && let Some(ns) = ns
             {
-                warnings.extend(self.admit_pod_security(r, ns, &obj, Some(&old)).await?);
+                let (warned, annotations) =
+                    self.admit_pod_security(r, ns, &obj, Some(&old)).await?;
+                warnings.extend(warned);
+                audit.extend(annotations);
             }
             track_ownership(r, &opts, Some(&old), &mut obj);
             if obj == old {
@@ -699,12 +714,14 @@ impl Registry {
                 return Ok(Written {
                     object: old,
                     warnings,
+                    audit,
                 });
             }
             if opts.dry_run {
                 return Ok(Written {
                     object: obj,
                     warnings,
+                    audit,
                 });
             }
             if self.finalized(&obj) {
@@ -712,6 +729,7 @@ impl Registry {
                 return Ok(Written {
                     object: obj,
                     warnings,
+                    audit,
                 });
             }
             // Services: reserve what the new spec gained before storing it; release what
@@ -734,6 +752,7 @@ impl Registry {
                     return Ok(Written {
                         object: obj,
                         warnings,
+                        audit,
                     });
                 }
                 Err(skiff_storage::Error::Conflict { .. }) if expected.is_none() => {

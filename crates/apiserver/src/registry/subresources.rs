@@ -148,6 +148,7 @@ impl Registry {
         Ok(Written {
             object: to_scale(&written.object),
             warnings: written.warnings,
+            audit: written.audit,
         })
     }
 
