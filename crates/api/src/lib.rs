@@ -1,8 +1,9 @@
 //! Kubernetes API logic without I/O, shared by the components that act on objects (the
 //! scheduler, the controllers): resource quantities, label selectors, taints and
-//! tolerations, cron schedules, query strings. Pure functions over `k8s-openapi` types, so every rule is unit-tested
+//! tolerations, cron schedules, query strings, certificate requests. Pure functions over `k8s-openapi` types, so every rule is unit-tested
 //! against upstream's examples.
 
+pub mod certificates;
 pub mod cron;
 pub mod defaults;
 pub mod quantity;

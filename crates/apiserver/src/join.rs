@@ -181,52 +181,25 @@ pub(crate) async fn ensure(
         Err(e) => return Err(e),
     }
     let rbac = crate::authz::rbac::GROUP;
-    let name = "kubeadm:bootstrap-signer-clusterinfo";
-    create(
+    // Anonymous users may read cluster-info (kubeadm's), the token cleaner may delete
+    // bootstrap tokens (upstream's namespace_policy.go).
+    namespaced_role(
         registry,
-        crate::registry::builtin(rbac, "v1", "roles")?,
-        Some("kube-public"),
-        json!({
-            "metadata": {"name": name, "namespace": "kube-public"},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]}],
-        }),
+        "kube-public",
+        "kubeadm:bootstrap-signer-clusterinfo",
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cluster-info"], "verbs": ["get"]}]),
+        json!({"apiGroup": rbac, "kind": "User", "name": "system:anonymous"}),
     )
     .await?;
-    create(
+    namespaced_role(
         registry,
-        crate::registry::builtin(rbac, "v1", "rolebindings")?,
-        Some("kube-public"),
-        json!({
-            "metadata": {"name": name, "namespace": "kube-public"},
-            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": name},
-            "subjects": [{"apiGroup": rbac, "kind": "User", "name": "system:anonymous"}],
-        }),
-    )
-    .await?;
-    // The token cleaner's Role in kube-system (upstream's namespace_policy.go).
-    let cleaner = "system:controller:token-cleaner";
-    create(
-        registry,
-        crate::registry::builtin(rbac, "v1", "roles")?,
-        Some("kube-system"),
-        json!({
-            "metadata": {"name": cleaner, "namespace": "kube-system"},
-            "rules": [
-                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["delete", "get", "list", "watch"]},
-                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
-            ],
-        }),
-    )
-    .await?;
-    create(
-        registry,
-        crate::registry::builtin(rbac, "v1", "rolebindings")?,
-        Some("kube-system"),
-        json!({
-            "metadata": {"name": cleaner, "namespace": "kube-system"},
-            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": cleaner},
-            "subjects": [{"kind": "ServiceAccount", "name": "token-cleaner", "namespace": "kube-system"}],
-        }),
+        "kube-system",
+        "system:controller:token-cleaner",
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["delete", "get", "list", "watch"]},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+        ]),
+        json!({"kind": "ServiceAccount", "name": "token-cleaner", "namespace": "kube-system"}),
     )
     .await?;
     let bindings = crate::registry::builtin(rbac, "v1", "clusterrolebindings")?;
@@ -260,6 +233,35 @@ pub(crate) async fn ensure(
         .await?;
     }
     Ok(())
+}
+
+/// A Role in `ns` with `rules`, bound (by a RoleBinding of the same name) to `subject`.
+async fn namespaced_role(
+    registry: &Registry,
+    ns: &str,
+    name: &str,
+    rules: Value,
+    subject: Value,
+) -> Result<(), ApiError> {
+    let rbac = crate::authz::rbac::GROUP;
+    create(
+        registry,
+        crate::registry::builtin(rbac, "v1", "roles")?,
+        Some(ns),
+        json!({"metadata": {"name": name, "namespace": ns}, "rules": rules}),
+    )
+    .await?;
+    create(
+        registry,
+        crate::registry::builtin(rbac, "v1", "rolebindings")?,
+        Some(ns),
+        json!({
+            "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": name},
+            "subjects": [subject],
+        }),
+    )
+    .await
 }
 
 /// Creates an object unless it exists (an admin may have changed it: kept as it is).

@@ -19,6 +19,8 @@ use kube::api::{Api, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 
+use skiff_api::certificates::Requested;
+
 use crate::Error;
 
 pub const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
@@ -52,43 +54,8 @@ fn issued(csr: &CertificateSigningRequest) -> bool {
         .is_some_and(|c| !c.0.is_empty())
 }
 
-/// A request's subject and the names it asks for.
-struct Requested {
-    cn: String,
-    orgs: Vec<String>,
-    /// DNS names, IPs, emails and URIs.
-    sans: usize,
-}
-
 fn requested(csr: &CertificateSigningRequest) -> Option<Requested> {
-    use x509_parser::prelude::FromDer;
-    let (_, block) = x509_parser::pem::parse_x509_pem(&csr.spec.request.0).ok()?;
-    let (_, req) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(&block.contents)
-            .ok()?;
-    let subject = &req.certification_request_info.subject;
-    let cn = subject
-        .iter_common_name()
-        .last()
-        .and_then(|c| c.as_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let orgs = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    let sans = req
-        .requested_extensions()
-        .into_iter()
-        .flatten()
-        .map(|e| match e {
-            x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) => {
-                san.general_names.len()
-            }
-            _ => 0,
-        })
-        .sum();
-    Some(Requested { cn, orgs, sans })
+    skiff_api::certificates::parse_request(&csr.spec.request.0).ok()
 }
 
 /// Upstream's `isNodeClientCert`: a kubelet's client certificate and nothing more.
@@ -104,18 +71,25 @@ fn is_node_client(csr: &CertificateSigningRequest, req: &Requested) -> bool {
     let usages_ok = usages == ["client auth", "digital signature"]
         || usages == ["client auth", "digital signature", "key encipherment"];
     csr.spec.signer_name == KUBELET_CLIENT
-        && req.orgs == ["system:nodes"]
-        && req.cn.starts_with("system:node:")
-        && req.sans == 0
+        && req.organizations == ["system:nodes"]
+        && req.common_name.starts_with("system:node:")
+        && req.alt_names == 0
         && usages_ok
+}
+
+/// Every request, each time it changes.
+fn requests(
+    api: &Api<CertificateSigningRequest>,
+) -> futures::stream::BoxStream<'static, Result<CertificateSigningRequest, watcher::Error>> {
+    watcher::watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed()
 }
 
 pub async fn run_approver(client: kube::Client) -> Result<(), Error> {
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
-    let mut requests = watcher::watcher(api.clone(), watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .boxed();
+    let mut requests = requests(&api);
     while let Some(csr) = requests.next().await {
         let Ok(csr) = csr else { continue };
         if decided(&csr) || csr.spec.signer_name != KUBELET_CLIENT {
@@ -140,7 +114,7 @@ async fn approve(
         return Ok(());
     }
     let name = csr.metadata.name.clone().unwrap_or_default();
-    let own = csr.spec.username.as_deref() == Some(req.cn.as_str());
+    let own = csr.spec.username.as_deref() == Some(req.common_name.as_str());
     let subresources: &[&str] = if own {
         &["selfnodeclient", "nodeclient"]
     } else {
@@ -161,16 +135,11 @@ async fn approve(
     status
         .conditions
         .get_or_insert_with(Vec::new)
-        .push(CertificateSigningRequestCondition {
-            type_: "Approved".into(),
-            status: "True".into(),
-            reason: Some("AutoApproved".into()),
-            message: Some(
-                "Auto approving kubelet client certificate after SubjectAccessReview.".into(),
-            ),
-            last_update_time: Some(Time(now())),
-            ..Default::default()
-        });
+        .push(condition(
+            "Approved",
+            "AutoApproved",
+            "Auto approving kubelet client certificate after SubjectAccessReview.".into(),
+        ));
     api.replace_subresource("approval", &name, &PostParams::default(), &csr)
         .await?;
     tracing::info!(csr = %name, requester = ?csr.spec.username, "approved a node client certificate request");
@@ -206,8 +175,16 @@ async fn may_create(
     Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
-fn now() -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::now()
+/// A condition set now, with upstream's reason and message.
+fn condition(kind: &str, reason: &str, message: String) -> CertificateSigningRequestCondition {
+    CertificateSigningRequestCondition {
+        type_: kind.into(),
+        status: "True".into(),
+        reason: Some(reason.into()),
+        message: Some(message),
+        last_update_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+        ..Default::default()
+    }
 }
 
 pub async fn run_signer(client: kube::Client, signing: Signing) -> Result<(), Error> {
@@ -221,10 +198,7 @@ pub async fn run_signer(client: kube::Client, signing: Signing) -> Result<(), Er
         }
     };
     let api: Api<CertificateSigningRequest> = Api::all(client);
-    let mut requests = watcher::watcher(api.clone(), watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .boxed();
+    let mut requests = requests(&api);
     while let Some(csr) = requests.next().await {
         let Ok(csr) = csr else { continue };
         if !has_condition(&csr, "Approved") || has_condition(&csr, "Failed") || issued(&csr) {
@@ -240,16 +214,10 @@ pub async fn run_signer(client: kube::Client, signing: Signing) -> Result<(), Er
         };
         let mut status = csr.status.clone().unwrap_or_default();
         if let Some(why) = &failure {
-            status.conditions.get_or_insert_with(Vec::new).push(
-                CertificateSigningRequestCondition {
-                    type_: "Failed".into(),
-                    status: "True".into(),
-                    reason: Some("SignerValidationFailure".into()),
-                    message: Some(why.clone()),
-                    last_update_time: Some(Time(now())),
-                    ..Default::default()
-                },
-            );
+            status
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(condition("Failed", "SignerValidationFailure", why.clone()));
         }
         status.certificate = certificate.map(|pem| k8s_openapi::ByteString(pem.into_bytes()));
         let mut next = csr.clone();
@@ -284,7 +252,10 @@ fn sign(
         KUBELET_CLIENT if !is_node_client(csr, &req) => {
             return Err("invalid kubelet client certificate request: CN must be system:node:NAME, O only system:nodes, usages client auth and digital signature".into());
         }
-        KUBELET_SERVING if req.orgs != ["system:nodes"] || !req.cn.starts_with("system:node:") => {
+        KUBELET_SERVING
+            if req.organizations != ["system:nodes"]
+                || !req.common_name.starts_with("system:node:") =>
+        {
             return Err("invalid kubelet serving certificate request: CN must be system:node:NAME and O system:nodes".into());
         }
         _ => {}

@@ -90,6 +90,19 @@ async fn limit_ranges_default_and_bound_containers() {
     assert_eq!(class("classless"), "");
 }
 
+/// What the `compute` quota of namespace `team` counts of CPU requests.
+fn cpu_used(c: &Cluster) -> String {
+    c.ok(&[
+        "get",
+        "quota",
+        "compute",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.status.used.requests\\.cpu}",
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_refuse_what_would_exceed_them() {
     let c = Cluster::start(Backend::Embedded).await;
@@ -111,16 +124,7 @@ async fn quotas_refuse_what_would_exceed_them() {
     let sized = "{requests: {cpu: 600m}, limits: {cpu: '1'}}";
     c.ok_stdin(&["apply", "-n", "team", "-f", "-"], &pod("first", sized));
     // Charged at once, before the controller recounts.
-    let used = c.ok(&[
-        "get",
-        "quota",
-        "compute",
-        "-n",
-        "team",
-        "-o",
-        "jsonpath={.status.used.requests\\.cpu}",
-    ]);
-    assert_eq!(used, "600m");
+    assert_eq!(cpu_used(&c), "600m");
     let out = c.fails_stdin(&["apply", "-n", "team", "-f", "-"], &pod("second", sized));
     assert!(
         out.contains(r#"pods "second" is forbidden: exceeded quota: compute, requested: requests.cpu=600m, used: requests.cpu=600m, limited: requests.cpu=1"#),
@@ -132,16 +136,7 @@ async fn quotas_refuse_what_would_exceed_them() {
         &["apply", "-n", "team", "--dry-run=server", "-f", "-"],
         &pod("dry", small),
     );
-    let used = c.ok(&[
-        "get",
-        "quota",
-        "compute",
-        "-n",
-        "team",
-        "-o",
-        "jsonpath={.status.used.requests\\.cpu}",
-    ]);
-    assert_eq!(used, "600m");
+    assert_eq!(cpu_used(&c), "600m");
     // Freed once the pod is gone (the controller recounts).
     c.ok(&[
         "delete",
@@ -152,17 +147,7 @@ async fn quotas_refuse_what_would_exceed_them() {
         "--grace-period=0",
         "--force",
     ]);
-    wait_for("the quota to be recounted", || {
-        c.ok(&[
-            "get",
-            "quota",
-            "compute",
-            "-n",
-            "team",
-            "-o",
-            "jsonpath={.status.used.requests\\.cpu}",
-        ]) == "0"
-    });
+    wait_for("the quota to be recounted", || cpu_used(&c) == "0");
     // Concurrent creations: exactly as many as the quota allows get in.
     let results: Vec<bool> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..5)

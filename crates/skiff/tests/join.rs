@@ -65,6 +65,19 @@ fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> Output {
         .expect("kubectl")
 }
 
+/// Who a kubeconfig's credentials make you (`kubectl auth whoami`).
+fn whoami(kubeconfig: &Path) -> Output {
+    kubectl_with(
+        kubeconfig,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    )
+}
+
 /// The node client certificate requests: (requestor, condition column).
 fn requests(tn: &TestNode) -> Vec<(String, String)> {
     let list = tn.c.json(&["get", "csr"]);
@@ -204,19 +217,11 @@ async fn a_node_joins_with_a_token_and_renews_its_certificate() {
         )]
     );
     let own = state.join("kubelet.kubeconfig");
-    let whoami = kubectl_with(
-        &own,
-        &[
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ],
-    );
+    let me = whoami(&own);
     assert_eq!(
-        String::from_utf8_lossy(&whoami.stdout),
+        String::from_utf8_lossy(&me.stdout),
         format!("system:node:{node}"),
-        "{whoami:?}"
+        "{me:?}"
     );
     // A node's rights, not the admin's.
     let secrets = kubectl_with(&own, &["get", "secrets", "-n", "kube-system"]);
@@ -245,17 +250,9 @@ async fn a_node_joins_with_a_token_and_renews_its_certificate() {
             *user == format!("system:node:{node}") && condition == "Approved,Issued"
         }) && std::fs::read_to_string(&own).is_ok_and(|now| now != old)
     });
-    let whoami = kubectl_with(
-        &own,
-        &[
-            "auth",
-            "whoami",
-            "-o",
-            "jsonpath={.status.userInfo.username}",
-        ],
-    );
+    let me = whoami(&own);
     assert_eq!(
-        String::from_utf8_lossy(&whoami.stdout),
+        String::from_utf8_lossy(&me.stdout),
         format!("system:node:{node}"),
         "{}",
         renewing.log()
@@ -332,7 +329,7 @@ async fn user_certificates_are_issued_once_approved() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("alice.crt"), &cert).expect("crt");
     std::fs::write(dir.path().join("alice.key"), &key).expect("key");
-    let whoami = Command::new("kubectl")
+    let me = Command::new("kubectl")
         .arg("--kubeconfig=/dev/null")
         .arg(format!("--server={}", c.server))
         .arg(format!(
@@ -356,9 +353,9 @@ async fn user_certificates_are_issued_once_approved() {
         .output()
         .expect("kubectl");
     assert_eq!(
-        String::from_utf8_lossy(&whoami.stdout),
+        String::from_utf8_lossy(&me.stdout),
         r#"alice ["devs","system:authenticated"]"#,
-        "{whoami:?}"
+        "{me:?}"
     );
     // The issued certificate cannot be swapped, and the approval cannot be taken back.
     // (kubectl refuses to deny an approved request itself: straight to /approval.)

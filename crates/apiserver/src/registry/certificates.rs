@@ -63,27 +63,8 @@ fn pem_of(field: &Value) -> Option<String> {
 
 /// The subject of a PEM certificate request: (common name, organizations); why not.
 pub(crate) fn request_subject(pem: &str) -> Result<(String, Vec<String>), String> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|_| "PEM block type must be CERTIFICATE REQUEST".to_string())?;
-    if block.label != "CERTIFICATE REQUEST" {
-        return Err("PEM block type must be CERTIFICATE REQUEST".into());
-    }
-    use x509_parser::prelude::FromDer;
-    let (_, csr) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(&block.contents)
-            .map_err(|e| format!("asn1: {e}"))?;
-    let subject = &csr.certification_request_info.subject;
-    let cn = subject
-        .iter_common_name()
-        .last()
-        .and_then(|c| c.as_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let orgs = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    Ok((cn, orgs))
+    let requested = skiff_api::certificates::parse_request(pem.as_bytes())?;
+    Ok((requested.common_name, requested.organizations))
 }
 
 /// The requester, set from who creates the request.
