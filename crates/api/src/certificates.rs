@@ -24,6 +24,10 @@ pub fn parse_request(pem: &[u8]) -> Result<Requested, String> {
     let (_, request) =
         x509_parser::certification_request::X509CertificationRequest::from_der(&block.contents)
             .map_err(|e| format!("asn1: {e}"))?;
+    // Proof that the requester holds the key (upstream's CheckSignature).
+    request
+        .verify_signature()
+        .map_err(|_| "the request's signature does not verify".to_string())?;
     let subject = &request.certification_request_info.subject;
     let common_name = subject
         .iter_common_name()

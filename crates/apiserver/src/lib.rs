@@ -179,9 +179,18 @@ pub async fn run(
         None => store,
     };
     let state = handler::State::new(store, &config, addr, kubelets, issuer).await?;
-    join::ensure(&state.registry, &server_url, &pki.ca_cert_pem)
-        .await
-        .map_err(|e| Error::Bootstrap(e.message))?;
+    // cluster-info names the address joining nodes reach.
+    let reached = match advertised(config.bind_address) {
+        ip if ip.is_unspecified() => client_addr(addr),
+        ip => SocketAddr::new(ip, addr.port()),
+    };
+    join::ensure(
+        &state.registry,
+        &format!("https://{reached}"),
+        &pki.ca_cert_pem,
+    )
+    .await
+    .map_err(|e| Error::Bootstrap(e.message))?;
     if let Err(e) = state.registry.expire_events(config.event_ttl).await {
         tracing::warn!(error = %e.message, "expiring events");
     }
@@ -208,6 +217,21 @@ fn client_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// The address other machines reach the server at: the bind address, or, bound to every
+/// address, the one this machine's default route leaves by.
+fn advertised(bind: IpAddr) -> IpAddr {
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|socket| {
+            socket.connect("192.0.2.1:9")?;
+            socket.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(bind)
+}
+
 pub(crate) fn serving_names(bind: IpAddr) -> pki::ServingNames {
     let mut dns: Vec<String> = [
         "localhost",
@@ -226,19 +250,7 @@ pub(crate) fn serving_names(bind: IpAddr) -> pki::ServingNames {
         }
     }
     let mut ips: Vec<IpAddr> = vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
-    // Bound to every address: nodes joining over the network dial this machine's
-    // address (the one its default route leaves by).
-    let reached = if bind.is_unspecified() {
-        std::net::UdpSocket::bind("0.0.0.0:0")
-            .and_then(|socket| {
-                socket.connect("192.0.2.1:9")?;
-                socket.local_addr()
-            })
-            .map(|a| a.ip())
-            .unwrap_or(bind)
-    } else {
-        bind
-    };
+    let reached = advertised(bind);
     if !reached.is_unspecified() && !ips.contains(&reached) {
         ips.push(reached);
     }

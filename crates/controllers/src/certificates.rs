@@ -248,6 +248,39 @@ fn sign(
     let mut request = rcgen::CertificateSigningRequestParams::from_pem(&pem)
         .map_err(|e| format!("the request does not parse: {e}"))?;
     let req = requested(csr).ok_or("the request does not parse")?;
+    let usages: Vec<&str> = csr
+        .spec
+        .usages
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    // Upstream's per-signer checks: client signers issue client certificates only, the
+    // kubelet-serving signer serving certificates for nodes' names only.
+    let allowed = |optional: &[&str], required: &str| -> Result<(), String> {
+        if let Some(bad) = usages
+            .iter()
+            .find(|u| **u != required && !optional.contains(u))
+        {
+            return Err(format!("invalid usage for this signer: {bad}"));
+        }
+        if !usages.contains(&required) {
+            return Err(format!(
+                "missing required usage for this signer: {required}"
+            ));
+        }
+        Ok(())
+    };
+    match csr.spec.signer_name.as_str() {
+        API_CLIENT => allowed(&["digital signature", "key encipherment"], "client auth")?,
+        KUBELET_SERVING => {
+            allowed(&["digital signature", "key encipherment"], "server auth")?;
+            if req.alt_names == 0 {
+                return Err("a kubelet serving certificate must name the node (DNS or IP subject alternative names)".into());
+            }
+        }
+        _ => {}
+    }
     match csr.spec.signer_name.as_str() {
         KUBELET_CLIENT if !is_node_client(csr, &req) => {
             return Err("invalid kubelet client certificate request: CN must be system:node:NAME, O only system:nodes, usages client auth and digital signature".into());

@@ -158,9 +158,19 @@ async fn refresh(
     let issued: TokenRequest = accounts
         .create_subresource("token", account, &PostParams::default(), &request)
         .await?;
-    let token = issued.status.map(|s| s.token).unwrap_or_default();
-    write_private(path, token.as_bytes()).map_err(|e| kube::Error::Service(e.into()))?;
-    Ok(Duration::from_secs(u64::try_from(LIFETIME).unwrap_or(3600)))
+    let status = issued.status.ok_or_else(|| {
+        kube::Error::Service(
+            format!("the token request for {account} came back without a token").into(),
+        )
+    })?;
+    write_private(path, status.token.as_bytes()).map_err(|e| kube::Error::Service(e.into()))?;
+    // The lifetime the server granted (it may shorten what was asked).
+    let granted =
+        status.expiration_timestamp.0.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
+    let granted = u64::try_from(granted)
+        .unwrap_or(0)
+        .clamp(60, u64::try_from(LIFETIME).unwrap_or(3600));
+    Ok(Duration::from_secs(granted))
 }
 
 /// Writes a file only its owner reads, atomically.

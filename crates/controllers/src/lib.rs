@@ -218,9 +218,21 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
                 .map_err(|e| Error::Credentials(format!("{}: {e}", dir.display())))?,
         ),
     };
+    if let Some(unknown) = config
+        .controllers
+        .iter()
+        .find(|name| !ALL.contains(&name.as_str()))
+    {
+        return Err(Error::Unknown(unknown.clone()));
+    }
+    // One client (and one token) per account: two controllers may share one.
+    let mut made: std::collections::HashMap<&str, kube::Client> = Default::default();
     for name in &config.controllers {
         let client = match &accounts {
             None => client.clone(),
+            Some(_) if made.contains_key(credentials::account_of(name)) => {
+                made[credentials::account_of(name)].clone()
+            }
             Some(accounts) => {
                 let account = credentials::account_of(name);
                 // A transient failure (the API server restarting) is retried a while.
@@ -240,6 +252,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
                     renew.await;
                     Ok(())
                 }));
+                made.insert(account, client.clone());
                 client
             }
         };

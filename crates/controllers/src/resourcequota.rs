@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ResourceQuota, Service};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use serde_json::json;
@@ -85,6 +85,42 @@ async fn pass(client: &kube::Client, pods: &Store<Pod>) -> Result<(), kube::Erro
                     quantity::format_bytes(pod_sum(&live, "requests", "memory"))
                 }
                 "limits.memory" => quantity::format_bytes(pod_sum(&live, "limits", "memory")),
+                "requests.storage" => {
+                    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+                        .list(&ListParams::default().match_any())
+                        .await?;
+                    let total: i64 = claims
+                        .items
+                        .iter()
+                        .filter_map(|c| {
+                            let requests =
+                                c.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?;
+                            quantity::value(&requests.get("storage")?.0)
+                        })
+                        .sum();
+                    quantity::format_bytes(total)
+                }
+                kind @ ("services.nodeports" | "services.loadbalancers") => {
+                    let services = Api::<Service>::namespaced(client.clone(), &ns)
+                        .list(&ListParams::default().match_any())
+                        .await?;
+                    let counted: &[&str] = if kind == "services.nodeports" {
+                        &["NodePort", "LoadBalancer"]
+                    } else {
+                        &["LoadBalancer"]
+                    };
+                    services
+                        .items
+                        .iter()
+                        .filter(|s| {
+                            s.spec
+                                .as_ref()
+                                .and_then(|s| s.type_.as_deref())
+                                .is_some_and(|t| counted.contains(&t))
+                        })
+                        .count()
+                        .to_string()
+                }
                 other => {
                     // Object counts: `configmaps`, `count/deployments.apps`, ...
                     let plural = other.strip_prefix("count/").unwrap_or(other);

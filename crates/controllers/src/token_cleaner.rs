@@ -60,7 +60,10 @@ pub async fn run(client: kube::Client) -> Result<(), Error> {
                     expiring.remove(&name);
                     match crate::ignore_not_found(api.delete(&name, &DeleteParams::default()).await) {
                         Ok(()) => tracing::info!(secret = %name, "deleted an expired bootstrap token"),
-                        Err(e) => tracing::warn!(secret = %name, error = %e, "deleting an expired bootstrap token"),
+                        Err(e) => {
+                            tracing::warn!(secret = %name, error = %e, "deleting an expired bootstrap token; retrying in a minute");
+                            expiring.insert(name, now + time::Duration::minutes(1));
+                        }
                     }
                 }
             }

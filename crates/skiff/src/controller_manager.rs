@@ -91,10 +91,16 @@ pub async fn run_until(
     let client =
         kube::Client::try_from(client_config.clone()).context("creating the API client")?;
     // The controllers' tokens, private to this process and gone with it.
-    let tokens = tempfile::Builder::new()
-        .prefix("skiff-controller-tokens-")
-        .tempdir()
-        .context("creating the token directory")?;
+    let tokens = if args.use_service_account_credentials {
+        Some(
+            tempfile::Builder::new()
+                .prefix("skiff-controller-tokens-")
+                .tempdir()
+                .context("creating the token directory")?,
+        )
+    } else {
+        None
+    };
     let mut config = skiff_controllers::Config::default();
     if !args.controllers.is_empty() {
         config.controllers = args.controllers.clone();
@@ -103,7 +109,7 @@ pub async fn run_until(
         std::time::Duration::from_secs(args.nodes.node_monitor_grace_period);
     config.cluster_cidr = args.nodes.cluster_cidr.clone();
     config.root_ca = root_ca(&args.kubeconfig);
-    if args.use_service_account_credentials {
+    if let Some(tokens) = &tokens {
         config.credentials = skiff_controllers::Credentials::ServiceAccounts {
             config: Box::new(client_config),
             dir: tokens.path().join("accounts"),

@@ -277,11 +277,24 @@ async fn discover_ca(server: &str, pinned: &str) -> Result<String> {
             .context("cluster-info's CA is not base64")?,
     )
     .context("cluster-info's CA is not PEM")?;
-    let found = ca_hash(&ca)?;
-    if !found.eq_ignore_ascii_case(pinned) {
-        bail!(
-            "the server's CA ({found}) does not match the CA hash the token pins ({pinned}): refusing to join"
+    // Every certificate the bundle holds is trusted from here on, so each must be the
+    // pinned one (no JWS signature vouches for the rest, as kubeadm's would).
+    let blocks: Vec<_> = x509_parser::pem::Pem::iter_from_buffer(ca.as_bytes()).collect();
+    if blocks.is_empty() {
+        bail!("cluster-info's CA holds no certificate");
+    }
+    for block in blocks {
+        let block = block.map_err(|e| anyhow::anyhow!("cluster-info's CA: {e}"))?;
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&block.contents)
         );
+        let found = ca_hash(&pem)?;
+        if !found.eq_ignore_ascii_case(pinned) {
+            bail!(
+                "the server's CA ({found}) does not match the CA hash the token pins ({pinned}): refusing to join"
+            );
+        }
     }
     Ok(ca)
 }

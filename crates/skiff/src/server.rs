@@ -177,9 +177,11 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
     // agent renews its own through a CSR.)
     let mut renewals =
         tokio::time::interval_at(tokio::time::Instant::now() + RENEWAL_CHECK, RENEWAL_CHECK);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            result = shutdown_signal() => {
+            result = &mut shutdown => {
                 result?;
                 tracing::info!("shutting down");
                 if let Some(control) = control.take() {
@@ -197,17 +199,25 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
                 result?.context("API server")?;
                 anyhow::bail!("the API server stopped");
             }
-            _ = renewals.tick(), if control.is_some() => {
-                let renewed = control
-                    .as_ref()
-                    .map(|c| c.renewed(&args.data_dir, &server_url));
+            _ = renewals.tick(), if role == "server" => {
+                let renewed = match control.as_ref() {
+                    Some(c) => Some(c.renewed(&args.data_dir, &server_url)),
+                    // Failed to start last time: try again.
+                    None => Some(Ok(true)),
+                };
                 match renewed {
                     Some(Ok(true)) => {
                         tracing::info!("renewed the scheduler's and controller manager's certificates: restarting them");
                         if let Some(old) = control.take() {
                             old.stop().await;
                         }
-                        control = Some(ControlPlane::start(&args.data_dir, &server_url, &args.nodes)?);
+                        match ControlPlane::start(&args.data_dir, &server_url, &args.nodes) {
+                            Ok(started) => control = Some(started),
+                            Err(e) => {
+                                // Not fatal for the API server; tried again at the next check.
+                                tracing::error!(error = %format!("{e:#}"), "restarting the scheduler and controller manager");
+                            }
+                        }
                     }
                     Some(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "checking the components' certificates"),
                     _ => {}

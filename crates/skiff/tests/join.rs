@@ -397,6 +397,32 @@ async fn user_certificates_are_issued_once_approved() {
     );
     c.ok(&["certificate", "deny", "bob"]);
     assert!(c.ok(&["get", "csr", "bob"]).contains("Denied"));
+    // The requester is who creates the request, also through server-side apply.
+    let (forged, _) = request("system:node:victim", &["system:nodes"]);
+    let manifest = csr_manifest(
+        "forged",
+        &forged,
+        "kubernetes.io/kube-apiserver-client-kubelet",
+    )
+    .replace(
+        "spec:\n",
+        "spec:\n  username: system:node:victim\n  groups: [system:nodes]\n",
+    );
+    c.ok_stdin(&["apply", "--server-side", "-f", "-"], &manifest);
+    let requester = c.ok(&["get", "csr", "forged", "-o", "jsonpath={.spec.username}"]);
+    assert_eq!(requester, "admin");
+    // A client signer issues client certificates only: a server usage fails the request.
+    let (server, _) = request("www", &[]);
+    c.ok_stdin(
+        &["apply", "-f", "-"],
+        &csr_manifest("server", &server, "kubernetes.io/kube-apiserver-client")
+            .replace("client auth", "server auth"),
+    );
+    c.ok(&["certificate", "approve", "server"]);
+    wait_for("the server-usage request to fail", || {
+        c.ok(&["get", "csr", "server"]).contains("Approved,Failed")
+    });
+    assert!(!c.json(&["get", "csr", "server"])["status"]["certificate"].is_string());
     let out = c.fails_stdin(
         &["apply", "-f", "-"],
         &csr_manifest("bad", "not a request", "nodomain"),

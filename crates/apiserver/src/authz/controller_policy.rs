@@ -320,7 +320,8 @@ pub(super) fn controller_accounts(role: &str) -> Vec<&'static str> {
         other => CONTROLLER_ACCOUNTS
             .iter()
             .copied()
-            .filter(|a| *a == other)
+            .find(|a| *a == other)
+            .into_iter()
             .collect(),
     }
 }

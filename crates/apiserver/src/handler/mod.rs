@@ -357,6 +357,11 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
         field_manager: Some(field_manager(&query, &parts.headers)?),
         applied: false,
         admit: admission(state, r, &parts, &info),
+        user: parts
+            .extensions
+            .get::<crate::authn::UserInfo>()
+            .cloned()
+            .map(Arc::new),
     };
     let registry = &state.registry;
     let as_table = crate::table::wanted(&parts.headers);
@@ -402,12 +407,7 @@ async fn serve_resource(state: &State, request: Request) -> Result<Response, Api
                     "the server does not allow this method on the requested resource",
                 ));
             }
-            let mut obj = json_body(&parts.headers, body).await?;
-            if r.group == crate::registry::certificates::GROUP
-                && let Some(user) = parts.extensions.get::<crate::authn::UserInfo>()
-            {
-                crate::registry::certificates::set_requester(&mut obj, user);
-            }
+            let obj = json_body(&parts.headers, body).await?;
             let done = registry.create(r, ns, obj, write).await?;
             Ok(written_rbac_aware(state, r, StatusCode::CREATED, done).await)
         }

@@ -294,8 +294,11 @@ pub(crate) fn check(obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
             });
         }
         let parses = pem_of(certificate).is_some_and(|pem| {
-            x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
-                .all(|b| b.is_ok_and(|b| b.label == "CERTIFICATE" && b.parse_x509().is_ok()))
+            let blocks: Vec<_> = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()).collect();
+            !blocks.is_empty()
+                && blocks
+                    .into_iter()
+                    .all(|b| b.is_ok_and(|b| b.label == "CERTIFICATE" && b.parse_x509().is_ok()))
         });
         if !parses {
             errors.push(FieldError::invalid(

@@ -1,5 +1,5 @@
 //! Upstream's DefaultStorageClass admission: a new claim that names no class (the field
-//! absent, not `""`) gets the default StorageClass, the one annotated
+//! absent or null, not `""`, and no beta class annotation) gets the default StorageClass, the one annotated
 //! `storageclass.kubernetes.io/is-default-class: "true"` (the newest if several are).
 
 use serde_json::{Value, json};
@@ -33,7 +33,13 @@ impl Registry {
         &self,
         claim: &mut Value,
     ) -> Result<(), ApiError> {
-        if !claim["spec"].is_object() || claim["spec"].get("storageClassName").is_some() {
+        let named = claim["spec"]
+            .get("storageClassName")
+            .is_some_and(|c| !c.is_null());
+        let annotated = claim["metadata"]["annotations"]
+            .get("volume.beta.kubernetes.io/storage-class")
+            .is_some();
+        if !claim["spec"].is_object() || named || annotated {
             return Ok(());
         }
         let kinds = builtin("storage.k8s.io", "v1", "storageclasses")?;

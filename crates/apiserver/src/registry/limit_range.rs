@@ -207,14 +207,36 @@ impl Registry {
         if ranges.is_empty() {
             return Ok(());
         }
+        // Defaulted as written today, also those stored before these defaults existed.
         let items: Vec<Value> = ranges
-            .iter()
-            .flat_map(|r| r["spec"]["limits"].as_array().cloned().unwrap_or_default())
+            .into_iter()
+            .flat_map(|mut r| {
+                limit_range_defaults(&mut r);
+                r["spec"]["limits"].as_array().cloned().unwrap_or_default()
+            })
             .collect();
         let name = meta_str(obj, "name").unwrap_or_default().to_string();
         let mut errors = Vec::new();
         match plural {
             "pods" => {
+                // Upstream's pod defaulting comes first: a resource with a limit and no
+                // request requests its limit (not the range's default request).
+                for list in ["containers", "initContainers"] {
+                    for c in obj["spec"][list].as_array_mut().into_iter().flatten() {
+                        let limits = c["resources"]["limits"]
+                            .as_object()
+                            .cloned()
+                            .unwrap_or_default();
+                        for (k, v) in limits {
+                            if c["resources"]["requests"].get(&k).is_none() {
+                                if !c["resources"]["requests"].is_object() {
+                                    c["resources"]["requests"] = json!({});
+                                }
+                                c["resources"]["requests"][&k] = v;
+                            }
+                        }
+                    }
+                }
                 let mut notes = Vec::new();
                 for item in items.iter().filter(|i| i["type"] == "Container") {
                     for (list, prefix) in [

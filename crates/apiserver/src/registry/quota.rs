@@ -191,14 +191,17 @@ impl Registry {
         obj: &Value,
         dry_run: bool,
     ) -> Result<(), ApiError> {
-        let delta = usage(r, obj);
         let quotas = builtin("", "v1", "resourcequotas")?;
         let name = meta_str(obj, "name").unwrap_or_default().to_string();
         let subject = |why: String| {
             ApiError::forbidden(format!("{} \"{name}\" is forbidden: {why}", r.plural))
         };
-        // Compare-and-swap each quota; a conflict means another write charged it first.
-        // The first look is through `policy_objects`; after a conflict, at the datastore.
+        let mut delta = None;
+        // Quotas already charged by an earlier attempt (not charged twice).
+        let mut charged_already: Vec<String> = Vec::new();
+        // Every quota is checked before any is charged; each charge is a compare-and-swap,
+        // a conflict meaning another write charged it first. The first look is through
+        // `policy_objects`; after a conflict, at the datastore.
         for attempt in 0..10 {
             let list = if attempt == 0 {
                 self.policy_objects(quotas, ns).await?
@@ -209,12 +212,14 @@ impl Registry {
             if list.is_empty() {
                 return Ok(());
             }
-            let mut conflicted = false;
+            let delta = delta.get_or_insert_with(|| usage(r, obj));
+            let mut charges = Vec::new();
             for quota in &list {
                 let spec = &quota["spec"];
                 let scoped = spec["scopes"].as_array().is_some_and(|s| !s.is_empty())
                     || !spec["scopeSelector"].is_null();
-                if scoped {
+                let quota_name = meta_str(quota, "name").unwrap_or_default().to_string();
+                if scoped || charged_already.contains(&quota_name) {
                     continue;
                 }
                 let hard = amounts(&spec["hard"]);
@@ -226,7 +231,6 @@ impl Registry {
                 if charged.is_empty() {
                     continue;
                 }
-                let quota_name = meta_str(quota, "name").unwrap_or_default().to_string();
                 if r.plural == "pods" && r.group.is_empty() {
                     let missing = unstated(obj, &hard);
                     if !missing.is_empty() {
@@ -237,10 +241,15 @@ impl Registry {
                     }
                 }
                 let mut used = amounts(&quota["status"]["used"]);
+                let mut counted: BTreeMap<String, i64> = BTreeMap::new();
                 for (k, _) in &charged {
                     if !used.contains_key(k) {
                         // Not counted by the controller yet: count it now.
-                        let now = self.current_usage(ns, k).await?;
+                        let now = match counted.get(k) {
+                            Some(n) => *n,
+                            None => self.current_usage(ns, k).await?,
+                        };
+                        counted.insert(k.clone(), now);
                         used.insert(k.clone(), now);
                     }
                 }
@@ -264,9 +273,6 @@ impl Registry {
                         show(&limit)
                     )));
                 }
-                if dry_run {
-                    continue;
-                }
                 let mut next = quota.clone();
                 for (k, v) in &charged {
                     let total = used.get(k).copied().unwrap_or(0) + v;
@@ -275,6 +281,13 @@ impl Registry {
                 if next["status"]["hard"].is_null() {
                     next["status"]["hard"] = spec["hard"].clone();
                 }
+                charges.push((quota_name, next));
+            }
+            if dry_run {
+                return Ok(());
+            }
+            let mut conflicted = false;
+            for (quota_name, next) in charges {
                 let write = WriteOptions {
                     part: Part::Status,
                     ..Default::default()
@@ -283,11 +296,8 @@ impl Registry {
                     .update(quotas, Some(ns), &quota_name, next, write)
                     .await
                 {
-                    Ok(_) => {}
-                    Err(e) if e.code == 409 => {
-                        conflicted = true;
-                        break;
-                    }
+                    Ok(_) => charged_already.push(quota_name),
+                    Err(e) if e.code == 409 => conflicted = true,
                     Err(e) => return Err(e),
                 }
             }

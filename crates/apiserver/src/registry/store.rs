@@ -74,6 +74,8 @@ pub(crate) struct WriteOptions {
     pub applied: bool,
     /// Admission by who writes, run on the object about to be stored.
     pub admit: Option<Admit>,
+    /// Who writes (a CertificateSigningRequest's requester is set from it on create).
+    pub user: Option<Arc<crate::authn::UserInfo>>,
 }
 
 /// A check of the object about to be stored against who writes it (RBAC's escalation
@@ -424,6 +426,11 @@ impl Registry {
             o.remove("status");
         }
         (r.defaults)(&mut obj);
+        if r.group == super::certificates::GROUP
+            && let Some(user) = &opts.user
+        {
+            super::certificates::set_requester(&mut obj, user);
+        }
         if r.group.is_empty() && r.plural == "pods" {
             if let Some(ns) = ns {
                 self.admit_service_account(ns, &mut obj).await?;
