@@ -1,14 +1,13 @@
 //! Each controller with an identity of its own, as upstream's
 //! `--use-service-account-credentials`: the ServiceAccount `kube-system/<account>`
-//! (created if missing) and a bound token for it (TokenRequest, an hour, renewed at 80%)
-//! that the controller's client reads from a private file (kube-rs re-reads token files
-//! every minute). The API server's `system:controller:<account>` roles say what each may
+//! (created if missing) and a bound token for it (TokenRequest, an hour, renewed at 80%,
+//! kept in memory and sent with each of the controller's requests). The API server's `system:controller:<account>` roles say what each may
 //! do. Lists, watches and discovery go out with the controller manager's own identity,
 //! as upstream's controllers list and watch through its shared informers; gets by name
 //! and writes with the controller's.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -46,29 +45,22 @@ pub fn account_of(controller: &str) -> &str {
 /// Makes clients for service accounts from the controller manager's own.
 pub struct ServiceAccountClients {
     root: kube::Client,
-    /// The server, its CA and the user agent; no credentials.
-    config: kube::Config,
-    dir: PathBuf,
+    /// Reaches the server with no credentials (each request gets its account's token).
+    anonymous: kube::Client,
 }
 
 impl ServiceAccountClients {
-    /// `dir` holds the tokens (created with mode 0700; the caller removes it).
-    pub fn new(root: kube::Client, mut config: kube::Config, dir: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+    /// `config` reaches the server; its credentials are not used.
+    pub fn new(root: kube::Client, mut config: kube::Config) -> Result<Self, kube::Error> {
         config.auth_info = kube::config::AuthInfo::default();
         Ok(ServiceAccountClients {
             root,
-            config,
-            dir: dir.to_path_buf(),
+            anonymous: kube::Client::try_from(config)?,
         })
     }
 
     /// A client acting as `account`, and the task that keeps its token fresh (it must
-    /// run as long as the client is used).
+    /// run as long as the client is used). The token stays in memory.
     pub async fn client(
         &self,
         account: &str,
@@ -86,19 +78,21 @@ impl ServiceAccountClients {
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => return Err(e),
         }
-        let path = self.dir.join(account);
-        let lifetime = refresh(&accounts, account, &path).await?;
-        let mut config = self.config.clone();
-        config.auth_info.token_file = Some(path.display().to_string());
-        let writer = kube::Client::try_from(config)?;
-        let client = split(self.root.clone(), writer);
+        let (token, lifetime) = request_token(&accounts, account).await?;
+        let token = Arc::new(RwLock::new(token));
+        let client = split(self.root.clone(), self.anonymous.clone(), token.clone());
         let account = account.to_string();
         let renew = async move {
             let mut wait = lifetime.mul_f64(0.8);
             loop {
                 tokio::time::sleep(wait).await;
-                wait = match refresh(&accounts, &account, &path).await {
-                    Ok(lifetime) => lifetime.mul_f64(0.8),
+                wait = match request_token(&accounts, &account).await {
+                    Ok((fresh, lifetime)) => {
+                        if let Ok(mut current) = token.write() {
+                            *current = fresh;
+                        }
+                        lifetime.mul_f64(0.8)
+                    }
                     Err(e) => {
                         tracing::warn!(%account, error = %e, "renewing a controller's token; retrying");
                         Duration::from_secs(10)
@@ -127,13 +121,24 @@ fn names_one(path: &str) -> bool {
     rest.len() >= 2
 }
 
-/// A client that lists and watches as `reader` and does the rest as `writer`.
-fn split(reader: kube::Client, writer: kube::Client) -> kube::Client {
-    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+/// A client that lists and watches as `reader` and does the rest through `writer` with
+/// the bearer `token`.
+fn split(reader: kube::Client, writer: kube::Client, token: Arc<RwLock<String>>) -> kube::Client {
+    let service = tower::service_fn(move |mut request: http::Request<kube::client::Body>| {
         let collection = request.method() == http::Method::GET && !names_one(request.uri().path());
         let client = if collection {
             reader.clone()
         } else {
+            let bearer = token
+                .read()
+                .ok()
+                .and_then(|t| http::HeaderValue::from_str(&format!("Bearer {t}")).ok());
+            if let Some(mut bearer) = bearer {
+                bearer.set_sensitive(true);
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, bearer);
+            }
             writer.clone()
         };
         async move { client.send(request).await }
@@ -141,12 +146,11 @@ fn split(reader: kube::Client, writer: kube::Client) -> kube::Client {
     kube::Client::new(service, "default")
 }
 
-/// Requests a token for `account` and writes it to `path`; how long it lives.
-async fn refresh(
+/// A token for `account`, and how long it lives.
+async fn request_token(
     accounts: &Api<ServiceAccount>,
     account: &str,
-    path: &Path,
-) -> Result<Duration, kube::Error> {
+) -> Result<(String, Duration), kube::Error> {
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: Vec::new(),
@@ -163,29 +167,13 @@ async fn refresh(
             format!("the token request for {account} came back without a token").into(),
         )
     })?;
-    write_private(path, status.token.as_bytes()).map_err(|e| kube::Error::Service(e.into()))?;
     // The lifetime the server granted (it may shorten what was asked).
     let granted =
         status.expiration_timestamp.0.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
     let granted = u64::try_from(granted)
         .unwrap_or(0)
         .clamp(60, u64::try_from(LIFETIME).unwrap_or(3600));
-    Ok(Duration::from_secs(granted))
-}
-
-/// Writes a file only its owner reads, atomically.
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(contents)?;
-    std::fs::rename(&tmp, path)
+    Ok((status.token, Duration::from_secs(granted)))
 }
 
 #[cfg(test)]

@@ -79,11 +79,8 @@ pub enum Credentials {
     Shared,
     /// Each controller acts as its own service account (upstream's
     /// `--use-service-account-credentials`): `config` reaches the server (its
-    /// credentials are ignored), the tokens are kept under `dir`.
-    ServiceAccounts {
-        config: Box<kube::Config>,
-        dir: std::path::PathBuf,
-    },
+    /// credentials are ignored).
+    ServiceAccounts { config: Box<kube::Config> },
 }
 
 pub const ALL: &[&str] = &[
@@ -213,9 +210,9 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), Error> {
     }));
     let accounts = match &config.credentials {
         Credentials::Shared => None,
-        Credentials::ServiceAccounts { config, dir } => Some(
-            credentials::ServiceAccountClients::new(client.clone(), (**config).clone(), dir)
-                .map_err(|e| Error::Credentials(format!("{}: {e}", dir.display())))?,
+        Credentials::ServiceAccounts { config } => Some(
+            credentials::ServiceAccountClients::new(client.clone(), (**config).clone())
+                .map_err(|e| Error::Credentials(e.to_string()))?,
         ),
     };
     if let Some(unknown) = config

@@ -90,17 +90,6 @@ pub async fn run_until(
     let client_config = client_config(&args.kubeconfig, "kube-controller-manager").await?;
     let client =
         kube::Client::try_from(client_config.clone()).context("creating the API client")?;
-    // The controllers' tokens, private to this process and gone with it.
-    let tokens = if args.use_service_account_credentials {
-        Some(
-            tempfile::Builder::new()
-                .prefix("skiff-controller-tokens-")
-                .tempdir()
-                .context("creating the token directory")?,
-        )
-    } else {
-        None
-    };
     let mut config = skiff_controllers::Config::default();
     if !args.controllers.is_empty() {
         config.controllers = args.controllers.clone();
@@ -109,10 +98,9 @@ pub async fn run_until(
         std::time::Duration::from_secs(args.nodes.node_monitor_grace_period);
     config.cluster_cidr = args.nodes.cluster_cidr.clone();
     config.root_ca = root_ca(&args.kubeconfig);
-    if let Some(tokens) = &tokens {
+    if args.use_service_account_credentials {
         config.credentials = skiff_controllers::Credentials::ServiceAccounts {
             config: Box::new(client_config),
-            dir: tokens.path().join("accounts"),
         };
     }
     if let (Some(cert), Some(key)) = (
