@@ -58,15 +58,19 @@ fn requested(csr: &CertificateSigningRequest) -> Option<Requested> {
     skiff_api::certificates::parse_request(&csr.spec.request.0).ok()
 }
 
-/// Upstream's `isNodeClientCert`: a kubelet's client certificate and nothing more.
-fn is_node_client(csr: &CertificateSigningRequest, req: &Requested) -> bool {
-    let mut usages: Vec<&str> = csr
-        .spec
+/// The key usages a request asks for.
+fn usages(csr: &CertificateSigningRequest) -> Vec<&str> {
+    csr.spec
         .usages
         .iter()
         .flatten()
         .map(String::as_str)
-        .collect();
+        .collect()
+}
+
+/// Upstream's `isNodeClientCert`: a kubelet's client certificate and nothing more.
+fn is_node_client(csr: &CertificateSigningRequest, req: &Requested) -> bool {
+    let mut usages = usages(csr);
     usages.sort_unstable();
     let usages_ok = usages == ["client auth", "digital signature"]
         || usages == ["client auth", "digital signature", "key encipherment"];
@@ -248,13 +252,7 @@ fn sign(
     let mut request = rcgen::CertificateSigningRequestParams::from_pem(&pem)
         .map_err(|e| format!("the request does not parse: {e}"))?;
     let req = requested(csr).ok_or("the request does not parse")?;
-    let usages: Vec<&str> = csr
-        .spec
-        .usages
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
+    let usages = usages(csr);
     // Upstream's per-signer checks: client signers issue client certificates only, the
     // kubelet-serving signer serving certificates for nodes' names only.
     let allowed = |optional: &[&str], required: &str| -> Result<(), String> {
