@@ -6,6 +6,7 @@ mod bench;
 mod controller_manager;
 mod join;
 mod kubelet;
+mod proxy;
 mod runtime;
 mod scheduler;
 mod server;
@@ -40,6 +41,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run the kubelet alone: registers the Node and runs its pods through a CRI runtime.
     Kubelet(kubelet::KubeletArgs),
+    /// Run the service proxy: programs this node's packet filter for Services.
+    Proxy(proxy::ProxyArgs),
     /// Run the container runtime: a CRI v1 server on a Unix socket.
     Runtime(runtime::RuntimeArgs),
     /// A container's monitor (started by the runtime, one per container).
@@ -102,6 +105,7 @@ fn main() -> Result<()> {
         Command::Agent(args) => runtime.block_on(agent::run(args)),
         Command::Kubelet(args) => runtime.block_on(kubelet::run(args)),
         Command::Runtime(args) => runtime.block_on(runtime::run(args)),
+        Command::Proxy(args) => runtime.block_on(proxy::run(args)),
         Command::Images(images) => runtime.block_on(images.run()),
         Command::Token(token) => runtime.block_on(token.run()),
         Command::RuntimeMonitor { .. }

@@ -79,6 +79,12 @@ pub struct ServerArgs {
     /// This node's agent (all in one only).
     #[command(flatten)]
     agent: crate::agent::NodeAgentArgs,
+    /// Run no service proxy with the agent (another one programs Services).
+    #[arg(long)]
+    disable_proxy: bool,
+    /// The service proxy (all in one only).
+    #[command(flatten)]
+    proxy: crate::proxy::ProxyRuleArgs,
 }
 
 /// Runs the control plane as `role` (`server`: all in one, the API server, the scheduler
@@ -163,6 +169,25 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             &format!("system:node:{node_name}"),
             &["system:nodes"],
         )?;
+        if !args.disable_agent && !args.disable_proxy {
+            // The node's service proxy, as `system:kube-proxy` (upstream's
+            // system:node-proxier role).
+            let kubeconfig = identity(
+                &args.data_dir,
+                &server_url,
+                "kube-proxy",
+                "system:kube-proxy",
+                &[],
+            )?;
+            let config = args
+                .proxy
+                .config(node_name.clone(), Some(args.nodes.cluster_cidr.clone()));
+            components.push(crate::scheduler::spawn_in_process(
+                "service proxy",
+                components_stopped.clone(),
+                move |stop| crate::proxy::run_config(kubeconfig, config, stop),
+            ));
+        }
         if !args.disable_agent {
             let (agent, data_dir) = (args.agent.clone(), args.data_dir.clone());
             components.push(crate::scheduler::spawn_in_process(

@@ -376,6 +376,8 @@ fn agent_flags(pid: u32, dir: &std::path::Path, cni_conf_dir: &std::path::Path) 
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])
+    // Services are tests/networking.rs's.
+    .chain(["--disable-proxy".to_string()])
     .collect()
 }
 

@@ -298,38 +298,64 @@ impl Drop for Runtime {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let root = self.data().join("oci");
-        let listed = Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(["list", "-q"])
-            .output();
-        if let Ok(listed) = listed {
-            for id in String::from_utf8_lossy(&listed.stdout).lines() {
-                let _ = Command::new("runc")
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["delete", "--force", id])
-                    .output();
-            }
+        sweep(self.dir.path(), &self.data());
+    }
+}
+
+/// Sweeps a runtime's leftovers (see [`sweep`]) when dropped: for a runtime that runs
+/// inside `skiff server`. `also` are directories to unmount everything under and
+/// remove (a kubelet's volumes in the server's data directory).
+pub struct Leftovers {
+    pub dir: PathBuf,
+    pub data: PathBuf,
+    pub also: Vec<PathBuf>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        sweep(&self.dir, &self.data);
+        for dir in &self.also {
+            sweep(dir, &dir.join("none"));
+            let _ = std::fs::remove_dir_all(dir);
         }
-        let dir = self.dir.path().display().to_string();
-        // Pause processes (named after their sandbox directory) a failed test left.
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains("runtime-pause") && cmdline.contains(&dir) {
-                let _ = Command::new("kill")
-                    .arg("-9")
-                    .arg(entry.file_name())
-                    .output();
-            }
+    }
+}
+
+/// Removes what a runtime with data directory `data` under `dir` left: its
+/// containers (through runc, which kills their processes; their monitors follow), pause
+/// processes, and mounts under `dir` (sandbox namespaces, /dev/shm, roots).
+pub fn sweep(dir: &Path, data: &Path) {
+    let root = data.join("oci");
+    let listed = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["list", "-q"])
+        .output();
+    if let Ok(listed) = listed {
+        for id in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", id])
+                .output();
         }
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for line in mounts.lines().rev() {
-            if let Some(point) = line.split(' ').nth(4).filter(|p| p.starts_with(&dir)) {
-                let _ = Command::new("umount").args(["-l", point]).output();
-            }
+    }
+    let dir = dir.display().to_string();
+    // Pause processes (named after their sandbox directory) a failed test left.
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("runtime-pause") && cmdline.contains(&dir) {
+            let _ = Command::new("kill")
+                .arg("-9")
+                .arg(entry.file_name())
+                .output();
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines().rev() {
+        if let Some(point) = line.split(' ').nth(4).filter(|p| p.starts_with(&dir)) {
+            let _ = Command::new("umount").args(["-l", point]).output();
         }
     }
 }
@@ -764,6 +790,7 @@ impl Network {
             "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
                          "hairpinMode": true,
                          "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                                  "routes": [{"dst": "0.0.0.0/0"}],
                                   "dataDir": dir.path().join("ipam")}}],
         });
         std::fs::create_dir_all(dir.path().join("net.d")).expect("net.d");

@@ -1,0 +1,326 @@
+//! Services end to end on a `skiff server` cluster with its service proxy: pods on a
+//! bridge network the test owns, a Deployment behind a ClusterIP and a NodePort Service,
+//! traffic from a client pod with busybox `wget` and from the host. Requests spread over
+//! every ready pod and never reach an unready one; session affinity sticks; a Service
+//! without endpoints refuses at once; its rules go with it; they stay while the proxy
+//! is down. Every rule is in an nftables table of the test's own, removed at the end.
+
+mod common;
+mod cri;
+mod node;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{Backend, Cluster, wait_for};
+use cri::*;
+use node::*;
+
+const APPS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: example.com/busybox:1
+        command: [sh, -c, "mkdir -p /www && hostname > /www/index.html && echo ok > /www/ready && exec httpd -f -p 8080 -h /www"]
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe:
+          httpGet: {path: /ready, port: http}
+          periodSeconds: 1
+          failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-np}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: example.com/busybox:1, command: [sleep, "3600"]}
+"#;
+
+/// Removes the test's nftables table once the cluster is gone.
+struct Table(String);
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(SKIFF)
+            .args(["proxy", "--cleanup", "--proxy-nft-table", &self.0])
+            .output();
+    }
+}
+
+fn table(name: &str) -> String {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "ip", name])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `count` requests to `url` from the client pod, one `wget` each: the bodies, or the
+/// first failure's message.
+fn fetch(c: &Cluster, url: &str, count: usize) -> Result<Vec<String>, String> {
+    let script =
+        format!("for i in $(seq {count}); do timeout 5 wget -q -O - {url} || exit 1; done");
+    let out = c.kubectl(&["exec", "client", "--", "sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        Ok(stdout.lines().map(str::to_string).collect())
+    } else {
+        Err(format!(
+            "{}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// One HTTP/1.0 GET from the host: the body.
+fn host_get(addr: &str) -> std::io::Result<String> {
+    let mut tcp = std::net::TcpStream::connect_timeout(
+        &addr.parse().map_err(std::io::Error::other)?,
+        Duration::from_secs(3),
+    )?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(tcp, "GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
+        .unwrap_or_default())
+}
+
+fn web_pods(c: &Cluster) -> Vec<String> {
+    text(
+        c,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    )
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_reach_ready_pods_through_the_proxy() {
+    let pid = std::process::id();
+    let _cgroups = CgroupGuard(format!("/skiff-net-test-{pid}"));
+    let subnet = format!("10.237.{}.0/24", 10 + pid % 200);
+    let network = Network::new(&format!("skn{}", pid % 100_000), &subnet);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = oci_image(
+        "example.com/busybox:1",
+        &[busybox_layer()],
+        json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
+    );
+    let tarball = dir.path().join("busybox.tar");
+    std::fs::write(&tarball, image).expect("tarball");
+    let imported = std::process::Command::new(SKIFF)
+        .args(["images", "import"])
+        .arg(&tarball)
+        .arg("--data-dir")
+        .arg(dir.path().join("runtime"))
+        .output()
+        .expect("skiff images import");
+    assert!(imported.status.success(), "{imported:?}");
+    let node = format!("net-{pid}");
+    let nft_table = format!("skiff-test-{pid}");
+    let flags: Vec<String> = [
+        ("--node-name", node.clone()),
+        ("--node-ip", "127.0.0.1".into()),
+        (
+            "--cri-socket",
+            dir.path().join("cri.sock").display().to_string(),
+        ),
+        (
+            "--runtime-data-dir",
+            dir.path().join("runtime").display().to_string(),
+        ),
+        (
+            "--pod-log-dir",
+            dir.path().join("logs").display().to_string(),
+        ),
+        ("--cni-conf-dir", network.conf_dir().display().to_string()),
+        ("--cgroup-parent", format!("/skiff-net-test-{pid}")),
+        ("--kubelet-port", "0".into()),
+        ("--eviction-hard", "memory.available<1Mi".into()),
+        // The proxy masquerades what comes from outside the pods' network.
+        ("--cluster-cidr", subnet.clone()),
+        // Not another test cluster's addresses.
+        ("--service-cidr", format!("10.{}.0.0/16", 100 + pid % 50)),
+        ("--proxy-nft-table", nft_table.clone()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value])
+    .collect();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    // Dropped after the cluster: its rules, and what a failed test leaves running or
+    // mounted.
+    let _table = Table(nft_table.clone());
+    let mut leftovers = Leftovers {
+        dir: dir.path().to_path_buf(),
+        data: dir.path().join("runtime"),
+        also: Vec::new(),
+    };
+    let mut c = Cluster::start_all_in_one(Backend::Embedded, &flags).await;
+    leftovers.also.push(c.data_dir().to_path_buf());
+    wait_node_ready(&c, &node);
+    c.ok_stdin(&["apply", "-f", "-"], APPS);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    wait_for("the client pod to run", || phase(&c, "client") == "Running");
+    let pods: BTreeSet<String> = web_pods(&c).into_iter().collect();
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    let cluster_ip = text(
+        &c,
+        &["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    let url = format!("http://{cluster_ip}/");
+
+    // Pod to pod by address, without the proxy.
+    let pod_ip = text(
+        &c,
+        &[
+            "get",
+            "pod",
+            pods.first().expect("pod"),
+            "-o",
+            "jsonpath={.status.podIP}",
+        ],
+    );
+    let direct = fetch(&c, &format!("http://{pod_ip}:8080/"), 1).expect("pod to pod");
+    assert_eq!(direct, vec![pods.first().cloned().unwrap_or_default()]);
+
+    // Pod to Service: every ready pod answers, nothing else does.
+    wait_for("the Service to answer", || fetch(&c, &url, 1).is_ok());
+    let answers: BTreeSet<String> = fetch(&c, &url, 30)
+        .expect("requests through the Service")
+        .into_iter()
+        .collect();
+    assert_eq!(answers, pods, "30 requests should reach both pods");
+
+    // From the host through the NodePort, on localhost.
+    let node_port = text(
+        &c,
+        &[
+            "get",
+            "svc",
+            "web-np",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ],
+    );
+    let local = format!("127.0.0.1:{node_port}");
+    wait_for("the NodePort to answer on localhost", || {
+        host_get(&local).is_ok()
+    });
+    let body = host_get(&local).expect("NodePort");
+    assert!(pods.contains(&body), "{body:?} from {local}");
+
+    // An unready pod gets nothing.
+    let unready = pods.first().cloned().unwrap_or_default();
+    let ready = pods.last().cloned().unwrap_or_default();
+    c.ok(&["exec", &unready, "--", "sh", "-c", "rm /www/ready"]);
+    wait_for("the pod to be unready", || {
+        text(
+            &c,
+            &[
+                "get",
+                "pod",
+                &unready,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        ) == "False"
+    });
+    wait_for("only the ready pod to answer", || {
+        fetch(&c, &url, 10).is_ok_and(|a| a.iter().all(|b| *b == ready))
+    });
+    let answers = fetch(&c, &url, 20).expect("requests");
+    assert!(answers.iter().all(|b| *b == ready), "{answers:?}");
+    c.ok(&["exec", &unready, "--", "sh", "-c", "echo ok > /www/ready"]);
+
+    // Session affinity: one client, one pod.
+    c.ok(&[
+        "patch",
+        "svc",
+        "web",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"ClientIP"}}"#,
+    ]);
+    wait_for("the affinity rules and both endpoints", || {
+        let rules = table(&nft_table);
+        rules.contains("affinity-") && rules.matches("update @affinity-").count() >= 2
+    });
+    let answers: BTreeSet<String> = fetch(&c, &url, 20)
+        .expect("requests with affinity")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        answers.len(),
+        1,
+        "affinity should keep one pod: {answers:?}"
+    );
+
+    // No endpoints: refused at once, not a time-out.
+    c.ok(&["scale", "deployment/web", "--replicas=0"]);
+    wait_for("the Service to refuse", || {
+        fetch(&c, &url, 1).is_err_and(|e| e.contains("refused"))
+    });
+    c.ok(&["scale", "deployment/web", "--replicas=2"]);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    wait_for("the Service to answer again", || fetch(&c, &url, 1).is_ok());
+
+    // The proxy's rules outlive it: traffic flows while the server is down.
+    c.stop();
+    assert!(
+        table(&nft_table).contains(&cluster_ip),
+        "rules gone with the proxy"
+    );
+    let body = host_get(&local).expect("NodePort with the proxy down");
+    assert!(!body.is_empty());
+    c.restart();
+    wait_for("the Service after a restart", || fetch(&c, &url, 1).is_ok());
+
+    // A deleted Service takes its rules with it.
+    let np_rules = format!("tcp . {node_port}");
+    assert!(table(&nft_table).contains(&np_rules));
+    c.ok(&["delete", "svc", "web-np"]);
+    wait_for("the NodePort's rules to go", || {
+        !table(&nft_table).contains(&np_rules)
+    });
+    assert!(host_get(&local).is_err(), "the NodePort still answers");
+    c.ok(&["delete", "deployment", "web"]);
+    c.ok(&["delete", "pod", "--all", "--timeout=60s"]);
+    no_sandboxes_left(&dir.path().join("cri.sock"), || c.log()).await;
+}
