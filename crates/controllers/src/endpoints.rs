@@ -185,6 +185,17 @@ async fn sync(ctx: &Context, key: &str) -> Result<(), kube::Error> {
         if let Some(node) = &node {
             address["nodeName"] = json!(node);
         }
+        // A pod whose subdomain is this Service is named by its hostname (the DNS
+        // record `hostname.service.namespace.svc`), as upstream's ShouldSetHostname.
+        let hostname = pod
+            .spec
+            .as_ref()
+            .filter(|s| s.subdomain.as_deref() == Some(name))
+            .and_then(|s| s.hostname.clone())
+            .filter(|h| !h.is_empty());
+        if let Some(hostname) = &hostname {
+            address["hostname"] = json!(hostname);
+        }
         let entry = subsets.entry(resolved.clone()).or_default();
         if is_ready || (publish_not_ready && !terminating) {
             entry.0.push(address);
@@ -199,6 +210,9 @@ async fn sync(ctx: &Context, key: &str) -> Result<(), kube::Error> {
         });
         if let Some(node) = node {
             endpoint["nodeName"] = json!(node);
+        }
+        if let Some(hostname) = hostname {
+            endpoint["hostname"] = json!(hostname);
         }
         slice_endpoints.push(endpoint);
     }

@@ -23,6 +23,7 @@ pub mod eviction;
 mod gc;
 mod network;
 mod node;
+pub use node::detect_ip;
 mod pods;
 mod server;
 mod spec;

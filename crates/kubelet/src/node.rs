@@ -422,7 +422,7 @@ fn os_image() -> String {
 
 /// The address of the interface the default route leaves by: connecting a UDP socket
 /// picks it without sending anything. Loopback when there is no route.
-fn detect_ip() -> IpAddr {
+pub fn detect_ip() -> IpAddr {
     std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|socket| {
             socket.connect("192.0.2.1:9")?;

@@ -250,7 +250,7 @@ pub fn skeleton(settings: &Settings) -> String {
   chain nat-postrouting {{ type nat hook postrouting priority srcnat; policy accept; jump masquerading; }}
   chain filter-input {{
     type filter hook input priority -10; policy accept;
-    iifname != \"lo\" ip daddr 127.0.0.0/8 ct state != {{ established, related }} drop
+    iifname != \"lo\" ip daddr 127.0.0.0/8 ct state != {{ established, related }} ct status & dnat == 0 drop
     ct state new jump nodeport-endpoints-check
     ct state new jump service-endpoints-check
   }}

@@ -4,6 +4,7 @@
 mod agent;
 mod bench;
 mod controller_manager;
+mod dns;
 mod join;
 mod kubelet;
 mod proxy;
@@ -41,6 +42,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run the kubelet alone: registers the Node and runs its pods through a CRI runtime.
     Kubelet(kubelet::KubeletArgs),
+    /// Run the cluster DNS server.
+    Dns(dns::DnsArgs),
     /// Run the service proxy: programs this node's packet filter for Services.
     Proxy(proxy::ProxyArgs),
     /// Run the container runtime: a CRI v1 server on a Unix socket.
@@ -106,6 +109,7 @@ fn main() -> Result<()> {
         Command::Kubelet(args) => runtime.block_on(kubelet::run(args)),
         Command::Runtime(args) => runtime.block_on(runtime::run(args)),
         Command::Proxy(args) => runtime.block_on(proxy::run(args)),
+        Command::Dns(args) => runtime.block_on(dns::run(args)),
         Command::Images(images) => runtime.block_on(images.run()),
         Command::Token(token) => runtime.block_on(token.run()),
         Command::RuntimeMonitor { .. }

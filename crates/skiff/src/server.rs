@@ -85,6 +85,13 @@ pub struct ServerArgs {
     /// The service proxy (all in one only).
     #[command(flatten)]
     proxy: crate::proxy::ProxyRuleArgs,
+    /// Run no cluster DNS.
+    #[arg(long)]
+    disable_dns: bool,
+    /// The cluster DNS (all in one only): it answers on the node's address and is
+    /// published as `kube-system/kube-dns` at the tenth address of the service range.
+    #[command(flatten)]
+    dns: crate::dns::DnsServeArgs,
 }
 
 /// Runs the control plane as `role` (`server`: all in one, the API server, the scheduler
@@ -169,6 +176,34 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             &format!("system:node:{node_name}"),
             &["system:nodes"],
         )?;
+        let mut agent_args = args.agent.clone();
+        if !args.disable_dns {
+            // The cluster DNS, as `system:kube-dns` (kubeadm's system:coredns role), on
+            // this node's address; pods reach it through the kube-dns Service.
+            let cluster_ip = args.service_cidr.nth(10).to_string();
+            let bind = args.agent.node_ip.unwrap_or_else(skiff_kubelet::detect_ip);
+            let kubeconfig = identity(
+                &args.data_dir,
+                &server_url,
+                "kube-dns",
+                "system:kube-dns",
+                &[],
+            )?;
+            let config = args.dns.config(bind);
+            let publish = Some((
+                cluster_ip.clone(),
+                bind,
+                args.data_dir.join("admin.kubeconfig"),
+            ));
+            components.push(crate::scheduler::spawn_in_process(
+                "cluster DNS",
+                components_stopped.clone(),
+                move |stop| crate::dns::run_until(kubeconfig, config, publish, stop),
+            ));
+            if agent_args.cluster_dns.is_empty() {
+                agent_args.cluster_dns = vec![cluster_ip];
+            }
+        }
         if !args.disable_agent && !args.disable_proxy {
             // The node's service proxy, as `system:kube-proxy` (upstream's
             // system:node-proxier role).
@@ -189,7 +224,7 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             ));
         }
         if !args.disable_agent {
-            let (agent, data_dir) = (args.agent.clone(), args.data_dir.clone());
+            let (agent, data_dir) = (agent_args, args.data_dir.clone());
             components.push(crate::scheduler::spawn_in_process(
                 "node agent",
                 components_stopped.clone(),

@@ -132,84 +132,122 @@ fn web_pods(c: &Cluster) -> Vec<String> {
     .collect()
 }
 
+/// A `skiff server` cluster whose node runs pods on a bridge of the test's own, with
+/// the service proxy writing to a table of the test's own. Fields drop in order: the
+/// cluster, then what it may have left.
+struct NetCluster {
+    c: Cluster,
+    table: String,
+    _leftovers: Leftovers,
+    dir: tempfile::TempDir,
+    _table: Table,
+    _network: Network,
+    _cgroups: CgroupGuard,
+}
+
+impl NetCluster {
+    async fn start(tag: u32, extra: &[&str]) -> NetCluster {
+        let pid = std::process::id() + tag;
+        let cgroups = CgroupGuard(format!("/skiff-net-test-{pid}"));
+        let subnet = format!("10.237.{}.0/24", 10 + pid % 200);
+        let network = Network::new(&format!("skn{}", pid % 100_000), &subnet);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = oci_image(
+            "example.com/busybox:1",
+            &[busybox_layer()],
+            json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
+        );
+        let tarball = dir.path().join("busybox.tar");
+        std::fs::write(&tarball, image).expect("tarball");
+        let imported = std::process::Command::new(SKIFF)
+            .args(["images", "import"])
+            .arg(&tarball)
+            .arg("--data-dir")
+            .arg(dir.path().join("runtime"))
+            .output()
+            .expect("skiff images import");
+        assert!(imported.status.success(), "{imported:?}");
+        let node = format!("net-{pid}");
+        let table = format!("skiff-test-{pid}");
+        let mut flags: Vec<String> = [
+            ("--node-name", node.clone()),
+            ("--node-ip", "127.0.0.1".into()),
+            (
+                "--cri-socket",
+                dir.path().join("cri.sock").display().to_string(),
+            ),
+            (
+                "--runtime-data-dir",
+                dir.path().join("runtime").display().to_string(),
+            ),
+            (
+                "--pod-log-dir",
+                dir.path().join("logs").display().to_string(),
+            ),
+            ("--cni-conf-dir", network.conf_dir().display().to_string()),
+            ("--cgroup-parent", format!("/skiff-net-test-{pid}")),
+            ("--kubelet-port", "0".into()),
+            ("--eviction-hard", "memory.available<1Mi".into()),
+            // The proxy masquerades what comes from outside the pods' network.
+            ("--cluster-cidr", subnet.clone()),
+            // Not another test cluster's addresses.
+            ("--service-cidr", format!("10.{}.0.0/16", 100 + pid % 50)),
+            ("--proxy-nft-table", table.clone()),
+            // Not the host's port 53.
+            ("--dns-port", "0".into()),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .collect();
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let leftovers = Leftovers {
+            dir: dir.path().to_path_buf(),
+            data: dir.path().join("runtime"),
+            also: Vec::new(),
+        };
+        let _table = Table(table.clone());
+        let c = Cluster::start_all_in_one(Backend::Embedded, &flags).await;
+        let mut leftovers = leftovers;
+        leftovers.also.push(c.data_dir().to_path_buf());
+        wait_node_ready(&c, &node);
+        NetCluster {
+            c,
+            table,
+            _leftovers: leftovers,
+            dir,
+            _table,
+            _network: network,
+            _cgroups: cgroups,
+        }
+    }
+
+    /// Deletes every pod and waits for the runtime to have no sandbox left.
+    async fn delete_pods(&self) {
+        self.c.ok(&["delete", "pod", "--all", "--timeout=60s"]);
+        no_sandboxes_left(&self.dir.path().join("cri.sock"), || self.c.log()).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_reach_ready_pods_through_the_proxy() {
-    let pid = std::process::id();
-    let _cgroups = CgroupGuard(format!("/skiff-net-test-{pid}"));
-    let subnet = format!("10.237.{}.0/24", 10 + pid % 200);
-    let network = Network::new(&format!("skn{}", pid % 100_000), &subnet);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let image = oci_image(
-        "example.com/busybox:1",
-        &[busybox_layer()],
-        json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
-    );
-    let tarball = dir.path().join("busybox.tar");
-    std::fs::write(&tarball, image).expect("tarball");
-    let imported = std::process::Command::new(SKIFF)
-        .args(["images", "import"])
-        .arg(&tarball)
-        .arg("--data-dir")
-        .arg(dir.path().join("runtime"))
-        .output()
-        .expect("skiff images import");
-    assert!(imported.status.success(), "{imported:?}");
-    let node = format!("net-{pid}");
-    let nft_table = format!("skiff-test-{pid}");
-    let flags: Vec<String> = [
-        ("--node-name", node.clone()),
-        ("--node-ip", "127.0.0.1".into()),
-        (
-            "--cri-socket",
-            dir.path().join("cri.sock").display().to_string(),
-        ),
-        (
-            "--runtime-data-dir",
-            dir.path().join("runtime").display().to_string(),
-        ),
-        (
-            "--pod-log-dir",
-            dir.path().join("logs").display().to_string(),
-        ),
-        ("--cni-conf-dir", network.conf_dir().display().to_string()),
-        ("--cgroup-parent", format!("/skiff-net-test-{pid}")),
-        ("--kubelet-port", "0".into()),
-        ("--eviction-hard", "memory.available<1Mi".into()),
-        // The proxy masquerades what comes from outside the pods' network.
-        ("--cluster-cidr", subnet.clone()),
-        // Not another test cluster's addresses.
-        ("--service-cidr", format!("10.{}.0.0/16", 100 + pid % 50)),
-        ("--proxy-nft-table", nft_table.clone()),
-    ]
-    .into_iter()
-    .flat_map(|(flag, value)| [flag.to_string(), value])
-    .collect();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    // Dropped after the cluster: its rules, and what a failed test leaves running or
-    // mounted.
-    let _table = Table(nft_table.clone());
-    let mut leftovers = Leftovers {
-        dir: dir.path().to_path_buf(),
-        data: dir.path().join("runtime"),
-        also: Vec::new(),
-    };
-    let mut c = Cluster::start_all_in_one(Backend::Embedded, &flags).await;
-    leftovers.also.push(c.data_dir().to_path_buf());
-    wait_node_ready(&c, &node);
+    let mut net = NetCluster::start(0, &[]).await;
+    let nft_table = net.table.clone();
+    let c = &mut net.c;
     c.ok_stdin(&["apply", "-f", "-"], APPS);
     c.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
-    wait_for("the client pod to run", || phase(&c, "client") == "Running");
-    let pods: BTreeSet<String> = web_pods(&c).into_iter().collect();
+    wait_for("the client pod to run", || phase(c, "client") == "Running");
+    let pods: BTreeSet<String> = web_pods(c).into_iter().collect();
     assert_eq!(pods.len(), 2, "{pods:?}");
     let cluster_ip = text(
-        &c,
+        c,
         &["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"],
     );
     let url = format!("http://{cluster_ip}/");
 
     // Pod to pod by address, without the proxy.
     let pod_ip = text(
-        &c,
+        c,
         &[
             "get",
             "pod",
@@ -218,12 +256,12 @@ async fn services_reach_ready_pods_through_the_proxy() {
             "jsonpath={.status.podIP}",
         ],
     );
-    let direct = fetch(&c, &format!("http://{pod_ip}:8080/"), 1).expect("pod to pod");
+    let direct = fetch(c, &format!("http://{pod_ip}:8080/"), 1).expect("pod to pod");
     assert_eq!(direct, vec![pods.first().cloned().unwrap_or_default()]);
 
     // Pod to Service: every ready pod answers, nothing else does.
-    wait_for("the Service to answer", || fetch(&c, &url, 1).is_ok());
-    let answers: BTreeSet<String> = fetch(&c, &url, 30)
+    wait_for("the Service to answer", || fetch(c, &url, 1).is_ok());
+    let answers: BTreeSet<String> = fetch(c, &url, 30)
         .expect("requests through the Service")
         .into_iter()
         .collect();
@@ -231,7 +269,7 @@ async fn services_reach_ready_pods_through_the_proxy() {
 
     // From the host through the NodePort, on localhost.
     let node_port = text(
-        &c,
+        c,
         &[
             "get",
             "svc",
@@ -253,7 +291,7 @@ async fn services_reach_ready_pods_through_the_proxy() {
     c.ok(&["exec", &unready, "--", "sh", "-c", "rm /www/ready"]);
     wait_for("the pod to be unready", || {
         text(
-            &c,
+            c,
             &[
                 "get",
                 "pod",
@@ -264,9 +302,9 @@ async fn services_reach_ready_pods_through_the_proxy() {
         ) == "False"
     });
     wait_for("only the ready pod to answer", || {
-        fetch(&c, &url, 10).is_ok_and(|a| a.iter().all(|b| *b == ready))
+        fetch(c, &url, 10).is_ok_and(|a| a.iter().all(|b| *b == ready))
     });
-    let answers = fetch(&c, &url, 20).expect("requests");
+    let answers = fetch(c, &url, 20).expect("requests");
     assert!(answers.iter().all(|b| *b == ready), "{answers:?}");
     c.ok(&["exec", &unready, "--", "sh", "-c", "echo ok > /www/ready"]);
 
@@ -282,7 +320,7 @@ async fn services_reach_ready_pods_through_the_proxy() {
         let rules = table(&nft_table);
         rules.contains("affinity-") && rules.matches("update @affinity-").count() >= 2
     });
-    let answers: BTreeSet<String> = fetch(&c, &url, 20)
+    let answers: BTreeSet<String> = fetch(c, &url, 20)
         .expect("requests with affinity")
         .into_iter()
         .collect();
@@ -295,11 +333,11 @@ async fn services_reach_ready_pods_through_the_proxy() {
     // No endpoints: refused at once, not a time-out.
     c.ok(&["scale", "deployment/web", "--replicas=0"]);
     wait_for("the Service to refuse", || {
-        fetch(&c, &url, 1).is_err_and(|e| e.contains("refused"))
+        fetch(c, &url, 1).is_err_and(|e| e.contains("refused"))
     });
     c.ok(&["scale", "deployment/web", "--replicas=2"]);
     c.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
-    wait_for("the Service to answer again", || fetch(&c, &url, 1).is_ok());
+    wait_for("the Service to answer again", || fetch(c, &url, 1).is_ok());
 
     // The proxy's rules outlive it: traffic flows while the server is down.
     c.stop();
@@ -310,7 +348,7 @@ async fn services_reach_ready_pods_through_the_proxy() {
     let body = host_get(&local).expect("NodePort with the proxy down");
     assert!(!body.is_empty());
     c.restart();
-    wait_for("the Service after a restart", || fetch(&c, &url, 1).is_ok());
+    wait_for("the Service after a restart", || fetch(c, &url, 1).is_ok());
 
     // A deleted Service takes its rules with it.
     let np_rules = format!("tcp . {node_port}");
@@ -321,6 +359,168 @@ async fn services_reach_ready_pods_through_the_proxy() {
     });
     assert!(host_get(&local).is_err(), "the NodePort still answers");
     c.ok(&["delete", "deployment", "web"]);
-    c.ok(&["delete", "pod", "--all", "--timeout=60s"]);
-    no_sandboxes_left(&dir.path().join("cri.sock"), || c.log()).await;
+    net.delete_pods().await;
+}
+
+const NAMES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec:
+  type: ExternalName
+  externalName: outside.example
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, labels: {app: db}}
+spec:
+  hostname: db-0
+  subdomain: db
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: example.com/busybox:1
+    command: [sleep, "3600"]
+    ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: example.com/busybox:1, command: [sleep, "3600"]}
+"#;
+
+/// A resolver standing in for the host's upstream: every A question gets 192.0.2.99,
+/// anything else an empty answer. Returns its port; runs until the test ends.
+fn fake_upstream() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            // The question: its name ends at the zero label, then type and class.
+            let mut end = 12;
+            while end < n && buf[end] != 0 {
+                end += buf[end] as usize + 1;
+            }
+            let question_end = (end + 5).min(n);
+            let qtype = u16::from_be_bytes([buf[end + 1], buf[end + 2]]);
+            let mut reply = buf[..question_end].to_vec();
+            reply[2] = 0x81; // response, recursion desired
+            reply[3] = 0x80; // recursion available, NOERROR
+            reply[6..12].copy_from_slice(&[0, (qtype == 1) as u8, 0, 0, 0, 0]);
+            if qtype == 1 {
+                // A pointer to the question's name, A IN, TTL 60, 192.0.2.99.
+                reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 99]);
+            }
+            let _ = socket.send_to(&reply, peer);
+        }
+    });
+    port
+}
+
+fn lookup(c: &Cluster, args: &[&str]) -> Result<String, String> {
+    let mut all = vec!["exec", "client", "--", "nslookup"];
+    all.extend_from_slice(args);
+    let out = c.kubectl(&all);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_find_services_by_name_through_cluster_dns() {
+    let upstream = format!("127.0.0.1:{}", fake_upstream());
+    let net = NetCluster::start(1, &["--dns-upstream", &upstream]).await;
+    let c = &net.c;
+    c.ok_stdin(&["apply", "-f", "-"], NAMES);
+    wait_for("the pods to run", || {
+        phase(c, "client") == "Running" && phase(c, "db-0") == "Running"
+    });
+    let web_ip = text(
+        c,
+        &["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    let dns_ip = text(
+        c,
+        &[
+            "get",
+            "svc",
+            "-n",
+            "kube-system",
+            "kube-dns",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
+    let db_ip = text(c, &["get", "pod", "db-0", "-o", "jsonpath={.status.podIP}"]);
+    // The kubelet points ClusterFirst pods at the cluster DNS.
+    let resolv = c.ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains(&format!("nameserver {dns_ip}")), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("ndots:5"), "{resolv}");
+
+    // A Service by its full name, through the kube-dns Service's address.
+    wait_for("the cluster DNS to answer", || {
+        lookup(c, &["web.default.svc.cluster.local"]).is_ok()
+    });
+    let web = lookup(c, &["web.default.svc.cluster.local"]).expect("web");
+    assert!(web.contains(&web_ip), "{web}");
+    // A headless Service: its ready pods, each also by hostname.
+    wait_for("the headless Service's endpoint", || {
+        lookup(c, &["db.default.svc.cluster.local"]).is_ok_and(|t| t.contains(&db_ip))
+    });
+    let host = lookup(c, &["db-0.db.default.svc.cluster.local"]).expect("hostname");
+    assert!(host.contains(&db_ip), "{host}");
+    // SRV: the named port, to the pod's own name.
+    let srv = lookup(c, &["-type=SRV", "_http._tcp.db.default.svc.cluster.local"]).expect("SRV");
+    assert!(
+        srv.contains("8080") && srv.contains("db-0.db.default.svc.cluster.local"),
+        "{srv}"
+    );
+    // PTR of the ClusterIP.
+    let ptr = lookup(c, &[&web_ip]).expect("PTR");
+    assert!(ptr.contains("web.default.svc.cluster.local"), "{ptr}");
+    // A name that does not exist.
+    let missing = lookup(c, &["nope.default.svc.cluster.local"]).unwrap_err();
+    assert!(missing.contains("NXDOMAIN"), "{missing}");
+    // Outside names go to the upstream resolver; an ExternalName Service is a CNAME
+    // to one.
+    let outside = lookup(c, &["outside.example"]).expect("forwarded");
+    assert!(outside.contains("192.0.2.99"), "{outside}");
+    let ext = lookup(c, &["ext.default.svc.cluster.local"]).expect("ExternalName");
+    assert!(
+        ext.contains("outside.example") && ext.contains("192.0.2.99"),
+        "{ext}"
+    );
+    net.delete_pods().await;
 }

@@ -372,6 +372,15 @@ fn cluster_roles() -> Vec<DefaultRole> {
             "system:kube-dns",
             vec![r("list watch", &[CORE], "endpoints services")],
         ),
+        // kubeadm's CoreDNS role (not one of upstream's bootstrap roles): what a cluster
+        // DNS reads, EndpointSlices included.
+        role(
+            "system:coredns",
+            vec![
+                r("list watch", &[CORE], "endpoints services pods namespaces"),
+                r("list watch", &["discovery.k8s.io"], "endpointslices"),
+            ],
+        ),
         role(
             "system:kube-aggregator",
             vec![r(READ, &[CORE], "endpoints services")],
@@ -485,6 +494,14 @@ fn cluster_role_bindings() -> Vec<(&'static str, Vec<DefaultSubject>)> {
         (
             "system:kube-dns",
             vec![("ServiceAccount", "kube-dns", "kube-system")],
+        ),
+        // kubeadm's CoreDNS account, and skiff's own DNS server.
+        (
+            "system:coredns",
+            vec![
+                ("ServiceAccount", "coredns", "kube-system"),
+                ("User", "system:kube-dns", ""),
+            ],
         ),
     ];
     bindings.extend(controllers);

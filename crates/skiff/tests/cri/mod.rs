@@ -36,7 +36,7 @@ pub fn sha(bytes: &[u8]) -> String {
 pub const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "ls", "id", "hostname", "head", "dd", "ip", "true", "false",
     "kill", "ps", "wc", "grep", "env", "stat", "seq", "touch", "mkdir", "date", "httpd", "wget",
-    "stty", "tty", "test", "tar", "tr",
+    "stty", "tty", "test", "tar", "tr", "nslookup", "rm", "timeout",
 ];
 
 /// One layer: /bin/busybox, its applets as symlinks, and /etc/passwd and /etc/group
