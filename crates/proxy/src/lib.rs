@@ -3,10 +3,13 @@
 //! node ports, external and load balancer IPs) reach its ready endpoints. Rules live in
 //! an nftables table of their own (`nft.rs`); a change to one Service rewrites only that
 //! Service's part of it, and the whole table is replaced at start and every hour.
+//! `iptables.rs` writes the same rules as upstream's iptables mode, for `--proxy-mode
+//! iptables`.
 //! Rules stay when the proxy stops (traffic keeps flowing across restarts);
 //! `skiff proxy --cleanup` removes them.
 
 pub mod conntrack;
+pub mod iptables;
 pub mod model;
 pub mod nft;
 
@@ -29,8 +32,11 @@ pub const DEFAULT_TABLE: &str = "skiff-proxy";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("nft refused the rules: {0}")]
-    Nft(String),
+    #[error("{command} refused the rules: {message}")]
+    Rules {
+        command: &'static str,
+        message: String,
+    },
     #[error("running {command}: {source}")]
     Command {
         command: &'static str,
@@ -38,9 +44,20 @@ pub enum Error {
     },
 }
 
+/// How the kernel is programmed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// An nftables table of the proxy's own (the default, as upstream recommends).
+    #[default]
+    Nftables,
+    /// iptables chains (`KUBE-SERVICES`, ...) through `iptables-restore`.
+    Iptables,
+}
+
 /// The proxy's settings (`skiff proxy`'s flags).
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub mode: Mode,
     /// This node's name: `Local` traffic policies use its endpoints only.
     pub node_name: String,
     /// The pods' address range: service traffic from elsewhere is masqueraded.
@@ -56,6 +73,7 @@ pub struct Config {
 impl Config {
     pub fn new(node_name: impl Into<String>) -> Config {
         Config {
+            mode: Mode::Nftables,
             node_name: node_name.into(),
             cluster_cidr: None,
             table: DEFAULT_TABLE.into(),
@@ -94,6 +112,7 @@ pub struct SyncStats {
 
 /// The rules as applied, and how to change them.
 pub struct Proxier {
+    mode: Mode,
     settings: Settings,
     node: String,
     /// Each applied Service port with its model (for conntrack clean-up) and rules.
@@ -107,6 +126,7 @@ pub struct Proxier {
 impl Proxier {
     pub fn new(config: &Config) -> Proxier {
         Proxier {
+            mode: config.mode,
             settings: Settings {
                 table: config.table.clone(),
                 cluster_cidr: config.cluster_cidr.clone(),
@@ -159,12 +179,15 @@ impl Proxier {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|p| {
-                    let r = nft::render(&p, &self.settings);
+                    let r = match self.mode {
+                        Mode::Nftables => nft::render(&p, &self.settings),
+                        Mode::Iptables => iptables::render(&p, &self.settings),
+                    };
                     (p, r)
                 })
                 .collect();
             ports += rendered.len();
-            if !full {
+            if !full && self.mode == Mode::Nftables {
                 let old_keys = self.ports_of.get(name).cloned().unwrap_or_default();
                 for (port, new) in &rendered {
                     let old = self
@@ -184,7 +207,7 @@ impl Proxier {
             }
             next.push((name.clone(), rendered));
         }
-        if full {
+        if full && self.mode == Mode::Nftables {
             let all: BTreeMap<&PortKey, &Rendered> = next
                 .iter()
                 .flat_map(|(_, ports)| ports.iter().map(|(p, r)| (&p.key, r)))
@@ -194,9 +217,19 @@ impl Proxier {
                 nft::write_diff(&mut script, &self.settings.table, &empty, rendered);
             }
         }
-        if !script.is_empty()
-            && let Err(e) = apply(&script).await
-        {
+        let applied = match self.mode {
+            Mode::Nftables if script.is_empty() => Ok(()),
+            Mode::Nftables => apply(&script).await,
+            Mode::Iptables => match self.iptables_script(&next, full).await {
+                Ok(Some(text)) => {
+                    script = text;
+                    iptables::apply(&script).await
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = applied {
             self.needs_full = true;
             return Err(e);
         }
@@ -244,6 +277,68 @@ impl Proxier {
             script_bytes: script.len(),
             elapsed: started.elapsed(),
         })
+    }
+}
+
+impl Proxier {
+    /// The iptables script for a sync whose new renderings are `next` (None: nothing
+    /// changed). The dispatch chains are written whole from every Service port.
+    async fn iptables_script(
+        &self,
+        next: &[(ServiceName, Vec<(ServicePort, Rendered)>)],
+        full: bool,
+    ) -> Result<Option<String>, Error> {
+        let empty = Rendered::default();
+        let mut changes: Vec<(&Rendered, &Rendered)> = Vec::new();
+        for (name, ports) in next {
+            for (port, new) in ports {
+                let old = self
+                    .applied
+                    .get(&port.key)
+                    .map(|(_, r)| r)
+                    .unwrap_or(&empty);
+                if full || old != new {
+                    changes.push((old, new));
+                }
+            }
+            for key in self.ports_of.get(name).into_iter().flatten() {
+                if !ports.iter().any(|(p, _)| &p.key == key)
+                    && let Some((_, old)) = self.applied.get(key)
+                {
+                    changes.push((old, &empty));
+                }
+            }
+        }
+        if !full && changes.is_empty() {
+            return Ok(None);
+        }
+        let next_names: BTreeSet<&ServiceName> = next.iter().map(|(n, _)| n).collect();
+        let mut all: Vec<&Rendered> = next
+            .iter()
+            .flat_map(|(_, ports)| ports.iter().map(|(_, r)| r))
+            .collect();
+        if !full {
+            for (name, keys) in &self.ports_of {
+                if next_names.contains(name) {
+                    continue;
+                }
+                all.extend(
+                    keys.iter()
+                        .filter_map(|k| self.applied.get(k).map(|(_, r)| r)),
+                );
+            }
+        }
+        let stale = if full {
+            let wanted: BTreeSet<&String> = all.iter().flat_map(|r| r.chains.keys()).collect();
+            iptables::existing_chains()
+                .await?
+                .into_iter()
+                .filter(|c| !wanted.contains(c))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Some(iptables::script(&all, &changes, &stale, full)))
     }
 }
 
@@ -302,13 +397,23 @@ pub async fn apply(script: &str) -> Result<(), Error> {
         let stderr = String::from_utf8_lossy(&output.stderr);
         // nft names the failing line; keep the message readable.
         let message: String = stderr.lines().take(6).collect::<Vec<_>>().join("\n");
-        Err(Error::Nft(message))
+        Err(Error::Rules {
+            command: "nft",
+            message,
+        })
     }
 }
 
-/// Removes every rule the proxy made (`skiff proxy --cleanup`).
-pub async fn cleanup(table: &str) -> Result<(), Error> {
-    apply(&nft::cleanup(table)).await
+/// Removes every rule the proxy made in `mode`, or in either (`skiff proxy
+/// --cleanup`).
+pub async fn cleanup(table: &str, mode: Option<Mode>) -> Result<(), Error> {
+    if mode != Some(Mode::Iptables) {
+        apply(&nft::cleanup(table)).await?;
+    }
+    if mode != Some(Mode::Nftables) {
+        iptables::cleanup().await?;
+    }
+    Ok(())
 }
 
 /// The kernel settings Service traffic needs: forwarding, bridged traffic through the

@@ -87,6 +87,11 @@ pub struct AgentArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub node: NodeAgentArgs,
+    /// Run no service proxy (another one programs Services on this node).
+    #[arg(long)]
+    pub disable_proxy: bool,
+    #[command(flatten)]
+    pub proxy: crate::proxy::ProxyRuleArgs,
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
@@ -116,20 +121,48 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     };
     let mut node = args.node;
     node.node_name = Some(node_name);
+    let proxy = (!args.disable_proxy).then_some(args.proxy);
     run_until(
         kubeconfig,
         args.data_dir,
         node,
+        proxy,
         crate::server::shutdown_signal_quiet(),
     )
     .await
 }
 
-/// Runs the runtime (unless another is named) and the kubelet until `shutdown`.
+/// The node's service proxy with the node's credentials, treating the node's pod
+/// CIDR as the pods' range (upstream's `--detect-local-mode=NodeCIDR`).
+async fn node_proxy(
+    client: kube::Client,
+    node: String,
+    rules: crate::proxy::ProxyRuleArgs,
+) -> Result<()> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let mut cidr = None;
+    for _ in 0..60 {
+        if let Ok(Some(n)) = nodes.get_opt(&node).await {
+            cidr = n.spec.and_then(|s| s.pod_cidr).filter(|c| !c.is_empty());
+            if cidr.is_some() {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let config = rules.config(node, cidr);
+    skiff_proxy::run(client, config)
+        .await
+        .context("service proxy")
+}
+
+/// Runs the runtime (unless another is named), the kubelet and (with `proxy`) the
+/// service proxy until `shutdown`.
 pub async fn run_until(
     kubeconfig: PathBuf,
     data_dir: PathBuf,
     node: NodeAgentArgs,
+    proxy: Option<crate::proxy::ProxyRuleArgs>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -207,8 +240,19 @@ pub async fn run_until(
         // with the renewed one (its pods keep running meanwhile).
         let client = crate::scheduler::client(&kubeconfig, "kubelet").await?;
         let (kubelet_stop, kubelet_stopped) = tokio::sync::watch::channel(false);
-        let kubelet = skiff_kubelet::run(client, config.clone(), wait(kubelet_stopped));
+        let kubelet = skiff_kubelet::run(client.clone(), config.clone(), wait(kubelet_stopped));
         tokio::pin!(kubelet);
+        // The proxy restarts with the kubelet on a renewed certificate; its rules stay.
+        let proxying = async {
+            match &proxy {
+                Some(rules) => {
+                    let client = crate::scheduler::client(&kubeconfig, "kube-proxy").await?;
+                    node_proxy(client, config.node_name.clone(), rules.clone()).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(proxying);
         let renewal = renewal_wait(&kubeconfig, &config.node_name);
         let outcome = tokio::select! {
             () = &mut shutdown => Some(Ok(())),
@@ -221,6 +265,7 @@ pub async fn run_until(
                 })
             }
             () = renewal => None,
+            result = &mut proxying => Some(result),
         };
         let _ = kubelet_stop.send(true);
         if let Some(outcome) = outcome {

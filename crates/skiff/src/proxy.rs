@@ -20,20 +20,37 @@ pub struct ProxyArgs {
     pub cluster_cidr: Option<String>,
     #[command(flatten)]
     pub rules: ProxyRuleArgs,
-    /// Remove the proxy's rules and exit.
+    /// Remove the proxy's rules and exit (those of `--proxy-mode` when given, else of
+    /// both modes).
     #[arg(long)]
     pub cleanup: bool,
 }
 
-/// Flags shared with `skiff server`.
+/// Flags shared with `skiff server` and `skiff agent`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ProxyRuleArgs {
+    /// How Services are programmed: `nftables` (default) or `iptables`.
+    #[arg(long, value_parser = parse_mode)]
+    pub proxy_mode: Option<skiff_proxy::Mode>,
     /// The least time between two rule syncs (changes in between are batched).
     #[arg(long, default_value = "100ms", value_parser = parse_millis)]
     pub min_sync_period: std::time::Duration,
     /// The nftables table the rules go in (tests run several proxies on one host).
     #[arg(long, default_value = skiff_proxy::DEFAULT_TABLE, hide = true)]
     pub proxy_nft_table: String,
+}
+
+fn parse_mode(text: &str) -> Result<skiff_proxy::Mode, String> {
+    match text {
+        "nftables" => Ok(skiff_proxy::Mode::Nftables),
+        "iptables" => Ok(skiff_proxy::Mode::Iptables),
+        "ipvs" => {
+            Err("ipvs is not supported (this kernel has no IPVS); use nftables or iptables".into())
+        }
+        _ => Err(format!(
+            "unknown proxy mode {text:?} (nftables or iptables)"
+        )),
+    }
 }
 
 /// `100ms`, `1s`, `1m`.
@@ -51,6 +68,7 @@ impl ProxyRuleArgs {
     pub fn config(&self, node_name: String, cluster_cidr: Option<String>) -> skiff_proxy::Config {
         let mut config = skiff_proxy::Config::new(node_name);
         config.cluster_cidr = cluster_cidr;
+        config.mode = self.proxy_mode.unwrap_or_default();
         config.table = self.proxy_nft_table.clone();
         config.min_sync_period = self.min_sync_period;
         config
@@ -59,13 +77,10 @@ impl ProxyRuleArgs {
 
 pub async fn run(args: ProxyArgs) -> Result<()> {
     if args.cleanup {
-        skiff_proxy::cleanup(&args.rules.proxy_nft_table)
+        skiff_proxy::cleanup(&args.rules.proxy_nft_table, args.rules.proxy_mode)
             .await
             .context("removing the proxy's rules")?;
-        eprintln!(
-            "removed the proxy's rules (table ip {})",
-            args.rules.proxy_nft_table
-        );
+        eprintln!("removed the proxy's rules");
         return Ok(());
     }
     let Some(kubeconfig) = args.kubeconfig.clone() else {
@@ -96,7 +111,7 @@ pub async fn run_config(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let client = crate::scheduler::client(&kubeconfig, "kube-proxy").await?;
-    tracing::info!(table = %config.table, cluster_cidr = ?config.cluster_cidr, "service proxy (nftables)");
+    tracing::info!(mode = ?config.mode, table = %config.table, cluster_cidr = ?config.cluster_cidr, "service proxy");
     tokio::select! {
         result = skiff_proxy::run(client, config) => result.context("service proxy")?,
         () = shutdown => {}

@@ -228,7 +228,10 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             components.push(crate::scheduler::spawn_in_process(
                 "node agent",
                 components_stopped.clone(),
-                move |stop| crate::agent::run_until(kubelet_kubeconfig, data_dir, agent, stop),
+                // The proxy runs apart, with its own identity.
+                move |stop| {
+                    crate::agent::run_until(kubelet_kubeconfig, data_dir, agent, None, stop)
+                },
             ));
         }
     }

@@ -42,6 +42,8 @@ fn agent(tn: &TestNode, dir: &Path, name: &str, extra: &[&str]) -> Component {
         .arg("--pod-log-dir")
         .arg(&tn.logs)
         .args(["--eviction-hard", "memory.available<1Mi"])
+        // The node's service proxy, in a table of the test's own.
+        .args(["--proxy-nft-table", &proxy_table()])
         .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -50,6 +52,26 @@ fn agent(tn: &TestNode, dir: &Path, name: &str, extra: &[&str]) -> Component {
         .spawn()
         .expect("start skiff agent");
     Component { child, log }
+}
+
+fn proxy_table() -> String {
+    format!("skiff-test-join-{}", std::process::id())
+}
+
+/// Removes the agents' proxy rules when dropped.
+struct ProxyTable;
+
+impl Drop for ProxyTable {
+    fn drop(&mut self) {
+        let _ = skiff(&[
+            "proxy",
+            "--cleanup",
+            "--proxy-mode",
+            "nftables",
+            "--proxy-nft-table",
+            &proxy_table(),
+        ]);
+    }
 }
 
 fn skiff(args: &[&str]) -> Output {
@@ -143,6 +165,7 @@ fn old_kubeconfig(tn: &TestNode, path: &Path, user: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_with_a_token_and_renews_its_certificate() {
+    let _rules = ProxyTable;
     let tn = TestNode::start(7).await;
     let c = &tn.c;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -238,6 +261,18 @@ async fn a_node_joins_with_a_token_and_renews_its_certificate() {
             &format!("/api/v1/nodes/{node}/proxy/healthz")
         ]),
         "ok"
+    );
+    // Its service proxy reads Services with the node's credentials: the `kubernetes`
+    // Service is programmed.
+    wait_for(
+        "the joined node's proxy to program the kubernetes Service",
+        || {
+            let rules = Command::new("nft")
+                .args(["list", "table", "ip", &proxy_table()])
+                .output()
+                .expect("nft");
+            String::from_utf8_lossy(&rules.stdout).contains("10.96.0.1 . tcp . 443")
+        },
     );
     joined.kill();
 

@@ -62,23 +62,41 @@ spec:
   - {name: c, image: example.com/busybox:1, command: [sleep, "3600"]}
 "#;
 
-/// Removes the test's nftables table once the cluster is gone.
-struct Table(String);
+/// Removes the proxy's rules (`mode`: nftables, the test's own table; iptables, the
+/// KUBE- chains) once the cluster is gone, with `skiff proxy --cleanup`.
+struct Table {
+    name: String,
+    mode: &'static str,
+}
 
 impl Drop for Table {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(SKIFF)
-            .args(["proxy", "--cleanup", "--proxy-nft-table", &self.0])
-            .output();
+        let out = std::process::Command::new(SKIFF)
+            .args(["proxy", "--cleanup", "--proxy-mode", self.mode])
+            .args(["--proxy-nft-table", &self.name])
+            .output()
+            .expect("skiff proxy --cleanup");
+        assert!(out.status.success() || std::thread::panicking(), "{out:?}");
+        if self.mode == "iptables" && !std::thread::panicking() {
+            assert!(
+                !rules("iptables", &self.name).contains("KUBE-"),
+                "cleanup left chains"
+            );
+        }
     }
 }
 
-fn table(name: &str) -> String {
-    let out = std::process::Command::new("nft")
-        .args(["list", "table", "ip", name])
-        .output()
-        .expect("nft");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The proxy's rules as the kernel has them.
+fn rules(mode: &str, table: &str) -> String {
+    let out = match mode {
+        "iptables" => std::process::Command::new("sh")
+            .args(["-c", "iptables-save -t nat; iptables-save -t filter"])
+            .output(),
+        _ => std::process::Command::new("nft")
+            .args(["list", "table", "ip", table])
+            .output(),
+    };
+    String::from_utf8_lossy(&out.expect("listing rules").stdout).into_owned()
 }
 
 /// `count` requests to `url` from the client pod, one `wget` each: the bodies, or the
@@ -138,6 +156,7 @@ fn web_pods(c: &Cluster) -> Vec<String> {
 struct NetCluster {
     c: Cluster,
     table: String,
+    mode: &'static str,
     _leftovers: Leftovers,
     dir: tempfile::TempDir,
     _table: Table,
@@ -146,7 +165,8 @@ struct NetCluster {
 }
 
 impl NetCluster {
-    async fn start(tag: u32, extra: &[&str]) -> NetCluster {
+    /// A cluster whose proxy programs `mode` (nftables, iptables).
+    async fn start(tag: u32, mode: &'static str, extra: &[&str]) -> NetCluster {
         let pid = std::process::id() + tag;
         let cgroups = CgroupGuard(format!("/skiff-net-test-{pid}"));
         let subnet = format!("10.237.{}.0/24", 10 + pid % 200);
@@ -193,6 +213,7 @@ impl NetCluster {
             // Not another test cluster's addresses.
             ("--service-cidr", format!("10.{}.0.0/16", 100 + pid % 50)),
             ("--proxy-nft-table", table.clone()),
+            ("--proxy-mode", mode.into()),
             // Not the host's port 53.
             ("--dns-port", "0".into()),
         ]
@@ -206,7 +227,10 @@ impl NetCluster {
             data: dir.path().join("runtime"),
             also: Vec::new(),
         };
-        let _table = Table(table.clone());
+        let _table = Table {
+            name: table.clone(),
+            mode,
+        };
         let c = Cluster::start_all_in_one(Backend::Embedded, &flags).await;
         let mut leftovers = leftovers;
         leftovers.also.push(c.data_dir().to_path_buf());
@@ -214,6 +238,7 @@ impl NetCluster {
         NetCluster {
             c,
             table,
+            mode,
             _leftovers: leftovers,
             dir,
             _table,
@@ -231,8 +256,16 @@ impl NetCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_reach_ready_pods_through_the_proxy() {
-    let mut net = NetCluster::start(0, &[]).await;
-    let nft_table = net.table.clone();
+    services(NetCluster::start(0, "nftables", &[]).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_reach_ready_pods_through_iptables() {
+    services(NetCluster::start(2, "iptables", &[]).await).await;
+}
+
+async fn services(mut net: NetCluster) {
+    let (mode, table) = (net.mode, net.table.clone());
     let c = &mut net.c;
     c.ok_stdin(&["apply", "-f", "-"], APPS);
     c.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
@@ -317,8 +350,8 @@ async fn services_reach_ready_pods_through_the_proxy() {
         r#"{"spec":{"sessionAffinity":"ClientIP"}}"#,
     ]);
     wait_for("the affinity rules and both endpoints", || {
-        let rules = table(&nft_table);
-        rules.contains("affinity-") && rules.matches("update @affinity-").count() >= 2
+        let now = rules(mode, &table);
+        now.matches("update @affinity-").count() >= 2 || now.matches(" --set ").count() >= 2
     });
     let answers: BTreeSet<String> = fetch(c, &url, 20)
         .expect("requests with affinity")
@@ -342,7 +375,7 @@ async fn services_reach_ready_pods_through_the_proxy() {
     // The proxy's rules outlive it: traffic flows while the server is down.
     c.stop();
     assert!(
-        table(&nft_table).contains(&cluster_ip),
+        rules(mode, &table).contains(&cluster_ip),
         "rules gone with the proxy"
     );
     let body = host_get(&local).expect("NodePort with the proxy down");
@@ -351,11 +384,14 @@ async fn services_reach_ready_pods_through_the_proxy() {
     wait_for("the Service after a restart", || fetch(c, &url, 1).is_ok());
 
     // A deleted Service takes its rules with it.
-    let np_rules = format!("tcp . {node_port}");
-    assert!(table(&nft_table).contains(&np_rules));
+    let np_rules = match mode {
+        "iptables" => format!("--dport {node_port} "),
+        _ => format!("tcp . {node_port}"),
+    };
+    assert!(rules(mode, &table).contains(&np_rules));
     c.ok(&["delete", "svc", "web-np"]);
     wait_for("the NodePort's rules to go", || {
-        !table(&nft_table).contains(&np_rules)
+        !rules(mode, &table).contains(&np_rules)
     });
     assert!(host_get(&local).is_err(), "the NodePort still answers");
     c.ok(&["delete", "deployment", "web"]);
@@ -457,7 +493,7 @@ fn lookup(c: &Cluster, args: &[&str]) -> Result<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_find_services_by_name_through_cluster_dns() {
     let upstream = format!("127.0.0.1:{}", fake_upstream());
-    let net = NetCluster::start(1, &["--dns-upstream", &upstream]).await;
+    let net = NetCluster::start(1, "nftables", &["--dns-upstream", &upstream]).await;
     let c = &net.c;
     c.ok_stdin(&["apply", "-f", "-"], NAMES);
     wait_for("the pods to run", || {

@@ -487,9 +487,15 @@ fn cluster_role_bindings() -> Vec<(&'static str, Vec<DefaultSubject>)> {
             vec![("User", "system:kube-controller-manager", "")],
         ),
         ("system:node", vec![]),
+        // Upstream binds the proxier role to `system:kube-proxy` only (kubeadm runs the
+        // proxy as a service account); a skiff node runs its proxy with the node's own
+        // credentials, so nodes get it too (read-only: Services, endpoints, nodes).
         (
             "system:node-proxier",
-            vec![("User", "system:kube-proxy", "")],
+            vec![
+                ("User", "system:kube-proxy", ""),
+                ("Group", "system:nodes", ""),
+            ],
         ),
         (
             "system:kube-dns",

@@ -3,6 +3,7 @@
 
 mod api;
 mod cri;
+mod network;
 mod pods;
 mod scheduler;
 mod stats;
@@ -23,6 +24,10 @@ pub enum Bench {
     Cri(cri::CriBench),
     /// Pod startup latency through API server, scheduler, kubelet and runtime.
     Pods(pods::PodsBench),
+    /// Service rule syncs (nftables) and request latency through a ClusterIP.
+    Proxy(network::ProxyBench),
+    /// Cluster DNS queries per second and latency.
+    Dns(network::DnsBench),
 }
 
 impl Bench {
@@ -33,6 +38,8 @@ impl Bench {
             Bench::Scheduler(bench) => bench.run().await,
             Bench::Cri(bench) => bench.run().await,
             Bench::Pods(bench) => bench.run().await,
+            Bench::Proxy(bench) => bench.run().await,
+            Bench::Dns(bench) => bench.run().await,
         }
     }
 }
