@@ -1,6 +1,6 @@
 //! The nftables form of the proxy's rules (upstream kube-proxy's nftables mode, IPv4):
-//! one table of our own, verdict maps from destination to a chain per Service port, and
-//! a chain per endpoint. A full sync replaces the table in one transaction; a partial
+//! one table of our own, verdict maps from destination to a chain per Service port, whose
+//! rules pick an endpoint and DNAT to it. A full sync replaces the table in one transaction; a partial
 //! sync rewrites only what a changed Service port renders differently, so its cost does
 //! not grow with the number of Services.
 
@@ -82,44 +82,53 @@ pub fn render(port: &ServicePort, settings: &Settings) -> Rendered {
     let cluster = port.cluster_endpoints();
     let local = port.local_endpoints();
 
-    // One chain per endpoint either kind of traffic may reach.
-    let mut endpoint_chains = BTreeMap::new();
-    for endpoint in port.all_used_endpoints() {
-        let chain = endpoint_name("endpoint", key, endpoint);
-        let mut rules = vec![format!("ip saddr {} jump mark-for-masquerade", endpoint.ip)];
-        if let Some(timeout) = port.affinity_seconds {
-            let set = endpoint_name("affinity", key, endpoint);
-            rules.push(format!("update @{set} {{ ip saddr }}"));
-            out.sets.insert(set, timeout);
+    // Endpoints are picked by rules, not by a per-Service anonymous map or a chain
+    // per endpoint: the kernel keeps a table's sets in a list, so thousands of
+    // anonymous maps make every transaction slow, and every jump target is walked when
+    // a transaction is checked for loops (docs/benchmarks.md).
+    if let Some(timeout) = port.affinity_seconds {
+        for e in port.all_used_endpoints() {
+            out.sets.insert(endpoint_name("affinity", key, e), timeout);
         }
-        rules.push(format!(
-            "meta l4proto {proto} dnat to {}:{}",
-            endpoint.ip, endpoint.port
-        ));
-        out.chains.insert(chain.clone(), rules);
-        endpoint_chains.insert((endpoint.ip, endpoint.port), chain);
     }
     let balance = |endpoints: &[&Endpoint]| -> Vec<String> {
         let mut rules = Vec::new();
+        // Hairpin: an endpoint reaching its own Service may come back to itself, and
+        // must then see another source address. (Any endpoint of the Service is
+        // masqueraded: one rule each, no set.)
+        for e in endpoints {
+            rules.push(format!("ip saddr {} jump mark-for-masquerade", e.ip));
+        }
+        let dnat = |e: &Endpoint| -> String {
+            match port.affinity_seconds {
+                Some(_) => format!(
+                    "update @{} {{ ip saddr }} dnat to {}:{}",
+                    endpoint_name("affinity", key, e),
+                    e.ip,
+                    e.port
+                ),
+                None => format!("dnat to {}:{}", e.ip, e.port),
+            }
+        };
         if port.affinity_seconds.is_some() {
             for e in endpoints {
                 let set = endpoint_name("affinity", key, e);
-                rules.push(format!(
-                    "ip saddr @{set} goto {}",
-                    endpoint_chains[&(e.ip, e.port)]
-                ));
+                rules.push(format!("meta l4proto {proto} ip saddr @{set} {}", dnat(e)));
             }
         }
-        let arms: Vec<String> = endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, e)| format!("{i} : goto {}", endpoint_chains[&(e.ip, e.port)]))
-            .collect();
-        rules.push(format!(
-            "numgen random mod {} vmap {{ {} }}",
-            endpoints.len(),
-            arms.join(", ")
-        ));
+        // Each endpoint in turn with probability 1/(endpoints left): uniform overall.
+        let n = endpoints.len();
+        for (i, e) in endpoints.iter().enumerate() {
+            if i + 1 < n {
+                rules.push(format!(
+                    "meta l4proto {proto} numgen random mod {} 0 {}",
+                    n - i,
+                    dnat(e)
+                ));
+            } else {
+                rules.push(format!("meta l4proto {proto} {}", dnat(e)));
+            }
+        }
         rules
     };
 
@@ -391,15 +400,16 @@ mod tests {
             .find(|(name, _)| name.starts_with("service-"))
             .expect("service chain");
         assert!(service.0.ends_with("-ns/web/tcp/p80"), "{}", service.0);
-        let last = service.1.last().expect("rules");
-        assert!(last.starts_with("numgen random mod 2 vmap"), "{last}");
         assert_eq!(
-            r.chains
-                .keys()
-                .filter(|c| c.starts_with("endpoint-"))
-                .count(),
-            2
+            service.1[service.1.len() - 2],
+            "meta l4proto tcp numgen random mod 2 0 dnat to 10.244.0.2:8080"
         );
+        assert_eq!(
+            service.1[service.1.len() - 1],
+            "meta l4proto tcp dnat to 10.244.0.3:8080"
+        );
+        // No chain per endpoint.
+        assert_eq!(r.chains.len(), 2, "{:?}", r.chains.keys());
         assert_eq!(
             r.elements[&(Map::ServiceIps, "10.96.0.5 . tcp . 80".into())],
             format!("goto {}", service.0)
@@ -433,15 +443,15 @@ mod tests {
         assert!(text.is_empty(), "{text}");
         let after = render(&port(&[(2, true)]), &s);
         write_diff(&mut text, "t", &before, &after);
-        assert!(text.contains("delete chain ip t endpoint-"), "{text}");
         assert!(text.contains("flush chain ip t service-"), "{text}");
+        assert!(!text.contains("delete chain"), "{text}");
         // The map element still points at the same chain: untouched.
         assert!(!text.contains("element"), "{text}");
         let mut gone = String::new();
         write_diff(&mut gone, "t", &after, &Rendered::default());
         assert!(gone.contains("delete element ip t service-ips { 10.96.0.5 . tcp . 80 }"));
-        let flush = gone.find("flush chain ip t service-").expect("flush");
-        let delete = gone.find("delete chain ip t endpoint-").expect("delete");
+        let flush = gone.find("flush chain ip t external-").expect("flush");
+        let delete = gone.find("delete chain ip t service-").expect("delete");
         assert!(flush < delete, "{gone}");
     }
 }

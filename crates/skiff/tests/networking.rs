@@ -62,6 +62,24 @@ spec:
   - {name: c, image: example.com/busybox:1, command: [sleep, "3600"]}
 "#;
 
+/// A pod published on a host port (the CNI portmap plugin's DNAT).
+fn host_port_pod(port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostport}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: example.com/busybox:1
+    command: [sh, -c, "mkdir -p /www && echo from-the-host-port > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{{containerPort: 8080, hostPort: {port}}}]
+"#
+    )
+}
+
 /// Removes the proxy's rules (`mode`: nftables, the test's own table; iptables, the
 /// KUBE- chains) once the cluster is gone, with `skiff proxy --cleanup`.
 struct Table {
@@ -117,6 +135,29 @@ fn fetch(c: &Cluster, url: &str, count: usize) -> Result<Vec<String>, String> {
     }
 }
 
+/// A TCP port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The client pod's address.
+fn client_ip(c: &Cluster) -> String {
+    text(
+        c,
+        &["get", "pod", "client", "-o", "jsonpath={.status.podIP}"],
+    )
+}
+
+/// The bridge's address: the first of the pod's /24.
+fn gateway(pod_ip: &str) -> String {
+    let mut octets: Vec<&str> = pod_ip.split('.').collect();
+    octets.truncate(3);
+    format!("{}.1", octets.join("."))
+}
+
 /// One HTTP/1.0 GET from the host: the body.
 fn host_get(addr: &str) -> std::io::Result<String> {
     let mut tcp = std::net::TcpStream::connect_timeout(
@@ -170,7 +211,12 @@ impl NetCluster {
         let pid = std::process::id() + tag;
         let cgroups = CgroupGuard(format!("/skiff-net-test-{pid}"));
         let subnet = format!("10.237.{}.0/24", 10 + pid % 200);
-        let network = Network::new(&format!("skn{}", pid % 100_000), &subnet);
+        // With portmap, as the default network has it, for hostPort.
+        let network = Network::with_plugins(
+            &format!("skn{}", pid % 100_000),
+            &subnet,
+            &[json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true})],
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let image = oci_image(
             "example.com/busybox:1",
@@ -317,6 +363,21 @@ async fn services(mut net: NetCluster) {
     });
     let body = host_get(&local).expect("NodePort");
     assert!(pods.contains(&body), "{body:?} from {local}");
+
+    // hostPort: the node's port reaches the pod (its own address; portmap does not
+    // take loopback).
+    if mode == "nftables" {
+        let port = free_port();
+        c.ok_stdin(&["apply", "-f", "-"], &host_port_pod(port));
+        wait_for("the hostPort pod to run", || {
+            phase(c, "hostport") == "Running"
+        });
+        let gateway = gateway(&client_ip(c));
+        let addr = format!("{gateway}:{port}");
+        wait_for("the hostPort to answer", || {
+            host_get(&addr).is_ok_and(|b| b == "from-the-host-port")
+        });
+    }
 
     // An unready pod gets nothing.
     let unready = pods.first().cloned().unwrap_or_default();

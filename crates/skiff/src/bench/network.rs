@@ -165,6 +165,9 @@ impl ProxyBench {
             .and_then(|s| s.endpoints.first()?.addresses.first().cloned())
             .context("no endpoint")?;
         run_ip(&["addr", "add", &format!("{endpoint}/32"), "dev", "lo"])?;
+        // Somewhere for the service range to go before DNAT (a node has its default
+        // route; this namespace has nothing).
+        run_ip(&["route", "add", "10.96.0.0/12", "dev", "lo"])?;
         let listener = std::net::TcpListener::bind((endpoint.as_str(), 8080))?;
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {

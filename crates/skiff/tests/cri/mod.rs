@@ -784,14 +784,23 @@ pub struct Network {
 
 impl Network {
     pub fn new(bridge: &str, subnet: &str) -> Network {
+        Network::with_plugins(bridge, subnet, &[])
+    }
+
+    /// The bridge network with `more` plugins chained after it (portmap for hostPort).
+    pub fn with_plugins(bridge: &str, subnet: &str, more: &[serde_json::Value]) -> Network {
         let dir = tempfile::tempdir().expect("tempdir");
-        let conflist = json!({
-            "cniVersion": "1.0.0", "name": format!("{bridge}-net"),
-            "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+        let mut plugins = vec![
+            json!({"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
                          "hairpinMode": true,
                          "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
                                   "routes": [{"dst": "0.0.0.0/0"}],
-                                  "dataDir": dir.path().join("ipam")}}],
+                                  "dataDir": dir.path().join("ipam")}}),
+        ];
+        plugins.extend(more.iter().cloned());
+        let conflist = json!({
+            "cniVersion": "1.0.0", "name": format!("{bridge}-net"),
+            "plugins": plugins,
         });
         std::fs::create_dir_all(dir.path().join("net.d")).expect("net.d");
         std::fs::write(
