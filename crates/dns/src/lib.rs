@@ -48,12 +48,14 @@ pub struct Config {
 
 type Key = (String, String);
 
+/// One kind's objects, by the Service they concern, then by name.
+type Grouped<K> = HashMap<Key, HashMap<String, K>>;
+
 /// The watched objects records are made from.
 #[derive(Default)]
 struct Objects {
-    services: HashMap<Key, Service>,
-    /// Slices by their Service, then by name.
-    slices: HashMap<Key, HashMap<String, EndpointSlice>>,
+    services: Grouped<Service>,
+    slices: Grouped<EndpointSlice>,
 }
 
 impl Objects {
@@ -64,19 +66,26 @@ impl Objects {
             .get(key)
             .map(|s| s.values().collect())
             .unwrap_or_default();
+        let service = self.services.get(key).and_then(|s| s.values().next());
         let mut records = records.write().unwrap_or_else(|e| e.into_inner());
-        records.set(&key.0, &key.1, self.services.get(key), &slices);
+        records.set(&key.0, &key.1, service, &slices);
     }
 }
 
-fn service_key(service: &Service) -> Key {
-    (
-        service.metadata.namespace.clone().unwrap_or_default(),
-        service.metadata.name.clone().unwrap_or_default(),
-    )
+/// A Service: its own key, its name.
+fn service_place(service: &Service) -> Option<(Key, String)> {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    Some((
+        (
+            service.metadata.namespace.clone().unwrap_or_default(),
+            name.clone(),
+        ),
+        name,
+    ))
 }
 
-fn slice_key(slice: &EndpointSlice) -> Option<(Key, String)> {
+/// A slice: its Service's key (from its label), its own name.
+fn slice_place(slice: &EndpointSlice) -> Option<(Key, String)> {
     let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
     Some((
         (
@@ -115,16 +124,24 @@ pub async fn run(
     let objects = Arc::new(std::sync::Mutex::new(Objects::default()));
     let (services_synced, services_ready) = tokio::sync::oneshot::channel();
     let (slices_synced, slices_ready) = tokio::sync::oneshot::channel();
-    let services = watch_services(
-        kube::Api::all(client.clone()),
-        objects.clone(),
-        records.clone(),
+    let services = watch(
+        kube::Api::<Service>::all(client.clone()),
+        Watched {
+            objects: objects.clone(),
+            records: records.clone(),
+            place: service_place,
+            slot: |o| &mut o.services,
+        },
         services_synced,
     );
-    let slices = watch_slices(
-        kube::Api::all(client),
-        objects,
-        records.clone(),
+    let slices = watch(
+        kube::Api::<EndpointSlice>::all(client),
+        Watched {
+            objects,
+            records: records.clone(),
+            place: slice_place,
+            slot: |o| &mut o.slices,
+        },
         slices_synced,
     );
     let upstreams: Vec<SocketAddr> = config
@@ -159,109 +176,82 @@ fn lock(objects: &std::sync::Mutex<Objects>) -> std::sync::MutexGuard<'_, Object
     objects.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn watch_services(
-    api: kube::Api<Service>,
+/// Where one kind's watch keeps its objects.
+struct Watched<K> {
     objects: Arc<std::sync::Mutex<Objects>>,
     records: Arc<RwLock<Records>>,
-    synced: tokio::sync::oneshot::Sender<()>,
-) {
-    use kube::runtime::WatchStreamExt;
-    let mut synced = Some(synced);
-    let mut listing: HashMap<Key, Service> = HashMap::new();
-    let mut events = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Apply(s)) => {
-                let key = service_key(&s);
-                let mut o = lock(&objects);
-                o.services.insert(key.clone(), s);
-                o.refresh(&records, &key);
-            }
-            Ok(watcher::Event::Delete(s)) => {
-                let key = service_key(&s);
-                let mut o = lock(&objects);
-                o.services.remove(&key);
-                o.refresh(&records, &key);
-            }
-            Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitApply(s)) => {
-                listing.insert(service_key(&s), s);
-            }
-            Ok(watcher::Event::InitDone) => {
-                let mut o = lock(&objects);
-                let mut keys: Vec<Key> = o.services.keys().cloned().collect();
-                keys.extend(listing.keys().cloned());
-                o.services = std::mem::take(&mut listing);
-                for key in &keys {
-                    o.refresh(&records, key);
-                }
-                drop(o);
-                if let Some(synced) = synced.take() {
-                    let _ = synced.send(());
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "DNS watch of Services"),
-        }
-    }
+    /// The Service an object concerns and its own name (None: ignored).
+    place: fn(&K) -> Option<(Key, String)>,
+    slot: fn(&mut Objects) -> &mut Grouped<K>,
 }
 
-async fn watch_slices(
-    api: kube::Api<EndpointSlice>,
-    objects: Arc<std::sync::Mutex<Objects>>,
-    records: Arc<RwLock<Records>>,
-    synced: tokio::sync::oneshot::Sender<()>,
-) {
+/// Keeps one kind's objects and the records of the Services they concern current;
+/// `synced` fires after the first full list.
+async fn watch<K>(api: kube::Api<K>, w: Watched<K>, synced: tokio::sync::oneshot::Sender<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     use kube::runtime::WatchStreamExt;
     let mut synced = Some(synced);
-    let mut listing: HashMap<Key, HashMap<String, EndpointSlice>> = HashMap::new();
+    let mut listing: Grouped<K> = HashMap::new();
     let mut events = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Apply(s)) => {
-                let Some((key, name)) = slice_key(&s) else {
+            Ok(watcher::Event::Apply(object)) => {
+                let Some((key, name)) = (w.place)(&object) else {
                     continue;
                 };
-                let mut o = lock(&objects);
-                o.slices.entry(key.clone()).or_default().insert(name, s);
-                o.refresh(&records, &key);
+                let mut o = lock(&w.objects);
+                (w.slot)(&mut o)
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(name, object);
+                o.refresh(&w.records, &key);
             }
-            Ok(watcher::Event::Delete(s)) => {
-                let Some((key, name)) = slice_key(&s) else {
+            Ok(watcher::Event::Delete(object)) => {
+                let Some((key, name)) = (w.place)(&object) else {
                     continue;
                 };
-                let mut o = lock(&objects);
-                if let Some(slices) = o.slices.get_mut(&key) {
-                    slices.remove(&name);
-                    if slices.is_empty() {
-                        o.slices.remove(&key);
+                let mut o = lock(&w.objects);
+                let slot = (w.slot)(&mut o);
+                if let Some(group) = slot.get_mut(&key) {
+                    group.remove(&name);
+                    if group.is_empty() {
+                        slot.remove(&key);
                     }
                 }
-                o.refresh(&records, &key);
+                o.refresh(&w.records, &key);
             }
             Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitApply(s)) => {
-                if let Some((key, name)) = slice_key(&s) {
-                    listing.entry(key).or_default().insert(name, s);
+            Ok(watcher::Event::InitApply(object)) => {
+                if let Some((key, name)) = (w.place)(&object) {
+                    listing.entry(key).or_default().insert(name, object);
                 }
             }
             Ok(watcher::Event::InitDone) => {
-                let mut o = lock(&objects);
-                let mut keys: Vec<Key> = o.slices.keys().cloned().collect();
+                // The new list replaces the old; everything either names is redone.
+                let mut o = lock(&w.objects);
+                let slot = (w.slot)(&mut o);
+                let mut keys: Vec<Key> = slot.keys().cloned().collect();
                 keys.extend(listing.keys().cloned());
-                o.slices = std::mem::take(&mut listing);
+                *slot = std::mem::take(&mut listing);
                 for key in &keys {
-                    o.refresh(&records, key);
+                    o.refresh(&w.records, key);
                 }
                 drop(o);
                 if let Some(synced) = synced.take() {
                     let _ = synced.send(());
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "DNS watch of EndpointSlices"),
+            Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "DNS watch"),
         }
     }
 }

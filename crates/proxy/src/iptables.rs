@@ -430,35 +430,10 @@ fn split(rule: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Protocol;
-    use std::net::Ipv4Addr;
 
     fn port(n: usize) -> ServicePort {
-        ServicePort {
-            key: PortKey {
-                namespace: "ns".into(),
-                name: "web".into(),
-                protocol: Protocol::Tcp,
-                port: 80,
-            },
-            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 5)],
-            node_port: Some(30080),
-            external_ips: Vec::new(),
-            load_balancer_ips: Vec::new(),
-            affinity_seconds: None,
-            external_local: false,
-            internal_local: false,
-            endpoints: (0..n)
-                .map(|i| Endpoint {
-                    ip: Ipv4Addr::new(10, 244, 0, 2 + i as u8),
-                    port: 8080,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                    local: true,
-                })
-                .collect(),
-        }
+        let endpoints: Vec<(u8, bool)> = (0..n).map(|i| (2 + i as u8, true)).collect();
+        crate::model::example_port(&endpoints)
     }
 
     #[test]

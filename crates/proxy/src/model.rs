@@ -297,6 +297,38 @@ pub fn slices_by_service<'a>(
     grouped
 }
 
+/// `ns/web/tcp/p80` at 10.96.0.5 with node port 30080 and endpoints 10.244.0.N:8080
+/// (N, ready), all on this node: the rules' unit tests start from it.
+#[cfg(test)]
+pub(crate) fn example_port(endpoints: &[(u8, bool)]) -> ServicePort {
+    ServicePort {
+        key: PortKey {
+            namespace: "ns".into(),
+            name: "web".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        },
+        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 5)],
+        node_port: Some(30080),
+        external_ips: Vec::new(),
+        load_balancer_ips: Vec::new(),
+        affinity_seconds: None,
+        external_local: false,
+        internal_local: false,
+        endpoints: endpoints
+            .iter()
+            .map(|(n, ready)| Endpoint {
+                ip: Ipv4Addr::new(10, 244, 0, *n),
+                port: 8080,
+                ready: *ready,
+                serving: *ready,
+                terminating: false,
+                local: true,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

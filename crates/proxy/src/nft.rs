@@ -353,35 +353,9 @@ pub fn cleanup(table: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Protocol;
 
     fn port(endpoints: &[(u8, bool)]) -> ServicePort {
-        ServicePort {
-            key: PortKey {
-                namespace: "ns".into(),
-                name: "web".into(),
-                protocol: Protocol::Tcp,
-                port: 80,
-            },
-            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 5)],
-            node_port: Some(30080),
-            external_ips: Vec::new(),
-            load_balancer_ips: Vec::new(),
-            affinity_seconds: None,
-            external_local: false,
-            internal_local: false,
-            endpoints: endpoints
-                .iter()
-                .map(|(n, ready)| Endpoint {
-                    ip: Ipv4Addr::new(10, 244, 0, *n),
-                    port: 8080,
-                    ready: *ready,
-                    serving: *ready,
-                    terminating: false,
-                    local: true,
-                })
-                .collect(),
-        }
+        crate::model::example_port(endpoints)
     }
 
     fn settings() -> Settings {

@@ -243,14 +243,18 @@ pub async fn run_until(
         let kubelet = skiff_kubelet::run(client.clone(), config.clone(), wait(kubelet_stopped));
         tokio::pin!(kubelet);
         // The proxy restarts with the kubelet on a renewed certificate; its rules stay.
+        // A proxy that fails is logged; the node's pods keep running.
         let proxying = async {
-            match &proxy {
-                Some(rules) => {
+            if let Some(rules) = &proxy {
+                let proxied = async {
                     let client = crate::scheduler::client(&kubeconfig, "kube-proxy").await?;
                     node_proxy(client, config.node_name.clone(), rules.clone()).await
+                };
+                if let Err(e) = proxied.await {
+                    tracing::error!(error = %format!("{e:#}"), "the service proxy stopped");
                 }
-                None => std::future::pending().await,
             }
+            std::future::pending::<()>().await
         };
         tokio::pin!(proxying);
         let renewal = renewal_wait(&kubeconfig, &config.node_name);
@@ -265,7 +269,8 @@ pub async fn run_until(
                 })
             }
             () = renewal => None,
-            result = &mut proxying => Some(result),
+            // Never completes: it only runs alongside.
+            () = &mut proxying => None,
         };
         let _ = kubelet_stop.send(true);
         if let Some(outcome) = outcome {
