@@ -394,21 +394,7 @@ async fn skiff_server_runs_a_one_node_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Images go into the runtime's store before it starts, as `skiff images import`
     // does on a node without a registry.
-    let image = oci_image(
-        "example.com/busybox:1",
-        &[busybox_layer()],
-        json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
-    );
-    let tarball = dir.path().join("busybox.tar");
-    std::fs::write(&tarball, image).expect("tarball");
-    let imported = std::process::Command::new(SKIFF)
-        .args(["images", "import"])
-        .arg(&tarball)
-        .arg("--data-dir")
-        .arg(dir.path().join("runtime"))
-        .output()
-        .expect("skiff images import");
-    assert!(imported.status.success(), "{imported:?}");
+    import_busybox(dir.path(), &dir.path().join("runtime"));
     let flags = agent_flags(pid, dir.path(), &network.conf_dir());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let c = Cluster::start_all_in_one(Backend::Embedded, &flags).await;

@@ -218,21 +218,7 @@ impl NetCluster {
             &[json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true})],
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        let image = oci_image(
-            "example.com/busybox:1",
-            &[busybox_layer()],
-            json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
-        );
-        let tarball = dir.path().join("busybox.tar");
-        std::fs::write(&tarball, image).expect("tarball");
-        let imported = std::process::Command::new(SKIFF)
-            .args(["images", "import"])
-            .arg(&tarball)
-            .arg("--data-dir")
-            .arg(dir.path().join("runtime"))
-            .output()
-            .expect("skiff images import");
-        assert!(imported.status.success(), "{imported:?}");
+        import_busybox(dir.path(), &dir.path().join("runtime"));
         let node = format!("net-{pid}");
         let table = format!("skiff-test-{pid}");
         let mut flags: Vec<String> = [

@@ -77,6 +77,27 @@ pub fn busybox_layer() -> Vec<u8> {
     tar.into_inner().expect("layer")
 }
 
+/// Imports `example.com/busybox:1` into the store of a runtime with data directory
+/// `data` (before it starts, as `skiff images import` does on a node without a
+/// registry); the tarball goes in `dir`.
+pub fn import_busybox(dir: &Path, data: &Path) {
+    let image = oci_image(
+        "example.com/busybox:1",
+        &[busybox_layer()],
+        json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}),
+    );
+    let tarball = dir.join("busybox.tar");
+    std::fs::write(&tarball, image).expect("tarball");
+    let imported = Command::new(SKIFF)
+        .args(["images", "import"])
+        .arg(&tarball)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .expect("skiff images import");
+    assert!(imported.status.success(), "{imported:?}");
+}
+
 /// An image config for `architecture` over one layer.
 pub fn config_for(diff_id: &str, architecture: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
