@@ -77,6 +77,8 @@ pub struct Records {
     namespaces: HashMap<String, usize>,
     /// Address -> the names pointing at it, per Service that named it.
     ptr: HashMap<IpAddr, BTreeMap<(String, String), Name>>,
+    /// The addresses each Service named, to take back without a walk of `ptr`.
+    ptr_of: HashMap<(String, String), Vec<IpAddr>>,
 }
 
 fn dashed(ip: &IpAddr) -> String {
@@ -101,6 +103,7 @@ impl Records {
             services: HashMap::new(),
             namespaces: HashMap::new(),
             ptr: HashMap::new(),
+            ptr_of: HashMap::new(),
         })
     }
 
@@ -145,34 +148,32 @@ impl Records {
                 self.namespaces.remove(namespace);
             }
         }
-        self.ptr.retain(|_, names| {
-            names.remove(&key);
-            !names.is_empty()
-        });
+        for ip in self.ptr_of.remove(&key).unwrap_or_default() {
+            if let Some(names) = self.ptr.get_mut(&ip) {
+                names.remove(&key);
+                if names.is_empty() {
+                    self.ptr.remove(&ip);
+                }
+            }
+        }
         let Some(records) = service.and_then(|s| build(s, slices)) else {
             return;
         };
         // PTR: the ClusterIPs name the Service; headless endpoints name themselves.
-        let service_name = self.service_name(namespace, name);
-        match &records.kind {
-            Kind::ClusterIp(ips) => {
-                for ip in ips {
-                    if let Some(n) = &service_name {
-                        self.ptr
-                            .entry(*ip)
-                            .or_default()
-                            .insert(key.clone(), n.clone());
-                    }
-                }
-            }
-            Kind::Headless(endpoints) => {
-                for e in endpoints {
-                    if let Some(n) = self.name(&[&e.host, name, namespace, "svc"]) {
-                        self.ptr.entry(e.ip).or_default().insert(key.clone(), n);
-                    }
-                }
-            }
-            Kind::ExternalName(_) => {}
+        let named: Vec<(IpAddr, Name)> = match &records.kind {
+            Kind::ClusterIp(ips) => self
+                .service_name(namespace, name)
+                .map(|n| ips.iter().map(|ip| (*ip, n.clone())).collect())
+                .unwrap_or_default(),
+            Kind::Headless(endpoints) => endpoints
+                .iter()
+                .filter_map(|e| Some((e.ip, self.name(&[&e.host, name, namespace, "svc"])?)))
+                .collect(),
+            Kind::ExternalName(_) => Vec::new(),
+        };
+        for (ip, n) in named {
+            self.ptr.entry(ip).or_default().insert(key.clone(), n);
+            self.ptr_of.entry(key.clone()).or_default().push(ip);
         }
         *self.namespaces.entry(namespace.to_string()).or_default() += 1;
         self.services.insert(key, records);
