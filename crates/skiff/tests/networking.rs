@@ -572,10 +572,30 @@ async fn pods_find_services_by_name_through_cluster_dns() {
     );
     assert!(resolv.contains("ndots:5"), "{resolv}");
 
-    // A Service by its full name, through the kube-dns Service's address.
-    wait_for("the cluster DNS to answer", || {
-        lookup(c, &["web.default.svc.cluster.local"]).is_ok()
-    });
+    // A Service by its full name, through the kube-dns Service's address, once the
+    // proxy has programmed it (short time-outs: a loaded machine gets more tries).
+    let dns_rule = format!("{dns_ip} . udp . 53");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !(rules(net.mode, &net.table).contains(&dns_rule)
+        && lookup(c, &["-timeout=2", "web.default.svc.cluster.local"]).is_ok())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cluster DNS never answered: {:?}\nkube-dns slices: {}\nrules:\n{}\nDNS log: {}",
+            lookup(c, &["-timeout=2", "web.default.svc.cluster.local"]),
+            text(
+                c,
+                &["get", "endpointslices", "-n", "kube-system", "-o", "wide"]
+            ),
+            rules(net.mode, &net.table),
+            c.log()
+                .lines()
+                .filter(|l| l.contains("dns") || l.contains("proxy"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let web = lookup(c, &["web.default.svc.cluster.local"]).expect("web");
     assert!(web.contains(&web_ip), "{web}");
     // A headless Service: its ready pods, each also by hostname.
