@@ -35,7 +35,21 @@ impl LocalEtcd {
     }
 
     /// Starts etcd; with `tls`, clients must present a certificate signed by its CA.
+    /// The free ports it picks can be taken by another process before etcd binds them:
+    /// then it tries again with others.
     pub async fn start_with(tls: Option<LocalTls>) -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            match Self::start_once(tls.clone()).await {
+                Err(e) if attempt < 3 && format!("{e:?}").contains("address already in use") => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(tls: Option<LocalTls>) -> Result<Self> {
         let binary = std::env::var("SKIFF_ETCD_BIN").unwrap_or_else(|_| "etcd".into());
         let dir = tempfile::Builder::new()
             .prefix("skiff-etcd-")
