@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use gc::ImagePolicy;
-pub use network::DefaultCni;
+pub use network::{DefaultCni, Plugins as CniPlugins, SKIFF_PLUGIN, has_network, network_bridge};
 pub use server::ApiConfig;
 
 /// How this node's kubelet runs.

@@ -5,8 +5,10 @@
 //! each plugin getting the previous one's result; DEL runs it in reverse with the ADD
 //! result as prevResult; CHECK (spec 0.4.0 and later, unless the list sets
 //! `disableCheck`) runs it in order with the ADD result, when a restarted runtime
-//! verifies the networks it finds. Plugins that declare the `portMappings` capability
-//! get the sandbox's host ports in `runtimeConfig`.
+//! verifies the networks it finds. STATUS and GC (spec 1.1 and later) run through the
+//! chain for the runtime's NetworkReady condition and, at start, to let plugins release
+//! what sandboxes the runtime no longer has held. Plugins that declare the
+//! `portMappings` capability get the sandbox's host ports in `runtimeConfig`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -104,7 +106,7 @@ impl Cni {
     pub fn add(&self, network: &Network, at: &Attachment) -> Result<Value, CniError> {
         let mut previous: Option<Value> = None;
         for plugin in &network.plugins {
-            let result = self.exec(network, plugin, "ADD", at, previous.as_ref())?;
+            let result = self.exec(network, plugin, "ADD", Some(at), previous.as_ref())?;
             previous = Some(result);
         }
         Ok(previous.unwrap_or_else(|| json!({"cniVersion": network.cni_version})))
@@ -122,7 +124,7 @@ impl Cni {
             return Ok(());
         }
         for plugin in &network.plugins {
-            self.exec(network, plugin, "CHECK", at, result)?;
+            self.exec(network, plugin, "CHECK", Some(at), result)?;
         }
         Ok(())
     }
@@ -135,7 +137,37 @@ impl Cni {
         previous: Option<&Value>,
     ) -> Result<(), CniError> {
         for plugin in network.plugins.iter().rev() {
-            self.exec(network, plugin, "DEL", at, previous)?;
+            self.exec(network, plugin, "DEL", Some(at), previous)?;
+        }
+        Ok(())
+    }
+
+    /// STATUS through the chain: whether the network can take pods now (nothing to ask
+    /// before spec 1.1).
+    pub fn status(&self, network: &Network) -> Result<(), CniError> {
+        if !has_status(&network.cni_version) {
+            return Ok(());
+        }
+        for plugin in &network.plugins {
+            self.exec(network, plugin, "STATUS", None, None)?;
+        }
+        Ok(())
+    }
+
+    /// GC through the chain: plugins release whatever is held for attachments other
+    /// than `valid` (container ID, interface) (nothing to ask before spec 1.1).
+    pub fn gc(&self, network: &Network, valid: &[(String, String)]) -> Result<(), CniError> {
+        if !has_status(&network.cni_version) {
+            return Ok(());
+        }
+        let attachments: Vec<Value> = valid
+            .iter()
+            .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
+            .collect();
+        for plugin in &network.plugins {
+            let mut plugin = plugin.clone();
+            plugin["cni.dev/valid-attachments"] = json!(attachments);
+            self.exec(network, &plugin, "GC", None, None)?;
         }
         Ok(())
     }
@@ -145,7 +177,7 @@ impl Cni {
         network: &Network,
         plugin: &Value,
         command: &'static str,
-        at: &Attachment,
+        at: Option<&Attachment>,
         previous: Option<&Value>,
     ) -> Result<Value, CniError> {
         let kind = plugin["type"].as_str().unwrap_or_default().to_string();
@@ -171,21 +203,28 @@ impl Cni {
         if let Some(previous) = previous {
             config["prevResult"] = previous.clone();
         }
-        if plugin["capabilities"]["portMappings"] == json!(true) && !at.port_mappings.is_empty() {
-            config["runtimeConfig"]["portMappings"] = json!(at.port_mappings);
-        }
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
-            at.pod_namespace, at.pod_name, at.container_id, at.pod_uid
-        );
         let paths = std::env::join_paths(&self.bin_dirs).unwrap_or_default();
-        let mut child = Command::new(&path)
+        let mut command_line = Command::new(&path);
+        command_line
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", at.container_id)
-            .env("CNI_NETNS", at.netns)
-            .env("CNI_IFNAME", IFNAME)
-            .env("CNI_ARGS", args)
-            .env("CNI_PATH", paths)
+            .env("CNI_PATH", paths);
+        // STATUS and GC are about the network, not a container.
+        if let Some(at) = at {
+            if plugin["capabilities"]["portMappings"] == json!(true) && !at.port_mappings.is_empty()
+            {
+                config["runtimeConfig"]["portMappings"] = json!(at.port_mappings);
+            }
+            let args = format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+                at.pod_namespace, at.pod_name, at.container_id, at.pod_uid
+            );
+            command_line
+                .env("CNI_CONTAINERID", at.container_id)
+                .env("CNI_NETNS", at.netns)
+                .env("CNI_IFNAME", IFNAME)
+                .env("CNI_ARGS", args);
+        }
+        let mut child = command_line
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -265,6 +304,13 @@ fn has_check(version: &str) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     major >= 1 || minor >= 4
+}
+
+/// Whether a spec version has STATUS and GC (1.1.0 and later).
+fn has_status(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 1)
 }
 
 /// The pod's IP addresses in a result (spec 1.0 `ips`; 0.x had a version per address).

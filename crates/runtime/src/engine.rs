@@ -216,6 +216,23 @@ impl Engine {
         self.settings.data_dir.join("containers").join(id)
     }
 
+    /// CNI GC of the configured network: the plugins release what they hold for
+    /// sandboxes this runtime no longer has (lost with a reboot or a wiped directory),
+    /// keeping every sandbox that joined a network and was not stopped.
+    fn collect_network_garbage(&self) {
+        let Ok(network) = self.settings.cni.network() else {
+            return;
+        };
+        let valid: Vec<(String, String)> = lock(&self.sandboxes)
+            .values()
+            .filter(|s| s.dir.join("cni.json").exists())
+            .map(|s| (s.id.clone(), crate::cni::IFNAME.to_string()))
+            .collect();
+        if let Err(e) = self.settings.cni.gc(&network, &valid) {
+            tracing::warn!(error = %e, "CNI GC");
+        }
+    }
+
     /// Reads back what is on disk and undoes creations that did not finish.
     fn load(&self) {
         let entries = |kind: &str| -> Vec<(String, PathBuf)> {
@@ -286,6 +303,7 @@ impl Engine {
                 }
             }
         }
+        self.collect_network_garbage();
         let sandboxes = lock(&self.sandboxes).len();
         let containers = lock(&self.containers).len();
         if sandboxes + containers > 0 {

@@ -210,7 +210,11 @@ impl RuntimeService for Cri {
     async fn status(&self, request: Request<StatusRequest>) -> Reply<StatusResponse> {
         let verbose = request.get_ref().verbose;
         let (oci, network) = blocking(&self.engine, |e| {
-            Ok((e.oci_version(), e.settings.cni.network().map(|n| n.name)))
+            let cni = &e.settings.cni;
+            let network = cni
+                .network()
+                .and_then(|n| cni.status(&n).map(|()| n.name).map_err(|e| e.to_string()));
+            Ok((e.oci_version(), network))
         })
         .await?;
         let runtime = match &oci {

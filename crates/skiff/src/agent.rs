@@ -28,14 +28,25 @@ pub struct NodeAgentArgs {
     /// Where container logs go.
     #[arg(long, default_value = "/var/log/pods")]
     pub pod_log_dir: PathBuf,
-    /// Where the CNI network configuration is. When it holds none, the kubelet writes a
-    /// bridge network over the node's pod CIDR (Debian's bridge, host-local and portmap
-    /// plugins) once the controller manager has given it one.
+    /// Where the CNI network configuration is. When it holds no other network, the
+    /// kubelet writes a bridge network over the node's pod CIDR (`10-skiff.conflist`,
+    /// with the plugins `--default-cni` says) once the controller manager gave it one.
     #[arg(long, default_value = "/etc/cni/net.d")]
     pub cni_conf_dir: PathBuf,
-    /// Where CNI plugins are (repeatable; searched in order).
+    /// Where CNI plugins are (repeatable; searched in order). The first gets the
+    /// `skiff-cni` link to this binary.
     #[arg(long, default_values = ["/opt/cni/bin", "/usr/lib/cni"])]
     pub cni_bin_dir: Vec<PathBuf>,
+    /// The plugins of the default pod network: skiff's own (`skiff`), or Debian's
+    /// containernetworking-plugins bridge, host-local and portmap (`debian`).
+    #[arg(long, value_enum, default_value_t = DefaultCni::Skiff)]
+    pub default_cni: DefaultCni,
+    /// The default pod network's bridge.
+    #[arg(long, default_value = skiff_kubelet::network_bridge(), hide = true)]
+    pub cni_bridge: String,
+    /// The cluster's pod CIDR, which pods reach without masquerade (set by `skiff server`).
+    #[arg(skip)]
+    pub cluster_cidr: Option<String>,
     /// The cgroup pods go under.
     #[arg(long, default_value = "/skiff")]
     pub cgroup_parent: String,
@@ -64,6 +75,35 @@ pub struct NodeAgentArgs {
     /// Percent of the image filesystem in use image collection frees down to.
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub image_gc_low_threshold: u8,
+}
+
+/// `--default-cni`'s choices.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultCni {
+    Skiff,
+    Debian,
+}
+
+/// Links `skiff-cni` in `dir` to this binary (replacing an older link), so the runtime
+/// finds skiff's CNI plugin.
+pub fn link_cni_plugin(dir: &std::path::Path) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the skiff binary")?;
+    let link = dir.join(skiff_kubelet::SKIFF_PLUGIN);
+    if std::fs::read_link(&link).is_ok_and(|target| target == exe) {
+        return Ok(link);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let temporary = dir.join(format!(
+        ".{}.{}",
+        skiff_kubelet::SKIFF_PLUGIN,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&temporary);
+    std::os::unix::fs::symlink(&exe, &temporary)
+        .and_then(|()| std::fs::rename(&temporary, &link))
+        .with_context(|| format!("linking {} to {}", link.display(), exe.display()))?;
+    tracing::info!(link = %link.display(), "linked skiff's CNI plugin");
+    Ok(link)
 }
 
 #[derive(clap::Args)]
@@ -169,6 +209,13 @@ pub async fn run_until(
     let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
+    // The plugin link, for the default network (not where another network is set up).
+    if node.default_cni == DefaultCni::Skiff
+        && !skiff_kubelet::has_network(&node.cni_conf_dir)
+        && let Some(dir) = node.cni_bin_dir.first()
+    {
+        link_cni_plugin(dir)?;
+    }
     let mut runtime = None;
     let socket = match &node.container_runtime_endpoint {
         Some(endpoint) => endpoint.clone(),
@@ -231,6 +278,12 @@ pub async fn run_until(
         default_cni: Some(skiff_kubelet::DefaultCni {
             conf_dir: node.cni_conf_dir.clone(),
             bin_dirs: node.cni_bin_dir.clone(),
+            plugins: match node.default_cni {
+                DefaultCni::Skiff => skiff_kubelet::CniPlugins::Skiff,
+                DefaultCni::Debian => skiff_kubelet::CniPlugins::Debian,
+            },
+            bridge: node.cni_bridge.clone(),
+            non_masquerade: node.cluster_cidr.iter().cloned().collect(),
         }),
         ..Default::default()
     };

@@ -78,7 +78,16 @@ enum Command {
     Version,
 }
 
+/// The name the binary answers to as a CNI plugin (the conflist's `type`).
+pub const CNI_PLUGIN: &str = "skiff-cni";
+
 fn main() -> Result<()> {
+    // Run as a CNI plugin (through the link `skiff agent` makes): the spec's protocol on
+    // stdin/stdout, no flags and no logging.
+    let called = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&called).file_name() == Some(std::ffi::OsStr::new(CNI_PLUGIN)) {
+        std::process::exit(skiff_cni::main());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -177,6 +177,7 @@ pub async fn run(args: ServerArgs, role: &str) -> Result<()> {
             &["system:nodes"],
         )?;
         let mut agent_args = args.agent.clone();
+        agent_args.cluster_cidr = Some(args.nodes.cluster_cidr.clone());
         if !args.disable_dns {
             // The cluster DNS, as `system:kube-dns` (kubeadm's system:coredns role), on
             // this node's address; pods reach it through the kube-dns Service.

@@ -4,6 +4,8 @@
 //! every ready pod and never reach an unready one; session affinity sticks; a Service
 //! without endpoints refuses at once; its rules go with it; they stay while the proxy
 //! is down. Every rule is in an nftables table of the test's own, removed at the end.
+//! Pods are connected by skiff's own CNI plugin (the network the node writes itself) or
+//! by Debian's plugins: the same Service and hostPort checks run on both.
 
 mod common;
 mod cri;
@@ -201,23 +203,102 @@ struct NetCluster {
     _leftovers: Leftovers,
     dir: tempfile::TempDir,
     _table: Table,
-    _network: Network,
+    cni: Cni,
+    _network: Option<Network>,
+    skiff_net: Option<SkiffNet>,
     _cgroups: CgroupGuard,
 }
 
+/// The pod network's plugins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cni {
+    /// skiff's own, in the network `skiff server` writes itself (`--default-cni skiff`).
+    Skiff,
+    /// Debian's bridge, host-local and portmap, in a conflist the test writes.
+    Debian,
+}
+
+/// What skiff's plugin makes for a network, removed at the end: the bridge, the NAT
+/// table and the address records.
+struct SkiffNet {
+    bridge: String,
+}
+
+impl SkiffNet {
+    fn table(&self) -> String {
+        format!("cni-{}", self.bridge)
+    }
+
+    fn records(&self) -> std::path::PathBuf {
+        std::path::Path::new("/var/lib/cni/skiff").join(&self.bridge)
+    }
+
+    /// The addresses the allocator has handed out and not taken back.
+    fn held(&self) -> Vec<String> {
+        std::fs::read_dir(self.records())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.parse::<std::net::Ipv4Addr>().is_ok())
+            .collect()
+    }
+}
+
+impl Drop for SkiffNet {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &self.table()])
+            .output();
+        let _ = std::fs::remove_dir_all(self.records());
+    }
+}
+
 impl NetCluster {
-    /// A cluster whose proxy programs `mode` (nftables, iptables).
-    async fn start(tag: u32, mode: &'static str, extra: &[&str]) -> NetCluster {
+    /// A cluster whose proxy programs `mode` (nftables, iptables) and whose pods are
+    /// connected by `cni`'s plugins.
+    async fn start(tag: u32, mode: &'static str, cni: Cni, extra: &[&str]) -> NetCluster {
         let pid = std::process::id() + tag;
         let cgroups = CgroupGuard(format!("/skiff-net-test-{pid}"));
         let subnet = format!("10.237.{}.0/24", 10 + pid % 200);
-        // With portmap, as the default network has it, for hostPort.
-        let network = Network::with_plugins(
-            &format!("skn{}", pid % 100_000),
-            &subnet,
-            &[json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true})],
-        );
+        let bridge = format!("skn{}", pid % 100_000);
         let dir = tempfile::tempdir().expect("tempdir");
+        let (network, skiff_net, cni_flags) = match cni {
+            // With portmap, as the default network has it, for hostPort.
+            Cni::Debian => {
+                let network = Network::with_plugins(
+                    &bridge,
+                    &subnet,
+                    &[
+                        json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}),
+                    ],
+                );
+                let flags = vec![
+                    "--cni-conf-dir".to_string(),
+                    network.conf_dir().display().to_string(),
+                ];
+                (Some(network), None, flags)
+            }
+            // An empty configuration directory: the agent links the plugin and the
+            // kubelet writes the network over the node's pod CIDR (the cluster CIDR).
+            Cni::Skiff => {
+                let flags = [
+                    ("--cni-conf-dir", dir.path().join("net.d")),
+                    ("--cni-bin-dir", dir.path().join("cni-bin")),
+                    // Debian's loopback plugin, which the runtime uses for `lo`.
+                    ("--cni-bin-dir", "/usr/lib/cni".into()),
+                    ("--cni-bridge", bridge.clone().into()),
+                    ("--default-cni", "skiff".into()),
+                ]
+                .into_iter()
+                .flat_map(|(flag, value)| [flag.to_string(), value.display().to_string()])
+                .collect();
+                (None, Some(SkiffNet { bridge }), flags)
+            }
+        };
         import_busybox(dir.path(), &dir.path().join("runtime"));
         let node = format!("net-{pid}");
         let table = format!("skiff-test-{pid}");
@@ -236,7 +317,6 @@ impl NetCluster {
                 "--pod-log-dir",
                 dir.path().join("logs").display().to_string(),
             ),
-            ("--cni-conf-dir", network.conf_dir().display().to_string()),
             ("--cgroup-parent", format!("/skiff-net-test-{pid}")),
             ("--kubelet-port", "0".into()),
             ("--eviction-hard", "memory.available<1Mi".into()),
@@ -252,6 +332,7 @@ impl NetCluster {
         .into_iter()
         .flat_map(|(flag, value)| [flag.to_string(), value])
         .collect();
+        flags.extend(cni_flags);
         flags.extend(extra.iter().map(|f| f.to_string()));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let leftovers = Leftovers {
@@ -267,6 +348,18 @@ impl NetCluster {
         let mut leftovers = leftovers;
         leftovers.also.push(c.data_dir().to_path_buf());
         wait_node_ready(&c, &node);
+        if cni == Cni::Skiff {
+            let link = dir.path().join("cni-bin/skiff-cni");
+            assert!(
+                std::fs::read_link(&link).is_ok(),
+                "no plugin link {}",
+                link.display()
+            );
+            let conflist = dir.path().join("net.d/10-skiff.conflist");
+            wait_for("the kubelet to write the pod network", || {
+                std::fs::read_to_string(&conflist).is_ok_and(|c| c.contains("\"skiff-cni\""))
+            });
+        }
         NetCluster {
             c,
             table,
@@ -274,30 +367,41 @@ impl NetCluster {
             _leftovers: leftovers,
             dir,
             _table,
+            cni,
             _network: network,
+            skiff_net,
             _cgroups: cgroups,
         }
     }
 
-    /// Deletes every pod and waits for the runtime to have no sandbox left.
+    /// Deletes every pod and waits for the runtime to have no sandbox left; skiff's
+    /// plugin has then taken back every address and NAT element.
     async fn delete_pods(&self) {
         self.c.ok(&["delete", "pod", "--all", "--timeout=60s"]);
         no_sandboxes_left(&self.dir.path().join("cri.sock"), || self.c.log()).await;
+        if let Some(net) = &self.skiff_net {
+            assert_eq!(net.held(), Vec::<String>::new(), "addresses not released");
+            let nat = rules("nftables", &net.table());
+            assert!(
+                !nat.contains("elements"),
+                "NAT elements left after every pod went:\n{nat}"
+            );
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_reach_ready_pods_through_the_proxy() {
-    services(NetCluster::start(0, "nftables", &[]).await).await;
+    services(NetCluster::start(0, "nftables", Cni::Skiff, &[]).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_reach_ready_pods_through_iptables() {
-    services(NetCluster::start(2, "iptables", &[]).await).await;
+    services(NetCluster::start(2, "iptables", Cni::Debian, &[]).await).await;
 }
 
 async fn services(mut net: NetCluster) {
-    let (mode, table) = (net.mode, net.table.clone());
+    let (mode, table, cni) = (net.mode, net.table.clone(), net.cni);
     let c = &mut net.c;
     c.ok_stdin(&["apply", "-f", "-"], APPS);
     c.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
@@ -350,20 +454,25 @@ async fn services(mut net: NetCluster) {
     let body = host_get(&local).expect("NodePort");
     assert!(pods.contains(&body), "{body:?} from {local}");
 
-    // hostPort: the node's port reaches the pod (its own address; portmap does not
-    // take loopback).
-    if mode == "nftables" {
-        let port = free_port();
-        c.ok_stdin(&["apply", "-f", "-"], &host_port_pod(port));
-        wait_for("the hostPort pod to run", || {
-            phase(c, "hostport") == "Running"
-        });
-        let gateway = gateway(&client_ip(c));
-        let addr = format!("{gateway}:{port}");
+    // hostPort: the node's port reaches the pod (its own address; skiff's plugin also
+    // takes localhost, Debian's portmap does not); from a pod of the same bridge too.
+    let port = free_port();
+    c.ok_stdin(&["apply", "-f", "-"], &host_port_pod(port));
+    wait_for("the hostPort pod to run", || {
+        phase(c, "hostport") == "Running"
+    });
+    let gateway = gateway(&client_ip(c));
+    let mut addrs = vec![format!("{gateway}:{port}")];
+    if cni == Cni::Skiff {
+        addrs.push(format!("127.0.0.1:{port}"));
+    }
+    for addr in &addrs {
         wait_for("the hostPort to answer", || {
-            host_get(&addr).is_ok_and(|b| b == "from-the-host-port")
+            host_get(addr).is_ok_and(|b| b == "from-the-host-port")
         });
     }
+    let through = fetch(c, &format!("http://{gateway}:{port}/"), 1).expect("pod to hostPort");
+    assert_eq!(through, vec!["from-the-host-port".to_string()]);
 
     // An unready pod gets nothing.
     let unready = pods.first().cloned().unwrap_or_default();
@@ -540,7 +649,7 @@ fn lookup(c: &Cluster, args: &[&str]) -> Result<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_find_services_by_name_through_cluster_dns() {
     let upstream = format!("127.0.0.1:{}", fake_upstream());
-    let net = NetCluster::start(1, "nftables", &["--dns-upstream", &upstream]).await;
+    let net = NetCluster::start(1, "nftables", Cni::Skiff, &["--dns-upstream", &upstream]).await;
     let c = &net.c;
     c.ok_stdin(&["apply", "-f", "-"], NAMES);
     wait_for("the pods to run", || {
