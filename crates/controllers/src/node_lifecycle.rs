@@ -3,8 +3,11 @@
 //! `node.kubernetes.io/unreachable` taints (a node reporting `Ready=False` the
 //! `not-ready` ones); pods on it that do not tolerate a NoExecute taint are evicted
 //! (deleted), those that tolerate it for `tolerationSeconds` once that has passed. The
-//! taints go when the node reports Ready again. Node IPAM gives every node a pod CIDR
-//! from the cluster CIDR.
+//! taints go when the node reports Ready again. Conditions get their NoSchedule taints
+//! while true (upstream's TaintNodesByCondition: `memory-pressure`, `disk-pressure`,
+//! `pid-pressure`, `network-unavailable`), so the scheduler stops placing pods a node
+//! under pressure would refuse. Node IPAM gives every node a pod CIDR from the cluster
+//! CIDR.
 //!
 //! A node with neither a Lease nor a Ready heartbeat is not monitored (it never had a
 //! kubelet).
@@ -29,6 +32,51 @@ use crate::events::Recorder;
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
 const PERIOD: Duration = Duration::from_secs(1);
+
+/// Conditions whose truth taints the node NoSchedule.
+const CONDITION_TAINTS: [(&str, &str); 4] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    (
+        "NetworkUnavailable",
+        "node.kubernetes.io/network-unavailable",
+    ),
+];
+const BOTH: &[&str] = &["NoSchedule", "NoExecute"];
+const NO_SCHEDULE: &[&str] = &["NoSchedule"];
+
+/// The taints this controller wants on `node`: the readiness `state` ones, and a
+/// NoSchedule taint per true pressure condition (not while the node is silent: its
+/// conditions are stale then).
+fn wanted_taints(
+    node: &Node,
+    state: &str,
+    silent: bool,
+) -> Vec<(&'static str, &'static [&'static str])> {
+    let mut wanted = match state {
+        "Unknown" => vec![(UNREACHABLE, BOTH)],
+        "False" => vec![(NOT_READY, BOTH)],
+        _ => Vec::new(),
+    };
+    if !silent {
+        let conditions = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (condition, key) in CONDITION_TAINTS {
+            if conditions
+                .iter()
+                .any(|c| c.type_ == condition && c.status == "True")
+            {
+                wanted.push((key, NO_SCHEDULE));
+            }
+        }
+    }
+    wanted
+}
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -146,18 +194,14 @@ async fn pass(
             tracing::warn!(node = %name, error = %e, "marking pods not ready");
         }
         let state = if silent { "Unknown" } else { status };
-        let wanted: Option<&str> = match state {
-            "Unknown" => Some(UNREACHABLE),
-            "False" => Some(NOT_READY),
-            _ => None,
-        };
+        let wanted = wanted_taints(node, state, silent);
         let taints = node
             .spec
             .as_ref()
             .and_then(|s| s.taints.clone())
             .unwrap_or_default();
         let version = node.metadata.resource_version.clone();
-        let taints = sync_taints(&nodes, &name, version, taints, wanted, now).await?;
+        let taints = sync_taints(&nodes, &name, version, taints, &wanted, now).await?;
         evict(client, &name, pods, &taints, now, evictions).await?;
     }
     Ok(())
@@ -196,19 +240,23 @@ async fn mark_unknown(nodes: &Api<Node>, node: &Node, name: &str) -> Result<(), 
     Ok(())
 }
 
-/// Makes the node's lifecycle taints exactly `wanted` (NoSchedule and NoExecute).
+/// Makes the node's lifecycle and condition taints exactly `wanted` (keys and effects).
 async fn sync_taints(
     nodes: &Api<Node>,
     name: &str,
     version: Option<String>,
     taints: Vec<Taint>,
-    wanted: Option<&str>,
+    wanted: &[(&str, &[&str])],
     now: Timestamp,
 ) -> Result<Vec<Taint>, kube::Error> {
-    let ours = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
+    let ours = |t: &Taint| {
+        t.key == UNREACHABLE
+            || t.key == NOT_READY
+            || CONDITION_TAINTS.iter().any(|(_, key)| t.key == *key)
+    };
     let mut next: Vec<Taint> = taints.iter().filter(|t| !ours(t)).cloned().collect();
-    if let Some(key) = wanted {
-        for effect in ["NoSchedule", "NoExecute"] {
+    for &(key, effects) in wanted {
+        for &effect in effects {
             let existing = taints.iter().find(|t| t.key == key && t.effect == effect);
             next.push(existing.cloned().unwrap_or_else(|| {
                 Taint {
@@ -235,7 +283,7 @@ async fn sync_taints(
             Err(kube::Error::Api(s)) if s.code == 409 => return Ok(taints),
             Err(e) => return Err(e),
         }
-        tracing::info!(node = %name, taint = ?wanted, "node lifecycle taints updated");
+        tracing::info!(node = %name, taints = ?wanted, "node lifecycle taints updated");
     }
     Ok(next)
 }
@@ -362,5 +410,27 @@ mod tests {
             Some("10.244.1.0/24")
         );
         assert!(parse_cidr("10.0.0.0/30").is_none());
+    }
+
+    #[test]
+    fn pressure_conditions_taint_no_schedule() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n"},
+            "status": {"conditions": [
+                {"type": "Ready", "status": "True"},
+                {"type": "DiskPressure", "status": "True"},
+                {"type": "MemoryPressure", "status": "False"},
+            ]}
+        }))
+        .expect("node");
+        assert_eq!(
+            wanted_taints(&node, "True", false),
+            vec![("node.kubernetes.io/disk-pressure", NO_SCHEDULE)]
+        );
+        // A silent node: unreachable, and its stale conditions count for nothing.
+        assert_eq!(
+            wanted_taints(&node, "Unknown", true),
+            vec![(UNREACHABLE, BOTH)]
+        );
     }
 }
