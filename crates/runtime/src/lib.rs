@@ -18,7 +18,7 @@
 
 mod attach;
 mod cgroups;
-mod cni;
+pub mod cni;
 mod console;
 mod container;
 mod cri;

@@ -369,6 +369,9 @@ fn agent_flags(pid: u32, dir: &std::path::Path, cni_conf_dir: &std::path::Path) 
         ),
         ("--pod-log-dir", dir.join("logs").display().to_string()),
         ("--cni-conf-dir", cni_conf_dir.display().to_string()),
+        // The plugin link goes here, not into the host's /opt/cni/bin.
+        ("--cni-bin-dir", dir.join("cni-bin").display().to_string()),
+        ("--cni-bin-dir", "/usr/lib/cni".to_string()),
         ("--cgroup-parent", format!("/skiff-aio-test-{pid}")),
         ("--kubelet-port", "0".to_string()),
         // Not the host disk's fill level: the eviction tests set their own.
@@ -438,7 +441,8 @@ async fn skiff_server_runs_a_one_node_cluster() {
 }
 
 /// A node whose CNI directory holds no network gets the default one over the pod CIDR
-/// the controller manager gave it, and becomes Ready.
+/// the controller manager gave it (skiff's plugin, linked to the binary), and becomes
+/// Ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_a_network_gets_the_default_one() {
     let pid = std::process::id() + 1;
@@ -460,11 +464,14 @@ async fn a_node_without_a_network_gets_the_default_one() {
         &std::fs::read(cni.join("10-skiff.conflist")).expect("the default network"),
     )
     .expect("JSON");
-    assert_eq!(written["plugins"][0]["type"], "bridge");
+    assert_eq!(written["plugins"][0]["type"], "skiff-cni");
+    assert_eq!(written["plugins"][0]["subnet"], cidr.as_str());
     assert_eq!(
-        written["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
-        cidr.as_str()
+        written["plugins"][0]["nonMasqueradeCIDRs"][0],
+        "10.236.0.0/16"
     );
+    let link = std::fs::read_link(dir.path().join("cni-bin/skiff-cni")).expect("plugin link");
+    assert!(link.ends_with("skiff"), "{}", link.display());
 }
 
 const PROBED: &str = r#"

@@ -2,6 +2,7 @@
 //! docs/benchmarks.md. Performance targets live here, never in timed tests.
 
 mod api;
+mod cni;
 mod cri;
 mod network;
 mod pods;
@@ -28,6 +29,8 @@ pub enum Bench {
     Proxy(network::ProxyBench),
     /// Cluster DNS queries per second and latency.
     Dns(network::DnsBench),
+    /// Connecting pods: skiff's CNI plugin against Debian's.
+    Cni(cni::CniBench),
 }
 
 impl Bench {
@@ -40,6 +43,7 @@ impl Bench {
             Bench::Pods(bench) => bench.run().await,
             Bench::Proxy(bench) => bench.run().await,
             Bench::Dns(bench) => bench.run().await,
+            Bench::Cni(bench) => bench.run().await,
         }
     }
 }

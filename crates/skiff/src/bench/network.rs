@@ -247,6 +247,10 @@ pub struct DnsBench {
     /// Concurrent clients (each waits for its answer before the next query).
     #[arg(long, default_value_t = 16)]
     clients: usize,
+    /// Also load the same server with Debian's `dnsperf` (the same names, `--clients`
+    /// queries outstanding).
+    #[arg(long)]
+    dnsperf: bool,
 }
 
 impl DnsBench {
@@ -301,20 +305,84 @@ impl DnsBench {
         }
         let elapsed = started.elapsed();
         bar.finish_and_clear();
-        serving.abort();
         println!(
             "| DNS ({} Services, {} clients, 10% NXDOMAIN) | queries/s | median | p99 |",
             self.services, self.clients
         );
         println!("|---|---|---|---|");
         println!(
-            "| {} queries | {:.0} | {} | {} |",
+            "| {} queries, in-process clients | {:.0} | {} | {} |",
             all.len(),
             all.len() as f64 / elapsed.as_secs_f64(),
             ms(all.percentile(50.0)),
             ms(all.percentile(99.0))
         );
+        if self.dnsperf {
+            let (rate, mut samples) = self.dnsperf(server).await?;
+            println!(
+                "| {} queries, dnsperf | {rate:.0} | {} | {} |",
+                samples.len(),
+                ms(samples.percentile(50.0)),
+                ms(samples.percentile(99.0))
+            );
+        }
+        serving.abort();
         Ok(())
+    }
+
+    /// Runs dnsperf once through a file of the same names: its queries/s and the
+    /// latencies it reports per query (`-v`).
+    async fn dnsperf(&self, server: std::net::SocketAddr) -> Result<(f64, Samples)> {
+        let mut names = String::new();
+        for n in 0..self.queries {
+            let i = n * 7919 % self.services.max(1);
+            if n % 10 == 9 {
+                names.push_str(&format!(
+                    "svc-{i}.bench.svc.cluster.local.bench.svc.cluster.local A\n"
+                ));
+            } else {
+                names.push_str(&format!("svc-{i}.bench.svc.cluster.local A\n"));
+            }
+        }
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), names)?;
+        let out = tokio::process::Command::new("dnsperf")
+            .args([
+                "-s",
+                &server.ip().to_string(),
+                "-p",
+                &server.port().to_string(),
+            ])
+            .arg("-d")
+            .arg(file.path())
+            .args(["-n", "1", "-q", &self.clients.to_string(), "-v"])
+            .output()
+            .await
+            .context("running dnsperf (Debian's dnsperf package)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "dnsperf: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut samples = Samples::with_capacity(self.queries);
+        // `> NOERROR svc-1.bench.svc.cluster.local A 0.000123`: the latency last.
+        for line in text.lines().filter(|l| l.starts_with("> ")) {
+            if let Some(seconds) = line
+                .split_whitespace()
+                .last()
+                .and_then(|s| s.parse::<f64>().ok())
+            {
+                samples.push(Duration::from_secs_f64(seconds));
+            }
+        }
+        let rate = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Queries per second:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_default();
+        anyhow::ensure!(samples.len() > 0, "dnsperf reported no queries:\n{text}");
+        Ok((rate, samples))
     }
 }
 
