@@ -144,7 +144,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
     let attached = link::add(conf, &env.container_id, &env.ifname, netns, ip).map_err(undo)?;
     // One transaction: when it fails nothing of it is there to take back (and the
     // elements it names may be another pod's, as with a host port taken).
-    nat::apply(&nat::add(conf, ip, &conf.port_mappings)).map_err(|mut e| {
+    nat::program(conf, ip, &conf.port_mappings, &conf.ipam_dir()).map_err(|mut e| {
         if e.details.contains("File exists") && !conf.port_mappings.is_empty() {
             e.msg = "a host port of this pod is already forwarded to another pod".into();
         }

@@ -1,7 +1,8 @@
 //! The links, over rtnetlink: the node's bridge (with the gateway address), a veth pair
-//! per pod with the host end on the bridge (hairpin on) and the other end moved into
-//! the pod's network namespace, renamed, addressed and routed there. Work inside the pod
-//! happens on a thread that joined its namespace, with a netlink socket opened there.
+//! per pod with the host end on the bridge (hairpin on) and the other end made in the
+//! pod's network namespace under its final name, addressed and routed there. Work inside
+//! the pod happens on a thread that joined its namespace, with a netlink socket opened
+//! there.
 //!
 //! The host end's name is derived from the container and interface, so DEL and GC find
 //! it without the pod's namespace (which may be gone by then).
@@ -12,8 +13,11 @@ use std::path::Path;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
 use sha2::{Digest, Sha256};
 
 use crate::config::NetConf;
@@ -200,7 +204,6 @@ pub fn add(
     ip: Ipv4Addr,
 ) -> Result<Attached, Error> {
     let host = host_veth(container, ifname);
-    let peer = format!("st{}", &host[2..]);
     let namespace = std::fs::File::open(netns).map_err(|e| {
         Error::new(
             code::UNKNOWN_CONTAINER,
@@ -212,29 +215,27 @@ pub fn add(
         let bridge = bridge(&handle, conf).await?;
         // A half-made pair from an earlier, failed ADD goes first.
         delete(&handle, &host).await?;
-        let mut pair = LinkVeth::new(&host, &peer);
+        // The pod's end is made in the pod's namespace under its final name: moving a
+        // link between namespaces waits for the kernel's RCU grace period (~20 ms).
+        let mut peer = LinkUnspec::new_with_name(ifname).setns_by_fd(namespace.as_raw_fd());
+        let mut pair =
+            LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth).name(host.clone());
         if let Some(mtu) = conf.mtu {
+            peer = peer.mtu(mtu);
             pair = pair.mtu(mtu);
         }
+        let pair = pair.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
         handle
             .link()
             .add(pair.build())
             .execute()
             .await
-            .map_err(|e| failed(format!("creating veth pair {host}"), e))?;
-        let peer_link = get(&handle, &peer)
-            .await?
-            .ok_or_else(|| failed(format!("veth {peer}"), "vanished"))?;
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(peer_link.header.index)
-                    .setns_by_fd(namespace.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| failed("moving the veth into the pod's namespace", e))?;
+            .map_err(|e| {
+                failed(
+                    format!("creating veth pair {host} / {ifname} in the pod"),
+                    e,
+                )
+            })?;
         let host_link = get(&handle, &host)
             .await?
             .ok_or_else(|| failed(format!("veth {host}"), "vanished"))?;
@@ -262,22 +263,16 @@ pub fn add(
         Ok((mac(&bridge_now), mac(&host_link)))
     })?;
     let pod_mac = with_handle(Some(netns), async |handle| {
-        let link = get(&handle, &peer)
+        let link = get(&handle, ifname)
             .await?
-            .ok_or_else(|| failed(format!("veth {peer} in the pod"), "not found"))?;
+            .ok_or_else(|| failed(format!("veth {ifname} in the pod"), "not found"))?;
         let index = link.header.index;
-        let mut set = LinkUnspec::new_with_index(index)
-            .name(ifname.to_string())
-            .up();
-        if let Some(mtu) = conf.mtu {
-            set = set.mtu(mtu);
-        }
         handle
             .link()
-            .set(set.build())
+            .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
-            .map_err(|e| failed(format!("naming the pod's interface {ifname}"), e))?;
+            .map_err(|e| failed(format!("setting the pod's interface {ifname} up"), e))?;
         add_address(&handle, index, ip, conf.subnet.prefix_len()).await?;
         for route in &conf.routes {
             let gateway = route.gw.unwrap_or(conf.gateway);
