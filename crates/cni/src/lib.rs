@@ -132,7 +132,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
     };
     let ip = allocator.allocate(conf, &record)?;
     let undo = |e: Error| {
-        let _ = link::del(&env.container_id, &env.ifname);
+        let _ = link::del(conf, &env.container_id, &env.ifname);
         let _ = allocator.release(&env.container_id, &env.ifname);
         e
     };
@@ -194,7 +194,7 @@ fn undo_attachment(
     ifname: &str,
 ) -> Result<(), Error> {
     let held = allocator.find(container, ifname);
-    link::del(container, ifname)?;
+    link::del(conf, container, ifname)?;
     if let Some((ip, record)) = &held {
         nat::release(conf, *ip, &record.port_mappings);
     }

@@ -46,9 +46,10 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-/// The host end's name: `sk` and a digest of the container and interface.
-pub fn host_veth(container: &str, ifname: &str) -> String {
-    let digest = Sha256::digest(format!("{container}/{ifname}"));
+/// The host end's name: `sk` and a digest of the network, container and interface
+/// (host interface names are one namespace for every network and runtime).
+pub fn host_veth(network: &str, container: &str, ifname: &str) -> String {
+    let digest = Sha256::digest(format!("{network}/{container}/{ifname}"));
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sk{}", &hex[..11])
 }
@@ -203,7 +204,7 @@ pub fn add(
     netns: &Path,
     ip: Ipv4Addr,
 ) -> Result<Attached, Error> {
-    let host = host_veth(container, ifname);
+    let host = host_veth(&conf.name, container, ifname);
     let namespace = std::fs::File::open(netns).map_err(|e| {
         Error::new(
             code::UNKNOWN_CONTAINER,
@@ -303,8 +304,8 @@ pub fn add(
 }
 
 /// Removes the pod's veth pair (deleting the host end deletes both); gone is fine.
-pub fn del(container: &str, ifname: &str) -> Result<(), Error> {
-    let host = host_veth(container, ifname);
+pub fn del(conf: &NetConf, container: &str, ifname: &str) -> Result<(), Error> {
+    let host = host_veth(&conf.name, container, ifname);
     with_handle(None, async |handle| delete(&handle, &host).await)
 }
 
@@ -317,7 +318,7 @@ pub fn check(
     netns: &Path,
     ip: Ipv4Addr,
 ) -> Result<(), Error> {
-    let host = host_veth(container, ifname);
+    let host = host_veth(&conf.name, container, ifname);
     with_handle(None, async |handle| {
         let bridge = get(&handle, &conf.bridge)
             .await?
@@ -376,8 +377,9 @@ pub fn ready(conf: &NetConf) -> Result<(), Error> {
 mod tests {
     #[test]
     fn host_names_fit_and_differ() {
-        let a = super::host_veth("0123456789abcdef", "eth0");
-        let b = super::host_veth("0123456789abcdef", "eth1");
+        let a = super::host_veth("net", "0123456789abcdef", "eth0");
+        let b = super::host_veth("net", "0123456789abcdef", "eth1");
+        assert_ne!(a, super::host_veth("other", "0123456789abcdef", "eth0"));
         assert_eq!(a.len(), 13);
         assert!(a.len() <= 15 && a.starts_with("sk"));
         assert_ne!(a, b);

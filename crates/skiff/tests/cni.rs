@@ -3,7 +3,9 @@
 //! on network namespaces, a bridge and an nftables table of the test's own (removed at
 //! the end). Checks the spec's protocol (results, error objects, VERSION, CHECK,
 //! idempotent DEL, STATUS, GC) and the allocator (unique addresses, kept across calls,
-//! released by DEL and GC). Pod traffic over this plugin is tested in networking.rs.
+//! released by DEL and GC), and masquerade towards an "outside" namespace that has no
+//! route back to pods. Pod traffic within a cluster over this plugin is tested in
+//! networking.rs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,17 +18,20 @@ const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 struct Fixture {
     dir: tempfile::TempDir,
     bridge: String,
+    /// Each test's own: two bridges with one subnet would confuse the node's routes.
+    subnet: &'static str,
     namespaces: Vec<String>,
 }
 
 impl Fixture {
-    fn new(tag: &str) -> Fixture {
+    fn new(tag: &str, subnet: &'static str) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::symlink(SKIFF, dir.path().join("skiff-cni")).expect("link");
         let pid = std::process::id() % 100_000;
         Fixture {
             dir,
             bridge: format!("skc{tag}{pid}"),
+            subnet,
             namespaces: Vec::new(),
         }
     }
@@ -44,8 +49,8 @@ impl Fixture {
 
     fn conf(&self, extra: Value) -> Value {
         let mut conf = json!({
-            "cniVersion": "1.1.0", "name": "test", "type": "skiff-cni",
-            "bridge": self.bridge, "subnet": "10.238.7.0/29",
+            "cniVersion": "1.1.0", "name": self.bridge, "type": "skiff-cni",
+            "bridge": self.bridge, "subnet": self.subnet,
             "dataDir": self.dir.path().join("ipam"),
             "nftTable": format!("cni-{}", self.bridge),
         });
@@ -89,13 +94,14 @@ impl Fixture {
     }
 
     fn records(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.dir.path().join("ipam/test"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
-            .collect();
+        let mut names: Vec<String> =
+            std::fs::read_dir(self.dir.path().join("ipam").join(&self.bridge))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                .collect();
         names.sort();
         names
     }
@@ -131,7 +137,7 @@ fn host_veth(result: &Value) -> String {
 
 #[test]
 fn the_plugin_speaks_the_cni_protocol() {
-    let mut f = Fixture::new("p");
+    let mut f = Fixture::new("p", "10.238.7.0/29");
     let (a, b, c) = (f.netns("a"), f.netns("b"), f.netns("c"));
     let conf = f.conf(json!({
         "runtimeConfig": {"portMappings": [{"hostPort": 18099, "containerPort": 80, "protocol": "tcp"}]}
@@ -270,7 +276,7 @@ fn the_plugin_speaks_the_cni_protocol() {
 
 #[test]
 fn bad_input_gets_the_specs_error_objects() {
-    let mut f = Fixture::new("e");
+    let mut f = Fixture::new("e", "10.238.8.0/29");
     let a = f.netns("a");
     let (ok, out) = f.call(
         "ADD",
@@ -302,4 +308,72 @@ fn bad_input_gets_the_specs_error_objects() {
     let (ok, out) = f.call("NOPE", None, &f.conf(json!({})));
     assert!(!ok);
     assert_eq!(out["code"], 4, "{out}");
+}
+
+/// Runs `args` in the network namespace `ns` (a name under /var/run/netns).
+fn in_netns(ns: &str, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip netns exec")
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// A pod reaches an address outside the cluster with the node's address (the outside
+/// has no route back to pods), and not once that address is declared the cluster's.
+#[test]
+fn traffic_leaving_the_cluster_is_masqueraded() {
+    let mut f = Fixture::new("m", "10.238.9.0/29");
+    let (a, b) = (f.netns("a"), f.netns("b"));
+    f.netns("out");
+    let outside = f.namespaces[2].clone();
+    // The outside: a namespace at 10.238.99.1, reached from the node over a veth.
+    let link = format!("{}o", f.bridge);
+    ip(&[
+        "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &outside,
+    ]);
+    ip(&["addr", "add", "10.238.99.2/30", "dev", &link]);
+    ip(&["link", "set", &link, "up"]);
+    ip(&[
+        "-n",
+        &outside,
+        "addr",
+        "add",
+        "10.238.99.1/30",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &outside, "link", "set", "eth0", "up"]);
+
+    let (ok, out) = f.call("ADD", Some(("ctr-a", a.as_path())), &f.conf(json!({})));
+    assert!(ok, "{out}");
+    let pod_a = f.namespaces[0].clone();
+    let ping = in_netns(
+        &pod_a,
+        &["busybox", "ping", "-c", "1", "-W", "3", "10.238.99.1"],
+    );
+    assert!(ping.status.success(), "masqueraded ping: {ping:?}");
+
+    // Declared part of the cluster: not masqueraded, so the answer has no way back.
+    let kept = f.conf(json!({"nonMasqueradeCIDRs": ["10.238.99.0/30"]}));
+    let (ok, out) = f.call("ADD", Some(("ctr-b", b.as_path())), &kept);
+    assert!(ok, "{out}");
+    let pod_b = f.namespaces[1].clone();
+    let ping = in_netns(
+        &pod_b,
+        &["busybox", "ping", "-c", "1", "-W", "2", "10.238.99.1"],
+    );
+    assert!(
+        !ping.status.success(),
+        "not masqueraded, yet answered: {ping:?}"
+    );
+    for (id, ns) in [("ctr-a", &a), ("ctr-b", &b)] {
+        let (ok, out) = f.call("DEL", Some((id, ns.as_path())), &kept);
+        assert!(ok, "{out}");
+    }
 }
