@@ -83,6 +83,17 @@ fn controller(link: &LinkMessage) -> Option<u32> {
     })
 }
 
+/// The pod's network namespace (a missing one is the spec's unknown container).
+fn open_netns(netns: &Path) -> Result<std::fs::File, Error> {
+    std::fs::File::open(netns).map_err(|e| {
+        Error::new(
+            code::UNKNOWN_CONTAINER,
+            format!("opening the pod's network namespace {}", netns.display()),
+            e.to_string(),
+        )
+    })
+}
+
 /// Runs `work` with a netlink handle: of this namespace, or of `netns` (on a thread
 /// that joined it).
 fn with_handle<T: Send>(
@@ -91,13 +102,7 @@ fn with_handle<T: Send>(
 ) -> Result<T, Error> {
     let run = move || -> Result<T, Error> {
         if let Some(netns) = netns {
-            let file = std::fs::File::open(netns).map_err(|e| {
-                Error::new(
-                    code::UNKNOWN_CONTAINER,
-                    format!("opening the pod's network namespace {}", netns.display()),
-                    e.to_string(),
-                )
-            })?;
+            let file = open_netns(netns)?;
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
                 failed(
                     format!("joining the network namespace {}", netns.display()),
@@ -205,13 +210,7 @@ pub fn add(
     ip: Ipv4Addr,
 ) -> Result<Attached, Error> {
     let host = host_veth(&conf.name, container, ifname);
-    let namespace = std::fs::File::open(netns).map_err(|e| {
-        Error::new(
-            code::UNKNOWN_CONTAINER,
-            format!("opening the pod's network namespace {}", netns.display()),
-            e.to_string(),
-        )
-    })?;
+    let namespace = open_netns(netns)?;
     let (bridge_mac, host_mac) = with_handle(None, async |handle| {
         let bridge = bridge(&handle, conf).await?;
         // A half-made pair from an earlier, failed ADD goes first.

@@ -702,29 +702,39 @@ fn node_condition(c: &Cluster, node: &str, kind: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-const PRESSED: &str = r#"
+/// Pods bound to `node` directly: the scheduler places nothing on a node tainted
+/// `memory-pressure`, so only pods bound by name reach its kubelet (as upstream's
+/// eviction tests bind theirs).
+fn pressed(node: &str) -> String {
+    format!(
+        r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: best}
+metadata: {{name: best}}
 spec:
+  nodeName: {node}
   containers:
-  - {name: c, image: example.com/busybox:1, command: [sleep, "3600"]}
+  - {{name: c, image: example.com/busybox:1, command: [sleep, "3600"]}}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: burst}
+metadata: {{name: burst}}
 spec:
+  nodeName: {node}
   terminationGracePeriodSeconds: 1
   containers:
   - name: c
     image: example.com/busybox:1
     command: [sleep, "3600"]
-    resources: {requests: {memory: 1Mi}}
-"#;
+    resources: {{requests: {{memory: 1Mi}}}}
+"#
+    )
+}
 
 /// A memory threshold the node always meets (available below 100% of capacity): the
-/// node reports MemoryPressure, refuses a BestEffort pod at admission and evicts a
-/// running one, as upstream's eviction manager does.
+/// node reports MemoryPressure (and is tainted so the scheduler sends it nothing),
+/// refuses a BestEffort pod at admission and evicts a running one, as upstream's
+/// eviction manager does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_pressure_refuses_and_evicts_pods() {
     let n = TestNode::start(10).await;
@@ -743,7 +753,16 @@ async fn node_pressure_refuses_and_evicts_pods() {
         node_condition(c, &n.name, "MemoryPressure")["reason"],
         "KubeletHasInsufficientMemory"
     );
-    let applied = c.kubectl_with(&["apply", "-f", "-"], &[], Some(PRESSED));
+    wait_for("the memory-pressure taint", || {
+        c.json(&["get", "node", &n.name])["spec"]["taints"]
+            .as_array()
+            .is_some_and(|t| {
+                t.iter().any(|t| {
+                    t["key"] == "node.kubernetes.io/memory-pressure" && t["effect"] == "NoSchedule"
+                })
+            })
+    });
+    let applied = c.kubectl_with(&["apply", "-f", "-"], &[], Some(&pressed(&n.name)));
     assert!(applied.status.success(), "{applied:?}");
 
     // BestEffort: refused at admission.
