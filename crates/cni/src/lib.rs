@@ -255,6 +255,10 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), Error> {
 fn status(conf: &NetConf) -> Result<(), Error> {
     let unavailable = |e: Error| Error::new(code::NOT_AVAILABLE, e.msg, e.details);
     link::ready(conf).map_err(unavailable)?;
+    // No records yet: nothing is held (and asking makes no directory).
+    if !conf.ipam_dir().exists() {
+        return Ok(());
+    }
     let allocator = ipam::Allocator::open(&conf.ipam_dir()).map_err(unavailable)?;
     if allocator.free(conf) == 0 {
         return Err(Error::new(
@@ -271,6 +275,9 @@ fn status(conf: &NetConf) -> Result<(), Error> {
 
 /// Releases every attachment the runtime no longer has.
 fn gc(conf: &NetConf) -> Result<(), Error> {
+    if !conf.ipam_dir().exists() {
+        return Ok(());
+    }
     let allocator = ipam::Allocator::open(&conf.ipam_dir())?;
     for (_, record) in allocator.all() {
         let valid = conf

@@ -120,7 +120,7 @@ impl Cni {
         at: &Attachment,
         result: Option<&Value>,
     ) -> Result<(), CniError> {
-        if network.disable_check || !has_check(&network.cni_version) {
+        if network.disable_check || !at_least(&network.cni_version, 0, 4) {
             return Ok(());
         }
         for plugin in &network.plugins {
@@ -145,7 +145,7 @@ impl Cni {
     /// STATUS through the chain: whether the network can take pods now (nothing to ask
     /// before spec 1.1).
     pub fn status(&self, network: &Network) -> Result<(), CniError> {
-        if !has_status(&network.cni_version) {
+        if !at_least(&network.cni_version, 1, 1) {
             return Ok(());
         }
         for plugin in &network.plugins {
@@ -157,7 +157,7 @@ impl Cni {
     /// GC through the chain: plugins release whatever is held for attachments other
     /// than `valid` (container ID, interface) (nothing to ask before spec 1.1).
     pub fn gc(&self, network: &Network, valid: &[(String, String)]) -> Result<(), CniError> {
-        if !has_status(&network.cni_version) {
+        if !at_least(&network.cni_version, 1, 1) {
             return Ok(());
         }
         let attachments: Vec<Value> = valid
@@ -299,18 +299,11 @@ fn load(file: &Path) -> Result<Network, String> {
     })
 }
 
-/// Whether a spec version has CHECK (0.4.0 and later).
-fn has_check(version: &str) -> bool {
+/// Whether a spec version is at least `major.minor` (CHECK came with 0.4, STATUS and
+/// GC with 1.1).
+fn at_least(version: &str, major: u32, minor: u32) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    major >= 1 || minor >= 4
-}
-
-/// Whether a spec version has STATUS and GC (1.1.0 and later).
-fn has_status(version: &str) -> bool {
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (1, 1)
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
 }
 
 /// The pod's IP addresses in a result (spec 1.0 `ips`; 0.x had a version per address).

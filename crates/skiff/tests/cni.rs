@@ -62,6 +62,20 @@ impl Fixture {
 
     /// Runs the plugin: exit status and stdout as JSON (null when empty).
     fn call(&self, command: &str, container: Option<(&str, &Path)>, conf: &Value) -> (bool, Value) {
+        match container {
+            Some((id, netns)) => self.call_with(command, Some(id), Some(netns), conf),
+            None => self.call_with(command, None, None, conf),
+        }
+    }
+
+    /// As `call`, with the container's namespace optional (DEL may come without one).
+    fn call_with(
+        &self,
+        command: &str,
+        container: Option<&str>,
+        netns: Option<&Path>,
+        conf: &Value,
+    ) -> (bool, Value) {
         let mut cmd = Command::new(self.dir.path().join("skiff-cni"));
         cmd.env_clear()
             .env("CNI_COMMAND", command)
@@ -69,10 +83,11 @@ impl Fixture {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some((id, netns)) = container {
-            cmd.env("CNI_CONTAINERID", id)
-                .env("CNI_NETNS", netns)
-                .env("CNI_IFNAME", "eth0");
+        if let Some(id) = container {
+            cmd.env("CNI_CONTAINERID", id).env("CNI_IFNAME", "eth0");
+        }
+        if let Some(netns) = netns {
+            cmd.env("CNI_NETNS", netns);
         }
         let mut child = cmd.spawn().expect("plugin");
         use std::io::Write;
@@ -240,30 +255,7 @@ fn the_plugin_speaks_the_cni_protocol() {
     let (ok, out) = f.call("DEL", Some(("ctr-a", a.as_path())), &conf);
     assert!(ok, "{out}");
     assert!(!f.link_exists(&host_veth(&first)));
-    let mut del = Command::new(f.dir.path().join("skiff-cni"));
-    del.env_clear()
-        .env("CNI_COMMAND", "DEL")
-        .env("CNI_CONTAINERID", "ctr-c")
-        .env("CNI_IFNAME", "eth0");
-    let (ok, out) = {
-        let mut child = del
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("plugin");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(plain.to_string().as_bytes())
-            .expect("stdin");
-        let out = child.wait_with_output().expect("plugin");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
+    let (ok, out) = f.call_with("DEL", Some("ctr-c"), None, &plain);
     assert!(ok, "DEL without CNI_NETNS: {out}");
     assert_eq!(f.records(), Vec::<String>::new());
     let nat = Command::new("nft")
